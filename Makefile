@@ -1,0 +1,24 @@
+# The two set-up commands: `make demo` (SQLite demo) and `make test` (whole suite, SQLite + MariaDB).
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: install test demo bench-quick clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+test: $(BIN)/.installed
+	$(BIN)/pytest -q -rs $(PYTEST_ARGS)
+
+demo: $(BIN)/.installed
+	$(BIN)/azamrecon demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

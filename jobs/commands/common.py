@@ -1,0 +1,146 @@
+"""Options and helpers shared by every command module."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from functools import cached_property
+from typing import Any, Callable, Iterable
+
+import click
+
+from pipeline.config import Config, load_config
+from pipeline.errors import InputError
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Path to config.yaml (default: ./config.yaml or $AZAMRECON_CONFIG).",
+)
+
+format_option = click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+
+
+@dataclass
+class Context:
+    """What a command needs, built lazily so that `--help` never touches the database."""
+
+    config_path: str | None
+
+    @cached_property
+    def config(self) -> Config:
+        return load_config(self.config_path)
+
+    @cached_property
+    def engine(self):
+        from pipeline.db import make_engine
+
+        return make_engine(self.config.database)
+
+    def setup_logging(self, component: str = "cli") -> None:
+        from pipeline.logs import configure_logging
+
+        configure_logging(self.config.logging, component=component)
+
+
+def parse_when(value: str | None, name: str) -> datetime | None:
+    """ISO-8601 timestamp or date to an aware UTC datetime; a bad value is a one-line InputError."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise InputError(f"{name}: not an ISO-8601 date or timestamp: {value!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+def parse_decimal(value: str | None, name: str, positive: bool = True) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        amount = Decimal(value)
+    except Exception:
+        raise InputError(f"{name}: not a number: {value!r}") from None
+    if not amount.is_finite() or (positive and amount <= 0) or amount < 0:
+        raise InputError(f"{name}: must be a {'positive' if positive else 'non-negative'} amount: {value!r}")
+    if amount.as_tuple().exponent < -2:
+        raise InputError(f"{name}: at most 2 decimal places: {value!r}")
+    return amount
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value
+
+
+def to_json(data: Any) -> str:
+    return json.dumps(data, default=_jsonable, indent=2, ensure_ascii=False)
+
+
+def emit_rows(rows: list[dict[str, Any]], output_format: str, title: str | None = None, columns: Iterable[str] | None = None) -> None:
+    """Print rows as a rich table, JSON or CSV."""
+    columns = list(columns or (rows[0].keys() if rows else []))
+    if output_format == "json":
+        click.echo(to_json(rows))
+        return
+    if output_format == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: _jsonable(row.get(key)) for key in columns})
+        click.echo(buffer.getvalue(), nl=False)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(_jsonable(row.get(c))) for c in columns))
+    Console(width=200).print(table)
+
+
+def emit_object(data: dict[str, Any], output_format: str, title: str | None = None) -> None:
+    if output_format == "json":
+        click.echo(to_json(data))
+    elif output_format == "csv":
+        emit_rows([data], "csv")
+    else:
+        emit_rows([{"field": k, "value": v} for k, v in data.items()], "table", title=title)
+
+
+def pass_context(func: Callable) -> Callable:
+    """Decorator: adds --config and hands the command a lazily-built Context as first argument."""
+
+    @config_option
+    @click.pass_context
+    def wrapper(click_ctx: click.Context, config_path: str | None, *args, **kwargs):
+        return click_ctx.invoke(func, Context(config_path), *args, **kwargs)
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper

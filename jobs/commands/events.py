@@ -1,0 +1,75 @@
+"""azamrecon events list|show|ingest|ingest-spool."""
+from __future__ import annotations
+
+import click
+
+from jobs.commands.common import Context, emit_object, emit_rows, format_option, pass_context
+from pipeline.db import transaction
+from pipeline.errors import NotFound
+from pipeline.redact import redact_body
+
+
+@click.group()
+def events() -> None:
+    """Read and feed the append-only payment event log."""
+
+
+def _summary(event) -> dict:
+    return {
+        "id": event.id,
+        "received_at": event.received_at,
+        "source": event.source,
+        "auth": event.auth,
+        "status": event.status,
+        "amount": event.amount,
+        "utilityref": event.utilityref,
+        "transaction_ref": event.transaction_ref,
+        "donation_id": event.donation_id,
+        "parse_error": event.parse_error,
+    }
+
+
+@events.command("list")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True, help="How many events, newest first.")
+@click.option("--before", "before_id", type=click.IntRange(min=1), default=None, help="Only events with an id below this.")
+@click.option("--source", type=click.Choice(["callback", "poll", "checkout", "operator", "import"]), default=None, help="Only this source.")
+@click.option("--donation", "donation_id", type=click.IntRange(min=1), default=None, help="Only events appended for this donation id.")
+@format_option
+@pass_context
+def list_events(ctx: Context, limit, before_id, source, donation_id, output_format) -> None:
+    """List events, newest first."""
+    from pipeline.store.events import list_events as query
+
+    with transaction(ctx.engine) as session:
+        rows = [_summary(e) for e in query(session, limit=limit, before_id=before_id, source=source, donation_id=donation_id)]
+    emit_rows(rows, output_format, title="payment_events")
+
+
+@events.command("show")
+@click.argument("event_id", type=click.IntRange(min=1))
+@format_option
+@pass_context
+def show_event(ctx: Context, event_id: int, output_format) -> None:
+    """Show one event with its body (secrets redacted)."""
+    from pipeline.store.events import get_event
+
+    with transaction(ctx.engine) as session:
+        event = get_event(session, event_id)
+        if event is None:
+            raise NotFound(f"event {event_id} not found")
+        data = _summary(event) | {
+            "content_type": event.content_type,
+            "remote_addr": event.remote_addr,
+            "headers": event.headers,
+            "status_raw": event.status_raw,
+            "operator": event.operator,
+            "msisdn": event.msisdn,
+            "externalreference": event.externalreference,
+            "donation_hint": event.donation_hint,
+            "body_sha256": event.body_sha256,
+            "body": redact_body(event.body),
+        }
+    emit_object(data, output_format, title=f"event {event_id}")
+
+
+COMMANDS = [events]

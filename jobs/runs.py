@@ -1,0 +1,56 @@
+"""job_runs bookkeeping: every job run is recorded with its counts, outcome and error."""
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+from datetime import datetime, timezone
+from typing import Callable, Iterator
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+
+from pipeline.db import transaction
+from pipeline.errors import AzamreconError, LockBusy
+from pipeline.models import JobRun
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class RunRecord:
+    def __init__(self) -> None:
+        self.counts: dict = {}
+        self.outcome = "ok"
+
+
+@contextlib.contextmanager
+def recorded_run(engine: Engine, job: str, now: datetime, clock: Callable[[], datetime] = utcnow) -> Iterator[RunRecord]:
+    """Insert a `running` job_runs row, yield a RunRecord to fill in, then close the row as ok/skipped/error.
+
+    The job's own transactions are separate from this bookkeeping, so a failed job still leaves its row.
+    """
+    with transaction(engine) as session:
+        run = JobRun(job=job, started_at=now, outcome="running", counts="{}", host=socket.gethostname()[:128])
+        session.add(run)
+        session.flush()
+        run_id = run.id
+    record = RunRecord()
+    error: str | None = None
+    try:
+        yield record
+    except LockBusy as exc:
+        record.outcome, error = "skipped", str(exc)
+    except BaseException as exc:
+        record.outcome, error = "error", (str(exc) if isinstance(exc, AzamreconError) else f"{type(exc).__name__}: {exc}")[:2000]
+        raise
+    finally:
+        finished = max(clock(), now)
+        with contextlib.suppress(AzamreconError):
+            with transaction(engine) as session:
+                session.execute(
+                    update(JobRun)
+                    .where(JobRun.id == run_id)
+                    .values(finished_at=finished, outcome=record.outcome, counts=json.dumps(record.counts, default=str), error=error)
+                )

@@ -1,0 +1,1 @@
+"""azamrecon domain: config, models, callback parsing, the pure fold, store functions, AzamPay client."""

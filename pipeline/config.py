@@ -1,0 +1,244 @@
+"""One validated config object, read from config.yaml and overridden by the webhook guide's environment names.
+
+The guide's names are flat (AZAM_PAY_AUTH, TOKEN, ...) while the config is nested, so overrides are
+applied through the explicit table ENV_OVERRIDES rather than pydantic-settings' prefix convention.
+"""
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ConfigError
+
+HOSTS = {
+    "sandbox": ("https://authenticator-sandbox.azampay.co.tz", "https://sandbox.azampay.co.tz"),
+    "production": ("https://authenticator.azampay.co.tz", "https://checkout.azampay.co.tz"),
+}
+
+# environment name -> dotted config key
+ENV_OVERRIDES = {
+    "DATABASE_URL": "database.url",
+    "AZAM_PAY_AUTH": "azampay.auth_url",
+    "AZAM_PAY_CHECKOUT_URL": "azampay.checkout_url",
+    "AZAM_PAY_CLIENT_ID": "azampay.client_id",
+    "AZAM_PAY_CLIENT_SECRET": "azampay.client_secret",
+    "TOKEN": "azampay.api_key",
+    "AZAMPAY_VENDOR_ID": "azampay.vendor_id",
+    "AZAM_PAY_ENVIRONMENT": "azampay.environment",
+    "AZAM_PAY_TIMEOUT_CONNECT": "azampay.timeout_connect",
+    "AZAM_PAY_TIMEOUT_READ": "azampay.timeout_read",
+    "AZAM_PAY_WEBHOOK_PASSWORD": "webhook.password",
+}
+
+DEFAULT_CONFIG_PATH = Path("config.yaml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatabaseConfig(_Section):
+    url: str = "sqlite:///azamrecon.db"
+    sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    busy_timeout_ms: int = Field(10_000, ge=0)
+    pool_size: int = Field(5, ge=1)
+
+
+class StatusApiConfig(_Section):
+    """The transaction-status call. Path, parameter names and text patterns are uncertain (DESIGN §3)."""
+
+    path: str = "/azampay/gettransactionstatus"
+    reference_param: str = "pgReferenceId"
+    provider_param: str = "bankName"
+    # Case-insensitive regular expressions matched against the free-text `data` field, in this order.
+    success_patterns: list[str] = [r"\bsuccess(ful)?\b", r"\bcompleted?\b"]
+    failed_patterns: list[str] = [r"\bfail(ed|ure)?\b", r"\bcancel+ed\b", r"\brejected\b", r"\bexpired\b"]
+    pending_patterns: list[str] = [r"\bpending\b", r"\bprocessing\b", r"\bin progress\b"]
+
+
+class AzamPayConfig(_Section):
+    environment: Literal["sandbox", "production"] = "sandbox"
+    auth_url: str | None = None
+    checkout_url: str | None = None
+    app_name: str = "azamrecon"
+    client_id: str = ""
+    client_secret: SecretStr = SecretStr("")
+    api_key: SecretStr = SecretStr("")  # the guide's TOKEN, sent as X-API-KEY
+    vendor_id: str = ""
+    timeout_connect: float = Field(10.0, gt=0)
+    timeout_read: float = Field(30.0, gt=0)
+    token_margin_seconds: int = Field(60, ge=0)
+    get_retries: int = Field(3, ge=0)
+    status: StatusApiConfig = StatusApiConfig()
+
+    @model_validator(mode="after")
+    def _hosts_from_environment(self) -> "AzamPayConfig":
+        auth, checkout = HOSTS[self.environment]
+        if not self.auth_url:
+            object.__setattr__(self, "auth_url", auth)
+        if not self.checkout_url:
+            object.__setattr__(self, "checkout_url", checkout)
+        object.__setattr__(self, "auth_url", self.auth_url.rstrip("/"))
+        object.__setattr__(self, "checkout_url", self.checkout_url.rstrip("/"))
+        return self
+
+
+class WebhookConfig(_Section):
+    """How callbacks are authenticated and which ones the fold trusts (DESIGN §4, Trust).
+
+    mode `auto`: trust every callback when no credential is configured (the old view's behaviour,
+    warned about at startup); otherwise trust only verified ones.  mode `verify`: trust no callback,
+    only poll answers move money.
+    """
+
+    mode: Literal["auto", "verify"] = "auto"
+    password: SecretStr = SecretStr("")
+    signature_public_key_pem: str = ""  # PEM text, or a path to a PEM file
+    allowed_ips: list[str] = []  # empty: any client; otherwise IPs or CIDR networks
+    trusted_proxies: list[str] = []  # X-Forwarded-For is honoured only from these
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+
+    @property
+    def credential_configured(self) -> bool:
+        return bool(self.password.get_secret_value() or self.signature_public_key_pem)
+
+    def public_key_pem(self) -> bytes | None:
+        text = self.signature_public_key_pem.strip()
+        if not text:
+            return None
+        if text.startswith("-----BEGIN"):
+            return text.encode()
+        return Path(text).read_bytes()
+
+
+class ReceiverConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+    spool_dir: str = "spool"
+    group_commit_max_batch: int = Field(256, ge=1)
+    checkout_api_key: SecretStr = SecretStr("")  # empty: the checkout endpoint is disabled
+    checkout_rate_limit_per_minute: int = Field(3, ge=1)  # per msisdn
+    status_check_min_interval_seconds: float = Field(30.0, ge=0)  # per donation
+    status_wait_seconds: float = Field(3.0, ge=0)  # read-your-writes wait for the fold
+
+
+class DonationsConfig(_Section):
+    reference_prefix: str = "RHCI-DN"
+    currency: str = "TZS"
+    charge_currency: str = "TZS"
+    # funding currency -> TZS; a donation's charge_amount is amount * rate, rounded to whole shillings
+    exchange_rates: dict[str, Decimal] = {"TZS": Decimal("1")}
+
+    @field_validator("reference_prefix")
+    @classmethod
+    def _ascii_prefix(cls, value: str) -> str:
+        if not value or not value.isascii() or len(value) > 64:
+            raise ValueError("must be 1-64 ASCII characters")
+        return value
+
+
+class FoldConfig(_Section):
+    batch_size: int = Field(5_000, ge=1)
+    gap_timeout_seconds: float = Field(300.0, ge=0)  # how long a missing event id is waited for
+
+
+class PollConfig(_Section):
+    threshold_minutes: float = Field(10.0, ge=0)
+    backoff_base_minutes: float = Field(10.0, gt=0)
+    backoff_cap_minutes: float = Field(240.0, gt=0)
+    concurrency: int = Field(8, ge=1)
+    max_age_hours: float = Field(24.0, gt=0)
+
+
+class SchedulerConfig(_Section):
+    fold_interval_seconds: float = Field(0.5, gt=0)
+    poll_interval_seconds: float = Field(60.0, gt=0)
+    spool_interval_seconds: float = Field(30.0, gt=0)
+    report_cron: str = "5 0 * * *"  # minute hour day month day_of_week, UTC
+    misfire_grace_seconds: int = Field(30, ge=1)
+
+
+class LoggingConfig(_Section):
+    dir: str = "logs"
+    level: str = "INFO"
+    rotation: str = "10 MB"
+    retention: str = "30 days"
+
+
+class Config(_Section):
+    database: DatabaseConfig = DatabaseConfig()
+    azampay: AzamPayConfig = AzamPayConfig()
+    webhook: WebhookConfig = WebhookConfig()
+    receiver: ReceiverConfig = ReceiverConfig()
+    donations: DonationsConfig = DonationsConfig()
+    fold: FoldConfig = FoldConfig()
+    poll: PollConfig = PollConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @property
+    def callbacks_trusted_without_credential(self) -> bool:
+        return self.webhook.mode == "auto" and not self.webhook.credential_configured
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[leaf] = value
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "config"
+    env = next((name for name, dotted in ENV_OVERRIDES.items() if dotted == key), None)
+    where = f"{key} (env {env})" if env else key
+    return f"invalid config value for {where}: {first['msg']}"
+
+
+def load_config(
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Read config.yaml (if present), apply environment overrides, then `overrides` (dotted keys), validate.
+
+    A missing default config.yaml means defaults; a missing explicitly named file is an error.
+    """
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    if path is None:
+        candidate = Path(environ.get("AZAMRECON_CONFIG", DEFAULT_CONFIG_PATH))
+        explicit = "AZAMRECON_CONFIG" in environ
+    else:
+        candidate, explicit = Path(path), True
+    if candidate.exists():
+        try:
+            loaded = yaml.safe_load(candidate.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot parse config file {candidate}: {str(exc).splitlines()[0]}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {candidate} must hold a mapping at top level")
+        data = loaded or {}
+    elif explicit:
+        raise ConfigError(f"config file not found: {candidate}")
+    for name, dotted in ENV_OVERRIDES.items():
+        if environ.get(name) not in (None, ""):
+            _set_dotted(data, dotted, environ[name])
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None

@@ -1,0 +1,99 @@
+"""Engine construction and the driver-error boundary.
+
+SQLite runs with WAL, the configured synchronous level (FULL by default), a busy timeout and foreign
+keys on. Transactions on SQLite start with BEGIN IMMEDIATE when asked, which is how the fold takes
+its single-writer lock there.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.config import DatabaseConfig
+from pipeline.errors import StoreError, StoreUnavailable
+
+# MySQL error codes that mean "the server is not there" rather than "the query is wrong".
+_MYSQL_UNREACHABLE = {2002, 2003, 2006, 2013, 2055, 1040, 1053}
+
+
+def make_engine(config: DatabaseConfig, **kwargs) -> Engine:
+    url = config.url
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url,
+            connect_args={"timeout": config.busy_timeout_ms / 1000, "check_same_thread": False},
+            **kwargs,
+        )
+        _configure_sqlite(engine, config)
+        return engine
+    if url.startswith("mysql://"):
+        url = "mysql+pymysql://" + url[len("mysql://") :]
+    options = {"pool_pre_ping": True, "pool_recycle": 3600, "pool_size": config.pool_size}
+    if url.startswith("mysql"):
+        options["connect_args"] = {"connect_timeout": 5, "charset": "utf8mb4"}
+        options["isolation_level"] = "READ COMMITTED"
+    options.update(kwargs)
+    return create_engine(url, **options)
+
+
+def _configure_sqlite(engine: Engine, config: DatabaseConfig) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin (so BEGIN IMMEDIATE works).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={config.sqlite_synchronous}")
+        cursor.execute(f"PRAGMA busy_timeout={int(config.busy_timeout_ms)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection):
+        mode = connection.info.pop("sqlite_begin", "BEGIN")
+        connection.exec_driver_sql(mode)
+
+
+def is_sqlite(bind) -> bool:
+    return bind.dialect.name == "sqlite"
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine, expire_on_commit=False, future=True)
+
+
+def translate(exc: BaseException) -> StoreError:
+    """Map a driver error to the store's error tree, keeping only the driver's first line."""
+    original = getattr(exc, "orig", exc)
+    message = str(original).splitlines()[0] if str(original) else type(original).__name__
+    code = original.args[0] if getattr(original, "args", None) and isinstance(original.args[0], int) else None
+    if isinstance(exc, OperationalError) and (code in _MYSQL_UNREACHABLE or "unable to open database" in message):
+        return StoreUnavailable(f"database unreachable: {message}")
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return StoreUnavailable(f"database unreachable: {message}")
+    return StoreError(f"database error: {message}")
+
+
+@contextlib.contextmanager
+def transaction(engine: Engine, immediate: bool = False) -> Iterator[Session]:
+    """`with transaction(engine) as session:` commits on success, rolls back on error, translates driver errors.
+
+    Store functions take this session and never commit; only jobs open transactions.
+    immediate=True takes SQLite's write lock at BEGIN (BEGIN IMMEDIATE), so two writers serialise at
+    the start of the transaction instead of one failing at its first write.
+    """
+    try:
+        with engine.connect() as connection:
+            if immediate and is_sqlite(engine):
+                connection.info["sqlite_begin"] = "BEGIN IMMEDIATE"
+            with connection.begin():
+                with Session(bind=connection, expire_on_commit=False, autoflush=False) as session:
+                    yield session
+                    session.flush()
+    except SQLAlchemyError as exc:
+        raise translate(exc) from exc

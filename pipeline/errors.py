@@ -1,0 +1,77 @@
+"""One small error tree. The CLI maps every AzamreconError to a one-line message and exit code."""
+
+
+class AzamreconError(Exception):
+    """Base of every error azamrecon raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(AzamreconError):
+    """A config value is missing or invalid; the message names the key."""
+
+    exit_code = 2
+
+
+class InputError(AzamreconError):
+    """Bad input from a user (CLI argument, file, operator request)."""
+
+    exit_code = 2
+
+
+class NotFound(AzamreconError):
+    """A referenced row (donation, patient, event) does not exist."""
+
+    exit_code = 3
+
+
+class StoreError(AzamreconError):
+    """The database failed or is unreachable. Driver errors are translated into this at the boundary."""
+
+    exit_code = 4
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached at all (connection refused, server gone)."""
+
+
+class InvariantViolation(AzamreconError):
+    """A derived-state invariant failed; the transaction that found it is rolled back."""
+
+    exit_code = 5
+
+
+class ParseError(AzamreconError):
+    """A callback body could not be parsed. The raw bytes are still stored."""
+
+
+class LockBusy(AzamreconError):
+    """Another worker holds the job's lock; this run skips."""
+
+    exit_code = 6
+
+
+class AzamPayError(AzamreconError):
+    """Base of AzamPay client errors."""
+
+    exit_code = 7
+
+
+class AzamPayAuthError(AzamPayError):
+    """Token generation refused (HTTP 423) or a call stayed unauthorised after one refresh."""
+
+
+class AzamPayValidationError(AzamPayError):
+    """AzamPay answered 400 ProblemDetails; `fields` maps field names to messages."""
+
+    def __init__(self, message: str, fields: dict[str, list[str]] | None = None):
+        super().__init__(message)
+        self.fields = fields or {}
+
+
+class AzamPayUnavailable(AzamPayError):
+    """Connect/read timeout, connection error or 5xx."""
+
+
+class AzamPayUnexpectedAnswer(AzamPayError):
+    """AzamPay answered something we cannot interpret."""

@@ -1,0 +1,217 @@
+"""Callback parsing: tolerant pydantic models for AzamPay's real payloads, and the typed fields the fold reads.
+
+Parsing never decides whether a body is *stored*: every body is stored. It only decides the typed
+columns and `parse_error`, which the receiver turns into 400 and the fold into `invalid_payload`.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from pipeline.errors import ParseError
+
+SUCCESS, FAILED, CANCELLED, UNKNOWN, PENDING, EXPIRED = "SUCCESS", "FAILED", "CANCELLED", "UNKNOWN", "PENDING", "EXPIRED"
+
+_STATUS_WORDS = {
+    "success": SUCCESS,
+    "successful": SUCCESS,
+    "completed": SUCCESS,
+    "failure": FAILED,
+    "failed": FAILED,
+    "fail": FAILED,
+    "cancelled": CANCELLED,
+    "canceled": CANCELLED,
+}
+
+MSISDN_PATTERN = re.compile(r"^(?:0|255|\+255)?(6[1-9]|7[1-8])([0-9]{7})$")
+
+# column lengths of the typed fields (pipeline.models.PaymentEvent)
+_LENGTHS = {"ref": 255, "hint": 64, "status_raw": 255, "operator": 64, "msisdn": 64}
+
+
+def normalise_status(raw: Any) -> str:
+    """AzamPay's transactionstatus, case-insensitive, to SUCCESS | FAILED | CANCELLED | UNKNOWN."""
+    if not isinstance(raw, str):
+        return UNKNOWN
+    return _STATUS_WORDS.get(raw.strip().lower(), UNKNOWN)
+
+
+def normalise_msisdn(raw: Any) -> str | None:
+    """`0XXXXXXXXX`, `255XXXXXXXXX` or `+255XXXXXXXXX` to `255XXXXXXXXX`; None when it is not a TZ mobile number."""
+    if raw is None:
+        return None
+    text = re.sub(r"[\s-]", "", str(raw))
+    match = MSISDN_PATTERN.match(text)
+    return f"255{match.group(1)}{match.group(2)}" if match else None
+
+
+def parse_amount(raw: Any) -> Decimal | None:
+    """Amounts arrive as strings ("25000"), sometimes numbers. None when absent; ParseError when not a number."""
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, bool):
+        raise ParseError(f"amount is not a number: {raw!r}")
+    try:
+        amount = Decimal(str(raw).strip().replace(",", ""))
+    except InvalidOperation:
+        raise ParseError(f"amount is not a number: {str(raw)[:40]!r}") from None
+    if not amount.is_finite() or amount < 0 or amount >= Decimal("1e12"):
+        raise ParseError(f"amount out of range: {str(raw)[:40]!r}")
+    return amount.quantize(Decimal("0.01"))
+
+
+def _clip(value: Any, length: int) -> str | None:
+    """A value for a typed column: text, valid UTF-8 (lone surrogates replaced), at most `length` chars."""
+    if value is None:
+        return None
+    if isinstance(value, (dict, list)):
+        value = json.dumps(value, ensure_ascii=False)
+    text = str(value).encode("utf-8", errors="replace").decode("utf-8")
+    return text[:length]
+
+
+_Scalar = str | int | float | bool | None
+
+
+class CallbackBody(BaseModel):
+    """The callback as AzamPay sends it. Every field is optional; unknown keys are kept."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    message: _Scalar = None
+    user: _Scalar = None
+    password: _Scalar = None
+    clientId: _Scalar = None
+    transactionstatus: _Scalar = None
+    operator: _Scalar = None
+    reference: _Scalar = None
+    externalreference: _Scalar = None
+    utilityref: _Scalar = None
+    amount: _Scalar = None
+    transid: _Scalar = None
+    msisdn: _Scalar = None
+    mnoreference: _Scalar = None
+    submerchantAcc: _Scalar = None
+    fspReferenceId: _Scalar = None
+    signature: _Scalar = None
+    additionalProperties: dict[str, Any] | None = None
+
+    @field_validator("additionalProperties", mode="before")
+    @classmethod
+    def _properties_mapping(cls, value: Any) -> Any:
+        # Some integrations send "" or a JSON-encoded string; neither carries a donation id we can trust.
+        if value in ("", None):
+            return None
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return None
+        return value if isinstance(value, dict) else None
+
+    def text(self, name: str) -> str | None:
+        value = getattr(self, name, None)
+        if value is None or isinstance(value, bool):
+            return None
+        text = str(value).strip()
+        return text or None
+
+
+@dataclass(frozen=True, slots=True)
+class EventFields:
+    """Typed columns of a payment_events row, extracted once at append time."""
+
+    utilityref: str | None = None
+    externalreference: str | None = None
+    donation_hint: str | None = None
+    transaction_ref: str | None = None
+    status_raw: str | None = None
+    status: str | None = None
+    amount: Decimal | None = None
+    operator: str | None = None
+    msisdn: str | None = None
+    parse_error: str | None = None
+    password: str | None = field(default=None, repr=False)  # for authentication only; never stored
+    signature: str | None = field(default=None, repr=False)
+
+    def column_values(self) -> dict[str, Any]:
+        return {
+            "utilityref": self.utilityref,
+            "externalreference": self.externalreference,
+            "donation_hint": self.donation_hint,
+            "transaction_ref": self.transaction_ref,
+            "status_raw": self.status_raw,
+            "status": self.status,
+            "amount": self.amount,
+            "operator": self.operator,
+            "msisdn": self.msisdn,
+            "parse_error": self.parse_error,
+        }
+
+
+def parse_callback(body: bytes) -> CallbackBody:
+    """Parse a callback body. Raises ParseError (and only ParseError) when it is not a usable callback."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ParseError(f"invalid JSON: {str(exc)[:120]}") from None
+    if not isinstance(data, dict):
+        raise ParseError(f"schema: expected a JSON object, got {type(data).__name__}")
+    try:
+        callback = CallbackBody.model_validate(data)
+    except (ValidationError, RecursionError) as exc:
+        first = exc.errors()[0] if isinstance(exc, ValidationError) else {"loc": (), "msg": "too deeply nested"}
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise ParseError(f"schema: {where}: {first['msg']}") from None
+    if callback.text("transactionstatus") is None:
+        raise ParseError("schema: transactionstatus is missing")
+    if not any(callback.text(name) for name in ("utilityref", "externalreference", "reference", "transid")) and not _hint(callback):
+        raise ParseError("schema: no reference (utilityref, externalreference, reference, transid) present")
+    return callback
+
+
+def _hint(callback: CallbackBody) -> str | None:
+    properties = callback.additionalProperties or {}
+    value = properties.get("donation_id")
+    if value is None or isinstance(value, (bool, dict, list)):
+        return None
+    return str(value).strip() or None
+
+
+def extract_fields(body: bytes) -> EventFields:
+    """Typed fields of a callback body. Never raises: a bad body yields parse_error and whatever could be read."""
+    try:
+        callback = parse_callback(body)
+        amount = parse_amount(callback.amount)
+    except ParseError as exc:
+        return EventFields(parse_error=str(exc))
+    status_raw = callback.text("transactionstatus")
+    msisdn = callback.text("msisdn")
+    return EventFields(
+        utilityref=_clip(callback.text("utilityref"), _LENGTHS["ref"]),
+        externalreference=_clip(callback.text("externalreference"), _LENGTHS["ref"]),
+        donation_hint=_clip(_hint(callback), _LENGTHS["hint"]),
+        transaction_ref=_clip(callback.text("reference") or callback.text("transid"), _LENGTHS["ref"]),
+        status_raw=_clip(status_raw, _LENGTHS["status_raw"]),
+        status=normalise_status(status_raw),
+        amount=amount,
+        operator=_clip(callback.text("operator"), _LENGTHS["operator"]),
+        msisdn=normalise_msisdn(msisdn) or _clip(msisdn, _LENGTHS["msisdn"]),
+        password=None if callback.password is None else str(callback.password),
+        signature=callback.text("signature"),
+    )
+
+
+def signed_message(body: bytes) -> bytes | None:
+    """The bytes an RSA callback signature covers: utilityref+externalreference+transactionstatus+operator."""
+    try:
+        callback = parse_callback(body)
+    except ParseError:
+        return None
+    parts = [callback.text(name) or "" for name in ("utilityref", "externalreference", "transactionstatus", "operator")]
+    return "".join(parts).encode("utf-8")

@@ -1,0 +1,206 @@
+"""SQLAlchemy 2 models: the append-only log, the donations/patients it is folded into, and the fold's bookkeeping.
+
+Columns marked "derived" are owned by the fold: a rebuild resets and recomputes them from the log.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    TypeDecorator,
+    false,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Ids are BIGINT on MySQL but INTEGER on SQLite, where only INTEGER PRIMARY KEY aliases the rowid.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+Money = Numeric(14, 2)
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes with microseconds on every backend (DATETIME(6) on MySQL), returned aware."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "mysql":
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime())
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given where UTC is required")
+        from datetime import timezone
+
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        from datetime import timezone
+
+        if isinstance(value, str):  # raw SQLite text from text() queries
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=timezone.utc)
+
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class Base(DeclarativeBase):
+    metadata = metadata
+
+
+class Patient(Base):
+    __tablename__ = "patients"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    funding_required: Mapped[Decimal] = mapped_column(Money)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # derived
+    funding_received: Mapped[Decimal] = mapped_column(Money, default=Decimal("0"), server_default="0")
+    status: Mapped[str] = mapped_column(String(16), default="FUNDING", server_default="FUNDING")
+    fully_funded_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Donation(Base):
+    __tablename__ = "donations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"), nullable=True, index=True)
+    amount: Mapped[Decimal] = mapped_column(Money)
+    currency: Mapped[str] = mapped_column(String(3))
+    patient_amount: Mapped[Decimal] = mapped_column(Money)
+    support_amount: Mapped[Decimal] = mapped_column(Money, default=Decimal("0"), server_default="0")
+    charge_amount: Mapped[Decimal] = mapped_column(Money)
+    charge_currency: Mapped[str] = mapped_column(String(3))
+    msisdn: Mapped[str | None] = mapped_column(String(12), nullable=True)
+    provider: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    external_reference: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
+    transaction_id: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    # derived
+    status: Mapped[str] = mapped_column(String(16), default="PENDING", server_default="PENDING", index=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    last_event_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    status_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    credit_event_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    review_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    events_applied: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    needs_check: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class PaymentEvent(Base):
+    """The log. Append-only: triggers refuse UPDATE and DELETE (see migrations)."""
+
+    __tablename__ = "payment_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    source: Mapped[str] = mapped_column(String(16))
+    body: Mapped[bytes] = mapped_column(LargeBinary().with_variant(mysql.MEDIUMBLOB(), "mysql"))
+    body_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    content_type: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    remote_addr: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    headers: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON of selected headers
+    # typed fields extracted at append time, so the fold never parses JSON
+    utilityref: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
+    externalreference: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    donation_hint: Mapped[str | None] = mapped_column(String(64), nullable=True)  # additionalProperties.donation_id
+    transaction_ref: Mapped[str | None] = mapped_column(String(255), nullable=True)  # reference or transid
+    status_raw: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    status: Mapped[str | None] = mapped_column(String(16), nullable=True)  # normalised
+    amount: Mapped[Decimal | None] = mapped_column(Money, nullable=True)
+    operator: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    msisdn: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    donation_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)  # set by poll/checkout/operator
+    parse_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    auth: Mapped[str] = mapped_column(String(16))
+    # idempotence key for replays (spool ingest, log import): a second append with the same key is a no-op
+    dedupe_key: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
+
+
+class FundingCredit(Base):
+    """The ledger: one row per credited donation, enforced by the unique donation_id."""
+
+    __tablename__ = "funding_credits"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    donation_id: Mapped[int] = mapped_column(ForeignKey("donations.id"), unique=True)
+    patient_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    amount: Mapped[Decimal] = mapped_column(Money)
+    event_id: Mapped[int] = mapped_column(BigInteger)
+    credited_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Anomaly(Base):
+    __tablename__ = "anomalies"
+    __table_args__ = (Index("ix_anomalies_kind_event", "kind", "event_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    donation_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class FoldCheckpoint(Base):
+    """The fold's position, written in the same transaction as the state it produced."""
+
+    __tablename__ = "fold_checkpoints"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger, default=0)  # every id <= position is applied or a known gap
+    gaps: Mapped[str] = mapped_column(Text, default="[]")  # JSON [[id, first_seen_iso], ...] still awaited
+    events_applied: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class JobRun(Base):
+    __tablename__ = "job_runs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job: Mapped[str] = mapped_column(String(32), index=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    outcome: Mapped[str] = mapped_column(String(16), default="running")  # running | ok | skipped | error
+    counts: Mapped[str] = mapped_column(Text, default="{}")  # JSON
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    host: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class JobLock(Base):
+    """One row per lockable job (fold, poll); taken with SELECT ... FOR UPDATE / BEGIN IMMEDIATE."""
+
+    __tablename__ = "job_locks"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    acquired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+DERIVED_TABLES = ("funding_credits", "anomalies")
