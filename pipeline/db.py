@@ -80,15 +80,18 @@ def translate(exc: BaseException) -> StoreError:
 
 
 @contextlib.contextmanager
-def transaction(engine: Engine, immediate: bool = False) -> Iterator[Session]:
+def transaction(engine: Engine, immediate: bool = False, isolation: str | None = None) -> Iterator[Session]:
     """`with transaction(engine) as session:` commits on success, rolls back on error, translates driver errors.
 
     Store functions take this session and never commit; only jobs open transactions.
     immediate=True takes SQLite's write lock at BEGIN (BEGIN IMMEDIATE), so two writers serialise at
-    the start of the transaction instead of one failing at its first write.
+    the start of the transaction instead of one failing at its first write. isolation (MySQL) e.g.
+    "REPEATABLE READ" gives a read-only job one consistent snapshot; SQLite transactions already are.
     """
     try:
         with engine.connect() as connection:
+            if isolation and not is_sqlite(engine):
+                connection = connection.execution_options(isolation_level=isolation)
             if immediate and is_sqlite(engine):
                 connection.info["sqlite_begin"] = "BEGIN IMMEDIATE"
             with connection.begin():

@@ -103,15 +103,25 @@ class Donation(Base):
     external_reference: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
     transaction_id: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    # derived
+    # derived: owned by the fold (pipeline.fold.DonationState mirrors these), reset by a rebuild
     status: Mapped[str] = mapped_column(String(16), default="PENDING", server_default="PENDING", index=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
-    last_event_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    status_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     credit_event_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    review_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    last_event_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     events_applied: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    event_ids: Mapped[str | None] = mapped_column(Text, nullable=True)  # applied ids, comma-separated, for an exact replay
     needs_check: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    success_event_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # earliest trusted matching success
+    success_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    review_event_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # earliest trusted success, wrong amount
+    review_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    failure_event_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # earliest trusted FAILED/CANCELLED
+    failure_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    failure_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    expired_event_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    operator_event_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # latest operator decision
+    operator_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    operator_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class PaymentEvent(Base):
@@ -177,6 +187,7 @@ class FoldCheckpoint(Base):
     position: Mapped[int] = mapped_column(BigInteger, default=0)  # every id <= position is applied or a known gap
     gaps: Mapped[str] = mapped_column(Text, default="[]")  # JSON [[id, first_seen_iso], ...] still awaited
     events_applied: Mapped[int] = mapped_column(BigInteger, default=0)
+    donation_high: Mapped[int] = mapped_column(BigInteger, default=0)  # donations up to this id were offered to unknown-reference events
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 

@@ -3,13 +3,13 @@
 Revision ID: 0001
 Revises: 
 Append-only: triggers refuse UPDATE and DELETE on payment_events, on SQLite and MySQL.
-Create Date: 2026-11-26 03:25:57.575799
+Create Date: 2026-11-26 03:31:06.472482
 """
 from alembic import op
 import sqlalchemy as sa
 import sqlalchemy.dialects.mysql
 import pipeline.models
-
+from sqlalchemy.dialects import mysql
 
 revision = '0001'
 down_revision = None
@@ -36,6 +36,7 @@ def upgrade() -> None:
     sa.Column('position', sa.BigInteger(), nullable=False),
     sa.Column('gaps', sa.Text(), nullable=False),
     sa.Column('events_applied', sa.BigInteger(), nullable=False),
+    sa.Column('donation_high', sa.BigInteger(), nullable=False),
     sa.Column('updated_at', pipeline.models.UTCDateTime(), nullable=True),
     sa.PrimaryKeyConstraint('name', name=op.f('pk_fold_checkpoints'))
     )
@@ -73,7 +74,7 @@ def upgrade() -> None:
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('received_at', pipeline.models.UTCDateTime(), nullable=False),
     sa.Column('source', sa.String(length=16), nullable=False),
-    sa.Column('body', sa.LargeBinary().with_variant(sa.dialects.mysql.MEDIUMBLOB(), 'mysql'), nullable=False),
+    sa.Column('body', sa.LargeBinary().with_variant(mysql.MEDIUMBLOB(), 'mysql'), nullable=False),
     sa.Column('body_sha256', sa.String(length=64), nullable=False),
     sa.Column('content_type', sa.String(length=255), nullable=True),
     sa.Column('remote_addr', sa.String(length=64), nullable=True),
@@ -115,12 +116,22 @@ def upgrade() -> None:
     sa.Column('created_at', pipeline.models.UTCDateTime(), nullable=False),
     sa.Column('status', sa.String(length=16), server_default='PENDING', nullable=False),
     sa.Column('completed_at', pipeline.models.UTCDateTime(), nullable=True),
-    sa.Column('last_event_id', sa.BigInteger(), nullable=True),
-    sa.Column('status_at', pipeline.models.UTCDateTime(), nullable=True),
     sa.Column('credit_event_id', sa.BigInteger(), nullable=True),
-    sa.Column('review_reason', sa.String(length=32), nullable=True),
+    sa.Column('last_event_id', sa.BigInteger(), nullable=True),
     sa.Column('events_applied', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('event_ids', sa.Text(), nullable=True),
     sa.Column('needs_check', sa.Boolean(), server_default=sa.text('0'), nullable=False),
+    sa.Column('success_event_id', sa.BigInteger(), nullable=True),
+    sa.Column('success_at', pipeline.models.UTCDateTime(), nullable=True),
+    sa.Column('review_event_id', sa.BigInteger(), nullable=True),
+    sa.Column('review_reason', sa.String(length=200), nullable=True),
+    sa.Column('failure_event_id', sa.BigInteger(), nullable=True),
+    sa.Column('failure_at', pipeline.models.UTCDateTime(), nullable=True),
+    sa.Column('failure_status', sa.String(length=16), nullable=True),
+    sa.Column('expired_event_id', sa.BigInteger(), nullable=True),
+    sa.Column('operator_event_id', sa.BigInteger(), nullable=True),
+    sa.Column('operator_at', pipeline.models.UTCDateTime(), nullable=True),
+    sa.Column('operator_status', sa.String(length=16), nullable=True),
     sa.ForeignKeyConstraint(['patient_id'], ['patients.id'], name=op.f('fk_donations_patient_id')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_donations')),
     sa.UniqueConstraint('external_reference', name=op.f('uq_donations_external_reference')),

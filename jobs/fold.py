@@ -1,0 +1,294 @@
+"""The incremental fold: new log events -> donation status, funding credits, patient totals, anomalies.
+
+Each batch is one transaction that holds the fold lock (BEGIN IMMEDIATE on SQLite, SELECT ... FOR
+UPDATE on the checkpoint row on MySQL), reads the next events without their bodies, applies the pure
+fold, writes every effect with executemany, checks the invariants for what it touched, and moves the
+checkpoint, all in that same transaction: a crash anywhere leaves either the whole batch or none of it.
+
+Never skipping an event (DESIGN §4, Hazard): on MySQL, auto-increment ids can commit out of order. A
+missing id below the newest one read is recorded as a gap in the checkpoint and looked up again on
+every batch until it appears or is older than fold.gap_timeout_seconds. An event that appears late is
+older than events already applied to its donation, so that donation is replayed from scratch in id
+order, which makes the incremental state identical to a rebuild.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Callable, Protocol
+
+from loguru import logger
+from sqlalchemy.engine import Engine
+
+from pipeline.config import Config
+from pipeline.db import transaction
+from pipeline.errors import InvariantViolation
+from pipeline.fold import (
+    COMPLETED,
+    FAILED,
+    AnomalyRecord,
+    Credit,
+    DonationIndex,
+    DonationState,
+    FoldEvent,
+    PatientTotals,
+    Transition,
+    TrustPolicy,
+    credit_of,
+    fold_donation,
+    patient_totals,
+    patient_update,
+    reference_keys,
+    resolve,
+)
+from pipeline.logs import payments
+from pipeline.store.state import Checkpoint, SqlFoldStore, fold_lag
+
+CHECKPOINT = "main"
+MAX_GAP_SPAN = 10_000  # a jump wider than this is not an in-flight transaction; it is not waited for
+
+
+def trust_policy(config: Config) -> TrustPolicy:
+    return TrustPolicy(credential_configured=config.webhook.credential_configured, verify_only=config.webhook.mode == "verify")
+
+
+class FoldStore(Protocol):
+    """What fold_batch needs; SqlFoldStore and MemoryFoldStore provide it."""
+
+    def donations_matching(self, references, ids, transactions) -> dict[int, DonationState]: ...
+    def events_by_ids(self, ids) -> list[FoldEvent]: ...
+    def write_donations(self, states) -> None: ...
+    def add_anomalies(self, anomalies) -> None: ...
+    def drop_anomalies(self, donation_ids=(), unknown_reference_events=()) -> None: ...
+    def apply_credit_changes(self, changes) -> None: ...
+    def patients(self, ids): ...
+    def credits_of_patients(self, ids): ...
+    def write_patients(self, totals) -> None: ...
+
+
+@dataclass
+class BatchResult:
+    events: int = 0
+    transitions: list[tuple[Transition, DonationState]] = field(default_factory=list)
+    credits_added: int = 0
+    credits_removed: int = 0
+    anomalies: int = 0
+    patients: dict[int, PatientTotals] = field(default_factory=dict)
+    patient_required: dict[int, object] = field(default_factory=dict)
+    donations: set[int] = field(default_factory=set)
+
+
+def fold_batch(store: FoldStore, events: list[FoldEvent], retried: list[FoldEvent], policy: TrustPolicy) -> BatchResult:
+    """Apply new events (and unknown-reference events retried against new donations) through `store`."""
+    result = BatchResult(events=len(events))
+    references, ids, transactions = set(), set(), set()
+    for event in events + retried:
+        event_references, event_ids, event_transactions = reference_keys(event)
+        references.update(event_references)
+        ids.update(event_ids)
+        transactions.update(event_transactions)
+    states = store.donations_matching(references, ids, transactions)
+    index = DonationIndex()
+    for state in states.values():
+        index.add(state)
+
+    anomalies: list[AnomalyRecord] = []
+    by_donation: dict[int, list[FoldEvent]] = defaultdict(list)
+    resolved_late: list[int] = []
+    retried_ids = {event.id for event in retried}
+    for event in sorted(events + retried, key=lambda e: e.id):
+        if event.parse_error:
+            anomalies.append(AnomalyRecord(event.id, None, "invalid_payload", event.parse_error[:500]))
+            continue
+        donation_id = resolve(event, index)
+        if donation_id is None:
+            if event.id not in retried_ids:
+                detail = event.utilityref or event.externalreference or event.transaction_ref or str(event.donation_id)
+                anomalies.append(AnomalyRecord(event.id, None, "unknown_reference", f"no donation for {detail}"[:500]))
+            continue
+        if event.id in retried_ids:
+            resolved_late.append(event.id)
+        by_donation[donation_id].append(event)
+
+    replayed: list[int] = []
+    to_fetch: set[int] = set()
+    for donation_id, donation_events in by_donation.items():
+        state = states[donation_id]
+        if state.last_event_id is not None and donation_events[0].id <= state.last_event_id:
+            replayed.append(donation_id)
+            to_fetch.update(state.applied_ids())
+    earlier = {event.id: event for event in store.events_by_ids(to_fetch)} if to_fetch else {}
+
+    changes: list[tuple[Credit | None, Credit | None]] = []
+    changed_states: list[DonationState] = []
+    replay_set = set(replayed)
+    for donation_id, donation_events in by_donation.items():
+        state = states[donation_id]
+        before_status, before_credit = state.status, credit_of(state)
+        if donation_id in replay_set:
+            merged = {event.id: event for event in earlier.values() if event.id in set(state.applied_ids())}
+            merged.update((event.id, event) for event in donation_events)
+            donation_events = [merged[event_id] for event_id in sorted(merged)]
+            state = states[donation_id] = state.reset()
+        raised, transitions = fold_donation(state, donation_events, policy)
+        anomalies.extend(raised)
+        changed_states.append(state)
+        after_credit = credit_of(state)
+        if after_credit != before_credit:
+            changes.append((before_credit, after_credit))
+        if state.status != before_status and transitions:
+            result.transitions.append((transitions[-1]._replace(before=before_status), state))
+    result.donations = set(by_donation)
+
+    store.drop_anomalies(donation_ids=replayed, unknown_reference_events=resolved_late)
+    store.write_donations(changed_states)
+    store.add_anomalies(anomalies)
+    store.apply_credit_changes(changes)
+    result.anomalies = len(anomalies)
+    result.credits_added = sum(1 for old, new in changes if old is None)
+    result.credits_removed = sum(1 for old, new in changes if new is None)
+    _update_patients(store, changes, result)
+    return result
+
+
+def _update_patients(store: FoldStore, changes: list[tuple[Credit | None, Credit | None]], result: BatchResult) -> None:
+    by_patient: dict[int, list[tuple[Credit | None, Credit | None]]] = defaultdict(list)
+    for old, new in changes:
+        for patient_id in {credit.patient_id for credit in (old, new) if credit is not None and credit.patient_id is not None}:
+            by_patient[patient_id].append((old if old and old.patient_id == patient_id else None, new if new and new.patient_id == patient_id else None))
+    if not by_patient:
+        return
+    patients = store.patients(by_patient)
+    totals: dict[int, PatientTotals] = {}
+    recompute: list[int] = []
+    for patient_id, patient_changes in by_patient.items():
+        patient = patients[patient_id]
+        updated = patient_update(patient.funding_required, patient.funding_received, patient.status, patient.fully_funded_at, patient_changes)
+        if updated is None:
+            recompute.append(patient_id)
+        else:
+            totals[patient_id] = updated
+    if recompute:
+        credits = store.credits_of_patients(recompute)
+        for patient_id in recompute:
+            totals[patient_id] = patient_totals(patients[patient_id].funding_required, credits.get(patient_id, []))
+    store.write_patients(totals)
+    result.patients = totals
+    result.patient_required = {patient_id: patients[patient_id].funding_required for patient_id in totals}
+
+
+def next_events(store: SqlFoldStore, checkpoint: Checkpoint, batch_size: int, now: datetime, gap_timeout: float) -> tuple[list[FoldEvent], list[FoldEvent]]:
+    """(new events after the checkpoint, events that filled earlier gaps); updates checkpoint position and gaps."""
+    filled = store.events_by_ids(checkpoint.gap_ids()) if checkpoint.gaps else []
+    filled_ids = {event.id for event in filled}
+    expiry = now - timedelta(seconds=gap_timeout)
+    gaps = [(gap_id, seen) for gap_id, seen in checkpoint.gaps if gap_id not in filled_ids and seen >= expiry]
+    dropped = len(checkpoint.gaps) - len(filled_ids) - len(gaps)
+    if dropped:
+        logger.warning(f"fold: gave up waiting for {dropped} missing event id(s) after {gap_timeout:.0f}s")
+    fresh = store.events_after(checkpoint.position, batch_size)
+    expected = checkpoint.position + 1
+    for event in fresh:
+        if event.id > expected and event.id - expected <= MAX_GAP_SPAN:
+            gaps.extend((gap_id, now) for gap_id in range(expected, event.id))
+        expected = event.id + 1
+    if fresh:
+        checkpoint.position = fresh[-1].id
+    checkpoint.gaps = gaps
+    return fresh, filled
+
+
+@dataclass
+class FoldReport:
+    batches: int = 0
+    events: int = 0
+    transitions: int = 0
+    credits_added: int = 0
+    credits_removed: int = 0
+    anomalies: int = 0
+    gaps_waiting: int = 0
+    lag_events: int = 0
+    position: int = 0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def run_fold(
+    engine: Engine,
+    config: Config,
+    now: datetime,
+    *,
+    max_batches: int | None = None,
+    batch_size: int | None = None,
+    announce: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> FoldReport:
+    """Fold until the log is exhausted (or max_batches). Each batch commits with its checkpoint.
+
+    announce=False (rebuild) suppresses the per-donation log lines; progress(position, max_id) is
+    called after each batch.
+    """
+    policy = trust_policy(config)
+    batch_size = batch_size or config.fold.batch_size
+    report = FoldReport()
+    while max_batches is None or report.batches < max_batches:
+        try:
+            with transaction(engine, immediate=True) as session:
+                store = SqlFoldStore(session)
+                checkpoint = store.lock_checkpoint(CHECKPOINT)
+                fresh, filled = next_events(store, checkpoint, batch_size, now, config.fold.gap_timeout_seconds)
+                high, references, ids, transactions = store.donation_keys_above(checkpoint.donation_high)
+                checkout_ids = {e.donation_id for e in fresh + filled if e.source == "checkout" and e.donation_id is not None}
+                if checkout_ids:
+                    ids |= checkout_ids
+                    for state in store.donations_matching(set(), checkout_ids, set()).values():
+                        if state.transaction_id:
+                            transactions.add(state.transaction_id)
+                retry_ids = store.unknown_reference_events(references, ids, transactions) if (references or ids or transactions) else []
+                fresh_ids = {e.id for e in fresh + filled}
+                retried = store.events_by_ids([i for i in retry_ids if i not in fresh_ids]) if retry_ids else []
+                result = fold_batch(store, fresh + filled, retried, policy)
+                problems = store.invariant_violations(patient_ids=result.patients.keys(), donation_ids=result.donations)
+                if problems:
+                    raise InvariantViolation("fold invariant violated: " + "; ".join(problems[:5]))
+                checkpoint.events_applied += len(fresh) + len(filled)
+                checkpoint.donation_high = high
+                store.save_checkpoint(checkpoint, now)
+                max_id = store.max_event_id() if progress else 0
+        except Exception as exc:
+            payments.error(f"Error processing Azam Pay callback: fold failed: {exc}")
+            raise
+        report.batches += 1
+        report.events += result.events
+        report.transitions += len(result.transitions)
+        report.credits_added += result.credits_added
+        report.credits_removed += result.credits_removed
+        report.anomalies += result.anomalies
+        report.gaps_waiting = len(checkpoint.gaps)
+        report.position = checkpoint.position
+        if announce:
+            announce_transitions(result)
+        if progress:
+            progress(checkpoint.position, max_id)
+        if not fresh and not retried:
+            break
+    with transaction(engine) as session:
+        report.lag_events, _ = fold_lag(session, CHECKPOINT)
+    return report
+
+
+def announce_transitions(result: BatchResult) -> None:
+    """The webhook guide's log phrases, once per real status change, after the batch committed."""
+    for transition, state in result.transitions:
+        payments.info(f"Processed callback - External ID: {transition.reference}, Status: {transition.event_status}")
+        if transition.after == COMPLETED:
+            payments.info(f"✅ Donation {transition.donation_id} completed successfully")
+            totals = result.patients.get(state.patient_id) if state.patient_id is not None else None
+            if totals is not None:
+                payments.info(f"Updated patient funding: {totals.funding_received:.2f}/{result.patient_required[state.patient_id]:.2f}")
+        elif transition.after == FAILED:
+            payments.info(f"❌ Donation {transition.donation_id} payment failed")
+        else:
+            payments.info(f"Donation {transition.donation_id} is now {transition.after} (was {transition.before})")

@@ -1,0 +1,344 @@
+"""The pure fold: (donation state, event) -> donation state, plus anomalies and a transition.
+
+No SQLAlchemy, no clock, no I/O, no logging. The caller (jobs/fold.py) loads the states an event batch
+touches, calls `fold_donation` for each, and writes the results in the same transaction as its
+checkpoint.
+
+Why the final status cannot depend on order: a donation keeps order-independent aggregates (the
+earliest trusted matching success, the earliest trusted failure, the latest operator decision, ...)
+and its status is *derived* from them by `derive`. Anomalies describe what an event meant when it was
+applied, so they do depend on order; the caller therefore always applies a donation's events in log
+(id) order, replaying the donation from scratch when an older event turns up late.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Iterable, NamedTuple
+
+PENDING, COMPLETED, FAILED, CANCELLED, EXPIRED, REVIEW = "PENDING", "COMPLETED", "FAILED", "CANCELLED", "EXPIRED", "REVIEW"
+SUCCESS, UNKNOWN = "SUCCESS", "UNKNOWN"
+DONATION_STATUSES = (PENDING, COMPLETED, FAILED, CANCELLED, EXPIRED, REVIEW)
+OPERATOR_STATUSES = (COMPLETED, FAILED, CANCELLED)
+
+ANOMALY_KINDS = (
+    "unknown_reference",
+    "amount_mismatch",
+    "conflicting_status",
+    "late_success",
+    "unauthenticated",
+    "unknown_status",
+    "invalid_payload",
+    "duplicate",
+)
+
+CALLBACK_SOURCES = ("callback", "import")
+TRUSTED_SOURCES = ("poll", "checkout", "operator")
+
+
+class FoldEvent(NamedTuple):
+    """The typed columns of a payment_events row that the fold reads. Never the body."""
+
+    id: int
+    received_at: datetime
+    source: str
+    auth: str
+    status: str | None
+    amount: Decimal | None
+    utilityref: str | None = None
+    externalreference: str | None = None
+    donation_hint: str | None = None
+    transaction_ref: str | None = None
+    donation_id: int | None = None
+    parse_error: str | None = None
+    status_raw: str | None = None
+
+    @property
+    def order_key(self) -> tuple[datetime, int]:
+        return (self.received_at, self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class TrustPolicy:
+    """DESIGN §4, Trust. `credential_configured`: a webhook password or signature key is set."""
+
+    credential_configured: bool = False
+    verify_only: bool = False  # mode `verify`: callbacks never count, only poll answers
+
+    def trusts(self, event: FoldEvent) -> bool:
+        if event.source in TRUSTED_SOURCES:
+            return True
+        if self.verify_only:
+            return False
+        if self.credential_configured:
+            return event.auth == "verified"
+        return True
+
+
+@dataclass(slots=True)
+class DonationState:
+    """A donation's static facts plus every derived column (pipeline.models.Donation mirrors the names)."""
+
+    id: int
+    patient_id: int | None
+    charge_amount: Decimal
+    patient_amount: Decimal
+    external_reference: str | None = None
+    transaction_id: str | None = None
+    # derived
+    status: str = PENDING
+    completed_at: datetime | None = None
+    credit_event_id: int | None = None
+    last_event_id: int | None = None
+    events_applied: int = 0
+    event_ids: str | None = None
+    needs_check: bool = False
+    success_event_id: int | None = None
+    success_at: datetime | None = None
+    review_event_id: int | None = None
+    review_reason: str | None = None
+    failure_event_id: int | None = None
+    failure_at: datetime | None = None
+    failure_status: str | None = None
+    expired_event_id: int | None = None
+    operator_event_id: int | None = None
+    operator_at: datetime | None = None
+    operator_status: str | None = None
+
+    def reset(self) -> "DonationState":
+        """The state before any event: static facts kept, every derived field at its default."""
+        return DonationState(self.id, self.patient_id, self.charge_amount, self.patient_amount, self.external_reference, self.transaction_id)
+
+    def copy(self) -> "DonationState":
+        return replace(self)
+
+    def applied_ids(self) -> list[int]:
+        return [int(part) for part in self.event_ids.split(",")] if self.event_ids else []
+
+
+DERIVED_FIELDS = tuple(f.name for f in fields(DonationState))[6:]
+
+
+class AnomalyRecord(NamedTuple):
+    event_id: int
+    donation_id: int | None
+    kind: str
+    detail: str
+
+
+class Transition(NamedTuple):
+    """A status change caused by one event: what the logs announce."""
+
+    donation_id: int
+    event_id: int
+    before: str
+    after: str
+    reference: str | None
+    event_status: str | None
+
+
+class Credit(NamedTuple):
+    donation_id: int
+    patient_id: int | None
+    amount: Decimal
+    event_id: int
+    credited_at: datetime
+
+
+def _earlier(candidate: tuple[datetime, int], current_at: datetime | None, current_id: int | None) -> bool:
+    return current_id is None or candidate < (current_at, current_id)
+
+
+def amount_matches(state: DonationState, event: FoldEvent) -> bool:
+    """Poll and checkout answers carry no amount: they confirm the transaction we asked for."""
+    if event.amount is None:
+        return event.source in TRUSTED_SOURCES
+    return event.amount == state.charge_amount
+
+
+def derive(state: DonationState) -> None:
+    """Status, completed_at and credit_event_id from the aggregates. Order-independent by construction."""
+    completed_at = credit_event_id = None
+    if state.operator_status is not None:
+        status = state.operator_status
+        if status == COMPLETED:
+            if state.success_event_id is not None:
+                completed_at, credit_event_id = state.success_at, state.success_event_id
+            else:
+                completed_at, credit_event_id = state.operator_at, state.operator_event_id
+    elif state.success_event_id is not None:
+        status, completed_at, credit_event_id = COMPLETED, state.success_at, state.success_event_id
+    elif state.review_event_id is not None:
+        status = REVIEW
+    elif state.failure_status is not None:
+        status = state.failure_status
+    elif state.expired_event_id is not None:
+        status = EXPIRED
+    else:
+        status = PENDING
+    state.status, state.completed_at, state.credit_event_id = status, completed_at, credit_event_id
+
+
+def apply(state: DonationState, event: FoldEvent, policy: TrustPolicy) -> tuple[list[AnomalyRecord], Transition | None]:
+    """Apply one event to `state` in place. Returns the anomalies it raised and the transition, if any."""
+    before = state.status
+    anomalies: list[AnomalyRecord] = []
+
+    def anomaly(kind: str, detail: str) -> None:
+        anomalies.append(AnomalyRecord(event.id, state.id, kind, detail))
+
+    state.events_applied += 1
+    state.event_ids = f"{state.event_ids},{event.id}" if state.event_ids else str(event.id)
+    if state.last_event_id is None or event.id > state.last_event_id:
+        state.last_event_id = event.id
+    key = event.order_key
+    status = event.status
+
+    if not policy.trusts(event):
+        state.needs_check = True
+        anomaly("unauthenticated", f"{event.source} auth={event.auth} status={status}; not trusted, poll requested")
+    elif event.source == "operator":
+        if status in OPERATOR_STATUSES and (state.operator_event_id is None or event.id > state.operator_event_id):
+            state.operator_event_id, state.operator_at, state.operator_status = event.id, event.received_at, status
+    elif status == SUCCESS:
+        if amount_matches(state, event):
+            if state.success_event_id is None:
+                if before in (FAILED, CANCELLED, EXPIRED):
+                    anomaly("late_success", f"success after {before}")
+            else:
+                anomaly("duplicate", f"success already recorded by event {state.success_event_id}")
+            if _earlier(key, state.success_at, state.success_event_id):
+                state.success_event_id, state.success_at = event.id, event.received_at
+        else:
+            anomaly("amount_mismatch", f"amount {event.amount} differs from charge_amount {state.charge_amount}")
+            if state.review_event_id is None or event.id < state.review_event_id:
+                state.review_event_id = event.id
+                state.review_reason = f"amount {event.amount} != {state.charge_amount}"[:200]
+    elif status in (FAILED, CANCELLED):
+        if before in (COMPLETED, REVIEW) or (state.failure_status not in (None, status)):
+            anomaly("conflicting_status", f"{status} after {before}")
+        if _earlier(key, state.failure_at, state.failure_event_id):
+            state.failure_event_id, state.failure_at, state.failure_status = event.id, event.received_at, status
+    elif status == EXPIRED:
+        if state.expired_event_id is None or event.id < state.expired_event_id:
+            state.expired_event_id = event.id
+    elif status == PENDING:
+        pass
+    else:
+        state.needs_check = True
+        anomaly("unknown_status", f"{event.source} status {event.status_raw or status!r} not recognised")
+
+    derive(state)
+    transition = None
+    if state.status != before:
+        transition = Transition(state.id, event.id, before, state.status, state.external_reference, status)
+    return anomalies, transition
+
+
+def fold_donation(
+    state: DonationState, events: Iterable[FoldEvent], policy: TrustPolicy
+) -> tuple[list[AnomalyRecord], list[Transition]]:
+    """Apply events in the given order; the caller passes them in log (id) order."""
+    anomalies: list[AnomalyRecord] = []
+    transitions: list[Transition] = []
+    for event in events:
+        raised, transition = apply(state, event, policy)
+        anomalies.extend(raised)
+        if transition is not None:
+            transitions.append(transition)
+    return anomalies, transitions
+
+
+def credit_of(state: DonationState) -> Credit | None:
+    """The funding credit a donation in this state carries: patient_amount once COMPLETED, else none."""
+    if state.status != COMPLETED:
+        return None
+    return Credit(state.id, state.patient_id, state.patient_amount, state.credit_event_id, state.completed_at)
+
+
+@dataclass(slots=True)
+class DonationIndex:
+    """How events name donations (DESIGN §3 resolution order): reference, id, AzamPay transaction id."""
+
+    by_reference: dict[str, int] = field(default_factory=dict)
+    by_transaction: dict[str, int] = field(default_factory=dict)
+    ids: set[int] = field(default_factory=set)
+
+    def add(self, state: DonationState) -> None:
+        self.ids.add(state.id)
+        if state.external_reference:
+            self.by_reference[state.external_reference] = state.id
+        if state.transaction_id:
+            self.by_transaction[state.transaction_id] = state.id
+
+
+def resolve(event: FoldEvent, index: DonationIndex) -> int | None:
+    """The donation an event is about, or None. utilityref, externalreference, additionalProperties.donation_id,
+    then reference/transid against donations.transaction_id. Events we appended ourselves carry donation_id."""
+    if event.donation_id is not None:
+        return event.donation_id if event.donation_id in index.ids else None
+    for reference in (event.utilityref, event.externalreference):
+        if reference and reference in index.by_reference:
+            return index.by_reference[reference]
+    hint = event.donation_hint
+    if hint and hint.isdigit() and int(hint) in index.ids:
+        return int(hint)
+    for reference in (event.transaction_ref, event.externalreference):
+        if reference and reference in index.by_transaction:
+            return index.by_transaction[reference]
+    return None
+
+
+def reference_keys(event: FoldEvent) -> tuple[list[str], list[int], list[str]]:
+    """(external references, donation ids, transaction ids) an event could resolve through."""
+    references = [r for r in (event.utilityref, event.externalreference) if r]
+    ids = [event.donation_id] if event.donation_id is not None else []
+    if event.donation_hint and event.donation_hint.isdigit() and len(event.donation_hint) < 19:
+        ids.append(int(event.donation_hint))
+    transactions = [r for r in (event.transaction_ref, event.externalreference) if r]
+    return references, ids, transactions
+
+
+class PatientTotals(NamedTuple):
+    funding_received: Decimal
+    status: str
+    fully_funded_at: datetime | None
+
+
+def patient_totals(funding_required: Decimal, credits: Iterable[Credit]) -> PatientTotals:
+    """Sum of credits; FULLY_FUNDED from the credit that crosses funding_required, in (credited_at, donation_id) order."""
+    received = Decimal("0")
+    fully_funded_at = None
+    for credit in sorted(credits, key=lambda c: (c.credited_at, c.donation_id)):
+        received += credit.amount
+        if fully_funded_at is None and received >= funding_required:
+            fully_funded_at = credit.credited_at
+    if fully_funded_at is not None:
+        return PatientTotals(received, "FULLY_FUNDED", fully_funded_at)
+    return PatientTotals(received, "FUNDING", None)
+
+
+def patient_update(
+    funding_required: Decimal,
+    received: Decimal,
+    status: str,
+    fully_funded_at: datetime | None,
+    changes: Iterable[tuple[Credit | None, Credit | None]],
+) -> PatientTotals | None:
+    """New totals from credit changes (old, new) without reading every credit, or None when only a full
+    recompute (patient_totals over all credits) can place fully_funded_at: the patient crosses
+    funding_required, or a change lands at or before the current crossing point."""
+    delta = Decimal("0")
+    touches_crossing = False
+    for old, new in changes:
+        delta += (new.amount if new else Decimal("0")) - (old.amount if old else Decimal("0"))
+        for credit in (old, new):
+            if credit is not None and fully_funded_at is not None and credit.credited_at <= fully_funded_at:
+                touches_crossing = True
+    received += delta
+    if received < funding_required:
+        return PatientTotals(received, "FUNDING", None)
+    if status == "FULLY_FUNDED" and not touches_crossing:
+        return PatientTotals(received, status, fully_funded_at)
+    return None

@@ -1,0 +1,109 @@
+"""An in-memory fold target for `rebuild --check` and `rebuild --as-of`: reads the live log, writes nothing.
+
+It offers the methods jobs.fold.fold_batch calls on SqlFoldStore, over dicts, and produces a
+Snapshot that can be compared with the live state's (pipeline.store.snapshot).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from decimal import Decimal
+from typing import Iterable, Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pipeline.fold import AnomalyRecord, Credit, DonationIndex, DonationState, PatientTotals
+from pipeline.models import Donation, Patient
+from pipeline.store.snapshot import Snapshot
+from pipeline.store.state import STATIC_COLUMNS, PatientRow, SqlFoldStore
+
+
+class MemoryFoldStore:
+    def __init__(self, session: Session, as_of: datetime | None = None):
+        self.reader = SqlFoldStore(session)
+        self.as_of = as_of
+        donations = select(*STATIC_COLUMNS)
+        patients = select(Patient.id, Patient.funding_required)
+        if as_of is not None:
+            donations = donations.where(Donation.created_at <= as_of)
+            patients = patients.where(Patient.created_at <= as_of)
+        self.states: dict[int, DonationState] = {row[0]: DonationState(*row) for row in session.execute(donations)}
+        self.index = DonationIndex()
+        for state in self.states.values():
+            self.index.add(state)
+        self.patient_rows = {
+            patient_id: PatientRow(patient_id, required, Decimal("0"), "FUNDING", None) for patient_id, required in session.execute(patients)
+        }
+        self.credits: dict[int, Credit] = {}
+        self.anomalies: dict[int | None, list[AnomalyRecord]] = defaultdict(list)
+
+    # -- reading the log --------------------------------------------------------------------
+    def events_after(self, position: int, limit: int, until_id: int | None = None):
+        return self.reader.events_after(position, limit, received_until=self.as_of, until_id=until_id)
+
+    def events_by_ids(self, ids: Iterable[int]):
+        return self.reader.events_by_ids(ids)
+
+    # -- the FoldStore methods --------------------------------------------------------------
+    def donations_matching(self, references: set[str], ids: set[int], transactions: set[str]) -> dict[int, DonationState]:
+        found: dict[int, DonationState] = {}
+        for reference in references:
+            if reference in self.index.by_reference:
+                donation_id = self.index.by_reference[reference]
+                found[donation_id] = self.states[donation_id].copy()
+        for donation_id in ids:
+            if donation_id in self.states:
+                found[donation_id] = self.states[donation_id].copy()
+        for transaction in transactions:
+            if transaction in self.index.by_transaction:
+                donation_id = self.index.by_transaction[transaction]
+                found[donation_id] = self.states[donation_id].copy()
+        return found
+
+    def write_donations(self, states: Iterable[DonationState]) -> None:
+        for state in states:
+            self.states[state.id] = state
+
+    def add_anomalies(self, anomalies: Sequence[AnomalyRecord]) -> None:
+        for record in anomalies:
+            self.anomalies[record.donation_id].append(record)
+
+    def drop_anomalies(self, donation_ids: Iterable[int] = (), unknown_reference_events: Iterable[int] = ()) -> None:
+        for donation_id in donation_ids:
+            self.anomalies.pop(donation_id, None)
+        events = set(unknown_reference_events)
+        if events:
+            self.anomalies[None] = [a for a in self.anomalies[None] if not (a.kind == "unknown_reference" and a.event_id in events)]
+
+    def apply_credit_changes(self, changes: Sequence[tuple[Credit | None, Credit | None]]) -> None:
+        for old, new in changes:
+            if new is None:
+                self.credits.pop(old.donation_id, None)
+            else:
+                self.credits[new.donation_id] = new
+
+    def patients(self, ids: Iterable[int]) -> dict[int, PatientRow]:
+        return {patient_id: self.patient_rows[patient_id] for patient_id in ids if patient_id in self.patient_rows}
+
+    def credits_of_patients(self, ids: Iterable[int]) -> dict[int, list[Credit]]:
+        wanted = set(ids)
+        found: dict[int, list[Credit]] = defaultdict(list)
+        for credit in self.credits.values():
+            if credit.patient_id in wanted:
+                found[credit.patient_id].append(credit)
+        return found
+
+    def write_patients(self, totals: dict[int, PatientTotals]) -> None:
+        for patient_id, total in totals.items():
+            row = self.patient_rows[patient_id]
+            row.funding_received, row.status, row.fully_funded_at = total.funding_received, total.status, total.fully_funded_at
+
+    # -- result -----------------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        return Snapshot.build(
+            donations=self.states.values(),
+            credits=self.credits.values(),
+            patients=((p.id, p.funding_received, p.status, p.fully_funded_at) for p in self.patient_rows.values()),
+            anomalies=(record for records in self.anomalies.values() for record in records),
+        )
