@@ -16,6 +16,7 @@ from pipeline.errors import AzamreconError
 COMMAND_MODULES = [
     "jobs.commands.admin",
     "jobs.commands.events",
+    "jobs.commands.ingest",
     "jobs.commands.serve",
     "jobs.commands.fold",
     "jobs.commands.donations",

@@ -132,6 +132,7 @@ class AzamPayClient:
         self.config = config
         self._clock = clock
         self._timeouts = (config.timeout_connect, config.timeout_read)
+        self._owns_session = session is None
         self._session = session or requests.Session()
         retry = _GetOnlyRetry(
             total=config.get_retries,
@@ -139,6 +140,7 @@ class AzamPayClient:
             status_forcelist=(502, 503, 504),
             backoff_factor=backoff_factor,
             raise_on_status=False,  # the last 5xx answer is turned into AzamPayUnavailable below
+            respect_retry_after_header=False,  # a Retry-After of hours would stall a poll worker; keep waits bounded
         )
         adapter = HTTPAdapter(max_retries=retry, pool_maxsize=32)
         self._session.mount("http://", adapter)
@@ -146,6 +148,16 @@ class AzamPayClient:
         self._token_lock = threading.Lock()
         self._token: str | None = None
         self._token_valid_until: datetime | None = None
+
+    def close(self) -> None:
+        if self._owns_session:
+            self._session.close()
+
+    def __enter__(self) -> "AzamPayClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # --- token -------------------------------------------------------------------------------------
 
@@ -200,7 +212,8 @@ class AzamPayClient:
             response = self._session.request(method, url, timeout=self._timeouts, **kwargs)
         except requests.RequestException as exc:
             raise _transport_error(exc, what, self._timeouts) from None
-        logger.debug("{} -> HTTP {} in {:.0f} ms", what, response.status_code, (time.perf_counter() - started) * 1000)
+        if response.status_code >= 300:  # only the unusual answers: the poller makes thousands of calls
+            logger.debug("{} -> HTTP {} in {:.0f} ms", what, response.status_code, (time.perf_counter() - started) * 1000)
         return response
 
     def _authorised(self, method: str, url: str, what: str, **kwargs: Any) -> requests.Response:
