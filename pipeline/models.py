@@ -27,7 +27,38 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Ids are BIGINT on MySQL but INTEGER on SQLite, where only INTEGER PRIMARY KEY aliases the rowid.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
-Money = Numeric(14, 2)
+CENT = Decimal("0.01")
+
+
+class Money(TypeDecorator):
+    """Decimal money with 2 places: DECIMAL(14,2) on MySQL, integer cents on SQLite.
+
+    SQLite has no decimal type; SQLAlchemy's Numeric would bind floats there and SUM() would add
+    floats. Integer cents keep storage, comparisons and sums exact, and Python only ever sees Decimal.
+    """
+
+    impl = Numeric(14, 2)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(Integer())
+        return dialect.type_descriptor(Numeric(14, 2))
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if isinstance(value, float):
+            raise TypeError("money must be Decimal, not float")
+        value = Decimal(value).quantize(CENT)
+        return int(value * 100) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return (Decimal(value) / 100).quantize(CENT)
+        return Decimal(value).quantize(CENT)
 
 
 class UTCDateTime(TypeDecorator):
@@ -79,10 +110,10 @@ class Patient(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(200))
-    funding_required: Mapped[Decimal] = mapped_column(Money)
+    funding_required: Mapped[Decimal] = mapped_column(Money())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # derived
-    funding_received: Mapped[Decimal] = mapped_column(Money, default=Decimal("0"), server_default="0")
+    funding_received: Mapped[Decimal] = mapped_column(Money(), default=Decimal("0"), server_default="0")
     status: Mapped[str] = mapped_column(String(16), default="FUNDING", server_default="FUNDING")
     fully_funded_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
@@ -92,11 +123,11 @@ class Donation(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"), nullable=True, index=True)
-    amount: Mapped[Decimal] = mapped_column(Money)
+    amount: Mapped[Decimal] = mapped_column(Money())
     currency: Mapped[str] = mapped_column(String(3))
-    patient_amount: Mapped[Decimal] = mapped_column(Money)
-    support_amount: Mapped[Decimal] = mapped_column(Money, default=Decimal("0"), server_default="0")
-    charge_amount: Mapped[Decimal] = mapped_column(Money)
+    patient_amount: Mapped[Decimal] = mapped_column(Money())
+    support_amount: Mapped[Decimal] = mapped_column(Money(), default=Decimal("0"), server_default="0")
+    charge_amount: Mapped[Decimal] = mapped_column(Money())
     charge_currency: Mapped[str] = mapped_column(String(3))
     msisdn: Mapped[str | None] = mapped_column(String(12), nullable=True)
     provider: Mapped[str | None] = mapped_column(String(16), nullable=True)
@@ -144,7 +175,7 @@ class PaymentEvent(Base):
     transaction_ref: Mapped[str | None] = mapped_column(String(255), nullable=True)  # reference or transid
     status_raw: Mapped[str | None] = mapped_column(String(255), nullable=True)
     status: Mapped[str | None] = mapped_column(String(16), nullable=True)  # normalised
-    amount: Mapped[Decimal | None] = mapped_column(Money, nullable=True)
+    amount: Mapped[Decimal | None] = mapped_column(Money(), nullable=True)
     operator: Mapped[str | None] = mapped_column(String(64), nullable=True)
     msisdn: Mapped[str | None] = mapped_column(String(64), nullable=True)
     donation_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)  # set by poll/checkout/operator
@@ -162,7 +193,7 @@ class FundingCredit(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     donation_id: Mapped[int] = mapped_column(ForeignKey("donations.id"), unique=True)
     patient_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
-    amount: Mapped[Decimal] = mapped_column(Money)
+    amount: Mapped[Decimal] = mapped_column(Money())
     event_id: Mapped[int] = mapped_column(BigInteger)
     credited_at: Mapped[datetime] = mapped_column(UTCDateTime)
 

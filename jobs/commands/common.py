@@ -49,10 +49,11 @@ class Context:
 
         return make_engine(self.config.database)
 
-    def setup_logging(self, component: str = "cli") -> None:
-        from pipeline.logs import configure_logging
+    def setup_logging(self, component: str = "cli", stderr_level: str | None = "WARNING") -> None:
+        """Logging is configured here, at the entry point, and nowhere in library code."""
+        from pipeline.logs import configure_logging, secrets_of
 
-        configure_logging(self.config.logging, component=component)
+        configure_logging(self.config.logging, component=component, secrets=secrets_of(self.config), stderr_level=stderr_level)
 
 
 def parse_when(value: str | None, name: str) -> datetime | None:

@@ -71,9 +71,26 @@ class PatientRow:
     fully_funded_at: datetime | None
 
 
+_DONATIONS = Donation.__table__
+_UPDATE_DONATION = (
+    update(_DONATIONS)
+    .where(_DONATIONS.c.id == bindparam("b_id"))
+    .values({name: bindparam(name) for name in DERIVED_FIELDS})
+)
+_PATIENTS = Patient.__table__
+_UPDATE_PATIENT = (
+    update(_PATIENTS)
+    .where(_PATIENTS.c.id == bindparam("b_id"))
+    .values(funding_received=bindparam("funding_received"), status=bindparam("status"), fully_funded_at=bindparam("fully_funded_at"))
+)
+
+
 class SqlFoldStore:
+    """Hot paths use Core statements on the session's connection: no ORM identity map, executemany writes."""
+
     def __init__(self, session: Session):
         self.session = session
+        self.connection = session.connection()
 
     # -- checkpoint ---------------------------------------------------------------------------
     def lock_checkpoint(self, name: str) -> Checkpoint:
@@ -125,13 +142,13 @@ class SqlFoldStore:
             query = query.where(PaymentEvent.id <= until_id)
         if received_until is not None:
             query = query.where(PaymentEvent.received_at <= received_until)
-        return [FoldEvent(*row) for row in self.session.execute(query)]
+        return [FoldEvent(*row) for row in self.connection.execute(query)]
 
     def events_by_ids(self, ids: Iterable[int]) -> list[FoldEvent]:
         ids = sorted(set(ids))
         found: list[FoldEvent] = []
         for part in chunks(ids):
-            found.extend(FoldEvent(*row) for row in self.session.execute(select(*EVENT_COLUMNS).where(PaymentEvent.id.in_(part))))
+            found.extend(FoldEvent(*row) for row in self.connection.execute(select(*EVENT_COLUMNS).where(PaymentEvent.id.in_(part))))
         return sorted(found, key=lambda event: event.id)
 
     def max_event_id(self) -> int:
@@ -143,7 +160,7 @@ class SqlFoldStore:
         for column, values in ((Donation.external_reference, references), (Donation.id, ids), (Donation.transaction_id, transactions)):
             values = sorted(values)
             for part in chunks(values):
-                for row in self.session.execute(select(*STATE_COLUMNS).where(column.in_(part))):
+                for row in self.connection.execute(select(*STATE_COLUMNS).where(column.in_(part))):
                     if row[0] not in states:
                         states[row[0]] = DonationState(*row)
         return states
@@ -163,9 +180,9 @@ class SqlFoldStore:
         return high, references, ids, transactions
 
     def write_donations(self, states: Iterable[DonationState]) -> None:
-        rows = [{"id": state.id, **{name: getattr(state, name) for name in DERIVED_FIELDS}} for state in states]
+        rows = [{"b_id": state.id, **{name: getattr(state, name) for name in DERIVED_FIELDS}} for state in states]
         if rows:
-            self.session.execute(update(Donation), rows)
+            self.connection.execute(_UPDATE_DONATION, rows)
 
     # -- anomalies --------------------------------------------------------------------------
     def unknown_reference_events(self, references: set[str], ids: set[int], transactions: set[str]) -> list[int]:
@@ -188,7 +205,7 @@ class SqlFoldStore:
 
     def add_anomalies(self, anomalies: Sequence[AnomalyRecord]) -> None:
         if anomalies:
-            self.session.execute(insert(Anomaly), [record._asdict() for record in anomalies])
+            self.connection.execute(insert(Anomaly.__table__), [record._asdict() for record in anomalies])
 
     def drop_anomalies(self, donation_ids: Iterable[int] = (), unknown_reference_events: Iterable[int] = ()) -> None:
         """Anomalies a replay or a late resolution will raise again (or no longer raises)."""
@@ -209,7 +226,7 @@ class SqlFoldStore:
         for part in chunks(removed):
             self.session.execute(delete(FundingCredit).where(FundingCredit.donation_id.in_(part)))
         if added:
-            self.session.execute(insert(FundingCredit), added)
+            self.connection.execute(insert(FundingCredit.__table__), added)
         if moved:
             statement = (
                 update(FundingCredit.__table__)
@@ -221,13 +238,13 @@ class SqlFoldStore:
                     patient_id=bindparam("patient_id"),
                 )
             )
-            self.session.connection().execute(statement, moved)
+            self.connection.execute(statement, moved)
 
     def patients(self, ids: Iterable[int]) -> dict[int, PatientRow]:
         found: dict[int, PatientRow] = {}
         columns = (Patient.id, Patient.funding_required, Patient.funding_received, Patient.status, Patient.fully_funded_at)
         for part in chunks(sorted(set(ids))):
-            for row in self.session.execute(select(*columns).where(Patient.id.in_(part))):
+            for row in self.connection.execute(select(*columns).where(Patient.id.in_(part))):
                 found[row[0]] = PatientRow(*row)
         return found
 
@@ -235,17 +252,17 @@ class SqlFoldStore:
         found: dict[int, list[Credit]] = {}
         columns = (FundingCredit.donation_id, FundingCredit.patient_id, FundingCredit.amount, FundingCredit.event_id, FundingCredit.credited_at)
         for part in chunks(sorted(set(ids))):
-            for row in self.session.execute(select(*columns).where(FundingCredit.patient_id.in_(part))):
+            for row in self.connection.execute(select(*columns).where(FundingCredit.patient_id.in_(part))):
                 found.setdefault(row[1], []).append(Credit(*row))
         return found
 
     def write_patients(self, totals: dict[int, PatientTotals]) -> None:
         rows = [
-            {"id": patient_id, "funding_received": t.funding_received, "status": t.status, "fully_funded_at": t.fully_funded_at}
+            {"b_id": patient_id, "funding_received": t.funding_received, "status": t.status, "fully_funded_at": t.fully_funded_at}
             for patient_id, t in totals.items()
         ]
         if rows:
-            self.session.execute(update(Patient), rows)
+            self.connection.execute(_UPDATE_PATIENT, rows)
 
     # -- invariants -------------------------------------------------------------------------
     def invariant_violations(self, patient_ids: Iterable[int] | None = None, donation_ids: Iterable[int] | None = None) -> list[str]:

@@ -3,7 +3,7 @@
 Revision ID: 0001
 Revises: 
 Append-only: triggers refuse UPDATE and DELETE on payment_events, on SQLite and MySQL.
-Create Date: 2026-11-26 03:31:06.472482
+Create Date: 2026-11-26 03:36:18.506181
 """
 from alembic import op
 import sqlalchemy as sa
@@ -63,9 +63,9 @@ def upgrade() -> None:
     op.create_table('patients',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('name', sa.String(length=200), nullable=False),
-    sa.Column('funding_required', sa.Numeric(precision=14, scale=2), nullable=False),
+    sa.Column('funding_required', pipeline.models.Money(precision=14, scale=2), nullable=False),
     sa.Column('created_at', pipeline.models.UTCDateTime(), nullable=False),
-    sa.Column('funding_received', sa.Numeric(precision=14, scale=2), server_default='0', nullable=False),
+    sa.Column('funding_received', pipeline.models.Money(precision=14, scale=2), server_default='0', nullable=False),
     sa.Column('status', sa.String(length=16), server_default='FUNDING', nullable=False),
     sa.Column('fully_funded_at', pipeline.models.UTCDateTime(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_patients'))
@@ -85,7 +85,7 @@ def upgrade() -> None:
     sa.Column('transaction_ref', sa.String(length=255), nullable=True),
     sa.Column('status_raw', sa.String(length=255), nullable=True),
     sa.Column('status', sa.String(length=16), nullable=True),
-    sa.Column('amount', sa.Numeric(precision=14, scale=2), nullable=True),
+    sa.Column('amount', pipeline.models.Money(precision=14, scale=2), nullable=True),
     sa.Column('operator', sa.String(length=64), nullable=True),
     sa.Column('msisdn', sa.String(length=64), nullable=True),
     sa.Column('donation_id', sa.BigInteger(), nullable=True),
@@ -103,11 +103,11 @@ def upgrade() -> None:
     op.create_table('donations',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('patient_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
-    sa.Column('amount', sa.Numeric(precision=14, scale=2), nullable=False),
+    sa.Column('amount', pipeline.models.Money(precision=14, scale=2), nullable=False),
     sa.Column('currency', sa.String(length=3), nullable=False),
-    sa.Column('patient_amount', sa.Numeric(precision=14, scale=2), nullable=False),
-    sa.Column('support_amount', sa.Numeric(precision=14, scale=2), server_default='0', nullable=False),
-    sa.Column('charge_amount', sa.Numeric(precision=14, scale=2), nullable=False),
+    sa.Column('patient_amount', pipeline.models.Money(precision=14, scale=2), nullable=False),
+    sa.Column('support_amount', pipeline.models.Money(precision=14, scale=2), server_default='0', nullable=False),
+    sa.Column('charge_amount', pipeline.models.Money(precision=14, scale=2), nullable=False),
     sa.Column('charge_currency', sa.String(length=3), nullable=False),
     sa.Column('msisdn', sa.String(length=12), nullable=True),
     sa.Column('provider', sa.String(length=16), nullable=True),
@@ -147,7 +147,7 @@ def upgrade() -> None:
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('donation_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('patient_id', sa.BigInteger(), nullable=True),
-    sa.Column('amount', sa.Numeric(precision=14, scale=2), nullable=False),
+    sa.Column('amount', pipeline.models.Money(precision=14, scale=2), nullable=False),
     sa.Column('event_id', sa.BigInteger(), nullable=False),
     sa.Column('credited_at', pipeline.models.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['donation_id'], ['donations.id'], name=op.f('fk_funding_credits_donation_id')),

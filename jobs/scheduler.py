@@ -1,0 +1,134 @@
+"""The scheduler daemon: registers the jobs with APScheduler 3.x and nothing else.
+
+Every job has an explicit id, max_instances=1, coalesce and a misfire grace time. Two daemons on one
+MySQL database are safe: the fold serialises on its checkpoint row lock, poll and the daily report
+take a lease lock, and spool ingest is idempotent (dedupe keys).
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from datetime import datetime
+from typing import Callable
+
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.cron import CronTrigger
+from loguru import logger
+from sqlalchemy.engine import Engine
+
+from jobs.runs import recorded_run, utcnow
+from pipeline.config import Config
+from pipeline.errors import AzamreconError, LockBusy
+
+Clock = Callable[[], datetime]
+
+
+class Jobs:
+    """The scheduled job bodies. Each reads the clock once and passes `now` down."""
+
+    def __init__(self, engine: Engine, config: Config, clock: Clock = utcnow):
+        self.engine, self.config, self.clock = engine, config, clock
+        self._client = None
+
+    def client(self):
+        if self._client is None:
+            from pipeline.azampay import AzamPayClient
+
+            self._client = AzamPayClient(self.config.azampay)
+        return self._client
+
+    def fold(self) -> None:
+        # The fold runs every fraction of a second; only runs that did something (or failed) are
+        # recorded in job_runs, or the table would grow by ~170k idle rows a day.
+        from jobs.fold import run_fold
+
+        now = self.clock()
+        try:
+            report = run_fold(self.engine, self.config, now)
+        except Exception as exc:
+            self._record_failure("fold", now, exc)
+            raise
+        if report.events:
+            with recorded_run(self.engine, "fold", now, clock=self.clock) as run:
+                run.counts = report.as_dict()
+
+    def poll(self) -> None:
+        from jobs.fold import run_fold
+        from jobs.poll import run_poll
+
+        now = self.clock()
+        with recorded_run(self.engine, "poll", now, clock=self.clock) as run:
+            report = run_poll(self.engine, self.config, self.client(), now)
+            run.counts = report.as_dict() if hasattr(report, "as_dict") else dict(report.__dict__)
+        run_fold(self.engine, self.config, self.clock())
+
+    def spool(self) -> None:
+        from pathlib import Path
+
+        from jobs.spool import ingest_spool
+
+        if not Path(self.config.receiver.spool_dir).exists():
+            return
+        now = self.clock()
+        with recorded_run(self.engine, "spool", now, clock=self.clock) as run:
+            run.counts = ingest_spool(self.engine, self.config.receiver.spool_dir, now)
+
+    def daily_report(self) -> None:
+        from jobs.locks import lease
+        from jobs.report import write_daily_report
+
+        now = self.clock()
+        with recorded_run(self.engine, "report", now, clock=self.clock) as run:
+            with lease(self.engine, "report", now, lease_seconds=3600):
+                run.counts = {"path": str(write_daily_report(self.engine, self.config, now))}
+
+    def _record_failure(self, job: str, now: datetime, exc: BaseException) -> None:
+        try:
+            with recorded_run(self.engine, job, now, clock=self.clock):
+                raise exc
+        except BaseException:
+            pass
+
+
+def _guarded(name: str, body: Callable[[], None]) -> Callable[[], None]:
+    """Log a job's failure in one line and keep the daemon alive; the next run retries."""
+
+    def run() -> None:
+        try:
+            body()
+        except LockBusy as exc:
+            logger.info(f"{name}: skipped, {exc}")
+        except AzamreconError as exc:
+            logger.error(f"{name} failed: {exc}")
+        except Exception as exc:  # the daemon must survive a job's bug; the traceback goes to errors.log
+            logger.exception(f"{name} failed: {type(exc).__name__}: {exc}")
+
+    return run
+
+
+def build_scheduler(engine: Engine, config: Config, clock: Clock = utcnow) -> BlockingScheduler:
+    settings = config.scheduler
+    jobs = Jobs(engine, config, clock)
+    scheduler = BlockingScheduler(timezone="UTC", job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": settings.misfire_grace_seconds})
+    scheduler.add_job(_guarded("fold", jobs.fold), "interval", seconds=settings.fold_interval_seconds, id="fold", name="fold")
+    scheduler.add_job(_guarded("poll", jobs.poll), "interval", seconds=settings.poll_interval_seconds, id="poll", name="poll")
+    scheduler.add_job(_guarded("spool", jobs.spool), "interval", seconds=settings.spool_interval_seconds, id="spool", name="spool")
+    scheduler.add_job(
+        _guarded("report", jobs.daily_report), CronTrigger.from_crontab(settings.report_cron, timezone="UTC"), id="daily_report", name="daily report"
+    )
+    return scheduler
+
+
+def run_scheduler(engine: Engine, config: Config, clock: Clock = utcnow) -> None:
+    """Run until SIGTERM/SIGINT; a running job finishes before the process exits."""
+    scheduler = build_scheduler(engine, config, clock)
+
+    def stop(signum, _frame) -> None:
+        logger.info(f"scheduler: signal {signum}, finishing the running job then exiting")
+        threading.Thread(target=scheduler.shutdown, kwargs={"wait": True}, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    logger.info("scheduler started: " + ", ".join(f"{job.id} ({job.trigger})" for job in scheduler.get_jobs()))
+    scheduler.start()
+    logger.info("scheduler stopped")
