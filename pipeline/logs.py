@@ -13,10 +13,12 @@ from pathlib import Path
 from loguru import logger
 
 from pipeline.config import Config, LoggingConfig
-from pipeline.redact import redact_text
+from pipeline.redact import REDACTED, redact_text
 
 # Library code logs payment lines through this; the sink filter routes them to payments.log.
 payments = logger.bind(channel="payments")
+# The same channel for text already redacted by pipeline.redact (the patcher then only scrubs literal secrets).
+payments_redacted = payments.bind(redacted=True)
 
 _FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level:<8} | {extra[component]} | {message}"
 
@@ -42,7 +44,16 @@ def configure_logging(
     directory.mkdir(parents=True, exist_ok=True)
 
     def scrub(record) -> None:
-        record["message"] = redact_text(record["message"], secrets)
+        if record["extra"].get("redacted"):
+            # the caller already passed its text through pipeline.redact (e.g. redact_body on the hot
+            # callback path); only the literal secrets are scrubbed again, which is cheap
+            message = record["message"]
+            for secret in secrets:
+                if secret and len(secret) >= 4:
+                    message = message.replace(secret, REDACTED)
+            record["message"] = message
+        else:
+            record["message"] = redact_text(record["message"], secrets)
         record["extra"].setdefault("component", component)
 
     logger.remove()

@@ -72,4 +72,18 @@ def show_event(ctx: Context, event_id: int, output_format) -> None:
     emit_object(data, output_format, title=f"event {event_id}")
 
 
+@events.command("ingest-spool")
+@click.option("--spool-dir", type=click.Path(file_okay=False), default=None, help="Spool directory (default: receiver.spool_dir).")
+@pass_context
+def ingest_spool_command(ctx: Context, spool_dir: str | None) -> None:
+    """Replay callbacks spooled during a database outage into the log (idempotent)."""
+    from jobs.runs import utcnow
+    from jobs.spool import ingest_spool
+    from pipeline.logs import configure_logging, secrets_of
+
+    configure_logging(ctx.config.logging, component="cli", secrets=secrets_of(ctx.config))
+    counts = ingest_spool(ctx.engine, spool_dir or ctx.config.receiver.spool_dir, utcnow())
+    click.echo(" ".join(f"{key}={value}" for key, value in counts.items()))
+
+
 COMMANDS = [events]

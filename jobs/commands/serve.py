@@ -1,0 +1,74 @@
+"""azamrecon serve: the callback receiver on uvicorn."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+from pathlib import Path
+
+import click
+
+from jobs.commands.common import Context, pass_context
+from pipeline.errors import ConfigError, InputError
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Fail with one line, before uvicorn starts, when the address cannot be bound."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    probe = socket.socket(family, kind, proto)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
+    except OSError as exc:
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    finally:
+        probe.close()
+
+
+@click.command()
+@click.option("--host", default=None, help="Interface to listen on (default: receiver.host).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (default: receiver.port).")
+@click.option("--workers", type=click.IntRange(1, 64), default=None, help="Worker processes (default: receiver.workers).")
+@pass_context
+def serve(ctx: Context, host: str | None, port: int | None, workers: int | None) -> None:
+    """Run the AzamPay callback receiver (HTTP)."""
+    import uvicorn
+
+    from pipeline.logs import configure_logging, secrets_of
+    from receiver.auth import Authenticator
+
+    config = ctx.config
+    host = host or config.receiver.host
+    port = config.receiver.port if port is None else port
+    workers = workers or config.receiver.workers
+    Authenticator.from_config(config.webhook)  # a bad key or network is a one-line ConfigError now, not in a worker
+    try:
+        Path(config.receiver.spool_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"invalid config value for receiver.spool_dir: cannot create {config.receiver.spool_dir}: {exc.strerror}") from None
+    _check_listen(host, port)
+    configure_logging(config.logging, component="receiver", secrets=secrets_of(config))
+    if ctx.config_path:
+        # the worker processes (and the factory) read the same file
+        os.environ["AZAMRECON_CONFIG"] = str(Path(ctx.config_path).resolve())
+    uvicorn.run(
+        "receiver.app:app_factory",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        access_log=False,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=15,
+        server_header=False,
+    )
+
+
+COMMANDS = [serve]

@@ -1,0 +1,1 @@
+"""The callback receiver: a small Starlette app that validates, appends and answers. It never changes donation state."""

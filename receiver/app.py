@@ -1,0 +1,255 @@
+"""The receiver's routes and answers.
+
+POST /api/v1.0/donors/payment/azampay/callback/ (with or without the trailing slash) stores the raw body
+and selected headers first (through the group-commit writer), then answers:
+
+    200 known donation            404 unknown donation (stored)     400 bad JSON / schema (stored)
+    413 body over the limit       415 not JSON (stored)              403 wrong credentials / refused address (stored)
+    202 credentials required but absent (stored, unverified)        503 database unreachable, spooled to disk
+    500 / 507 database and spool both failed (never a 2xx)
+
+GET /healthz answers 200 when `SELECT 1` works, 503 otherwise.
+
+`create_app(config)` builds the app; `app_factory()` is the entry point for `uvicorn --factory` and for
+each worker process of `azamrecon serve` (config from $AZAMRECON_CONFIG).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from datetime import datetime, timezone
+
+from loguru import logger
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from pipeline.config import Config, DatabaseConfig, load_config
+from pipeline.db import make_engine
+from pipeline.events import EventFields, extract_fields
+from pipeline.logs import configure_logging, payments, payments_redacted, secrets_of, warn_if_open
+from pipeline.redact import redact_body
+from pipeline.store.events import ReferenceKeys, event_row, select_headers
+from receiver import writer as outcomes
+from receiver.auth import FAILED, UNVERIFIED, Authenticator
+from receiver.spool import Spool
+from receiver.writer import GroupCommitWriter
+
+CALLBACK_PATH = "/api/v1.0/donors/payment/azampay/callback/"
+
+
+def _answer(status: int, payload: dict) -> tuple[int, bytes]:
+    return status, json.dumps(payload, separators=(",", ":")).encode()
+
+
+ANSWER_KNOWN = _answer(200, {"status": "received"})
+ANSWER_UNKNOWN = _answer(404, {"status": "not_found", "detail": "no donation matches this callback; it is stored"})
+ANSWER_UNVERIFIED = _answer(202, {"status": "accepted", "detail": "credentials required but absent; stored as unverified"})
+ANSWER_FORBIDDEN = _answer(403, {"status": "forbidden", "detail": "credentials rejected; stored"})
+ANSWER_REFUSED = _answer(403, {"status": "forbidden", "detail": "client address not allowed; stored"})
+ANSWER_SPOOLED = _answer(503, {"status": "spooled", "detail": "database unavailable; the callback is spooled and will be ingested later"})
+ANSWER_FAILED = _answer(500, {"status": "error", "detail": "the callback could not be stored"})
+ANSWER_NO_SPACE = _answer(507, {"status": "error", "detail": "the callback could not be stored: no space"})
+_JSON_HEADERS = b"application/json"
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def _send(send, answer: tuple[int, bytes], extra_headers: tuple = ()) -> None:
+    status, body = answer
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", _JSON_HEADERS), (b"content-length", str(len(body)).encode()), *extra_headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class CallbackEndpoint:
+    """A raw ASGI endpoint (no Request/Response objects in the hot path)."""
+
+    def __init__(self, config: Config, authenticator: Authenticator, writer: GroupCommitWriter):
+        self.limit = config.webhook.max_body_bytes
+        self.auth = authenticator
+        self.writer = writer
+
+    async def _read_body(self, receive, declared_over: bool) -> tuple[bytes, bool, bool]:
+        """(body, over_limit, disconnected). Reads at most limit+1 bytes; keeps the first `limit`."""
+        limit = self.limit
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return b"".join(chunks)[:limit], declared_over or size > limit, True
+            chunk = message.get("body", b"")
+            if chunk:
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    return b"".join(chunks)[:limit], True, False
+            if not message.get("more_body", False):
+                break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return body, declared_over, False
+
+    async def __call__(self, scope, receive, send) -> None:
+        received_at = datetime.now(timezone.utc)
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in scope["headers"]:
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        client = scope.get("client")
+        peer = client[0] if client else None
+        auth = self.auth
+        remote_addr = auth.client_address(peer, headers.get("x-forwarded-for"))
+        content_type = headers.get("content-type", "")
+        declared = headers.get("content-length", "")
+        body, over, disconnected = await self._read_body(receive, declared.isdigit() and int(declared) > self.limit)
+
+        typed = False
+        fields: EventFields
+        if disconnected:
+            fields = EventFields(parse_error="client disconnected before the body was complete")
+            answer = None
+        elif over:
+            fields = EventFields(parse_error=f"body over the limit of {self.limit} bytes (webhook.max_body_bytes); only the first {self.limit} bytes are stored")
+            answer = _answer(413, {"status": "too_large", "detail": f"body over {self.limit} bytes; the prefix is stored"})
+        elif not _is_json(content_type):
+            fields = EventFields(parse_error=f"unsupported content type {content_type[:100]!r}: expected application/json")
+            answer = _answer(415, {"status": "unsupported_media_type", "detail": "expected application/json; stored"})
+        else:
+            typed = True
+            fields = extract_fields(body)
+            answer = _answer(400, {"status": "invalid", "detail": fields.parse_error}) if fields.parse_error else None
+
+        keys = None
+        if not auth.address_allowed(remote_addr):
+            note = f"refused: client address {remote_addr} not in webhook.allowed_ips"
+            fields = dataclasses.replace(fields, parse_error=f"{note}; {fields.parse_error}" if fields.parse_error else note)
+            auth_value = FAILED
+            answer = ANSWER_REFUSED
+        elif typed and fields.parse_error is None:
+            auth_value = auth.check(fields, body)
+            if auth_value == FAILED:
+                answer = ANSWER_FORBIDDEN
+            elif auth_value == UNVERIFIED:
+                answer = ANSWER_UNVERIFIED
+            else:
+                keys = ReferenceKeys.of(fields)
+        else:
+            auth_value = auth.unchecked_auth()
+
+        row = event_row(
+            source="callback",
+            body=body,
+            received_at=received_at,
+            auth=auth_value,
+            fields=fields,
+            content_type=content_type or None,
+            remote_addr=remote_addr,
+            headers=select_headers(headers),
+        )
+        payments_redacted.info("Received Azam Pay callback: {}", redact_body(body))
+        (outcome,) = await self.writer.submit(row, keys, typed)
+
+        if outcome == outcomes.KNOWN:
+            answer = ANSWER_KNOWN
+        elif outcome == outcomes.UNKNOWN:
+            answer = ANSWER_UNKNOWN
+            payments.info(
+                "Could not find donation from external_id: {} (callback stored)",
+                fields.utilityref or fields.externalreference or fields.donation_hint or fields.transaction_ref,
+            )
+        elif outcome == outcomes.SPOOLED:
+            answer = ANSWER_SPOOLED
+        elif outcome == outcomes.NO_SPACE:
+            answer = ANSWER_NO_SPACE
+        elif outcome == outcomes.FAILED:
+            answer = ANSWER_FAILED
+        elif answer is not None and answer[0] != 202:
+            payments.warning("Azam Pay callback answered {}: {} (stored, auth={})", answer[0], fields.parse_error or "credentials rejected", auth_value)
+        if disconnected:  # the client is gone; its body is stored anyway
+            return
+        extra = ((b"retry-after", b"30"),) if answer[0] == 503 else ()
+        await _send(send, answer, extra)
+
+
+def make_receiver_engine(database: DatabaseConfig):
+    """The receiver's engine: like every other, plus read/write timeouts on MySQL so a hung server
+    turns into StoreUnavailable (and a spooled 503) instead of a hung writer."""
+    if database.url.startswith("mysql"):
+        return make_engine(
+            database,
+            connect_args={"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30, "charset": "utf8mb4"},
+        )
+    return make_engine(database)
+
+
+def create_app(config: Config, engine=None) -> Starlette:
+    """The receiver app. It owns (and disposes) its engine unless one is given."""
+    owns_engine = engine is None
+    if engine is None:
+        engine = make_receiver_engine(config.database)
+    authenticator = Authenticator.from_config(config.webhook)
+    spool = Spool(config.receiver.spool_dir)
+    writer = GroupCommitWriter(engine, spool, max_batch=config.receiver.group_commit_max_batch)
+    endpoint = CallbackEndpoint(config, authenticator, writer)
+
+    def database_ok() -> bool:
+        try:
+            with engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1").scalar()
+            return True
+        except Exception:
+            return False
+
+    async def healthz(request: Request) -> JSONResponse:
+        if await run_in_threadpool(database_ok):
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "unavailable", "detail": "database unreachable"}, status_code=503)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        warn_if_open(config)
+        writer.start()
+        logger.info("receiver started: callbacks at {} (group commit up to {} rows)", CALLBACK_PATH, writer.max_batch)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(writer.stop)
+            spool.close()
+            if owns_engine:
+                engine.dispose()
+            logger.info("receiver stopped: {} rows committed in {} transactions, {} spooled", writer.rows_committed, writer.batches, writer.rows_spooled)
+
+    app = Starlette(
+        routes=[
+            Route(CALLBACK_PATH, endpoint, methods=["POST"]),
+            Route(CALLBACK_PATH.rstrip("/"), endpoint, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.config = config
+    app.state.engine = engine
+    app.state.writer = writer
+    app.state.spool = spool
+    return app
+
+
+def app_factory() -> Starlette:
+    """Entry point for `uvicorn --factory receiver.app:app_factory` and each `serve` worker: config from
+    $AZAMRECON_CONFIG (or ./config.yaml) plus the environment overrides; logging configured here."""
+    config = load_config()
+    configure_logging(config.logging, component="receiver", secrets=secrets_of(config))
+    return create_app(config)

@@ -1,0 +1,219 @@
+"""Group commit: one writer thread owns the receiver's database writes.
+
+Request handlers build a row and `await writer.submit(...)`. The writer takes everything queued (up to
+receiver.group_commit_max_batch rows), runs ONE transaction (known_references lookup + executemany
+append), commits, and only then resolves every request's future on its event loop. While one commit
+is being fsynced the next group is queueing, so throughput grows with concurrency.
+
+When the database fails, every row of the failed group is written to the disk spool (fsync) and
+answered SPOOLED (503); if the spool cannot be written either, FAILED / NO_SPACE (500 / 507).
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import queue
+import threading
+import time
+from typing import Any, NamedTuple, Sequence
+
+from loguru import logger
+
+from pipeline.db import transaction
+from pipeline.errors import StoreError, StoreUnavailable
+from pipeline.logs import payments
+from pipeline.store.events import ReferenceKeys, append_events, known_references
+from pipeline.store.spool import spool_record
+from receiver.spool import Spool
+
+# outcomes
+KNOWN = "known"  # committed; the callback names a known donation
+UNKNOWN = "unknown"  # committed; no donation matches
+STORED = "stored"  # committed; no lookup was asked for
+SPOOLED = "spooled"  # database failed; the row is in the disk spool
+FAILED = "failed"  # database and spool both failed
+NO_SPACE = "no_space"  # ... and the spool failed for lack of space
+
+_STOP = object()
+
+
+class Result(NamedTuple):
+    outcome: str  # KNOWN | UNKNOWN | STORED | SPOOLED | FAILED | NO_SPACE
+
+
+class Pending:
+    """One queued row and the future its request awaits."""
+
+    __slots__ = ("row", "keys", "typed", "future", "loop", "outcome")
+
+    def __init__(self, row: dict[str, Any], keys: ReferenceKeys | None, typed: bool, future, loop):
+        self.row = row
+        self.keys = keys
+        self.typed = typed
+        self.future = future
+        self.loop = loop
+        self.outcome: str | None = None
+
+
+def _resolve(items: Sequence[Pending]) -> None:
+    for item in items:
+        if not item.future.done():
+            item.future.set_result(Result(item.outcome))
+
+
+class GroupCommitWriter:
+    def __init__(self, engine, spool: Spool, max_batch: int = 256, outage_backoff_seconds: float = 0.5):
+        self.engine = engine
+        self.spool = spool
+        self.max_batch = max(1, int(max_batch))
+        self.outage_backoff_seconds = outage_backoff_seconds
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._down_until = 0.0
+        self._stopped = False
+        # statistics (read by tests and benchmarks)
+        self.batches = 0
+        self.rows_committed = 0
+        self.rows_spooled = 0
+        self.largest_batch = 0
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="azamrecon-group-commit", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Commit what is queued, then end the thread."""
+        self._stopped = True
+        thread = self._thread
+        if thread is None:
+            return
+        self._queue.put(_STOP)
+        thread.join(timeout)
+        self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # --- request side ---------------------------------------------------------------------------
+
+    async def submit(self, row: dict[str, Any], keys: ReferenceKeys | None = None, typed: bool = True) -> Result:
+        """Queue a row; return its Result once it is committed (or spooled)."""
+        loop = asyncio.get_running_loop()
+        item = Pending(row, keys, typed, loop.create_future(), loop)
+        if self._stopped:  # shutting down: process it alone, off the loop (rows queued before start() wait for it)
+            await loop.run_in_executor(None, self._process, [item])
+            return Result(item.outcome)
+        self._queue.put(item)
+        return await item.future
+
+    # --- writer thread --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        get, get_nowait, limit = self._queue.get, self._queue.get_nowait, self.max_batch
+        stopping = False
+        while not stopping:
+            first = get()
+            if first is _STOP:
+                break
+            batch = [first]
+            while len(batch) < limit:
+                try:
+                    item = get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)
+            try:
+                self._process(batch)
+            except BaseException:  # never leave a request hanging
+                logger.exception("group-commit writer failed on a batch of {}", len(batch))
+                for item in batch:
+                    item.outcome = item.outcome or FAILED
+            self._answer(batch)
+        # anything queued after the stop marker is still answered
+        rest = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                rest.append(item)
+        if rest:
+            self._process(rest)
+            self._answer(rest)
+
+    def _answer(self, batch: Sequence[Pending]) -> None:
+        by_loop: dict[Any, list[Pending]] = {}
+        for item in batch:
+            by_loop.setdefault(item.loop, []).append(item)
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve, items)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+    def _process(self, batch: list[Pending]) -> None:
+        """Commit the batch in one transaction; on failure spool it. Sets each item's outcome."""
+        if time.monotonic() < self._down_until:
+            self._spool(batch, "database unavailable (recent failure, not retried yet)")
+            return
+        try:
+            self._commit(batch)
+        except StoreUnavailable as exc:
+            self._down_until = time.monotonic() + self.outage_backoff_seconds
+            self._spool(batch, str(exc))
+        except StoreError as exc:
+            if len(batch) > 1:  # one bad row must not fail its neighbours: retry them one by one
+                for item in batch:
+                    self._process([item])
+                return
+            self._spool(batch, str(exc))
+        except Exception as exc:  # a bug: keep the request anyway
+            self._spool(batch, f"{type(exc).__name__}: {exc}")
+        else:
+            if self._down_until:
+                self._down_until = 0.0
+
+    def _commit(self, batch: list[Pending]) -> None:
+        lookups = [item for item in batch if item.keys is not None]
+        with transaction(self.engine, immediate=True) as session:
+            if lookups:
+                for item, known in zip(lookups, known_references(session, [item.keys for item in lookups])):
+                    item.outcome = KNOWN if known else UNKNOWN
+            append_events(session, [item.row for item in batch])
+        for item in batch:
+            if item.keys is None:
+                item.outcome = STORED
+        self.batches += 1
+        self.rows_committed += len(batch)
+        if len(batch) > self.largest_batch:
+            self.largest_batch = len(batch)
+
+    def _spool(self, batch: list[Pending], reason: str) -> None:
+        try:
+            path = self.spool.write([spool_record(item.row, item.typed) for item in batch])
+        except OSError as exc:
+            outcome = NO_SPACE if exc.errno in (errno.ENOSPC, errno.EDQUOT) else FAILED
+            for item in batch:
+                item.outcome = outcome
+            payments.error(
+                "Error processing Azam Pay callback: {} and the spool could not be written ({}: {}); {} callback(s) not stored",
+                reason,
+                type(exc).__name__,
+                exc.strerror or exc,
+                len(batch),
+            )
+            return
+        for item in batch:
+            item.outcome = SPOOLED
+        self.rows_spooled += len(batch)
+        payments.error("Error processing Azam Pay callback: {}; {} callback(s) spooled to {}", reason, len(batch), path)

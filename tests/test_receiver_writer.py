@@ -1,0 +1,152 @@
+"""Group commit: many rows, one transaction; an answer only after the commit; one bad row spoils nothing."""
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import datetime, timezone
+
+import pytest
+from sqlalchemy import event
+
+from pipeline.events import extract_fields
+from pipeline.store.events import ReferenceKeys, event_row
+from receiver import writer as outcomes
+from receiver.spool import Spool
+from receiver.writer import GroupCommitWriter
+from tests.conftest import fixture_bytes
+from tests.servers import add_donation, event_rows
+
+GUIDE_REF = "RHCI-DN-999-20251219120000"
+
+
+def _row(n: int, body: bytes | None = None):
+    raw = body or fixture_bytes("callback_guide_example.json").replace(b"TEST123", b"TX%05d" % n)
+    fields = extract_fields(raw)
+    row = event_row(source="callback", body=raw, received_at=datetime.now(timezone.utc), auth="n/a", fields=fields, content_type="application/json")
+    return row, ReferenceKeys.of(fields)
+
+
+def _count_commits(engine) -> list:
+    commits = []
+    event.listen(engine, "commit", lambda connection: commits.append(1))
+    return commits
+
+
+def test_queued_rows_share_one_transaction(backend):
+    add_donation(backend.engine, GUIDE_REF)
+    writer = GroupCommitWriter(backend.engine, Spool(backend.tmp_path / "spool"), max_batch=256)
+    commits = _count_commits(backend.engine)
+
+    async def scenario():
+        rows = [_row(n) for n in range(10)]
+        unknown = _row(99, b'{"transactionstatus":"success","utilityref":"RHCI-DN-1-nope"}')
+        tasks = [asyncio.ensure_future(writer.submit(row, keys)) for row, keys in rows + [unknown]]
+        await asyncio.sleep(0.05)  # every submit is queued before the writer thread starts
+        assert not any(task.done() for task in tasks)
+        writer.start()
+        return [r.outcome for r in await asyncio.wait_for(asyncio.gather(*tasks), 30)]
+
+    try:
+        results = asyncio.run(scenario())
+    finally:
+        writer.stop()
+    assert results == [outcomes.KNOWN] * 10 + [outcomes.UNKNOWN]
+    assert len(commits) == 1 and writer.batches == 1 and writer.largest_batch == 11
+    assert len(event_rows(backend.engine)) == 11
+
+
+def test_max_batch_is_respected(backend):
+    writer = GroupCommitWriter(backend.engine, Spool(backend.tmp_path / "spool"), max_batch=4)
+
+    async def scenario():
+        tasks = [asyncio.ensure_future(writer.submit(*_row(n))) for n in range(10)]
+        await asyncio.sleep(0.05)
+        writer.start()
+        return [r.outcome for r in await asyncio.wait_for(asyncio.gather(*tasks), 30)]
+
+    try:
+        results = asyncio.run(scenario())
+    finally:
+        writer.stop()
+    assert results == [outcomes.UNKNOWN] * 10
+    assert writer.batches == 3 and writer.largest_batch == 4
+    assert len(event_rows(backend.engine)) == 10
+
+
+def test_answer_only_after_commit(sqlite_backend):
+    """While another connection holds SQLite's write lock, the request is not answered; it is once the lock goes."""
+    backend = sqlite_backend
+    writer = GroupCommitWriter(backend.engine, Spool(backend.tmp_path / "spool"))
+    blocker = backend.engine.raw_connection()
+    blocker.driver_connection.execute("BEGIN IMMEDIATE")
+    released = threading.Event()
+
+    async def scenario():
+        writer.start()
+        task = asyncio.ensure_future(writer.submit(*_row(1)))
+        await asyncio.sleep(0.5)
+        assert not task.done()
+        assert event_rows(backend.engine) == []  # readers see nothing committed
+        blocker.driver_connection.execute("ROLLBACK")
+        released.set()
+        return (await asyncio.wait_for(task, 15)).outcome
+
+    try:
+        assert asyncio.run(scenario()) == outcomes.UNKNOWN
+    finally:
+        if not released.is_set():
+            blocker.driver_connection.execute("ROLLBACK")
+        blocker.close()
+        writer.stop()
+    assert len(event_rows(backend.engine)) == 1
+
+
+def test_one_bad_row_does_not_fail_its_batch(backend):
+    writer = GroupCommitWriter(backend.engine, Spool(backend.tmp_path / "spool"))
+    good_a, good_b = _row(1), _row(2)
+    bad_row, bad_keys = _row(3)
+    bad_row = {**bad_row, "auth": None}  # NOT NULL violation: a StoreError, not an outage
+
+    async def scenario():
+        tasks = [asyncio.ensure_future(writer.submit(row, keys)) for row, keys in (good_a, (bad_row, bad_keys), good_b)]
+        await asyncio.sleep(0.05)
+        writer.start()
+        return [r.outcome for r in await asyncio.wait_for(asyncio.gather(*tasks), 30)]
+
+    try:
+        results = asyncio.run(scenario())
+    finally:
+        writer.stop()
+    assert results == [outcomes.UNKNOWN, outcomes.SPOOLED, outcomes.UNKNOWN]
+    assert len(event_rows(backend.engine)) == 2
+    assert writer.rows_spooled == 1
+
+
+def test_submit_after_stop_is_still_stored(backend):
+    writer = GroupCommitWriter(backend.engine, Spool(backend.tmp_path / "spool"))
+    writer.start()
+    writer.stop()
+    assert asyncio.run(writer.submit(*_row(1))).outcome == outcomes.UNKNOWN
+    assert len(event_rows(backend.engine)) == 1
+
+
+def test_outage_spools_every_row_of_the_batch(tmp_path):
+    from pipeline.config import DatabaseConfig
+    from pipeline.db import make_engine
+
+    engine = make_engine(DatabaseConfig(url=f"sqlite:///{tmp_path / 'missing' / 'x.db'}"))
+    spool = Spool(tmp_path / "spool")
+    writer = GroupCommitWriter(engine, spool)
+
+    async def scenario():
+        tasks = [asyncio.ensure_future(writer.submit(*_row(n))) for n in range(5)]
+        await asyncio.sleep(0.05)
+        writer.start()
+        return [r.outcome for r in await asyncio.wait_for(asyncio.gather(*tasks), 30)]
+
+    try:
+        assert asyncio.run(scenario()) == [outcomes.SPOOLED] * 5
+    finally:
+        writer.stop()
+        spool.close()
+    assert len(spool.path.read_bytes().splitlines()) == 5
