@@ -20,7 +20,7 @@ payments = logger.bind(channel="payments")
 # The same channel for text already redacted by pipeline.redact (the patcher then only scrubs literal secrets).
 payments_redacted = payments.bind(redacted=True)
 
-_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level:<8} | {extra[component]} | {message}"
+_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS!UTC} | {level:<8} | {extra[component]} | {message}"
 
 
 def secrets_of(config: Config) -> tuple[str, ...]:

@@ -38,10 +38,23 @@ def redact(value: Any) -> Any:
     return value
 
 
+_HARMLESS = {"None", "null", "''", '""', REDACTED, f"'{REDACTED}'", f'"{REDACTED}"'}
+
+
+def _redact_pair(match: re.Match) -> str:
+    """Keep the value's quoting (so a redacted dict repr stays a valid literal) and leave values that
+    hide nothing (None, empty, already redacted) as they are."""
+    value = match.group("value")
+    if value in _HARMLESS:
+        return match.group(0)
+    quote = value[0] if value[0] in "'\"" and len(value) > 1 and value[-1] == value[0] else ""
+    return f"{match.group('key')}{quote}{REDACTED}{quote}"
+
+
 def redact_text(text: str, secrets: tuple[str, ...] = ()) -> str:
     """Redact key=value / "key": "value" pairs, bearer tokens and any literal secret in free text."""
     if _PAIR_HINT.search(text):
-        text = _TEXT_PAIR.sub(lambda m: m.group("key") + REDACTED, text)
+        text = _TEXT_PAIR.sub(_redact_pair, text)
     text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
     for secret in secrets:
         if secret and len(secret) >= 4:

@@ -33,6 +33,7 @@ from pipeline.events import EventFields, extract_fields
 from pipeline.logs import configure_logging, payments, payments_redacted, secrets_of, warn_if_open
 from pipeline.redact import redact_body
 from pipeline.store.events import ReferenceKeys, event_row, select_headers
+from receiver import metrics
 from receiver import writer as outcomes
 from receiver.auth import FAILED, UNVERIFIED, Authenticator
 from receiver.spool import Spool
@@ -237,6 +238,7 @@ def create_app(config: Config, engine=None) -> Starlette:
             Route(CALLBACK_PATH, endpoint, methods=["POST"]),
             Route(CALLBACK_PATH.rstrip("/"), endpoint, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics.endpoint(engine, config, writer), methods=["GET"]),
         ],
         lifespan=lifespan,
     )

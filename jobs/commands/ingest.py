@@ -1,0 +1,43 @@
+"""azamrecon events ingest FILE: backfill callbacks from an existing deployment's logs (jobs.ingest)."""
+from __future__ import annotations
+
+import click
+
+from jobs.commands.common import Context, pass_context
+from jobs.commands.events import events
+
+
+@events.command("ingest")
+@click.argument("file", metavar="FILE")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@pass_context
+def ingest(ctx: Context, file: str, progress: bool) -> None:
+    """Import callbacks from FILE into the log as source=import (idempotent).
+
+    \b
+    FILE may mix, line by line:
+      - log lines with `Received Azam Pay callback: {...}`: the legacy Django
+        logs/payments.log (Python dict repr) or azamrecon's own payments.log;
+        received_at is the line's timestamp, taken as UTC when it has no offset;
+      - JSON lines: {"received_at": "<ISO-8601>", "body": {...}} or a bare
+        callback body {...} (received_at: its "received_at" key, else now).
+    Other lines are skipped. Prints read, imported, duplicates, skipped and
+    errors counts. Importing the same file again imports nothing. Run
+    `azamrecon fold` (or let the scheduler) to fold the imported events.
+    """
+    from jobs.commands.fold import progress_bar
+    from jobs.ingest import check_readable, ingest_file
+    from jobs.runs import recorded_run, utcnow
+    from pipeline.logs import configure_logging, secrets_of
+
+    check_readable(file)
+    configure_logging(ctx.config.logging, component="ingest", secrets=secrets_of(ctx.config))
+    now = utcnow()
+    with recorded_run(ctx.engine, "ingest", now) as run:
+        with progress_bar("ingest", progress) as update:
+            counts = ingest_file(ctx.engine, ctx.config, file, now, progress=update)
+        run.counts = counts
+    click.echo(" ".join(f"{key}={value}" for key, value in counts.items()))
+
+
+COMMANDS: list = []

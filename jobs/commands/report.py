@@ -1,0 +1,147 @@
+"""azamrecon report [--date YYYY-MM-DD] [--as-of T] [--format table|json|csv]."""
+from __future__ import annotations
+
+import csv
+import io
+import re
+from datetime import date
+
+import click
+
+from jobs.commands.common import Context, format_option, parse_when, pass_context
+from pipeline.errors import InputError
+
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def parse_day(value: str | None, name: str = "--date") -> date | None:
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        if not _DATE.match(text):
+            raise ValueError
+        return date.fromisoformat(text)
+    except ValueError:
+        raise InputError(f"{name}: not a date in the form YYYY-MM-DD: {value!r}") from None
+
+
+@click.command()
+@click.option("--date", "day_text", default=None, metavar="YYYY-MM-DD", help="The UTC day whose completed/failed/cancelled donations are counted (default: today, or the day of --as-of).")
+@click.option("--as-of", "as_of_text", default=None, metavar="T", help="Answer from the state as known at T (ISO-8601; naive means UTC), refolded in memory from events received by then. Writes nothing.")
+@format_option
+@pass_context
+def report(ctx: Context, day_text, as_of_text, output_format) -> None:
+    """Answer the webhook guide's monitoring questions in one report.
+
+    \b
+    Sections: completed on the day (count, sum per currency), failed and
+    cancelled on the day, donations PENDING for longer than
+    poll.threshold_minutes (with ages), status counts, per-patient funding
+    (received / required / percent / status), anomalies by kind (count and
+    latest examples), fold lag (events, seconds) and the invariant check.
+
+    \b
+    --format table  one rich table per section
+    --format json   the full report object (amounts as decimal strings)
+    --format csv    flat rows "section,key,value", one per value; key is a
+                    dotted path inside the section, list items named by their
+                    id (e.g. completed,sum.TZS,75000.00 or
+                    stuck_pending,donations.12.age_minutes,42.0)
+    """
+    from jobs.report import build_report, flat_rows, report_json
+    from jobs.runs import utcnow
+
+    day = parse_day(day_text)
+    instant = parse_when(as_of_text, "--as-of")
+    now = utcnow()
+    if day is None:
+        day = (instant or now).date()
+    data = build_report(ctx.engine, ctx.config, day=day, now=now, as_of=instant)
+    if output_format == "json":
+        click.echo(report_json(data))
+    elif output_format == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["section", "key", "value"])
+        for section, key, value in flat_rows(data):
+            writer.writerow([section, key, _text(value)])
+        click.echo(buffer.getvalue(), nl=False)
+    else:
+        _print_tables(data)
+
+
+def _text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def _print_tables(data: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=200)
+
+    def table(title: str, columns: list[str], rows: list[list]) -> None:
+        grid = Table(title=title)
+        for column in columns:
+            grid.add_column(column)
+        for row in rows:
+            grid.add_row(*(_text(value) for value in row))
+        console.print(grid)
+
+    basis = f"as of {_text(data['as_of'])}" if data["basis"] == "as_of" else "live"
+    lag = data["fold_lag"]
+    invariants = data["invariants"]
+    table(
+        f"report {data['day']} ({basis})",
+        ["question", "answer"],
+        [
+            ["completed", f"{data['completed']['count']}  " + "  ".join(f"{c} {a}" for c, a in data["completed"]["sum"].items())],
+            ["failed", data["failed"]["count"]],
+            ["cancelled", data["cancelled"]["count"]],
+            [f"stuck PENDING > {data['stuck_pending']['threshold_minutes']:g} min", data["stuck_pending"]["count"]],
+            ["anomalies", data["anomalies"]["total"]],
+            ["fold lag", f"{lag['events']} events, {lag['seconds']:.1f} s"],
+            ["invariants", "OK" if invariants["ok"] else f"{len(invariants['violations'])} violation(s)"],
+            ["generated at", data["generated_at"]],
+        ],
+    )
+    table("donations by status", list(data["status_counts"]), [list(data["status_counts"].values())])
+    for name, at in (("completed", "completed_at"), ("failed", "failed_at"), ("cancelled", "cancelled_at")):
+        section = data[name]
+        if section["donations"]:
+            table(
+                f"{name} on {data['day']}" + (" (first rows)" if section["truncated"] else ""),
+                ["id", "external_reference", "patient", "amount", "currency", at],
+                [[d["id"], d["external_reference"], d["patient_id"], d["amount"], d["currency"], d[at]] for d in section["donations"]],
+            )
+    stuck = data["stuck_pending"]
+    if stuck["donations"]:
+        table(
+            f"stuck PENDING (ages at {_text(stuck['measured_at'])})" + (" (oldest rows)" if stuck["truncated"] else ""),
+            ["id", "external_reference", "amount", "currency", "created_at", "age_minutes"],
+            [[d["id"], d["external_reference"], d["amount"], d["currency"], d["created_at"], d["age_minutes"]] for d in stuck["donations"]],
+        )
+    if data["patients"]:
+        table(
+            "patient funding",
+            ["id", "name", "received", "required", "%", "status"],
+            [[p["id"], p["name"], p["funding_received"], p["funding_required"], p["percent"], p["status"]] for p in data["patients"]],
+        )
+    if data["anomalies"]["by_kind"]:
+        rows = []
+        for kind, entry in data["anomalies"]["by_kind"].items():
+            for position, example in enumerate(entry["latest"]):
+                rows.append([kind if position == 0 else "", entry["count"] if position == 0 else "", example["event_id"], example["donation_id"], example["detail"]])
+        table("anomalies by kind (latest examples)", ["kind", "count", "event", "donation", "detail"], rows)
+    if invariants["violations"]:
+        table("invariant violations", ["violation"], [[line] for line in invariants["violations"]])
+
+
+COMMANDS = [report]

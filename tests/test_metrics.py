@@ -1,0 +1,52 @@
+"""GET /metrics: Prometheus text with events by source/auth, fold lag, stuck pending and job stats."""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+
+from starlette.testclient import TestClient
+
+from jobs.fold import run_fold
+from jobs.runs import recorded_run
+from receiver.app import CALLBACK_PATH, create_app
+from tests.builders import add_donation, add_patient, append, callback_body
+
+SAMPLE = re.compile(r"^([a-z_]+)(\{[^}]*\})? (-?[0-9.e+]+)$")
+
+
+def parse(text: str) -> dict[str, float]:
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line:
+            continue
+        match = SAMPLE.match(line)
+        assert match, f"not Prometheus text: {line!r}"
+        values[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+    return values
+
+
+def test_metrics_report_log_lag_stuck_and_jobs(backend):
+    now = datetime.now(timezone.utc)
+    patient = add_patient(backend.engine, now - timedelta(hours=1))
+    _, reference = add_donation(backend.engine, now - timedelta(hours=1), patient)
+    add_donation(backend.engine, now - timedelta(hours=1), patient)  # stays PENDING: stuck
+    with recorded_run(backend.engine, "poll", now):
+        pass
+    app = create_app(backend.config())
+    with TestClient(app) as client:
+        assert client.post(CALLBACK_PATH, content=callback_body(reference), headers={"content-type": "application/json"}).status_code == 200
+        append(backend.engine, b"{}", now, source="poll", auth="n/a", status="PENDING")
+        before = parse(client.get("/metrics").text)
+        assert before['azamrecon_events_appended_total{source="callback",auth="n/a"}'] == 1
+        assert before['azamrecon_events_appended_total{source="poll",auth="n/a"}'] == 1
+        assert before["azamrecon_fold_lag_events"] == 2
+        assert before["azamrecon_stuck_pending"] == 2
+        assert before['azamrecon_job_runs_total{job="poll",outcome="ok"}'] == 1
+        assert before["azamrecon_receiver_rows_committed_total"] == 1
+        run_fold(backend.engine, backend.config(), now)
+        response = client.get("/metrics")
+        after = parse(response.text)
+    assert response.headers["content-type"].startswith("text/plain")
+    assert after["azamrecon_fold_lag_events"] == 0
+    assert after["azamrecon_stuck_pending"] == 1
+    assert after['azamrecon_donations{status="COMPLETED"}'] == 1
