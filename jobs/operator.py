@@ -25,7 +25,7 @@ def resolve_donation(engine: Engine, donation_id: int, status: str, note: str, n
     actor = actor or _whoami()
     body = json.dumps({"donation_id": donation_id, "status": status, "note": note.strip(), "actor": actor}, ensure_ascii=False).encode()
     fields = EventFields(status=status, status_raw=status)
-    with transaction(engine) as session:
+    with transaction(engine, immediate=True) as session:  # read then write: take SQLite's write lock first
         get_donation(session, donation_id)
         return append_event(
             session,

@@ -1,4 +1,4 @@
-"""azamrecon donations show|resolve|list (create arrives with checkout initiation)."""
+"""azamrecon donations create|show|resolve|list."""
 from __future__ import annotations
 
 import click
@@ -78,6 +78,55 @@ def resolve(ctx: Context, donation_id: int, status: str, note: str, actor, fold_
         run_fold(ctx.engine, ctx.config, now)
         with transaction(ctx.engine) as session:
             click.echo(f"donation {donation_id} is now {get_donation(session, donation_id).status}")
+
+
+@donations.command("create")
+@click.option("--patient", "patient_id", type=click.IntRange(min=1), default=None, help="The patient the donation funds.")
+@click.option("--general", is_flag=True, help="A general-fund donation (no patient).")
+@click.option("--amount", required=True, help="Total amount in the funding currency, e.g. 25000.")
+@click.option("--patient-amount", default=None, help="The patient's share (default: the amount minus --support-amount).")
+@click.option("--support-amount", default=None, help="The organisation's share (default: 0, or the amount minus --patient-amount).")
+@click.option("--msisdn", required=True, help="The donor's mobile number: 0XXXXXXXXX, 255XXXXXXXXX or +255XXXXXXXXX.")
+@click.option("--provider", required=True, help="Airtel, Tigo, Halopesa, Azampesa or Mpesa.")
+@click.option("--currency", default=None, help="Funding currency (default: donations.currency); converted to TZS with donations.exchange_rates.")
+@click.option("--fold/--no-fold", "fold_now", default=True, show_default=True, help="Fold right away so the state shows.")
+@pass_context
+def create(ctx: Context, patient_id, general: bool, amount: str, patient_amount, support_amount, msisdn: str, provider: str, currency, fold_now: bool) -> None:
+    """Create a donation and initiate the AzamPay mobile-money checkout (the donor confirms on the phone)."""
+    from jobs.checkout import initiate_checkout
+    from jobs.commands.common import parse_decimal
+    from jobs.fold import run_fold
+    from pipeline.azampay import AzamPayClient
+    from pipeline.errors import InputError
+    from pipeline.store.donations import get_donation, normalise_provider
+
+    if general and patient_id is not None:
+        raise InputError("--patient and --general exclude each other")
+    if not general and patient_id is None:
+        raise InputError("--patient is required (or --general for the general fund)")
+    total = parse_decimal(amount, "--amount")
+    patient_share = parse_decimal(patient_amount, "--patient-amount", positive=False)
+    support_share = parse_decimal(support_amount, "--support-amount", positive=False)
+    provider = normalise_provider(provider)
+    ctx.setup_logging("checkout")
+    now = utcnow()
+    with AzamPayClient(ctx.config.azampay) as client:
+        result = initiate_checkout(
+            ctx.engine, ctx.config, client,
+            patient_id=patient_id, amount=total, msisdn=msisdn, provider=provider, now=now,
+            patient_amount=patient_share, support_amount=support_share, currency=currency,
+        )
+    status = result.event_status
+    if fold_now:
+        run_fold(ctx.engine, ctx.config, utcnow())
+        with transaction(ctx.engine) as session:
+            status = get_donation(session, result.donation_id).status
+    click.echo(f"donation {result.donation_id}")
+    click.echo(f"reference {result.reference}")
+    click.echo(f"charge {result.charge_amount} {result.charge_currency}")
+    click.echo(f"transactionId {result.transaction_id or '-'}")
+    click.echo(f"status {status}" + ("" if fold_now else f" (checkout event {result.event_status}; not folded)"))
+    result.raise_for_error()  # one line on stderr, non-zero exit (AzamreconGroup)
 
 
 @donations.command("list")

@@ -1,0 +1,382 @@
+"""The poller: ask AzamPay about donations still unconfirmed after a threshold, and append the answers.
+
+It never writes donation state. Every answer becomes a `poll` event (raw answer bytes, status mapped to
+SUCCESS | FAILED | PENDING | UNKNOWN, status_raw = AzamPay's `data` text, donation_id, transaction_ref);
+the fold does the rest. Appends are grouped (one executemany transaction per group of answers), so
+10,000 stuck donations cost a handful of queries, not 10,000 transactions.
+
+Which donations are due (one selection query, one grouped query over earlier poll events):
+- PENDING and created before now - poll.threshold_minutes (the webhook guide's "stuck pending"), or
+  PENDING with needs_check (an untrusted callback or an unknown status asked for a check) at any age;
+- not in backoff: after n earlier answered polls (count and time taken from the log itself), the next
+  check is due at last_poll + base * 2^(n-1), capped (10 m, 20 m, 40 m, ... 4 h with the defaults).
+  A needs_check donation whose latest folded event is newer than its latest poll is due at once: the
+  poll is the answer to that new doubt;
+- with a transactionId: without one there is nothing to ask (counted as no_transaction_id);
+- a donation older than poll.max_age_hours is always due for a last check. When that check is not
+  definite (PENDING or UNKNOWN), an expiry `poll` event (status EXPIRED) is appended after the answer and
+  the fold makes the donation EXPIRED. A donation without a transactionId is expired without asking.
+  A later trusted success still wins over EXPIRED (late_success).
+
+A network error (AzamPayUnavailable, ...) appends nothing: it is counted (report.errors and the first
+messages in report.error_messages) and the donation is simply due again on the next run. An
+authentication failure stops the run early: every further call would fail the same way.
+
+Two pollers on one database never ask about the same donations: a run holds the `poll` row of job_locks
+as a lease (atomic conditional UPDATE, renewed while the run lasts, released at the end). A second run
+meanwhile raises LockBusy. `donation_id=` (one donation, now) takes no lease: a single extra question is
+harmless, and the receiver's status endpoint must not be blocked by a scheduled run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Iterator
+
+from loguru import logger
+from sqlalchemy import func, insert, or_, select, true, update
+from sqlalchemy.engine import Engine
+
+from pipeline.azampay import AzamPayClient, StatusAnswer
+from pipeline.config import Config
+from pipeline.db import transaction
+from pipeline.errors import AzamPayAuthError, AzamPayError, LockBusy, NotFound
+from pipeline.events import EventFields
+from pipeline.logs import payments
+from pipeline.models import Donation, JobLock, PaymentEvent
+from pipeline.store.events import append_events, event_row
+
+LOCK_NAME = "poll"
+DEFAULT_LEASE_SECONDS = 300.0  # a crashed poller's lease is taken over after this long
+RENEW_EVERY_SECONDS = 30.0  # a live poller renews its lease this often
+GROUP_ROWS = 500  # answers appended per transaction
+GROUP_SECONDS = 1.0  # ... or at least this often
+MAX_ERROR_MESSAGES = 5
+
+
+@dataclass
+class PollReport:
+    """Counts of one run. `checked` = answers appended; success/failed/pending/unknown split them."""
+
+    candidates: int = 0  # PENDING donations past the threshold or needing a check
+    checked: int = 0
+    success: int = 0
+    failed: int = 0
+    pending: int = 0
+    unknown: int = 0
+    expired: int = 0
+    errors: int = 0
+    skipped_backoff: int = 0
+    no_transaction_id: int = 0
+    appended: int = 0  # events written (answers + expiries)
+    aborted: str | None = None  # why the run stopped early (authentication refused)
+    error_messages: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__, error_messages=list(self.error_messages))
+
+    def summary(self) -> str:
+        keys = ("checked", "success", "failed", "pending", "unknown", "expired", "errors", "skipped_backoff", "no_transaction_id")
+        return ", ".join(f"{key}={getattr(self, key)}" for key in keys)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    id: int
+    transaction_id: str | None
+    provider: str | None
+    created_at: datetime
+    status: str
+    expire: bool  # PENDING and older than max_age: expire unless the answer is definite
+
+
+def backoff_delay(config: Config, earlier_polls: int) -> timedelta:
+    """How long after the last poll the next one is due: base * 2^(n-1), capped; n = earlier answered polls."""
+    poll = config.poll
+    if earlier_polls <= 0:
+        return timedelta(0)
+    minutes = min(poll.backoff_base_minutes * 2 ** min(earlier_polls - 1, 40), poll.backoff_cap_minutes)
+    return timedelta(minutes=minutes)
+
+
+# --- the lease ----------------------------------------------------------------------------------------------
+
+def _holder() -> str:
+    return f"{socket.gethostname()[:80]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def acquire_lease(engine: Engine, holder: str, now: datetime, lease_seconds: float) -> None:
+    """Take the `poll` lease or raise LockBusy. Atomic: one conditional UPDATE; rowcount 1 means ours."""
+    with transaction(engine, immediate=True) as session:
+        session.execute(
+            insert(JobLock).prefix_with("OR IGNORE", dialect="sqlite").prefix_with("IGNORE", dialect="mysql"),
+            {"name": LOCK_NAME, "holder": None, "acquired_at": None},
+        )
+        taken = session.execute(
+            update(JobLock)
+            .where(
+                JobLock.name == LOCK_NAME,
+                or_(JobLock.holder.is_(None), JobLock.acquired_at.is_(None), JobLock.acquired_at < now - timedelta(seconds=lease_seconds)),
+            )
+            .values(holder=holder, acquired_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if taken == 1:
+            return
+        row = session.execute(select(JobLock.holder, JobLock.acquired_at).where(JobLock.name == LOCK_NAME)).one_or_none()
+    who, since = (row or (None, None))
+    raise LockBusy(f"poll: another poller holds the lock ({who}, since {since:%Y-%m-%d %H:%M:%S} UTC)" if since else "poll: another poller holds the lock")
+
+
+def renew_lease(engine: Engine, holder: str, at: datetime) -> bool:
+    with transaction(engine, immediate=True) as session:
+        return session.execute(
+            update(JobLock).where(JobLock.name == LOCK_NAME, JobLock.holder == holder).values(acquired_at=at).execution_options(synchronize_session=False)
+        ).rowcount == 1
+
+
+def release_lease(engine: Engine, holder: str) -> None:
+    with transaction(engine, immediate=True) as session:
+        session.execute(
+            update(JobLock).where(JobLock.name == LOCK_NAME, JobLock.holder == holder).values(holder=None).execution_options(synchronize_session=False)
+        )
+
+
+# --- selection ----------------------------------------------------------------------------------------------
+
+def _due_candidates(engine: Engine, config: Config, now: datetime, report: PollReport, limit: int | None) -> list[Candidate]:
+    """PENDING donations past the threshold or needing a check, minus those in backoff; oldest first."""
+    poll = config.poll
+    threshold = now - timedelta(minutes=poll.threshold_minutes)
+    max_age = now - timedelta(hours=poll.max_age_hours)
+    selection = (Donation.status == "PENDING", or_(Donation.created_at < threshold, Donation.needs_check == true()))
+    with transaction(engine) as session:
+        rows = session.execute(
+            select(
+                Donation.id, Donation.transaction_id, Donation.provider, Donation.created_at, Donation.needs_check, Donation.last_event_id
+            )
+            .where(*selection)
+            .order_by(Donation.created_at, Donation.id)
+        ).all()
+        history = {
+            donation_id: (count, last_at, last_id)
+            for donation_id, count, last_at, last_id in session.execute(
+                select(PaymentEvent.donation_id, func.count(), func.max(PaymentEvent.received_at), func.max(PaymentEvent.id))
+                .join(Donation, Donation.id == PaymentEvent.donation_id)
+                .where(PaymentEvent.source == "poll", *selection)
+                .group_by(PaymentEvent.donation_id)
+            )
+        }
+    report.candidates = len(rows)
+    due: list[Candidate] = []
+    for donation_id, transaction_id, provider, created_at, needs_check, last_event_id in rows:
+        expire = created_at <= max_age
+        count, last_at, last_poll_id = history.get(donation_id, (0, None, None))
+        if not expire and count:
+            fresh_doubt = bool(needs_check) and last_event_id is not None and last_event_id > last_poll_id
+            if not fresh_doubt and now < last_at + backoff_delay(config, count):
+                report.skipped_backoff += 1
+                continue
+        if not transaction_id and not expire:
+            report.no_transaction_id += 1
+            continue
+        due.append(Candidate(donation_id, transaction_id, provider, created_at, "PENDING", expire))
+        if limit is not None and len(due) >= limit:
+            break
+    return due
+
+
+def _one_donation(engine: Engine, config: Config, donation_id: int, now: datetime) -> Candidate:
+    with transaction(engine) as session:
+        row = session.execute(
+            select(Donation.id, Donation.transaction_id, Donation.provider, Donation.created_at, Donation.status).where(Donation.id == donation_id)
+        ).one_or_none()
+    if row is None:
+        raise NotFound(f"donation {donation_id} not found")
+    expire = row.status == "PENDING" and row.created_at <= now - timedelta(hours=config.poll.max_age_hours)
+    return Candidate(row.id, row.transaction_id, row.provider, row.created_at, row.status, expire)
+
+
+# --- events -------------------------------------------------------------------------------------------------
+
+def answer_row(candidate: Candidate, answer: StatusAnswer, received_at: datetime) -> dict[str, Any]:
+    fields = EventFields(
+        status=answer.status,
+        status_raw=(answer.text or None) and answer.text[:255],
+        transaction_ref=candidate.transaction_id and candidate.transaction_id[:255],
+        operator=candidate.provider and candidate.provider[:64],
+    )
+    return event_row(source="poll", body=answer.raw, received_at=received_at, auth="n/a", fields=fields, content_type="application/json", donation_id=candidate.id)
+
+
+def expiry_row(candidate: Candidate, config: Config, received_at: datetime, last_status: str | None) -> dict[str, Any]:
+    hours = config.poll.max_age_hours
+    reason = f"no definite answer {hours:g} h after checkout" + (f" (last answer {last_status})" if last_status else " (no transactionId to ask about)")
+    body = json.dumps(
+        {
+            "expired": True,
+            "donation_id": candidate.id,
+            "transactionId": candidate.transaction_id,
+            "created_at": candidate.created_at.isoformat(),
+            "max_age_hours": hours,
+            "reason": reason,
+        },
+        sort_keys=True,
+    ).encode()
+    fields = EventFields(status="EXPIRED", status_raw=reason[:255], transaction_ref=candidate.transaction_id and candidate.transaction_id[:255])
+    return event_row(source="poll", body=body, received_at=received_at, auth="n/a", fields=fields, content_type="application/json", donation_id=candidate.id)
+
+
+# --- the run ------------------------------------------------------------------------------------------------
+
+class _Appender:
+    """Buffers event rows and appends them in groups, one transaction per group."""
+
+    def __init__(self, engine: Engine, report: PollReport):
+        self.engine, self.report = engine, report
+        self.rows: list[dict[str, Any]] = []
+        self.flushed_at = time.monotonic()
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        self.rows.extend(rows)
+        if len(self.rows) >= GROUP_ROWS:
+            self.flush()
+
+    def maybe_flush(self) -> None:
+        if self.rows and time.monotonic() - self.flushed_at >= GROUP_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        rows, self.rows = self.rows, []
+        self.flushed_at = time.monotonic()
+        if rows:
+            with transaction(self.engine, immediate=True) as session:
+                append_events(session, rows)
+            self.report.appended += len(rows)
+
+
+def run_poll(
+    engine: Engine,
+    config: Config,
+    client: AzamPayClient,
+    now: datetime,
+    *,
+    donation_id: int | None = None,
+    limit: int | None = None,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+) -> PollReport:
+    """Ask AzamPay about every due donation (or exactly `donation_id`, now) and append the answers.
+
+    Raises LockBusy when another poller holds the lease, NotFound for an unknown `donation_id`.
+    `now` is the run's clock origin: events are stamped now + elapsed time.
+    """
+    started = time.monotonic()
+
+    def clock() -> datetime:
+        return now + timedelta(seconds=time.monotonic() - started)
+
+    report = PollReport()
+    if donation_id is not None:
+        candidate = _one_donation(engine, config, donation_id, now)
+        report.candidates = 1
+        if not candidate.transaction_id and not candidate.expire:
+            report.no_transaction_id = 1
+            return report
+        _ask_all(engine, config, client, [candidate], report, clock, renew=None)
+        report.seconds = time.monotonic() - started
+        return report
+
+    holder = _holder()
+    acquire_lease(engine, holder, now, lease_seconds)
+    try:
+        candidates = _due_candidates(engine, config, now, report, limit)
+        _ask_all(engine, config, client, candidates, report, clock, renew=lambda: renew_lease(engine, holder, clock()))
+    finally:
+        try:
+            release_lease(engine, holder)
+        except Exception as exc:  # the lease expires by itself; do not hide the run's own error
+            logger.warning("poll: could not release the lease ({}); it expires after {:.0f}s", exc, lease_seconds)
+    report.seconds = time.monotonic() - started
+    if report.checked or report.expired or report.errors:
+        payments.info(f"Poll: {report.summary()} in {report.seconds:.1f}s")
+    if report.errors:
+        logger.warning("poll: {} status call(s) failed; they are retried next run. First: {}", report.errors, report.error_messages[:1])
+    return report
+
+
+def _ask_all(engine, config, client, candidates: list[Candidate], report: PollReport, clock, renew) -> None:
+    appender = _Appender(engine, report)
+    concurrency = max(1, config.poll.concurrency)
+    stop = threading.Event()
+
+    def ask(candidate: Candidate) -> tuple[Candidate, StatusAnswer | None, AzamPayError | None, datetime]:
+        if stop.is_set() or not candidate.transaction_id:
+            return candidate, None, None, clock()
+        try:
+            answer = client.transaction_status(candidate.transaction_id, candidate.provider or "")
+            return candidate, answer, None, clock()
+        except AzamPayError as exc:
+            return candidate, None, exc, clock()
+
+    def handle(candidate: Candidate, answer: StatusAnswer | None, error: AzamPayError | None, at: datetime) -> None:
+        if error is not None:
+            report.errors += 1
+            if len(report.error_messages) < MAX_ERROR_MESSAGES:
+                report.error_messages.append(str(error)[:300])
+            if isinstance(error, AzamPayAuthError) and not stop.is_set():
+                stop.set()
+                report.aborted = str(error)[:300]
+            return
+        rows: list[dict[str, Any]] = []
+        last_status = None
+        if answer is not None:
+            rows.append(answer_row(candidate, answer, at))
+            report.checked += 1
+            last_status = answer.status
+            setattr(report, answer.status.lower(), getattr(report, answer.status.lower()) + 1)
+        elif candidate.transaction_id:
+            return  # skipped after an abort
+        if candidate.expire and last_status not in ("SUCCESS", "FAILED"):
+            rows.append(expiry_row(candidate, config, at, last_status))
+            report.expired += 1
+        appender.add(rows)
+
+    renewed_at = time.monotonic()
+    work: Iterator[Candidate] = iter(candidates)
+    in_flight: set[Future] = set()
+    try:
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="poll") as executor:
+
+            def fill() -> None:
+                while len(in_flight) < concurrency * 2 and not stop.is_set():
+                    candidate = next(work, None)
+                    if candidate is None:
+                        return
+                    in_flight.add(executor.submit(ask, candidate))
+
+            fill()
+            while in_flight:
+                done, still = wait(in_flight, timeout=GROUP_SECONDS, return_when=FIRST_COMPLETED)
+                in_flight.clear()
+                in_flight.update(still)
+                for future in done:
+                    handle(*future.result())
+                fill()
+                appender.maybe_flush()
+                if renew is not None and time.monotonic() - renewed_at >= RENEW_EVERY_SECONDS:
+                    renewed_at = time.monotonic()
+                    if not renew():
+                        logger.warning("poll: the lease was taken over by another poller; stopping early")
+                        report.aborted = "lease lost"
+                        stop.set()
+    finally:
+        stop.set()
+        appender.flush()  # answers already received are recorded even when the run fails
