@@ -67,7 +67,7 @@ def check(engine: Engine, config: Config, progress: Progress | None = None) -> C
         reader = SqlFoldStore(session)
         checkpoint = reader.read_checkpoint(CHECKPOINT)
         total = reader.max_event_id()
-        memory = MemoryFoldStore(session)
+        memory = MemoryFoldStore(session, donation_high=checkpoint.donation_high)
         compared = _fold_in_memory(memory, config, checkpoint.position, set(checkpoint.gap_ids()), progress, checkpoint.position)
         found = differences(live_snapshot(session), memory.snapshot())
     behind = total - checkpoint.position

@@ -20,7 +20,10 @@ from pipeline.store.state import STATIC_COLUMNS, PatientRow, SqlFoldStore
 
 
 class MemoryFoldStore:
-    def __init__(self, session: Session, as_of: datetime | None = None):
+    def __init__(self, session: Session, as_of: datetime | None = None, donation_high: int | None = None):
+        """donation_high (rebuild --check): events resolve only to donations the live fold had already
+        seen (checkpoint.donation_high); a donation created since then is offered to waiting
+        unknown_reference events by the next fold, not yet. Its row still appears, PENDING, in the snapshot."""
         self.reader = SqlFoldStore(session)
         self.as_of = as_of
         donations = select(*STATIC_COLUMNS)
@@ -31,7 +34,8 @@ class MemoryFoldStore:
         self.states: dict[int, DonationState] = {row[0]: DonationState(*row) for row in session.execute(donations)}
         self.index = DonationIndex()
         for state in self.states.values():
-            self.index.add(state)
+            if donation_high is None or state.id <= donation_high:
+                self.index.add(state)
         self.patient_rows = {
             patient_id: PatientRow(patient_id, required, Decimal("0"), "FUNDING", None) for patient_id, required in session.execute(patients)
         }
@@ -53,7 +57,7 @@ class MemoryFoldStore:
                 donation_id = self.index.by_reference[reference]
                 found[donation_id] = self.states[donation_id].copy()
         for donation_id in ids:
-            if donation_id in self.states:
+            if donation_id in self.index.ids:
                 found[donation_id] = self.states[donation_id].copy()
         for transaction in transactions:
             if transaction in self.index.by_transaction:

@@ -186,22 +186,24 @@ class SqlFoldStore:
 
     # -- anomalies --------------------------------------------------------------------------
     def unknown_reference_events(self, references: set[str], ids: set[int], transactions: set[str]) -> list[int]:
-        """Events still waiting as unknown_reference that could resolve through one of these keys."""
-        conditions = []
+        """Events still waiting as unknown_reference that could resolve through one of these keys.
+
+        The key sets can hold every donation (first fold, fold after a rebuild), so each IN list is
+        chunked like every other lookup here: one unchunked query overflows SQLite's bound-parameter limit.
+        """
+        keyed = []
         if references:
-            conditions += [PaymentEvent.utilityref.in_(sorted(references)), PaymentEvent.externalreference.in_(sorted(references))]
+            keyed += [(PaymentEvent.utilityref, sorted(references)), (PaymentEvent.externalreference, sorted(references))]
         if ids:
-            conditions += [PaymentEvent.donation_id.in_(sorted(ids)), PaymentEvent.donation_hint.in_(sorted(str(i) for i in ids))]
+            keyed += [(PaymentEvent.donation_id, sorted(ids)), (PaymentEvent.donation_hint, sorted(str(i) for i in ids))]
         if transactions:
-            conditions += [PaymentEvent.transaction_ref.in_(sorted(transactions)), PaymentEvent.externalreference.in_(sorted(transactions))]
-        if not conditions:
-            return []
-        query = (
-            select(Anomaly.event_id)
-            .join(PaymentEvent, PaymentEvent.id == Anomaly.event_id)
-            .where(Anomaly.kind == "unknown_reference", or_(*conditions))
-        )
-        return sorted(set(self.session.scalars(query)))
+            keyed += [(PaymentEvent.transaction_ref, sorted(transactions)), (PaymentEvent.externalreference, sorted(transactions))]
+        query = select(Anomaly.event_id).join(PaymentEvent, PaymentEvent.id == Anomaly.event_id).where(Anomaly.kind == "unknown_reference")
+        found: set[int] = set()
+        for column, values in keyed:
+            for part in chunks(values):
+                found.update(self.session.scalars(query.where(column.in_(part))))
+        return sorted(found)
 
     def add_anomalies(self, anomalies: Sequence[AnomalyRecord]) -> None:
         if anomalies:

@@ -1,0 +1,207 @@
+"""The fold's commands through the real CLI (jobs.cli.cli): fold, rebuild [--check | --as-of],
+donations show|resolve, patients show; exit codes and one-line errors."""
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from loguru import logger
+from sqlalchemy import func, select, update
+
+from jobs.cli import cli
+from jobs.fold import run_fold
+from jobs.rebuild import as_of
+from pipeline.db import transaction
+from pipeline.models import Donation, JobRun, PaymentEvent
+from pipeline.store.snapshot import differences
+from tests.builders import add_donation, add_patient, at
+from tests.test_fold_job import donation_row, populate, snapshot, success
+
+
+@pytest.fixture(autouse=True)
+def reset_logging():
+    """The CLI configures loguru's global sinks (one on the runner's stderr); undo that after each test."""
+    yield
+    logger.remove()
+    logger.configure(patcher=None, extra={})
+
+
+@pytest.fixture
+def cli_config(backend, tmp_path):
+    path = tmp_path / "cli-config.yaml"
+    path.write_text(yaml.safe_dump({"database": {"url": backend.url}, "logging": {"dir": str(tmp_path / "cli-logs")}}))
+    return str(path)
+
+
+def invoke(config_path: str, *args: str):
+    result = CliRunner().invoke(cli, [*args, "--config", config_path])
+    assert "Traceback" not in result.output
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def count(backend, model) -> int:
+    with transaction(backend.engine) as session:
+        return session.scalar(select(func.count()).select_from(model))
+
+
+def one_error_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_fold_prints_counts(backend, now, cli_config):
+    ids = populate(backend, now)
+    result = invoke(cli_config, "fold", "--format", "json")
+    assert result.exit_code == 0, result.output
+    counts = json.loads(result.stdout)
+    assert counts["events"] == 12
+    assert counts["credits_added"] == 5
+    assert counts["anomalies"] == 6
+    assert counts["position"] == ids["events"][-1]
+    assert (counts["gaps_waiting"], counts["lag_events"]) == (0, 0)
+    with transaction(backend.engine) as session:
+        run = session.scalars(select(JobRun).where(JobRun.job == "fold")).one()
+        assert run.outcome == "ok" and json.loads(run.counts)["events"] == 12
+    table = invoke(cli_config, "fold")
+    assert table.exit_code == 0
+    assert "events" in table.stdout and "credits_added" in table.stdout
+
+
+def test_rebuild_check_exit_codes(backend, now, cli_config):
+    ids = populate(backend, now)
+    assert invoke(cli_config, "fold").exit_code == 0
+    clean = invoke(cli_config, "rebuild", "--check", "--no-progress")
+    assert clean.exit_code == 0, clean.output
+    assert "rebuild --check: 0 difference(s) over 12 events" in clean.stdout
+
+    with transaction(backend.engine) as session:
+        session.execute(update(Donation).where(Donation.id == ids["failed"]).values(status="COMPLETED"))
+    dirty = invoke(cli_config, "rebuild", "--check", "--no-progress")
+    assert dirty.exit_code == 1
+    assert f"donation {ids['failed']} status: live 'COMPLETED' rebuild 'FAILED'" in dirty.stdout
+    as_json = invoke(cli_config, "rebuild", "--check", "--no-progress", "--format", "json")
+    assert as_json.exit_code == 1
+    assert json.loads(as_json.stdout)["differences"] == [f"donation {ids['failed']} status: live 'COMPLETED' rebuild 'FAILED'"]
+
+    repaired = invoke(cli_config, "rebuild", "--no-progress", "--format", "json")
+    assert repaired.exit_code == 0
+    assert json.loads(repaired.stdout)["events"] == 12
+    assert donation_row(backend, ids["failed"])["status"] == "FAILED"
+    assert invoke(cli_config, "rebuild", "--check", "--no-progress").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--as-of", "last tuesday"),
+        ("--as-of", "2026-13-45"),
+        ("--as-of", "2026-01-14T09:30:00", "--check"),
+        ("--output", "{out}"),
+    ],
+)
+def test_rebuild_bad_input_is_one_line_exit_2_and_writes_nothing(backend, now, cli_config, tmp_path, args):
+    populate(backend, now)
+    run_fold(backend.engine, backend.config(), at(now, 30))
+    before, runs = snapshot(backend), count(backend, JobRun)
+    out = tmp_path / "as-of.json"
+    result = invoke(cli_config, "rebuild", "--no-progress", *(arg.format(out=out) for arg in args), *(() if "--output" in args else ("--output", str(out))))
+    assert result.exit_code == 2, result.output
+    line = one_error_line(result)
+    assert "--as-of" in line or "--output" in line
+    assert result.stdout == ""
+    assert not out.exists()
+    assert count(backend, JobRun) == runs
+    assert differences(before, snapshot(backend)) == []
+    assert not (tmp_path / "cli-logs").exists()
+
+
+def test_rebuild_as_of_writes_the_state_known_then(backend, now, cli_config, tmp_path):
+    patient = add_patient(backend.engine, now, required="10000")
+    donation, reference = add_donation(backend.engine, now, patient_id=patient, amount="10000")
+    success(backend.engine, reference, at(now, 10), amount="10000")
+    run_fold(backend.engine, backend.config(), at(now, 20))
+    out = tmp_path / "state.json"
+    result = invoke(cli_config, "rebuild", "--no-progress", "--as-of", "2026-01-14T09:30:05Z", "--output", str(out))
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data == json.loads(json.dumps(as_of(backend.engine, backend.config(), at(now, 5)).as_dict()))
+    assert data["donations"][str(donation)]["status"] == "PENDING"
+    assert data["patients"][str(patient)]["status"] == "FUNDING"
+    later = invoke(cli_config, "rebuild", "--no-progress", "--as-of", "2026-01-14T09:30:10+00:00", "--format", "json")
+    assert json.loads(later.stdout)["donations"][str(donation)]["status"] == "COMPLETED"
+
+
+def test_resolve_moves_review_to_completed_and_show_prints_json(backend, now, cli_config):
+    patient = add_patient(backend.engine, now, required="40000")
+    donation, reference = add_donation(backend.engine, now, patient_id=patient, amount="25000", patient_amount="22500")
+    success(backend.engine, reference, at(now, 1), amount="2500")
+    assert invoke(cli_config, "fold").exit_code == 0
+    shown = invoke(cli_config, "donations", "show", str(donation), "--format", "json")
+    assert json.loads(shown.stdout)["status"] == "REVIEW"
+    events = count(backend, PaymentEvent)
+
+    result = invoke(cli_config, "donations", "resolve", str(donation), "--status", "COMPLETED", "--note", "donor paid 25000 by phone; receipt 17", "--actor", "ops")
+    assert result.exit_code == 0, result.output
+    assert f"donation {donation} -> COMPLETED" in result.stdout
+    assert f"donation {donation} is now COMPLETED" in result.stdout
+    assert count(backend, PaymentEvent) == events + 1
+    with transaction(backend.engine) as session:
+        event = session.scalars(select(PaymentEvent).order_by(PaymentEvent.id.desc())).first()
+        assert (event.source, event.status, event.donation_id) == ("operator", "COMPLETED", donation)
+        assert json.loads(event.body)["note"] == "donor paid 25000 by phone; receipt 17"
+
+    data = json.loads(invoke(cli_config, "donations", "show", str(donation), "--format", "json").stdout)
+    assert data["status"] == "COMPLETED"
+    assert Decimal(data["credit"]["amount"]) == Decimal("22500")
+    assert data["credit"]["event_id"] == event.id
+    assert [a["kind"] for a in data["anomalies"]] == ["amount_mismatch"]
+    patient_data = json.loads(invoke(cli_config, "patients", "show", str(patient), "--format", "json").stdout)
+    assert patient_data["status"] == "FUNDING"
+    assert Decimal(patient_data["funding_received"]) == Decimal("22500")
+    assert Decimal(patient_data["funding_required"]) == Decimal("40000")
+    assert patient_data["credits"] == 1
+
+
+def test_patients_show_fully_funded(backend, now, cli_config):
+    patient = add_patient(backend.engine, now, required="1000")
+    _, reference = add_donation(backend.engine, now, patient_id=patient, amount="1000")
+    success(backend.engine, reference, at(now, 7), amount="1000")
+    invoke(cli_config, "fold")
+    data = json.loads(invoke(cli_config, "patients", "show", str(patient), "--format", "json").stdout)
+    assert data["status"] == "FULLY_FUNDED"
+    assert Decimal(data["funding_received"]) == Decimal("1000")
+    assert data["fully_funded_at"].startswith("2026-01-14T09:30:07")
+
+
+@pytest.mark.parametrize(
+    "args, code",
+    [
+        (("donations", "show", "999"), 3),
+        (("donations", "resolve", "999", "--status", "COMPLETED", "--note", "no such donation"), 3),
+        (("patients", "show", "999"), 3),
+        (("donations", "resolve", "{donation}", "--status", "COMPLETED", "--note", "   "), 2),
+    ],
+)
+def test_bad_input_is_one_line_with_an_exit_code_and_appends_nothing(backend, now, cli_config, args, code):
+    donation, _ = add_donation(backend.engine, now, amount="1000")
+    events = count(backend, PaymentEvent)
+    result = invoke(cli_config, *(arg.format(donation=donation) for arg in args))
+    assert result.exit_code == code, result.output
+    line = one_error_line(result)
+    if code == 3:
+        assert "999 not found" in line
+    assert count(backend, PaymentEvent) == events
+
+
+def test_resolve_rejects_a_status_it_cannot_decide(backend, now, cli_config):
+    donation, _ = add_donation(backend.engine, now, amount="1000")
+    result = invoke(cli_config, "donations", "resolve", str(donation), "--status", "PENDING", "--note", "x")
+    assert result.exit_code == 2
+    assert count(backend, PaymentEvent) == 0
