@@ -96,6 +96,7 @@ class DonationState:
     needs_check: bool = False
     success_event_id: int | None = None
     success_at: datetime | None = None
+    amount_confirmed: bool = False  # some matching success stated the amount (a poll answer states none)
     review_event_id: int | None = None
     review_reason: str | None = None
     failure_event_id: int | None = None
@@ -158,7 +159,10 @@ def amount_matches(state: DonationState, event: FoldEvent) -> bool:
 
 
 def derive(state: DonationState) -> None:
-    """Status, completed_at and credit_event_id from the aggregates. Order-independent by construction."""
+    """Status, completed_at and credit_event_id from the aggregates. Order-independent by construction.
+
+    A success that states no amount (a poll answer) does not outrank a success with the wrong amount:
+    the evidence conflicts, so the donation waits in REVIEW for an operator."""
     completed_at = credit_event_id = None
     if state.operator_status is not None:
         status = state.operator_status
@@ -167,7 +171,7 @@ def derive(state: DonationState) -> None:
                 completed_at, credit_event_id = state.success_at, state.success_event_id
             else:
                 completed_at, credit_event_id = state.operator_at, state.operator_event_id
-    elif state.success_event_id is not None:
+    elif state.success_event_id is not None and (state.review_event_id is None or state.amount_confirmed):
         status, completed_at, credit_event_id = COMPLETED, state.success_at, state.success_event_id
     elif state.review_event_id is not None:
         status = REVIEW
@@ -210,6 +214,8 @@ def apply(state: DonationState, event: FoldEvent, policy: TrustPolicy) -> tuple[
                 anomaly("duplicate", f"success already recorded by event {state.success_event_id}")
             if _earlier(key, state.success_at, state.success_event_id):
                 state.success_event_id, state.success_at = event.id, event.received_at
+            if event.amount is not None:
+                state.amount_confirmed = True
         else:
             anomaly("amount_mismatch", f"amount {event.amount} differs from charge_amount {state.charge_amount}")
             if state.review_event_id is None or event.id < state.review_event_id:

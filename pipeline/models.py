@@ -144,6 +144,7 @@ class Donation(Base):
     needs_check: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     success_event_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # earliest trusted matching success
     success_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    amount_confirmed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     review_event_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # earliest trusted success, wrong amount
     review_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
     failure_event_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # earliest trusted FAILED/CANCELLED

@@ -435,6 +435,9 @@ def test_derive_priority():
     assert state.status == REVIEW
     state.success_event_id, state.success_at = 4, at(4)
     derive(state)
+    assert state.status == REVIEW  # only an amount-less (poll) success: the evidence conflicts
+    state.amount_confirmed = True
+    derive(state)
     assert (state.status, state.completed_at, state.credit_event_id) == (COMPLETED, at(4), 4)
     state.operator_event_id, state.operator_at, state.operator_status = 5, at(5), FAILED
     derive(state)
@@ -526,3 +529,12 @@ def test_patient_update_needs_a_recompute_when_a_change_touches_the_crossing(cha
 def test_patient_update_drops_back_to_funding_when_a_credit_is_removed():
     result = patient_update(Decimal("100"), Decimal("100"), "FULLY_FUNDED", at(10), [(credit(3, "40", 10), None)])
     assert result == PatientTotals(Decimal("60"), "FUNDING", None)
+
+
+def test_poll_success_does_not_take_a_donation_out_of_review_in_either_order():
+    """A poll answer states no amount; against a callback with the wrong amount the operator decides."""
+    for order in ((1, 2), (2, 1)):
+        state = donation()
+        events = {1: callback(SUCCESS_FIXTURE, 1, amount="25001"), 2: ours(2, "poll", "SUCCESS", state.id)}
+        run(state, [events[i] for i in order])
+        assert state.status == REVIEW and credit_of(state) is None

@@ -3,7 +3,7 @@
 Revision ID: 0001
 Revises: 
 Append-only: triggers refuse UPDATE and DELETE on payment_events, on SQLite and MySQL.
-Create Date: 2026-11-26 03:36:18.506181
+Create Date: 2026-11-26 03:54:26.570975
 """
 from alembic import op
 import sqlalchemy as sa
@@ -123,6 +123,7 @@ def upgrade() -> None:
     sa.Column('needs_check', sa.Boolean(), server_default=sa.text('0'), nullable=False),
     sa.Column('success_event_id', sa.BigInteger(), nullable=True),
     sa.Column('success_at', pipeline.models.UTCDateTime(), nullable=True),
+    sa.Column('amount_confirmed', sa.Boolean(), server_default=sa.text('0'), nullable=False),
     sa.Column('review_event_id', sa.BigInteger(), nullable=True),
     sa.Column('review_reason', sa.String(length=200), nullable=True),
     sa.Column('failure_event_id', sa.BigInteger(), nullable=True),
