@@ -1,0 +1,87 @@
+"""Callback parsing: tolerant of every recorded payload; status, msisdn and amount normalisation; redaction."""
+import json
+from decimal import Decimal
+
+import pytest
+
+from pipeline.errors import ParseError
+from pipeline.events import extract_fields, normalise_msisdn, normalise_status, parse_amount, parse_callback
+from pipeline.redact import redact, redact_body, redact_text
+from tests.conftest import FIXTURES, fixture_bytes
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("callback_*.json")))
+def test_every_recorded_callback_parses(name):
+    fields = extract_fields(fixture_bytes(name))
+    assert fields.parse_error is None
+    assert fields.utilityref and fields.utilityref.startswith("RHCI-DN-")
+    assert fields.status in ("SUCCESS", "FAILED")
+    assert isinstance(fields.amount, Decimal) and fields.amount > 0
+    assert fields.msisdn.startswith("255") and len(fields.msisdn) == 12
+
+
+@pytest.mark.parametrize(
+    "raw,expected",
+    [("success", "SUCCESS"), ("SUCCESSFUL", "SUCCESS"), ("Completed", "SUCCESS"), ("failure", "FAILED"), ("FAILED", "FAILED"),
+     ("fail", "FAILED"), ("cancelled", "CANCELLED"), ("Canceled", "CANCELLED"), (" success ", "SUCCESS"), ("pending", "UNKNOWN"),
+     ("REVERSAL_QUEUED", "UNKNOWN"), ("", "UNKNOWN"), (None, "UNKNOWN"), (1, "UNKNOWN")],
+)
+def test_status_normalisation(raw, expected):
+    assert normalise_status(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw,expected",
+    [("0628630936", "255628630936"), ("255758285812", "255758285812"), ("+255 758 285 812", "255758285812"),
+     ("758285812", "255758285812"), ("0600000000", None), ("0798123456", None), ("12345", None), (None, None), ("255-688-123456", "255688123456")],
+)
+def test_msisdn_normalisation(raw, expected):
+    assert normalise_msisdn(raw) == expected
+
+
+def test_amounts_are_decimal_never_float():
+    assert parse_amount("25000") == Decimal("25000.00")
+    assert parse_amount(25000) == Decimal("25000.00")
+    assert parse_amount("1,000.5") == Decimal("1000.50")
+    assert parse_amount(None) is None and parse_amount("") is None
+    for bad in ("abc", "NaN", "-5", "1e20", True):
+        with pytest.raises(ParseError):
+            parse_amount(bad)
+
+
+def test_missing_null_and_extra_keys_are_tolerated():
+    body = json.dumps({"transactionstatus": "success", "utilityref": "RHCI-DN-1-20260101000000", "amount": None,
+                       "brandNewField": {"x": 1}, "additionalProperties": "", "submerchantAcc": None}).encode()
+    fields = extract_fields(body)
+    assert fields.parse_error is None and fields.amount is None and fields.donation_hint is None
+
+
+@pytest.mark.parametrize(
+    "body,error",
+    [(b"{not json", "invalid JSON"), (b"[1,2]", "expected a JSON object"), (b'{"utilityref": "x"}', "transactionstatus"),
+     (b'{"transactionstatus": "success"}', "no reference"), (b'{"transactionstatus": "success", "utilityref": "x", "amount": "abc"}', "amount"),
+     (b'{"transactionstatus": {"nested": 1}, "utilityref": "x"}', "schema"), (b"\xff\xfe", "invalid JSON")],
+)
+def test_bad_bodies_give_a_parse_error_and_nothing_else(body, error):
+    fields = extract_fields(body)
+    assert error in fields.parse_error
+    with pytest.raises(ParseError):
+        parse_callback(body) if "amount" not in error else parse_amount(json.loads(body)["amount"])
+
+
+def test_donation_id_hint_and_typed_columns_are_clipped():
+    body = json.dumps({"transactionstatus": "success", "utilityref": "R" * 1000, "additionalProperties": {"donation_id": 45}}).encode()
+    fields = extract_fields(body)
+    assert len(fields.utilityref) == 255 and fields.donation_hint == "45"
+
+
+def test_redaction_covers_passwords_signatures_secrets_and_tokens():
+    data = {"password": "v-pw", "signature": "v-sig", "clientSecret": "v-cs", "accessToken": "v-at", "X-API-KEY": "v-key", "user": "keep", "nested": [{"token": "v-t2"}], "empty": {"password": None}}
+    redacted = redact(data)
+    flat = json.dumps(redacted)
+    for secret in ("v-pw", "v-sig", "v-cs", "v-at", "v-key", "v-t2"):
+        assert secret not in flat
+    assert redacted["user"] == "keep" and redacted["empty"]["password"] is None
+    assert "v-pw" not in redact_body(json.dumps(data).encode())
+    assert redact_text("password=abc&x=1 Authorization: Bearer eyJ.abc", secrets=("literal-secret",)) == "password=***&x=1 Authorization: Bearer ***"
+    assert redact_text("leaked literal-secret here", secrets=("literal-secret",)) == "leaked *** here"
