@@ -30,6 +30,25 @@ COMMAND_MODULES = [
 
 
 class AzamreconGroup(click.Group):
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """Click's own usage errors become one line too, instead of usage + hint + error."""
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = result if isinstance(result, int) else 0
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else (prog_name or "azamrecon")
+            click.echo(f"error: {where}: {exc.format_message()} (see --help)", err=True)
+            code = exc.exit_code
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            code = exc.exit_code
+        except click.Abort:
+            click.echo("aborted", err=True)
+            code = 1
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
