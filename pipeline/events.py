@@ -154,12 +154,32 @@ class EventFields:
         }
 
 
-def parse_callback(body: bytes) -> CallbackBody:
-    """Parse a callback body. Raises ParseError (and only ParseError) when it is not a usable callback."""
+class Decoded:
+    """A body's JSON, decoded once and shared by extract_fields and pipeline.redact.redact_body (the
+    receiver would otherwise parse every callback twice). `data` is the value, or None with `error`."""
+
+    __slots__ = ("data", "error")
+
+    def __init__(self, data: Any = None, error: str | None = None):
+        self.data = data
+        self.error = error
+
+
+def decode_json(body: bytes) -> Decoded:
     try:
-        data = json.loads(body)
+        return Decoded(json.loads(body))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ParseError(f"invalid JSON: {str(exc)[:120]}") from None
+        return Decoded(None, f"invalid JSON: {str(exc)[:120]}")
+
+
+def parse_callback(body: bytes, decoded: Decoded | None = None) -> CallbackBody:
+    """Parse a callback body (or its already decoded JSON). Raises ParseError (and only ParseError) when
+    it is not a usable callback."""
+    if decoded is None:
+        decoded = decode_json(body)
+    if decoded.error is not None:
+        raise ParseError(decoded.error)
+    data = decoded.data
     if not isinstance(data, dict):
         raise ParseError(f"schema: expected a JSON object, got {type(data).__name__}")
     try:
@@ -183,10 +203,11 @@ def _hint(callback: CallbackBody) -> str | None:
     return str(value).strip() or None
 
 
-def extract_fields(body: bytes) -> EventFields:
-    """Typed fields of a callback body. Never raises: a bad body yields parse_error and whatever could be read."""
+def extract_fields(body: bytes, decoded: Decoded | None = None) -> EventFields:
+    """Typed fields of a callback body. Never raises: a bad body yields parse_error and whatever could be read.
+    `decoded`, when given, is decode_json(body), so the JSON is not parsed again."""
     try:
-        callback = parse_callback(body)
+        callback = parse_callback(body, decoded)
         amount = parse_amount(callback.amount)
     except ParseError as exc:
         return EventFields(parse_error=str(exc))

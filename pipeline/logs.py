@@ -7,7 +7,11 @@ Every record's message passes through pipeline.redact before any sink sees it.
 """
 from __future__ import annotations
 
+import os
 import sys
+import threading
+import time
+import weakref
 from pathlib import Path
 
 from loguru import logger
@@ -20,7 +24,72 @@ payments = logger.bind(channel="payments")
 # The same channel for text already redacted by pipeline.redact (the patcher then only scrubs literal secrets).
 payments_redacted = payments.bind(redacted=True)
 
-_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS!UTC} | {level:<8} | {extra[component]} | {message}"
+# {extra[utc]} is the record's time as YYYY-MM-DD HH:mm:ss.SSS in UTC, rendered once per record by the
+# patcher (loguru's {time:...!UTC} would render it again for every file the record goes to).
+_FORMAT = "{extra[utc]} | {level:<8} | {extra[component]} | {message}"
+
+
+class _UtcStamp:
+    """YYYY-MM-DD HH:mm:ss.SSS (UTC) of a record time; the part up to the second is cached."""
+
+    __slots__ = ("_second", "_prefix")
+
+    def __init__(self) -> None:
+        self._second = None
+        self._prefix = ""
+
+    def __call__(self, moment) -> str:
+        second = int(moment.timestamp())  # exact: whole seconds since the epoch, microseconds dropped
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._prefix}.{moment.microsecond // 1000:03d}"
+
+
+class SizeRotation:
+    """loguru rotation by size, without loguru's per-message seek()+tell() on the text file (a flush and
+    two syscalls for every line on every sink: the receiver's biggest cost per callback).
+
+    Counts the characters written since the real size was last read, and reads the real size
+    (os.fstat; the sink is line-buffered, so it is current) when that estimate reaches the limit or every
+    `check_every` messages; so a file written by several processes (serve --workers N) still rotates
+    near the limit. Rotates when the real size plus the message would pass the limit, as loguru does
+    (except that an empty file is kept: a batch larger than the limit goes into one file)."""
+
+    def __init__(self, limit_bytes: float, check_every: int = 256):
+        self.limit = limit_bytes
+        self.check_every = check_every
+        self._file = None
+        self._size = 0
+        self._countdown = 0
+
+    def __call__(self, message, file) -> bool:
+        length = len(message)
+        if file is not self._file or self._countdown <= 0 or self._size + length > self.limit:
+            self._file = file
+            file.flush()
+            self._size = os.fstat(file.fileno()).st_size
+            self._countdown = self.check_every
+            if self._size and self._size + length > self.limit:  # an empty file is never rotated away
+                self._file = None  # the next message goes to a new file: measure it then
+                return True
+        self._size += length * 2 if not message.isascii() else length  # UTF-8 is at most ~2x here; over-estimate
+        self._countdown -= 1
+        return False
+
+
+def _rotation(setting):
+    """A size setting ("10 MB") becomes a SizeRotation; anything else is loguru's own."""
+    if isinstance(setting, str):
+        from loguru._string_parsers import parse_size
+
+        try:
+            size = parse_size(setting)
+        except ValueError:
+            size = None
+        if size is not None:
+            return SizeRotation(size)
+    return setting
 
 
 def secrets_of(config: Config) -> tuple[str, ...]:
@@ -39,11 +108,17 @@ def configure_logging(
     component: str = "app",
     secrets: tuple[str, ...] = (),
     stderr_level: str | None = "WARNING",
+    batched: bool = False,
 ) -> None:
+    """batched=True (the receiver's workers): file lines are written in batches, at most 0.1 s late
+    (BatchedFileSink), instead of one write() per line per file."""
     directory = Path(config.dir)
     directory.mkdir(parents=True, exist_ok=True)
 
+    stamp = _UtcStamp()
+
     def scrub(record) -> None:
+        record["extra"]["utc"] = stamp(record["time"])
         if record["extra"].get("redacted"):
             # the caller already passed its text through pipeline.redact (e.g. redact_body on the hot
             # callback path); only the literal secrets are scrubbed again, which is cheap
@@ -58,12 +133,91 @@ def configure_logging(
 
     logger.remove()
     logger.configure(patcher=scrub, extra={"component": component})
-    common = {"format": _FORMAT, "rotation": config.rotation, "retention": config.retention, "encoding": "utf-8", "enqueue": False}
-    logger.add(directory / "payments.log", level="INFO", filter=lambda r: r["extra"].get("channel") == "payments", **common)
-    logger.add(directory / "errors.log", level="ERROR", **common)
-    logger.add(directory / "app.log", level=config.level, **common)
+    def add_file(name: str, **options) -> None:
+        # one rotation object per file: each counts its own file's size
+        file_options = {"rotation": _rotation(config.rotation), "retention": config.retention, "encoding": "utf-8"}
+        if batched:
+            logger.add(BatchedFileSink(directory / name, **file_options), format=_FORMAT, enqueue=False, **options)
+        else:
+            logger.add(directory / name, format=_FORMAT, enqueue=False, **file_options, **options)
+
+    add_file("payments.log", level="INFO", filter=_payments_only)
+    add_file("errors.log", level="ERROR")
+    add_file("app.log", level=config.level)
     if stderr_level:
         logger.add(sys.stderr, level=stderr_level, format="{level}: {message}")
+
+
+class BatchedFileSink:
+    """A loguru file sink (loguru's own FileSink: same rotation, retention, encoding) written in batches of
+    whole lines: at most `interval` seconds (or `max_pending` characters) after the record, by a
+    background thread, instead of one write() system call per line per file.
+
+    Used by the receiver only, where every callback logs a line to two files. Every write is whole
+    lines, so files shared by several `serve` workers (O_APPEND) never get a line split. flush_logs()
+    (the receiver's shutdown) and stop() (logger.remove) write what is pending."""
+
+    def __init__(self, path, interval: float = 0.1, max_pending: int = 64 * 1024, **file_options):
+        from loguru._file_sink import FileSink
+
+        self._file = FileSink(str(path), **file_options)
+        self._pending: list[str] = []
+        self._size = 0
+        self._max = max_pending
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._failed = False
+        _BATCHED.add(self)
+        self._thread = threading.Thread(target=self._run, args=(interval,), name="azamrecon-log-flush", daemon=True)
+        self._thread.start()
+
+    def write(self, message) -> None:
+        with self._lock:
+            self._pending.append(message)
+            self._size += len(message)
+            if self._size >= self._max:
+                self._flush_locked()
+
+    def flush_pending(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if not self._pending:
+            return
+        data = "".join(self._pending)
+        self._pending.clear()
+        self._size = 0
+        try:
+            self._file.write(data)
+        except Exception as exc:  # a full disk must not take the receiver down; say it once
+            if not self._failed:
+                self._failed = True
+                print(f"error: cannot write log file: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+    def _run(self, interval: float) -> None:
+        while not self._stopped.wait(interval):
+            self.flush_pending()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with self._lock:
+            self._flush_locked()
+            self._file.stop()
+        _BATCHED.discard(self)
+
+
+_BATCHED: "weakref.WeakSet[BatchedFileSink]" = weakref.WeakSet()
+
+
+def flush_logs() -> None:
+    """Write every batched log line now (the receiver calls this when it stops)."""
+    for sink in list(_BATCHED):
+        sink.flush_pending()
+
+
+def _payments_only(record) -> bool:
+    return record["extra"].get("channel") == "payments"
 
 
 def warn_if_open(config: Config) -> None:

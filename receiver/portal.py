@@ -187,7 +187,7 @@ class Portal:
     # -- GET status ----------------------------------------------------------------------------
     async def status(self, request: Request) -> JSONResponse:
         raw = request.query_params.get("donation_id", "")
-        if not raw.isdigit() or len(raw) > 18 or int(raw) < 1:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) < 1:
             return _error(400, "donation_id must be a positive integer")
         donation_id = int(raw)
         try:

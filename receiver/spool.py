@@ -75,6 +75,12 @@ class Spool:
                 same = os.stat(self._path).st_ino == os.fstat(self._fd).st_ino
             except FileNotFoundError:
                 same = False
+            except OSError:
+                # the spool directory is unusable (a failing disk, a path replaced): do not leave with the
+                # lock held, or the ingest job could never claim this file while the receiver runs
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                self._close()
+                raise
             if same:
                 return self._fd
             fcntl.flock(self._fd, fcntl.LOCK_UN)

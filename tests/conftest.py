@@ -136,3 +136,8 @@ def mysql_backend(tmp_path) -> Backend:
 @pytest.fixture
 def now() -> datetime:
     return datetime(2026, 1, 14, 9, 30, 0, tzinfo=timezone.utc)
+
+
+def pytest_addoption(parser):
+    # Used by tests/reliability (longer fault-injection runs); a sub-directory conftest cannot add options.
+    parser.addoption("--long", action="store_true", default=False, help="run the long variants of tests/reliability")
