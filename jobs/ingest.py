@@ -48,6 +48,7 @@ from pipeline.models import PaymentEvent
 from pipeline.redact import REDACTED
 from pipeline.store.events import append_events, event_row
 from pipeline.store.state import chunks
+from pipeline.times import parse_utc
 
 MARKER = "Received Azam Pay callback:"
 DEDUPE_PREFIX = "import:"
@@ -109,16 +110,10 @@ def parse_timestamp(text: str) -> datetime | None:
 def parse_iso(value: Any) -> datetime:
     if not isinstance(value, str):
         raise LineError("received_at is not a string")
-    text = value.strip()
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
     try:
-        moment = datetime.fromisoformat(text)
+        return parse_utc(value)
     except ValueError:
         raise LineError("received_at is not ISO-8601") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
 
 
 def balanced_end(text: str, start: int) -> tuple[int, int]:

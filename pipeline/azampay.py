@@ -29,6 +29,7 @@ from pipeline.errors import (
     AzamPayValidationError,
     ConfigError,
 )
+from pipeline.times import parse_utc
 
 Status = Literal["SUCCESS", "FAILED", "PENDING", "UNKNOWN"]
 
@@ -87,16 +88,10 @@ class _GetOnlyRetry(Retry):
 def _parse_expire(value: Any) -> datetime | None:
     if not isinstance(value, str) or not value.strip():
         return None
-    text = value.strip()
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
     try:
-        parsed = datetime.fromisoformat(text)
+        return parse_utc(value)  # AzamPay's examples are UTC
     except ValueError:
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)  # AzamPay's examples are UTC
-    return parsed.astimezone(timezone.utc)
 
 
 def _json(response: requests.Response, what: str) -> Any:

@@ -5,7 +5,7 @@ import csv
 import io
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 from functools import cached_property
 from typing import Any, Callable, Iterable
@@ -14,6 +14,7 @@ import click
 
 from pipeline.config import Config, load_config
 from pipeline.errors import InputError
+from pipeline.times import parse_utc
 
 config_option = click.option(
     "--config",
@@ -60,16 +61,10 @@ def parse_when(value: str | None, name: str) -> datetime | None:
     """ISO-8601 timestamp or date to an aware UTC datetime; a bad value is a one-line InputError."""
     if value is None:
         return None
-    text = value.strip()
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
     try:
-        parsed = datetime.fromisoformat(text)
+        return parse_utc(value)
     except ValueError:
         raise InputError(f"{name}: not an ISO-8601 date or timestamp: {value!r}") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
 
 
 def parse_decimal(value: str | None, name: str, positive: bool = True) -> Decimal | None:

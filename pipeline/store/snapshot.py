@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipeline.fold import DERIVED_FIELDS, AnomalyRecord, Credit, DonationState
-from pipeline.models import Anomaly, Donation, FundingCredit, Patient
+from pipeline.models import Anomaly, FundingCredit, Patient
 from pipeline.store.state import STATE_COLUMNS
 
 # What a person compares; the remaining derived fields (aggregates, event_ids) follow from the log.
