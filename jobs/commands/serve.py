@@ -64,6 +64,9 @@ def serve(ctx: Context, host: str | None, port: int | None, workers: int | None)
         http="httptools" if importlib.util.find_spec("httptools") else "h11",
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         access_log=False,
+        # X-Forwarded-For is believed only from webhook.trusted_proxies (receiver.auth); uvicorn's own proxy
+        # handling would otherwise believe it from any 127.0.0.1 peer, bypassing webhook.allowed_ips
+        proxy_headers=False,
         log_level="warning",
         lifespan="on",
         timeout_graceful_shutdown=15,
