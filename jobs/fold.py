@@ -39,7 +39,6 @@ from pipeline.fold import (
     fold_donation,
     patient_totals,
     patient_update,
-    reference_keys,
     resolve,
 )
 from pipeline.logs import payments
@@ -82,12 +81,22 @@ class BatchResult:
 def fold_batch(store: FoldStore, events: list[FoldEvent], retried: list[FoldEvent], policy: TrustPolicy) -> BatchResult:
     """Apply new events (and unknown-reference events retried against new donations) through `store`."""
     result = BatchResult(events=len(events))
+    everything = events + retried
     references, ids, transactions = set(), set(), set()
-    for event in events + retried:
-        event_references, event_ids, event_transactions = reference_keys(event)
-        references.update(event_references)
-        ids.update(event_ids)
-        transactions.update(event_transactions)
+    add_reference, add_id, add_transaction = references.add, ids.add, transactions.add
+    for event in everything:  # pipeline.fold.reference_keys, inlined: this loop sees every event
+        utilityref, externalreference, hint, transaction_ref, donation_id = event[6:11]
+        if utilityref:
+            add_reference(utilityref)
+        if externalreference:
+            add_reference(externalreference)
+            add_transaction(externalreference)
+        if donation_id is not None:
+            add_id(donation_id)
+        if hint and hint.isascii() and hint.isdigit() and len(hint) < 19:
+            add_id(int(hint))
+        if transaction_ref:
+            add_transaction(transaction_ref)
     states = store.donations_matching(references, ids, transactions)
     index = DonationIndex()
     for state in states.values():
@@ -97,7 +106,7 @@ def fold_batch(store: FoldStore, events: list[FoldEvent], retried: list[FoldEven
     by_donation: dict[int, list[FoldEvent]] = defaultdict(list)
     resolved_late: list[int] = []
     retried_ids = {event.id for event in retried}
-    for event in sorted(events + retried, key=lambda e: e.id):
+    for event in sorted(everything):  # by id: ids are unique, so tuples compare on their first field
         if event.parse_error:
             anomalies.append(AnomalyRecord(event.id, None, "invalid_payload", event.parse_error[:500]))
             continue
@@ -138,7 +147,8 @@ def fold_batch(store: FoldStore, events: list[FoldEvent], retried: list[FoldEven
         if after_credit != before_credit:
             changes.append((before_credit, after_credit))
         if state.status != before_status and transitions:
-            result.transitions.append((transitions[-1]._replace(before=before_status), state))
+            last = transitions[-1]
+            result.transitions.append((Transition(last.donation_id, last.event_id, before_status, last.after, last.reference, last.event_status), state))
     result.donations = set(by_donation)
 
     store.drop_anomalies(donation_ids=replayed, unknown_reference_events=resolved_late)
@@ -243,9 +253,7 @@ def run_fold(
                 checkout_ids = {e.donation_id for e in fresh + filled if e.source == "checkout" and e.donation_id is not None}
                 if checkout_ids:
                     ids |= checkout_ids
-                    for state in store.donations_matching(set(), checkout_ids, set()).values():
-                        if state.transaction_id:
-                            transactions.add(state.transaction_id)
+                    transactions |= store.transaction_ids_of(checkout_ids)
                 retry_ids = store.unknown_reference_events(references, ids, transactions) if (references or ids or transactions) else []
                 fresh_ids = {e.id for e in fresh + filled}
                 retried = store.events_by_ids([i for i in retry_ids if i not in fresh_ids]) if retry_ids else []

@@ -188,58 +188,54 @@ def apply(state: DonationState, event: FoldEvent, policy: TrustPolicy) -> tuple[
     """Apply one event to `state` in place. Returns the anomalies it raised and the transition, if any."""
     before = state.status
     anomalies: list[AnomalyRecord] = []
-
-    def anomaly(kind: str, detail: str) -> None:
-        anomalies.append(AnomalyRecord(event.id, state.id, kind, detail))
+    event_id = event.id
 
     state.events_applied += 1
-    state.event_ids = f"{state.event_ids},{event.id}" if state.event_ids else str(event.id)
-    if state.last_event_id is None or event.id > state.last_event_id:
-        state.last_event_id = event.id
-    key = event.order_key
+    state.event_ids = f"{state.event_ids},{event_id}" if state.event_ids else str(event_id)
+    if state.last_event_id is None or event_id > state.last_event_id:
+        state.last_event_id = event_id
     status = event.status
 
     if not policy.trusts(event):
         state.needs_check = True
-        anomaly("unauthenticated", f"{event.source} auth={event.auth} status={status}; not trusted, poll requested")
+        anomalies.append(AnomalyRecord(event_id, state.id, "unauthenticated", f"{event.source} auth={event.auth} status={status}; not trusted, poll requested"))
     elif event.source == "operator":
-        if status in OPERATOR_STATUSES and (state.operator_event_id is None or event.id > state.operator_event_id):
-            state.operator_event_id, state.operator_at, state.operator_status = event.id, event.received_at, status
+        if status in OPERATOR_STATUSES and (state.operator_event_id is None or event_id > state.operator_event_id):
+            state.operator_event_id, state.operator_at, state.operator_status = event_id, event.received_at, status
     elif status == SUCCESS:
         if amount_matches(state, event):
             if state.success_event_id is None:
                 if before in (FAILED, CANCELLED, EXPIRED):
-                    anomaly("late_success", f"success after {before}")
+                    anomalies.append(AnomalyRecord(event_id, state.id, "late_success", f"success after {before}"))
             else:
-                anomaly("duplicate", f"success already recorded by event {state.success_event_id}")
-            if _earlier(key, state.success_at, state.success_event_id):
-                state.success_event_id, state.success_at = event.id, event.received_at
+                anomalies.append(AnomalyRecord(event_id, state.id, "duplicate", f"success already recorded by event {state.success_event_id}"))
+            if _earlier((event.received_at, event_id), state.success_at, state.success_event_id):
+                state.success_event_id, state.success_at = event_id, event.received_at
             if event.amount is not None:
                 state.amount_confirmed = True
         else:
-            anomaly("amount_mismatch", f"amount {event.amount} differs from charge_amount {state.charge_amount}")
-            if state.review_event_id is None or event.id < state.review_event_id:
-                state.review_event_id = event.id
+            anomalies.append(AnomalyRecord(event_id, state.id, "amount_mismatch", f"amount {event.amount} differs from charge_amount {state.charge_amount}"))
+            if state.review_event_id is None or event_id < state.review_event_id:
+                state.review_event_id = event_id
                 state.review_reason = f"amount {event.amount} != {state.charge_amount}"[:200]
     elif status in (FAILED, CANCELLED):
         if before in (COMPLETED, REVIEW) or (state.failure_status not in (None, status)):
-            anomaly("conflicting_status", f"{status} after {before}")
-        if _earlier(key, state.failure_at, state.failure_event_id):
-            state.failure_event_id, state.failure_at, state.failure_status = event.id, event.received_at, status
+            anomalies.append(AnomalyRecord(event_id, state.id, "conflicting_status", f"{status} after {before}"))
+        if _earlier((event.received_at, event_id), state.failure_at, state.failure_event_id):
+            state.failure_event_id, state.failure_at, state.failure_status = event_id, event.received_at, status
     elif status == EXPIRED:
-        if state.expired_event_id is None or event.id < state.expired_event_id:
-            state.expired_event_id = event.id
+        if state.expired_event_id is None or event_id < state.expired_event_id:
+            state.expired_event_id = event_id
     elif status == PENDING:
         pass
     else:
         state.needs_check = True
-        anomaly("unknown_status", f"{event.source} status {event.status_raw or status!r} not recognised")
+        anomalies.append(AnomalyRecord(event_id, state.id, "unknown_status", f"{event.source} status {event.status_raw or status!r} not recognised"))
 
     derive(state)
-    transition = None
     if state.status != before:
-        transition = Transition(state.id, event.id, before, state.status, state.external_reference, status)
-    return anomalies, transition
+        return anomalies, Transition(state.id, event_id, before, state.status, state.external_reference, status)
+    return anomalies, None
 
 
 def fold_donation(
@@ -288,7 +284,7 @@ def resolve(event: FoldEvent, index: DonationIndex) -> int | None:
         if reference and reference in index.by_reference:
             return index.by_reference[reference]
     hint = event.donation_hint
-    if hint and hint.isdigit() and int(hint) in index.ids:
+    if hint and hint.isascii() and hint.isdigit() and int(hint) in index.ids:
         return int(hint)
     for reference in (event.transaction_ref, event.externalreference):
         if reference and reference in index.by_transaction:
@@ -300,7 +296,7 @@ def reference_keys(event: FoldEvent) -> tuple[list[str], list[int], list[str]]:
     """(external references, donation ids, transaction ids) an event could resolve through."""
     references = [r for r in (event.utilityref, event.externalreference) if r]
     ids = [event.donation_id] if event.donation_id is not None else []
-    if event.donation_hint and event.donation_hint.isdigit() and len(event.donation_hint) < 19:
+    if event.donation_hint and event.donation_hint.isascii() and event.donation_hint.isdigit() and len(event.donation_hint) < 19:
         ids.append(int(event.donation_hint))
     transactions = [r for r in (event.transaction_ref, event.externalreference) if r]
     return references, ids, transactions

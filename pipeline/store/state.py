@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Boolean, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from pipeline.fold import DERIVED_FIELDS, AnomalyRecord, Credit, DonationState, FoldEvent, PatientTotals
-from pipeline.models import Anomaly, Donation, FoldCheckpoint, FundingCredit, Patient, PaymentEvent
+from pipeline.models import Anomaly, Donation, FoldCheckpoint, FundingCredit, Money, Patient, PaymentEvent, UTCDateTime
 
 IN_CHUNK = 900  # stays under SQLite's bound-parameter limit on old builds
 
@@ -43,6 +45,157 @@ STATIC_COLUMNS = (
     Donation.transaction_id,
 )
 STATE_COLUMNS = STATIC_COLUMNS + tuple(getattr(Donation, name) for name in DERIVED_FIELDS)
+_STATE_TYPES = [Donation.__table__.c[column.key].type for column in STATE_COLUMNS]
+_STATE_DATETIMES = tuple(i for i, kind in enumerate(_STATE_TYPES) if isinstance(kind, UTCDateTime))
+_STATE_BOOLS = tuple(i for i, kind in enumerate(_STATE_TYPES) if isinstance(kind, Boolean))
+assert [i for i, kind in enumerate(_STATE_TYPES) if isinstance(kind, Money)] == [2, 3]
+_DERIVED_DATETIMES = tuple(i for i, name in enumerate(DERIVED_FIELDS) if isinstance(Donation.__table__.c[name].type, UTCDateTime))
+assert not any(isinstance(Donation.__table__.c[name].type, Money) for name in DERIVED_FIELDS)
+
+
+UTC = timezone.utc
+CENT = Decimal("0.01")
+
+
+def _names(columns) -> str:
+    return ", ".join(column.key for column in columns)
+
+
+_EVENT_SELECT = f"SELECT {_names(EVENT_COLUMNS)} FROM payment_events"
+_STATE_SELECT = f"SELECT {_names(STATE_COLUMNS)} FROM donations WHERE id IN "
+
+
+class _Driver:
+    """The hot statements, on the DBAPI connection of the session's own transaction (same connection,
+    same transaction, same lock), with the conversions SQLAlchemy's types would apply done here once:
+
+    - SQLite: datetimes stored as naive UTC text 'YYYY-MM-DD HH:MM:SS.ffffff' (SQLAlchemy's DATETIME
+      format), money as integer cents (pipeline.models.Money), booleans as 0/1;
+    - MySQL: naive UTC datetimes, money as DECIMAL(14,2), booleans as 0/1.
+
+    Reads give aware UTC datetimes, Decimal money quantized to cents and bools, exactly what the ORM
+    columns give. Driver errors are raised as SQLAlchemy's DBAPIError, so pipeline.db.transaction
+    translates them as before (a lost MySQL connection is invalidated and reported unreachable).
+    SQLAlchemy's per-row parameter and result processing and its IN-list compilation were most of a
+    rebuild's time."""
+
+    def __init__(self, connection: Connection):
+        self.connection = connection
+        self.dialect = connection.dialect
+        self.sqlite = self.dialect.name == "sqlite"
+        self.mark = "?" if self.sqlite else "%s"
+        self._money_cache: dict[Any, Decimal | None] = {None: None}
+
+    # -- execution ------------------------------------------------------------------------------
+    def _cursor(self):
+        return self.connection.connection.driver_connection.cursor()
+
+    def _fail(self, exc: Exception, sql: str, params: Any, many: bool) -> DBAPIError:
+        disconnect = self.dialect.is_disconnect(exc, self.connection.connection.driver_connection, None)
+        if disconnect:
+            self.connection.invalidate(exc)
+        return DBAPIError.instance(sql, params, exc, self.dialect.loaded_dbapi.Error, hide_parameters=True,
+                                   connection_invalidated=disconnect, dialect=self.dialect, ismulti=many)
+
+    def fetch(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        cursor = self._cursor()
+        try:
+            cursor.execute(sql, tuple(params))
+            return cursor.fetchall()
+        except self.dialect.loaded_dbapi.Error as exc:
+            raise self._fail(exc, sql, params, False) from exc
+        finally:
+            cursor.close()
+
+    def many(self, sql: str, rows: Sequence[Sequence]) -> None:
+        if not rows:
+            return
+        cursor = self._cursor()
+        try:
+            cursor.executemany(sql, rows)
+        except self.dialect.loaded_dbapi.Error as exc:
+            raise self._fail(exc, sql, rows, True) from exc
+        finally:
+            cursor.close()
+
+    def marks(self, count: int) -> str:
+        return "(" + ", ".join([self.mark] * count) + ")"
+
+    def fetch_in(self, sql_before_in: str, values: Sequence, sql_after_in: str = "", params_before: Sequence = ()) -> list[tuple]:
+        """`sql_before_in (?, ?, ...) sql_after_in` per chunk of values; rows of every chunk."""
+        rows: list[tuple] = []
+        for part in chunks(values):
+            rows.extend(self.fetch(f"{sql_before_in}{self.marks(len(part))}{sql_after_in}", (*params_before, *part)))
+        return rows
+
+    # -- conversions (reads) --------------------------------------------------------------------
+    def money(self, value: Any) -> Decimal | None:
+        """Storage -> Decimal, as pipeline.models.Money.process_result_value (cached: amounts repeat)."""
+        try:
+            return self._money_cache[value]
+        except KeyError:
+            pass
+        converted = (Decimal(value) / 100).quantize(CENT) if self.sqlite else Decimal(value).quantize(CENT)
+        if len(self._money_cache) < 100_000:
+            self._money_cache[value] = converted
+        return converted
+
+    def when(self, value: Any) -> datetime | None:
+        """Storage -> aware UTC datetime, as pipeline.models.UTCDateTime.process_result_value."""
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=UTC)
+
+    # -- conversions (writes) -------------------------------------------------------------------
+    def bind_when(self, value: datetime | None) -> Any:
+        """Aware datetime -> storage, as UTCDateTime.process_bind_param then SQLAlchemy's DATETIME."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given where UTC is required")
+        if value.tzinfo is not UTC:
+            value = value.astimezone(UTC)
+        value = value.replace(tzinfo=None)
+        if not self.sqlite:
+            return value
+        text = value.isoformat(" ")
+        return text if len(text) > 19 else text + ".000000"
+
+    def bind_money(self, value: Any) -> Any:
+        """Decimal -> storage, as pipeline.models.Money.process_bind_param."""
+        if value is None:
+            return None
+        if isinstance(value, float):
+            raise TypeError("money must be Decimal, not float")
+        value = Decimal(value).quantize(CENT)
+        return int(value * 100) if self.sqlite else value
+
+    # -- rows -------------------------------------------------------------------------------------
+    def events(self, rows: list[tuple]) -> list[FoldEvent]:
+        """payment_events rows (EVENT_COLUMNS order) -> FoldEvents."""
+        new, money, cache = tuple.__new__, self.money, self._money_cache
+        if self.sqlite:
+            parse = datetime.fromisoformat
+            return [
+                new(FoldEvent, (r[0], parse(r[1]).replace(tzinfo=UTC), r[2], r[3], r[4], cache[r[5]] if r[5] in cache else money(r[5]), *r[6:]))
+                for r in rows
+            ]
+        return [new(FoldEvent, (r[0], r[1].replace(tzinfo=UTC), r[2], r[3], r[4], money(r[5]), *r[6:])) for r in rows]
+
+    def state(self, row: tuple) -> DonationState:
+        """donations row (STATE_COLUMNS order) -> DonationState."""
+        values = list(row)
+        money, when = self.money, self.when
+        values[2], values[3] = money(values[2]), money(values[3])
+        for index in _STATE_DATETIMES:
+            if values[index] is not None:
+                values[index] = when(values[index])
+        for index in _STATE_BOOLS:
+            if values[index] is not None:
+                values[index] = bool(values[index])
+        return DonationState(*values)
 
 
 def chunks(items: Sequence, size: int = IN_CHUNK) -> Iterator[Sequence]:
@@ -77,6 +230,7 @@ _UPDATE_DONATION = (
     .where(_DONATIONS.c.id == bindparam("b_id"))
     .values({name: bindparam(name) for name in DERIVED_FIELDS})
 )
+_UPDATE_DONATION_SQL = f"UPDATE donations SET {', '.join(name + ' = ?' for name in DERIVED_FIELDS)} WHERE id = ?"
 _PATIENTS = Patient.__table__
 _UPDATE_PATIENT = (
     update(_PATIENTS)
@@ -91,6 +245,7 @@ class SqlFoldStore:
     def __init__(self, session: Session):
         self.session = session
         self.connection = session.connection()
+        self.raw = _Driver(self.connection)
 
     # -- checkpoint ---------------------------------------------------------------------------
     def lock_checkpoint(self, name: str) -> Checkpoint:
@@ -137,18 +292,21 @@ class SqlFoldStore:
     def events_after(
         self, position: int, limit: int, received_until: datetime | None = None, until_id: int | None = None
     ) -> list[FoldEvent]:
-        query = select(*EVENT_COLUMNS).where(PaymentEvent.id > position).order_by(PaymentEvent.id).limit(limit)
+        raw = self.raw
+        sql, params = f"{_EVENT_SELECT} WHERE id > {raw.mark}", [position]
         if until_id is not None:
-            query = query.where(PaymentEvent.id <= until_id)
+            sql += f" AND id <= {raw.mark}"
+            params.append(until_id)
         if received_until is not None:
-            query = query.where(PaymentEvent.received_at <= received_until)
-        return [FoldEvent(*row) for row in self.connection.execute(query)]
+            sql += f" AND received_at <= {raw.mark}"
+            params.append(raw.bind_when(received_until))
+        sql += f" ORDER BY id LIMIT {raw.mark}"
+        params.append(int(limit))
+        return raw.events(raw.fetch(sql, params))
 
     def events_by_ids(self, ids: Iterable[int]) -> list[FoldEvent]:
         ids = sorted(set(ids))
-        found: list[FoldEvent] = []
-        for part in chunks(ids):
-            found.extend(FoldEvent(*row) for row in self.connection.execute(select(*EVENT_COLUMNS).where(PaymentEvent.id.in_(part))))
+        found = self.raw.events(self.raw.fetch_in(f"{_EVENT_SELECT} WHERE id IN ", ids))
         return sorted(found, key=lambda event: event.id)
 
     def max_event_id(self) -> int:
@@ -156,21 +314,30 @@ class SqlFoldStore:
 
     # -- donations --------------------------------------------------------------------------
     def donations_matching(self, references: set[str], ids: set[int], transactions: set[str]) -> dict[int, DonationState]:
+        """Donations whose external_reference, id or transaction_id is in the given sets. The keys are
+        resolved to ids on the unique indexes alone, then each state row is read once."""
+        raw = self.raw
+        wanted = set(ids)
+        for column, values in (("external_reference", references), ("transaction_id", transactions)):
+            if values:
+                wanted.update(row[0] for row in raw.fetch_in(f"SELECT id FROM donations WHERE {column} IN ", sorted(values)))
         states: dict[int, DonationState] = {}
-        for column, values in ((Donation.external_reference, references), (Donation.id, ids), (Donation.transaction_id, transactions)):
-            values = sorted(values)
-            for part in chunks(values):
-                for row in self.connection.execute(select(*STATE_COLUMNS).where(column.in_(part))):
-                    if row[0] not in states:
-                        states[row[0]] = DonationState(*row)
+        state = raw.state
+        for row in raw.fetch_in(_STATE_SELECT, sorted(wanted)):
+            states[row[0]] = state(row)
         return states
+
+    def transaction_ids_of(self, ids: Iterable[int]) -> set[str]:
+        """The transaction ids (where set) of these donations."""
+        rows = self.raw.fetch_in("SELECT transaction_id FROM donations WHERE transaction_id IS NOT NULL AND id IN ", sorted(set(ids)))
+        return {row[0] for row in rows}
 
     def donation_keys_above(self, donation_id: int) -> tuple[int, set[str], set[int], set[str]]:
         """(highest id, references, ids, transaction ids) of donations created after `donation_id`."""
         references, ids, transactions = set(), set(), set()
         high = donation_id
-        query = select(Donation.id, Donation.external_reference, Donation.transaction_id).where(Donation.id > donation_id)
-        for donation, reference, transaction in self.session.execute(query):
+        rows = self.raw.fetch(f"SELECT id, external_reference, transaction_id FROM donations WHERE id > {self.raw.mark}", (donation_id,))
+        for donation, reference, transaction in rows:
             high = max(high, donation)
             ids.add(donation)
             if reference:
@@ -180,9 +347,17 @@ class SqlFoldStore:
         return high, references, ids, transactions
 
     def write_donations(self, states: Iterable[DonationState]) -> None:
-        rows = [{"b_id": state.id, **{name: getattr(state, name) for name in DERIVED_FIELDS}} for state in states]
-        if rows:
-            self.connection.execute(_UPDATE_DONATION, rows)
+        raw = self.raw
+        when = raw.bind_when
+        rows = []
+        for state in states:
+            values = [getattr(state, name) for name in DERIVED_FIELDS]
+            for index in _DERIVED_DATETIMES:
+                if values[index] is not None:
+                    values[index] = when(values[index])
+            values.append(state.id)
+            rows.append(values)
+        raw.many(_UPDATE_DONATION_SQL.replace("?", raw.mark), rows)
 
     # -- anomalies --------------------------------------------------------------------------
     def unknown_reference_events(self, references: set[str], ids: set[int], transactions: set[str]) -> list[int]:
@@ -198,16 +373,44 @@ class SqlFoldStore:
             keyed += [(PaymentEvent.donation_id, sorted(ids)), (PaymentEvent.donation_hint, sorted(str(i) for i in ids))]
         if transactions:
             keyed += [(PaymentEvent.transaction_ref, sorted(transactions)), (PaymentEvent.externalreference, sorted(transactions))]
-        query = select(Anomaly.event_id).join(PaymentEvent, PaymentEvent.id == Anomaly.event_id).where(Anomaly.kind == "unknown_reference")
+        if not keyed:
+            return []
+        raw = self.raw
         found: set[int] = set()
+        if raw.sqlite:
+            # SQLite: read the waiting events' keys once and match here. The IN queries below visit
+            # every waiting event once per chunk of keys (externalreference, donation_hint and
+            # transaction_ref have no index), which made a rebuild quadratic. Same test: SQLite
+            # compares these TEXT/INTEGER values exactly, as Python does.
+            sets: dict[str, set] = {}
+            for column, values in keyed:
+                sets.setdefault(column.key, set()).update(values)
+            names = list(sets)
+            rows = raw.fetch(
+                f"SELECT a.event_id, {', '.join('e.' + name for name in names)} FROM anomalies a "
+                "JOIN payment_events e ON e.id = a.event_id WHERE a.kind = 'unknown_reference'"
+            )
+            lookups = [sets[name] for name in names]
+            for row in rows:
+                for value, lookup in zip(row[1:], lookups):
+                    if value is not None and value in lookup:
+                        found.add(row[0])
+                        break
+            return sorted(found)
         for column, values in keyed:
-            for part in chunks(values):
-                found.update(self.session.scalars(query.where(column.in_(part))))
+            found.update(
+                row[0]
+                for row in raw.fetch_in(
+                    "SELECT a.event_id FROM anomalies a JOIN payment_events e ON e.id = a.event_id "
+                    f"WHERE a.kind = 'unknown_reference' AND e.{column.key} IN ",
+                    values,
+                )
+            )
         return sorted(found)
 
     def add_anomalies(self, anomalies: Sequence[AnomalyRecord]) -> None:
         if anomalies:
-            self.connection.execute(insert(Anomaly.__table__), [record._asdict() for record in anomalies])
+            self.raw.many(f"INSERT INTO anomalies (event_id, donation_id, kind, detail) VALUES {self.raw.marks(4)}", anomalies)
 
     def drop_anomalies(self, donation_ids: Iterable[int] = (), unknown_reference_events: Iterable[int] = ()) -> None:
         """Anomalies a replay or a late resolution will raise again (or no longer raises)."""
@@ -218,53 +421,52 @@ class SqlFoldStore:
 
     # -- credits and patients ---------------------------------------------------------------
     def apply_credit_changes(self, changes: Sequence[tuple[Credit | None, Credit | None]]) -> None:
+        raw = self.raw
+        money, when = raw.bind_money, raw.bind_when
         removed = [old.donation_id for old, new in changes if old is not None and new is None]
-        added = [new._asdict() for old, new in changes if old is None and new is not None]
+        added = [
+            (new.donation_id, new.patient_id, money(new.amount), new.event_id, when(new.credited_at))
+            for old, new in changes
+            if old is None and new is not None
+        ]
         moved = [
-            {"b_donation_id": new.donation_id, "event_id": new.event_id, "credited_at": new.credited_at, "amount": new.amount, "patient_id": new.patient_id}
+            (new.event_id, when(new.credited_at), money(new.amount), new.patient_id, new.donation_id)
             for old, new in changes
             if old is not None and new is not None and old != new
         ]
         for part in chunks(removed):
             self.session.execute(delete(FundingCredit).where(FundingCredit.donation_id.in_(part)))
-        if added:
-            self.connection.execute(insert(FundingCredit.__table__), added)
-        if moved:
-            statement = (
-                update(FundingCredit.__table__)
-                .where(FundingCredit.__table__.c.donation_id == bindparam("b_donation_id"))
-                .values(
-                    event_id=bindparam("event_id"),
-                    credited_at=bindparam("credited_at"),
-                    amount=bindparam("amount"),
-                    patient_id=bindparam("patient_id"),
-                )
-            )
-            self.connection.execute(statement, moved)
+        mark = raw.mark
+        raw.many(f"INSERT INTO funding_credits (donation_id, patient_id, amount, event_id, credited_at) VALUES {raw.marks(5)}", added)
+        raw.many(
+            f"UPDATE funding_credits SET event_id = {mark}, credited_at = {mark}, amount = {mark}, patient_id = {mark} WHERE donation_id = {mark}",
+            moved,
+        )
 
     def patients(self, ids: Iterable[int]) -> dict[int, PatientRow]:
+        raw = self.raw
         found: dict[int, PatientRow] = {}
-        columns = (Patient.id, Patient.funding_required, Patient.funding_received, Patient.status, Patient.fully_funded_at)
-        for part in chunks(sorted(set(ids))):
-            for row in self.connection.execute(select(*columns).where(Patient.id.in_(part))):
-                found[row[0]] = PatientRow(*row)
+        rows = raw.fetch_in("SELECT id, funding_required, funding_received, status, fully_funded_at FROM patients WHERE id IN ", sorted(set(ids)))
+        for patient_id, required, received, status, fully_funded_at in rows:
+            found[patient_id] = PatientRow(patient_id, raw.money(required), raw.money(received), status, raw.when(fully_funded_at))
         return found
 
     def credits_of_patients(self, ids: Iterable[int]) -> dict[int, list[Credit]]:
+        raw = self.raw
         found: dict[int, list[Credit]] = {}
-        columns = (FundingCredit.donation_id, FundingCredit.patient_id, FundingCredit.amount, FundingCredit.event_id, FundingCredit.credited_at)
-        for part in chunks(sorted(set(ids))):
-            for row in self.connection.execute(select(*columns).where(FundingCredit.patient_id.in_(part))):
-                found.setdefault(row[1], []).append(Credit(*row))
+        rows = raw.fetch_in("SELECT donation_id, patient_id, amount, event_id, credited_at FROM funding_credits WHERE patient_id IN ", sorted(set(ids)))
+        for donation_id, patient_id, amount, event_id, credited_at in rows:
+            found.setdefault(patient_id, []).append(Credit(donation_id, patient_id, raw.money(amount), event_id, raw.when(credited_at)))
         return found
 
     def write_patients(self, totals: dict[int, PatientTotals]) -> None:
+        raw = self.raw
+        mark = raw.mark
         rows = [
-            {"b_id": patient_id, "funding_received": t.funding_received, "status": t.status, "fully_funded_at": t.fully_funded_at}
+            (raw.bind_money(t.funding_received), t.status, raw.bind_when(t.fully_funded_at), patient_id)
             for patient_id, t in totals.items()
         ]
-        if rows:
-            self.connection.execute(_UPDATE_PATIENT, rows)
+        raw.many(f"UPDATE patients SET funding_received = {mark}, status = {mark}, fully_funded_at = {mark} WHERE id = {mark}", rows)
 
     # -- invariants -------------------------------------------------------------------------
     def invariant_violations(self, patient_ids: Iterable[int] | None = None, donation_ids: Iterable[int] | None = None) -> list[str]:
@@ -278,33 +480,49 @@ class SqlFoldStore:
             .subquery()
         )
         query = select(Patient.id, Patient.funding_received, func.coalesce(sums.c.total, 0)).outerjoin(sums, sums.c.patient_id == Patient.id)
+        wanted = None
         if patient_ids is not None:
             patient_ids = sorted(set(patient_ids))
             if not patient_ids:
                 query = None
+            elif len(patient_ids) > IN_CHUNK:
+                # Many patients (a rebuild batch touches most of them): one pass over all credits costs
+                # less than re-aggregating every credit once per chunk of patients.
+                wanted, patient_ids = set(patient_ids), None
         for part in chunks(patient_ids) if patient_ids is not None else [None]:
             if query is None:
                 break
             scoped = query if part is None else query.where(Patient.id.in_(part))
             for patient_id, received, total in session.execute(scoped):
+                if wanted is not None and patient_id not in wanted:
+                    continue
                 if Decimal(received) != Decimal(total):
                     problems.append(f"patient {patient_id}: funding_received {received} != sum of credits {total}")
-        credit_query = (
-            select(Donation.id, Donation.status, Donation.patient_amount, FundingCredit.amount)
-            .select_from(Donation)
-            .outerjoin(FundingCredit, FundingCredit.donation_id == Donation.id)
-            .where(
-                or_(
-                    and_(FundingCredit.id.is_not(None), or_(Donation.status != "COMPLETED", FundingCredit.amount != Donation.patient_amount)),
-                    and_(FundingCredit.id.is_(None), Donation.status == "COMPLETED"),
+        if donation_ids is None:
+            credit_query = (
+                select(Donation.id, Donation.status, Donation.patient_amount, FundingCredit.amount)
+                .select_from(Donation)
+                .outerjoin(FundingCredit, FundingCredit.donation_id == Donation.id)
+                .where(
+                    or_(
+                        and_(FundingCredit.id.is_not(None), or_(Donation.status != "COMPLETED", FundingCredit.amount != Donation.patient_amount)),
+                        and_(FundingCredit.id.is_(None), Donation.status == "COMPLETED"),
+                    )
                 )
             )
-        )
-        donation_ids = None if donation_ids is None else sorted(set(donation_ids))
-        for part in chunks(donation_ids) if donation_ids is not None else [None]:
-            scoped = credit_query if part is None else credit_query.where(Donation.id.in_(part))
-            for donation_id, status, patient_amount, credited in session.execute(scoped.limit(20)):
+            for donation_id, status, patient_amount, credited in session.execute(credit_query.limit(20)):
                 problems.append(f"donation {donation_id}: status {status}, credit {credited}, patient_amount {patient_amount}")
+            return problems
+        raw = self.raw
+        for part in chunks(sorted(set(donation_ids))):
+            rows = raw.fetch(
+                "SELECT d.id, d.status, d.patient_amount, c.amount FROM donations d LEFT OUTER JOIN funding_credits c ON c.donation_id = d.id "
+                "WHERE ((c.id IS NOT NULL AND (d.status != 'COMPLETED' OR c.amount != d.patient_amount)) OR (c.id IS NULL AND d.status = 'COMPLETED')) "
+                f"AND d.id IN {raw.marks(len(part))} LIMIT 20",
+                part,
+            )
+            for donation_id, status, patient_amount, credited in rows:
+                problems.append(f"donation {donation_id}: status {status}, credit {raw.money(credited)}, patient_amount {raw.money(patient_amount)}")
         return problems
 
     # -- rebuild ----------------------------------------------------------------------------
