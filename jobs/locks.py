@@ -1,8 +1,8 @@
 """Lease locks in the database, for jobs that must not run twice at once across daemons (poll, report).
 
 The fold does not use these: it holds its lock for exactly its transaction (pipeline.store.state).
-A lease is taken with one atomic UPDATE, so two daemons racing for it cannot both win, and a holder
-that died loses it after `lease_seconds`.
+A lease is taken with one atomic conditional UPDATE, so two daemons racing for it cannot both win;
+a holder that died loses it after `lease_seconds`; a long run renews it.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Iterator
 
-from sqlalchemy import insert, or_, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.engine import Engine
 
 from pipeline.db import transaction
@@ -22,33 +22,53 @@ from pipeline.models import JobLock
 
 
 def holder_name() -> str:
-    return f"{socket.gethostname()[:80]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{socket.gethostname()[:80]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
-def acquire(engine: Engine, name: str, holder: str, now: datetime, lease_seconds: float) -> bool:
-    with transaction(engine) as session:
-        statement = insert(JobLock).prefix_with("OR IGNORE", dialect="sqlite").prefix_with("IGNORE", dialect="mysql")
-        session.execute(statement.values(name=name, holder=None, acquired_at=None))
+def acquire(engine: Engine, name: str, holder: str, now: datetime, lease_seconds: float) -> None:
+    """Take lease `name` or raise LockBusy naming the current holder."""
+    with transaction(engine, immediate=True) as session:
+        session.execute(
+            insert(JobLock).prefix_with("OR IGNORE", dialect="sqlite").prefix_with("IGNORE", dialect="mysql"),
+            {"name": name, "holder": None, "acquired_at": None},
+        )
         taken = session.execute(
             update(JobLock)
-            .where(JobLock.name == name)
-            .where(or_(JobLock.holder.is_(None), JobLock.acquired_at < now - timedelta(seconds=lease_seconds)))
+            .where(
+                JobLock.name == name,
+                or_(JobLock.holder.is_(None), JobLock.acquired_at.is_(None), JobLock.acquired_at < now - timedelta(seconds=lease_seconds)),
+            )
             .values(holder=holder, acquired_at=now)
-        )
-        return taken.rowcount == 1
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if taken == 1:
+            return
+        row = session.execute(select(JobLock.holder, JobLock.acquired_at).where(JobLock.name == name)).one_or_none()
+    who, since = row or (None, None)
+    detail = f" ({who}, since {since:%Y-%m-%d %H:%M:%S} UTC)" if since else ""
+    raise LockBusy(f"{name}: another worker holds the lock{detail}")
+
+
+def renew(engine: Engine, name: str, holder: str, at: datetime) -> bool:
+    """Push the lease's expiry forward; False when it is no longer ours."""
+    with transaction(engine, immediate=True) as session:
+        return session.execute(
+            update(JobLock).where(JobLock.name == name, JobLock.holder == holder).values(acquired_at=at).execution_options(synchronize_session=False)
+        ).rowcount == 1
 
 
 def release(engine: Engine, name: str, holder: str) -> None:
-    with transaction(engine) as session:
-        session.execute(update(JobLock).where(JobLock.name == name, JobLock.holder == holder).values(holder=None, acquired_at=None))
+    with transaction(engine, immediate=True) as session:
+        session.execute(
+            update(JobLock).where(JobLock.name == name, JobLock.holder == holder).values(holder=None).execution_options(synchronize_session=False)
+        )
 
 
 @contextlib.contextmanager
 def lease(engine: Engine, name: str, now: datetime, lease_seconds: float = 600.0) -> Iterator[str]:
-    """`with lease(engine, "poll", now):` runs the block only if no live holder has the lease; LockBusy otherwise."""
+    """`with lease(engine, "report", now):` runs the block only if no live holder has the lease; LockBusy otherwise."""
     holder = holder_name()
-    if not acquire(engine, name, holder, now, lease_seconds):
-        raise LockBusy(f"{name}: another worker holds the lock")
+    acquire(engine, name, holder, now, lease_seconds)
     try:
         yield holder
     finally:

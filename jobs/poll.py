@@ -30,27 +30,25 @@ harmless, and the receiver's status endpoint must not be blocked by a scheduled 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import threading
 import time
-import uuid
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Iterator
 
 from loguru import logger
-from sqlalchemy import func, insert, or_, select, true, update
+from sqlalchemy import func, or_, select, true
 from sqlalchemy.engine import Engine
 
+from jobs import locks
 from pipeline.azampay import AzamPayClient, StatusAnswer
 from pipeline.config import Config
 from pipeline.db import transaction
-from pipeline.errors import AzamPayAuthError, AzamPayError, LockBusy, NotFound
+from pipeline.errors import AzamPayAuthError, AzamPayError, NotFound
 from pipeline.events import EventFields
 from pipeline.logs import payments
-from pipeline.models import Donation, JobLock, PaymentEvent
+from pipeline.models import Donation, PaymentEvent
 from pipeline.store.events import append_events, event_row
 
 LOCK_NAME = "poll"
@@ -105,49 +103,6 @@ def backoff_delay(config: Config, earlier_polls: int) -> timedelta:
         return timedelta(0)
     minutes = min(poll.backoff_base_minutes * 2 ** min(earlier_polls - 1, 40), poll.backoff_cap_minutes)
     return timedelta(minutes=minutes)
-
-
-# --- the lease ----------------------------------------------------------------------------------------------
-
-def _holder() -> str:
-    return f"{socket.gethostname()[:80]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-
-
-def acquire_lease(engine: Engine, holder: str, now: datetime, lease_seconds: float) -> None:
-    """Take the `poll` lease or raise LockBusy. Atomic: one conditional UPDATE; rowcount 1 means ours."""
-    with transaction(engine, immediate=True) as session:
-        session.execute(
-            insert(JobLock).prefix_with("OR IGNORE", dialect="sqlite").prefix_with("IGNORE", dialect="mysql"),
-            {"name": LOCK_NAME, "holder": None, "acquired_at": None},
-        )
-        taken = session.execute(
-            update(JobLock)
-            .where(
-                JobLock.name == LOCK_NAME,
-                or_(JobLock.holder.is_(None), JobLock.acquired_at.is_(None), JobLock.acquired_at < now - timedelta(seconds=lease_seconds)),
-            )
-            .values(holder=holder, acquired_at=now)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if taken == 1:
-            return
-        row = session.execute(select(JobLock.holder, JobLock.acquired_at).where(JobLock.name == LOCK_NAME)).one_or_none()
-    who, since = (row or (None, None))
-    raise LockBusy(f"poll: another poller holds the lock ({who}, since {since:%Y-%m-%d %H:%M:%S} UTC)" if since else "poll: another poller holds the lock")
-
-
-def renew_lease(engine: Engine, holder: str, at: datetime) -> bool:
-    with transaction(engine, immediate=True) as session:
-        return session.execute(
-            update(JobLock).where(JobLock.name == LOCK_NAME, JobLock.holder == holder).values(acquired_at=at).execution_options(synchronize_session=False)
-        ).rowcount == 1
-
-
-def release_lease(engine: Engine, holder: str) -> None:
-    with transaction(engine, immediate=True) as session:
-        session.execute(
-            update(JobLock).where(JobLock.name == LOCK_NAME, JobLock.holder == holder).values(holder=None).execution_options(synchronize_session=False)
-        )
 
 
 # --- selection ----------------------------------------------------------------------------------------------
@@ -294,14 +249,14 @@ def run_poll(
         report.seconds = time.monotonic() - started
         return report
 
-    holder = _holder()
-    acquire_lease(engine, holder, now, lease_seconds)
+    holder = locks.holder_name()
+    locks.acquire(engine, LOCK_NAME, holder, now, lease_seconds)
     try:
         candidates = _due_candidates(engine, config, now, report, limit)
-        _ask_all(engine, config, client, candidates, report, clock, renew=lambda: renew_lease(engine, holder, clock()))
+        _ask_all(engine, config, client, candidates, report, clock, renew=lambda: locks.renew(engine, LOCK_NAME, holder, clock()))
     finally:
         try:
-            release_lease(engine, holder)
+            locks.release(engine, LOCK_NAME, holder)
         except Exception as exc:  # the lease expires by itself; do not hide the run's own error
             logger.warning("poll: could not release the lease ({}); it expires after {:.0f}s", exc, lease_seconds)
     report.seconds = time.monotonic() - started

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from sqlalchemy import insert
 
 from jobs.fold import run_fold
-from jobs.poll import LOCK_NAME, acquire_lease, backoff_delay, run_poll
+from jobs.locks import acquire
+from jobs.poll import LOCK_NAME, backoff_delay, run_poll
 from pipeline.azampay import AzamPayClient
 from pipeline.db import transaction
 from pipeline.errors import LockBusy, NotFound
@@ -273,7 +274,7 @@ def test_two_pollers_never_ask_twice(backend, sandbox, now):
         thread.start()
         try:
             assert first_client.entered.wait(10), "first poller never started asking"
-            with pytest.raises(LockBusy, match="another poller holds the lock"):
+            with pytest.raises(LockBusy, match="poll: another worker holds the lock"):
                 run_poll(backend.engine, config, second_client, now + 11 * MINUTE)
         finally:
             gate.set()
@@ -296,9 +297,9 @@ def test_a_stale_lease_is_taken_over_a_live_one_is_not(backend, sandbox, setup, 
     with pytest.raises(LockBusy, match="crashed-host"):
         run_poll(backend.engine, config, client, now)
     assert run_poll(backend.engine, config, client, now + timedelta(minutes=6)).candidates == 0  # lease (5 min) expired
-    acquire_lease(backend.engine, "me", now, 300)
+    acquire(backend.engine, LOCK_NAME, "me", now, 300)
     with pytest.raises(LockBusy):
-        acquire_lease(backend.engine, "someone-else", now + MINUTE, 300)
+        acquire(backend.engine, LOCK_NAME, "someone-else", now + MINUTE, 300)
 
 
 def test_network_errors_append_nothing_and_are_retried(backend, sandbox, setup, now):
