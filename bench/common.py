@@ -14,7 +14,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,9 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
+from pipeline.config import write_config_file as write_config  # noqa: F401  (re-exported for tests/benches)
+from sandbox.testing import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CALLBACK_PATH = "/api/v1.0/donors/payment/azampay/callback/"
@@ -95,26 +97,6 @@ def machine_line() -> str:
 
 
 # --- processes --------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def write_config(path: Path, settings: Mapping[str, Any]) -> Path:
-    import yaml
-
-    data: dict[str, Any] = {}
-    for dotted, value in settings.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    path.write_text(yaml.safe_dump(data, sort_keys=True), encoding="utf-8")
-    return path
 
 
 def _env() -> dict[str, str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -43,12 +42,6 @@ SCENARIOS = (
     Scenario("forged", "forged", "0758000005", "COMPLETED", "unauthenticated", "callback with a wrong password is stored but not trusted; the poll decides"),
     Scenario("amount mismatch", "amount_mismatch", "0758000006", "REVIEW", "amount_mismatch", "callback amount differs: REVIEW, nothing credited"),
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_config(folder: Path, receiver_port: int, sandbox_url: str, sandbox_settings) -> Path:
@@ -116,10 +109,10 @@ def run_demo(folder: Path, say: Callable[[str], None] = print, deadline_seconds:
     from pipeline.models import Anomaly, Donation
     from pipeline.schema import upgrade
     from pipeline.store.donations import create_patient
-    from sandbox.testing import running_sandbox
+    from sandbox.testing import free_port, running_sandbox
 
     folder.mkdir(parents=True, exist_ok=False)
-    port = _free_port()
+    port = free_port()
     callback_url = f"http://127.0.0.1:{port}/api/v1.0/donors/payment/azampay/callback/"
     outcomes = {scenario.msisdn: scenario.outcome for scenario in SCENARIOS}
     with running_sandbox(callback_url=callback_url, webhook_password=WEBHOOK_PASSWORD, outcomes=outcomes) as sandbox:

@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.errors import ConfigError
 
@@ -197,6 +205,16 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
             node[key] = child
         node = child
     node[leaf] = value
+
+
+def write_config_file(path: str | Path, settings: Mapping[str, Any]) -> Path:
+    """Write a config.yaml from dotted keys, e.g. {"database.url": ..., "webhook.password": "pw"}."""
+    data: dict[str, Any] = {}
+    for dotted, value in settings.items():
+        _set_dotted(data, dotted, value)
+    path = Path(path)
+    path.write_text(yaml.safe_dump(data, sort_keys=True), encoding="utf-8")
+    return path
 
 
 def _describe(error: ValidationError) -> str:

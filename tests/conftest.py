@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from pipeline.config import Config, load_config
-from pipeline.db import make_engine, transaction
+from pipeline.db import make_engine
 from pipeline.schema import upgrade
 
 FIXTURES = Path(__file__).parent / "fixtures" / "azampay"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,30 +14,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import httpx
-import yaml
+
+from pipeline.config import write_config_file as write_config  # noqa: F401  (re-exported for tests/benches)
+from sandbox.testing import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CALLBACK_PATH = "/api/v1.0/donors/payment/azampay/callback/"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def write_config(path: Path, settings: Mapping[str, Any]) -> Path:
-    """Write a config.yaml from dotted keys, e.g. {"database.url": ..., "webhook.password": "pw"}."""
-    data: dict[str, Any] = {}
-    for dotted, value in settings.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    path.write_text(yaml.safe_dump(data, sort_keys=True), encoding="utf-8")
-    return path
 
 
 def config_settings(backend, **overrides) -> dict[str, Any]:

@@ -5,7 +5,6 @@ import asyncio
 import threading
 from datetime import datetime, timezone
 
-import pytest
 from sqlalchemy import event
 
 from pipeline.events import extract_fields

@@ -15,7 +15,6 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-import pytest
 
 from jobs.checkout import initiate_checkout
 from jobs.runs import utcnow

@@ -1,7 +1,6 @@
 """Migrations produce exactly the models' schema; the log is append-only in the database itself."""
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
 
 from pipeline.db import transaction
 from pipeline.errors import StoreError

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import os
 from datetime import datetime, timezone
 
 import pytest

@@ -7,11 +7,9 @@ spool directory replaced by a file, since root ignores permission bits) during a
 5xx, never a 2xx."""
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx

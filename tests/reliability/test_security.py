@@ -8,8 +8,6 @@ import hmac
 import json
 import socket
 from datetime import datetime, timezone
-from decimal import Decimal
-from pathlib import Path
 
 import httpx
 import pytest
@@ -22,7 +20,6 @@ from jobs.rebuild import check
 from pipeline.db import transaction
 from pipeline.events import extract_fields
 from pipeline.store.events import append_event, event_row
-from pipeline.store.state import SqlFoldStore
 from receiver import auth as auth_module
 from receiver.auth import Authenticator
 from sandbox.testing import running_sandbox

@@ -14,7 +14,7 @@ import itertools
 import random
 import shutil
 import tempfile
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
