@@ -16,7 +16,7 @@ from pipeline.store.memory import MemoryFoldStore
 from pipeline.store.snapshot import Snapshot, differences, live_snapshot
 from pipeline.store.state import SqlFoldStore
 
-REBUILD_BATCH = 100_000
+REBUILD_BATCH = 50_000
 
 Progress = Callable[[int, int], None]
 
