@@ -19,7 +19,6 @@ from loguru import logger
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from jobs.runs import recorded_run
 from pipeline.db import transaction
 from pipeline.models import PaymentEvent
 from pipeline.store.events import append_events
@@ -113,15 +112,13 @@ def ingest_spool(engine: Engine, spool_dir: str | Path, now: datetime) -> dict:
     """Replay every spool file under `spool_dir` into the log; return counts. Idempotent."""
     directory = Path(spool_dir)
     counts = {"files": 0, "lines": 0, "ingested": 0, "duplicates": 0, "torn": 0, "invalid": 0, "files_deleted": 0}
-    with recorded_run(engine, "spool", now) as run:
-        run.counts = counts
-        if not directory.is_dir():
-            return counts
-        for path in sorted(directory.glob("*" + SUFFIX)):
-            claim(path)
-        for path in sorted(directory.glob("*" + CLAIMED_SUFFIX)):
-            counts["files"] += 1
-            _ingest_file(engine, path, counts)
-        if counts["ingested"]:
-            logger.info("spool ingest: {} callback(s) replayed into the log from {} file(s)", counts["ingested"], counts["files"])
+    if not directory.is_dir():
+        return counts
+    for path in sorted(directory.glob("*" + SUFFIX)):
+        claim(path)
+    for path in sorted(directory.glob("*" + CLAIMED_SUFFIX)):
+        counts["files"] += 1
+        _ingest_file(engine, path, counts)
+    if counts["ingested"]:
+        logger.info("spool ingest: {} callback(s) replayed into the log from {} file(s)", counts["ingested"], counts["files"])
     return counts

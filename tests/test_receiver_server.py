@@ -115,6 +115,9 @@ def test_real_server_outage_spools_and_ingest_replays_once(backend):
     engine = make_engine(DatabaseConfig(url=engine_url))
     try:
         rows = [r for r in event_rows(engine) if r.dedupe_key]
+        with engine.connect() as connection:
+            runs = connection.exec_driver_sql("SELECT job, outcome FROM job_runs WHERE job = 'spool'").fetchall()
+        assert [tuple(r) for r in runs] == [("spool", "ok"), ("spool", "ok")]  # the command records each run
     finally:
         engine.dispose()
     assert sorted(r.transaction_ref for r in rows) == sorted([f"CC{n:04d}" for n in range(20)] + ["CC0100"] * retried)

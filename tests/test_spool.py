@@ -127,9 +127,6 @@ def test_outage_503_spooled_then_ingested_exactly_once(backend, outage):
     assert "invalid JSON" in typed[3].parse_error
     assert "content type" in typed[4].parse_error and typed[4].utilityref is None and typed[4].content_type == "text/plain"
     assert json.loads(typed[4].headers)["x-forwarded-for"] == "1.2.3.4"
-    runs = outage.backend.rows("SELECT job, outcome FROM job_runs") if outage.engine is outage.backend.engine else None
-    if runs is not None:
-        assert [tuple(r) for r in runs] == [("spool", "ok"), ("spool", "ok")]
 
 
 def test_unwritable_spool_during_outage_is_5xx_never_2xx(backend, outage):

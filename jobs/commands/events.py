@@ -77,12 +77,13 @@ def show_event(ctx: Context, event_id: int, output_format) -> None:
 @pass_context
 def ingest_spool_command(ctx: Context, spool_dir: str | None) -> None:
     """Replay callbacks spooled during a database outage into the log (idempotent)."""
-    from jobs.runs import utcnow
+    from jobs.runs import recorded_run, utcnow
     from jobs.spool import ingest_spool
-    from pipeline.logs import configure_logging, secrets_of
 
-    configure_logging(ctx.config.logging, component="cli", secrets=secrets_of(ctx.config))
-    counts = ingest_spool(ctx.engine, spool_dir or ctx.config.receiver.spool_dir, utcnow())
+    ctx.setup_logging("spool")
+    now = utcnow()
+    with recorded_run(ctx.engine, "spool", now) as run:
+        counts = run.counts = ingest_spool(ctx.engine, spool_dir or ctx.config.receiver.spool_dir, now)
     click.echo(" ".join(f"{key}={value}" for key, value in counts.items()))
 
 
