@@ -25,6 +25,17 @@ class RunRecord:
         self.outcome = "ok"
 
 
+def describe(exc: BaseException) -> str:
+    return (str(exc) if isinstance(exc, AzamreconError) else f"{type(exc).__name__}: {exc}")[:2000]
+
+
+def record_finished_run(engine: Engine, job: str, started: datetime, finished: datetime, outcome: str, counts: dict | None = None, error: str | None = None) -> None:
+    """One complete job_runs row, for runs too frequent to record while they run (the scheduled fold)."""
+    with transaction(engine) as session:
+        session.add(JobRun(job=job, started_at=started, finished_at=max(finished, started), outcome=outcome,
+                           counts=json.dumps(counts or {}, default=str), error=error, host=socket.gethostname()[:128]))
+
+
 @contextlib.contextmanager
 def recorded_run(engine: Engine, job: str, now: datetime, clock: Callable[[], datetime] = utcnow) -> Iterator[RunRecord]:
     """Insert a `running` job_runs row, yield a RunRecord to fill in, then close the row as ok/skipped/error.
@@ -43,7 +54,7 @@ def recorded_run(engine: Engine, job: str, now: datetime, clock: Callable[[], da
     except LockBusy as exc:
         record.outcome, error = "skipped", str(exc)
     except BaseException as exc:
-        record.outcome, error = "error", (str(exc) if isinstance(exc, AzamreconError) else f"{type(exc).__name__}: {exc}")[:2000]
+        record.outcome, error = "error", describe(exc)
         raise
     finally:
         finished = max(clock(), now)

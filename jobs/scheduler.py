@@ -16,7 +16,7 @@ from apscheduler.triggers.cron import CronTrigger
 from loguru import logger
 from sqlalchemy.engine import Engine
 
-from jobs.runs import recorded_run, utcnow
+from jobs.runs import describe, record_finished_run, recorded_run, utcnow
 from pipeline.config import Config
 from pipeline.errors import AzamreconError, LockBusy
 
@@ -46,11 +46,10 @@ class Jobs:
         try:
             report = run_fold(self.engine, self.config, now)
         except Exception as exc:
-            self._record_failure("fold", now, exc)
+            record_finished_run(self.engine, "fold", now, self.clock(), "error", error=describe(exc))
             raise
         if report.events:
-            with recorded_run(self.engine, "fold", now, clock=self.clock) as run:
-                run.counts = report.as_dict()
+            record_finished_run(self.engine, "fold", now, self.clock(), "ok", counts=report.as_dict())
 
     def poll(self) -> None:
         from jobs.fold import run_fold
@@ -81,13 +80,6 @@ class Jobs:
         with recorded_run(self.engine, "report", now, clock=self.clock) as run:
             with lease(self.engine, "report", now, lease_seconds=3600):
                 run.counts = {"path": str(write_daily_report(self.engine, self.config, now))}
-
-    def _record_failure(self, job: str, now: datetime, exc: BaseException) -> None:
-        try:
-            with recorded_run(self.engine, job, now, clock=self.clock):
-                raise exc
-        except BaseException:
-            pass
 
 
 def _guarded(name: str, body: Callable[[], None]) -> Callable[[], None]:

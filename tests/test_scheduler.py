@@ -15,6 +15,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 
 from jobs.checkout import initiate_checkout
 from jobs.runs import utcnow
@@ -105,3 +106,26 @@ def test_two_daemons_ask_about_each_stuck_donation_once(backend, tmp_path):
     assert polls == {d: 1 for d in donations}
     assert backend.scalar("SELECT COUNT(*) FROM funding_credits") == 6
     assert backend.scalar("SELECT SUM(events_applied) FROM fold_checkpoints") == backend.scalar("SELECT COUNT(*) FROM payment_events")
+
+
+def test_scheduled_fold_records_work_and_failures_but_not_idle_runs(backend, now):
+    from jobs.scheduler import Jobs
+    from pipeline.errors import InvariantViolation
+    from tests.builders import add_donation, append, callback_body
+
+    patient = add_patient(backend.engine, now)
+    _, reference = add_donation(backend.engine, now, patient)
+    jobs = Jobs(backend.engine, backend.config(), clock=lambda: now)
+    jobs.fold()  # nothing to fold: no row
+    assert backend.scalar("SELECT COUNT(*) FROM job_runs") == 0
+    append(backend.engine, callback_body(reference), now)
+    jobs.fold()
+    assert backend.rows("SELECT job, outcome FROM job_runs") == [("fold", "ok")]
+    with backend.engine.begin() as connection:  # a derived total that no longer matches its credits
+        connection.exec_driver_sql("UPDATE patients SET funding_received = 1")
+    _, second = add_donation(backend.engine, now, patient)
+    append(backend.engine, callback_body(second, transaction_id="tx-2"), now)
+    with pytest.raises(InvariantViolation):
+        jobs.fold()
+    outcome, error = backend.rows("SELECT outcome, error FROM job_runs ORDER BY id DESC")[0]
+    assert outcome == "error" and "invariant" in error
