@@ -63,13 +63,17 @@ def _compiled(patterns: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
 
 
 def map_status_text(text: str | None, status_config: StatusApiConfig) -> Status:
-    """Map the status call's free text to a status; the first match wins in the order success, failed, pending."""
+    """Map the status call's free text to a status; the first match wins in the order failed, pending, success.
+
+    SUCCESS moves money, so it is tried last and its default patterns match only whole known sentences:
+    "Transaction not successful." or "could not be completed" must never read as a success. Anything
+    unrecognised is UNKNOWN: no state change, an unknown_status anomaly."""
     if not text:
         return "UNKNOWN"
     for status, patterns in (
-        ("SUCCESS", status_config.success_patterns),
         ("FAILED", status_config.failed_patterns),
         ("PENDING", status_config.pending_patterns),
+        ("SUCCESS", status_config.success_patterns),
     ):
         if any(p.search(text) for p in _compiled(tuple(patterns))):
             return status  # type: ignore[return-value]
@@ -207,6 +211,8 @@ class AzamPayClient:
             response = self._session.request(method, url, timeout=self._timeouts, **kwargs)
         except requests.RequestException as exc:
             raise _transport_error(exc, what, self._timeouts) from None
+        except Exception as exc:  # e.g. a header that is not latin-1: the request (with its token) must not reach a traceback
+            raise AzamPayUnexpectedAnswer(f"{what}: request could not be sent ({type(exc).__name__})") from None
         if response.status_code >= 300:  # only the unusual answers: the poller makes thousands of calls
             logger.debug("{} -> HTTP {} in {:.0f} ms", what, response.status_code, (time.perf_counter() - started) * 1000)
         return response

@@ -63,9 +63,16 @@ class StatusApiConfig(_Section):
     path: str = "/azampay/gettransactionstatus"
     reference_param: str = "pgReferenceId"
     provider_param: str = "bankName"
-    # Case-insensitive regular expressions matched against the free-text `data` field, in this order.
-    success_patterns: list[str] = [r"\bsuccess(ful)?\b", r"\bcompleted?\b"]
-    failed_patterns: list[str] = [r"\bfail(ed|ure)?\b", r"\bcancel+ed\b", r"\brejected\b", r"\bexpired\b"]
+    # Case-insensitive regular expressions matched against the free-text `data` field, tried in the order
+    # failed, pending, success. Success moves money, so its defaults match only whole known sentences.
+    success_patterns: list[str] = [
+        r"^\s*(the )?(transaction|payment)( was| is| has been)? (successful|completed|completed successfully|succeeded)\.?\s*$",
+        r"^\s*success(ful)?\.?\s*$",
+    ]
+    failed_patterns: list[str] = [
+        r"\bfail(s|ed|ure)?\b", r"\bcancel+ed\b", r"\brejected\b", r"\bexpired\b", r"\bdeclined\b",
+        r"\bnot successful\b", r"\bunsuccessful\b",
+    ]
     pending_patterns: list[str] = [r"\bpending\b", r"\bprocessing\b", r"\bin progress\b"]
 
 

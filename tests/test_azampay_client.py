@@ -230,6 +230,14 @@ def test_unparseable_status_body_is_unexpected():
         ("still processing", "PENDING"),
         ("Reversal queued.", "UNKNOWN"),
         ("unsuccessfully", "UNKNOWN"),  # word boundary: not a success
+        # negated or mixed sentences must never read as a success (a success moves money)
+        ("Transaction not successful.", "FAILED"),
+        ("Payment declined", "FAILED"),
+        ("Transaction failed: completed with error", "FAILED"),
+        ("Payment could not be completed", "UNKNOWN"),
+        ("Not completed yet, pending", "PENDING"),
+        ("Request successful.", "UNKNOWN"),  # the envelope's message, not the transaction's status
+        ("Transaction completed with errors", "UNKNOWN"),
         ("", "UNKNOWN"),
         (None, "UNKNOWN"),
     ],
@@ -240,8 +248,10 @@ def test_map_status_text_defaults(text, expected):
 
 def test_map_status_text_order_and_custom_patterns():
     config = StatusApiConfig(success_patterns=[r"^paid$"], failed_patterns=[r"paid"], pending_patterns=[r"queued"])
-    assert map_status_text("PAID", config) == "SUCCESS"  # success is tried first, case-insensitive
+    assert map_status_text("PAID", config) == "FAILED"  # failed is tried first, case-insensitive
     assert map_status_text("unpaid", config) == "FAILED"
+    only_success = StatusApiConfig(success_patterns=[r"^paid$"], failed_patterns=[r"^unpaid$"], pending_patterns=[])
+    assert map_status_text("PAID", only_success) == "SUCCESS"
     assert map_status_text("Reversal queued.", config) == "PENDING"
 
 
@@ -382,3 +392,14 @@ def test_no_secret_or_token_in_logs_or_errors(sandbox, clock, log_lines):
     text = "\n".join(log_lines + errors)
     assert log_lines  # the test would prove nothing if nothing was logged
     assert not [s for s in secrets if s in text]
+
+
+def test_a_request_that_cannot_be_sent_is_a_typed_error_without_the_key(sandbox):
+    """A key pasted with a typographic quote is not latin-1: requests raises UnicodeEncodeError deep inside.
+    It must surface as an AzamPayError that carries neither the key nor a chained traceback with headers."""
+    key = "api-key-with-\u2019-quote"
+    with AzamPayClient(sandbox.azampay_config(api_key=key), backoff_factor=0) as bad_client:
+        with pytest.raises(AzamPayUnexpectedAnswer) as caught:
+            bad_client.transaction_status("0" * 32, "Mpesa")
+    assert key not in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
