@@ -39,6 +39,7 @@ from pipeline.fold import (
     fold_donation,
     patient_totals,
     patient_update,
+    reference_keys,
     resolve,
 )
 from pipeline.logs import payments
@@ -83,20 +84,11 @@ def fold_batch(store: FoldStore, events: list[FoldEvent], retried: list[FoldEven
     result = BatchResult(events=len(events))
     everything = events + retried
     references, ids, transactions = set(), set(), set()
-    add_reference, add_id, add_transaction = references.add, ids.add, transactions.add
-    for event in everything:  # pipeline.fold.reference_keys, inlined: this loop sees every event
-        utilityref, externalreference, hint, transaction_ref, donation_id = event[6:11]
-        if utilityref:
-            add_reference(utilityref)
-        if externalreference:
-            add_reference(externalreference)
-            add_transaction(externalreference)
-        if donation_id is not None:
-            add_id(donation_id)
-        if hint and hint.isascii() and hint.isdigit() and len(hint) < 19:
-            add_id(int(hint))
-        if transaction_ref:
-            add_transaction(transaction_ref)
+    for event in everything:
+        event_references, event_ids, event_transactions = reference_keys(event)
+        references.update(event_references)
+        ids.update(event_ids)
+        transactions.update(event_transactions)
     states = store.donations_matching(references, ids, transactions)
     index = DonationIndex()
     for state in states.values():
@@ -136,7 +128,7 @@ def fold_batch(store: FoldStore, events: list[FoldEvent], retried: list[FoldEven
         state = states[donation_id]
         before_status, before_credit = state.status, credit_of(state)
         if donation_id in replay_set:
-            merged = {event.id: event for event in earlier.values() if event.id in set(state.applied_ids())}
+            merged = {event_id: earlier[event_id] for event_id in state.applied_ids() if event_id in earlier}
             merged.update((event.id, event) for event in donation_events)
             donation_events = [merged[event_id] for event_id in sorted(merged)]
             state = states[donation_id] = state.reset()
@@ -202,6 +194,8 @@ def next_events(store: SqlFoldStore, checkpoint: Checkpoint, batch_size: int, no
     for event in fresh:
         if event.id > expected and event.id - expected <= MAX_GAP_SPAN:
             gaps.extend((gap_id, now) for gap_id in range(expected, event.id))
+        elif event.id - expected > MAX_GAP_SPAN:
+            logger.warning(f"fold: event ids jump from {expected - 1} to {event.id}; ids in between are not waited for")
         expected = event.id + 1
     if fresh:
         checkpoint.position = fresh[-1].id

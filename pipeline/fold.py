@@ -275,6 +275,13 @@ class DonationIndex:
             self.by_transaction[state.transaction_id] = state.id
 
 
+def hint_id(hint: str | None) -> int | None:
+    """additionalProperties.donation_id as a donation id. ASCII digits only: '²' passes str.isdigit() but not int()."""
+    if hint and len(hint) < 19 and hint.isascii() and hint.isdigit():
+        return int(hint)
+    return None
+
+
 def resolve(event: FoldEvent, index: DonationIndex) -> int | None:
     """The donation an event is about, or None. utilityref, externalreference, additionalProperties.donation_id,
     then reference/transid against donations.transaction_id. Events we appended ourselves carry donation_id."""
@@ -283,9 +290,9 @@ def resolve(event: FoldEvent, index: DonationIndex) -> int | None:
     for reference in (event.utilityref, event.externalreference):
         if reference and reference in index.by_reference:
             return index.by_reference[reference]
-    hint = event.donation_hint
-    if hint and hint.isascii() and hint.isdigit() and int(hint) in index.ids:
-        return int(hint)
+    hint = hint_id(event.donation_hint)
+    if hint is not None and hint in index.ids:
+        return hint
     for reference in (event.transaction_ref, event.externalreference):
         if reference and reference in index.by_transaction:
             return index.by_transaction[reference]
@@ -296,8 +303,9 @@ def reference_keys(event: FoldEvent) -> tuple[list[str], list[int], list[str]]:
     """(external references, donation ids, transaction ids) an event could resolve through."""
     references = [r for r in (event.utilityref, event.externalreference) if r]
     ids = [event.donation_id] if event.donation_id is not None else []
-    if event.donation_hint and event.donation_hint.isascii() and event.donation_hint.isdigit() and len(event.donation_hint) < 19:
-        ids.append(int(event.donation_hint))
+    hint = hint_id(event.donation_hint)
+    if hint is not None:
+        ids.append(hint)
     transactions = [r for r in (event.transaction_ref, event.externalreference) if r]
     return references, ids, transactions
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from pipeline.errors import ParseError
 from pipeline.events import extract_fields, parse_callback
-from pipeline.fold import FoldEvent, reference_keys
+from pipeline.fold import DonationIndex, FoldEvent, reference_keys, resolve
 from pipeline.store.events import ReferenceKeys
 
 LONG = os.environ.get("AZAMRECON_RELIABILITY_LONG") == "1"
@@ -48,8 +48,10 @@ def exercise(body: bytes) -> None:
     if fields.amount is not None:
         assert fields.amount >= 0 and fields.amount.as_tuple().exponent == -2
     ReferenceKeys.of(fields)  # what the receiver computes
-    reference_keys(FoldEvent(1, NOW, "callback", "n/a", fields.status, fields.amount, fields.utilityref, fields.externalreference,
-                             fields.donation_hint, fields.transaction_ref, None, fields.parse_error, fields.status_raw))  # what the fold computes
+    event = FoldEvent(1, NOW, "callback", "n/a", fields.status, fields.amount, fields.utilityref, fields.externalreference,
+                      fields.donation_hint, fields.transaction_ref, None, fields.parse_error, fields.status_raw)
+    reference_keys(event)  # what jobs.fold.fold_batch computes for every event
+    resolve(event, DonationIndex(by_reference={"RHCI-DN-1-1": 1}, ids={1, 2}))  # and how it resolves the donation
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
