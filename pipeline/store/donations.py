@@ -4,7 +4,6 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipeline.errors import InputError, NotFound
@@ -105,12 +104,3 @@ def create_donation(
     donation.external_reference = make_reference(reference_prefix, donation.id, now)
     session.flush()
     return donation
-
-
-def set_transaction_id(session: Session, donation_id: int, transaction_id: str) -> None:
-    get_donation(session, donation_id).transaction_id = transaction_id
-    session.flush()
-
-
-def donations_by_ids(session: Session, ids) -> list[Donation]:
-    return list(session.scalars(select(Donation).where(Donation.id.in_(list(ids)))))

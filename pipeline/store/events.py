@@ -11,6 +11,7 @@ from sqlalchemy import insert, or_, select
 from sqlalchemy.orm import Session
 
 from pipeline.events import EventFields
+from pipeline.fold import hint_id
 from pipeline.models import Donation, PaymentEvent
 
 SOURCES = ("callback", "poll", "checkout", "operator", "import")
@@ -99,8 +100,7 @@ class ReferenceKeys:
     @classmethod
     def of(cls, fields: EventFields) -> "ReferenceKeys":
         refs = tuple(ref for ref in (fields.utilityref, fields.externalreference) if ref)
-        hint = fields.donation_hint
-        return cls(refs, int(hint) if hint and hint.isascii() and hint.isdigit() and len(hint) < 19 else None, fields.transaction_ref)
+        return cls(refs, hint_id(fields.donation_hint), fields.transaction_ref)
 
 
 _DONATIONS = Donation.__table__
@@ -159,9 +159,3 @@ def list_events(
     if donation_id is not None:
         query = query.where(PaymentEvent.donation_id == donation_id)
     return list(session.scalars(query))
-
-
-def max_event_id(session: Session) -> int:
-    from sqlalchemy import func
-
-    return session.scalar(select(func.max(PaymentEvent.id))) or 0
