@@ -231,7 +231,8 @@ def run_fold(
 ) -> FoldReport:
     """Fold until the log is exhausted (or max_batches). Each batch commits with its checkpoint.
 
-    announce=False (rebuild) suppresses the per-donation log lines; progress(position, max_id) is
+    announce=False (rebuild) suppresses the per-donation log lines, as does a rebuild still in progress
+    (checkpoint.rebuild_until), whoever runs the batch; progress(position, max_id) is
     called after each batch.
     """
     policy = trust_policy(config)
@@ -257,6 +258,9 @@ def run_fold(
                     raise InvariantViolation("fold invariant violated: " + "; ".join(problems[:5]))
                 checkpoint.events_applied += len(fresh) + len(filled)
                 checkpoint.donation_high = high
+                rebuilding = checkpoint.rebuild_until is not None
+                if rebuilding and checkpoint.position >= checkpoint.rebuild_until:
+                    checkpoint.rebuild_until = None
                 store.save_checkpoint(checkpoint, now)
                 max_id = store.max_event_id() if progress else 0
         except Exception as exc:
@@ -270,7 +274,7 @@ def run_fold(
         report.anomalies += result.anomalies
         report.gaps_waiting = len(checkpoint.gaps)
         report.position = checkpoint.position
-        if announce:
+        if announce and not rebuilding:
             announce_transitions(result)
         if progress:
             progress(checkpoint.position, max_id)

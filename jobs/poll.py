@@ -45,7 +45,7 @@ from jobs import locks
 from pipeline.azampay import AzamPayClient, StatusAnswer
 from pipeline.config import Config
 from pipeline.db import transaction
-from pipeline.errors import AzamPayAuthError, AzamPayError, NotFound
+from pipeline.errors import AzamPayAuthError, AzamPayError, LockBusy, NotFound
 from pipeline.events import EventFields
 from pipeline.logs import payments
 from pipeline.models import Donation, PaymentEvent
@@ -218,6 +218,18 @@ class _Appender:
             self.report.appended += len(rows)
 
 
+def _refuse_during_rebuild(engine: Engine) -> None:
+    """While a rebuild refolds the log, statuses read PENDING until their events are folded again:
+    polling them would ask AzamPay about paid donations and append expiry events for old ones."""
+    from jobs.fold import CHECKPOINT
+    from pipeline.store.state import SqlFoldStore
+
+    with transaction(engine) as session:
+        rebuilding = SqlFoldStore(session).read_checkpoint(CHECKPOINT).rebuild_until is not None
+    if rebuilding:
+        raise LockBusy("poll: a rebuild is in progress; polling resumes when it has refolded the log")
+
+
 def run_poll(
     engine: Engine,
     config: Config,
@@ -239,6 +251,7 @@ def run_poll(
         return now + timedelta(seconds=time.monotonic() - started)
 
     report = PollReport()
+    _refuse_during_rebuild(engine)
     if donation_id is not None:
         candidate = _one_donation(engine, config, donation_id, now)
         report.candidates = 1

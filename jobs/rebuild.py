@@ -24,12 +24,18 @@ Progress = Callable[[int, int], None]
 def rebuild(engine: Engine, config: Config, now: datetime, progress: Progress | None = None) -> FoldReport:
     """Reset derived state (one transaction, under the fold lock), then fold the whole log in batches.
 
-    Each batch commits with its checkpoint, so a crash mid-rebuild is finished by the next fold.
+    Each batch commits with its checkpoint, so a crash mid-rebuild is finished by the next fold. Until
+    the log is refolded up to the newest event at the start (checkpoint.rebuild_until), every fold,
+    scheduled ones included, stays quiet, and the poller waits: the statuses it would read are not
+    recomputed yet (re-announcing old completions, or polling completed donations, would be wrong).
     """
     with transaction(engine, immediate=True) as session:
         store = SqlFoldStore(session)
         store.lock_checkpoint(CHECKPOINT)
         store.reset_derived(CHECKPOINT)
+        checkpoint = store.lock_checkpoint(CHECKPOINT)
+        checkpoint.rebuild_until = store.max_event_id() or None
+        store.save_checkpoint(checkpoint, now)
     report = run_fold(engine, config, now, batch_size=max(config.fold.batch_size, REBUILD_BATCH), announce=False, progress=progress)
     logger.bind(channel="payments").info(
         f"Rebuild finished: {report.events} events folded in {report.batches} batches, "

@@ -195,6 +195,78 @@ def parse_callback(body: bytes, decoded: Decoded | None = None) -> CallbackBody:
     return callback
 
 
+_FIELD_NAMES = frozenset(CallbackBody.model_fields)
+_PLAIN_SCALARS = frozenset((str, int, float, bool, type(None)))
+_INT_BOUND = 2**63
+
+
+class _PlainCallback:
+    """What CallbackBody.model_validate(data) would give, for the common body pydantic accepts as is
+    (only the model's own keys, scalar values, additionalProperties absent, null, "" or a flat object):
+    the same `text()`, `password`, `amount` and `additionalProperties`, without pydantic."""
+
+    __slots__ = ("_data", "additionalProperties")
+
+    def __init__(self, data: dict, properties: dict | None):
+        self._data = data
+        self.additionalProperties = properties
+
+    @property
+    def password(self):
+        return self._data.get("password")
+
+    @property
+    def amount(self):
+        return self._data.get("amount")
+
+    def text(self, name: str) -> str | None:
+        value = self._data.get(name)
+        if value is None or value.__class__ is bool:
+            return None
+        text = str(value).strip()
+        return text or None
+
+
+def _plain_callback(data: dict) -> _PlainCallback | None:
+    """A _PlainCallback when `data` is certainly valid as it stands; None when pydantic must decide."""
+    properties = None
+    for key, value in data.items():
+        if key not in _FIELD_NAMES:
+            return None
+        if key == "additionalProperties":
+            if value is None or value == "":
+                continue
+            if value.__class__ is not dict:
+                return None
+            for item in value.values():
+                if item.__class__ not in _PLAIN_SCALARS:
+                    return None
+            properties = value
+        elif value.__class__ not in _PLAIN_SCALARS:
+            return None
+        elif value.__class__ is int and not -_INT_BOUND < value < _INT_BOUND:
+            return None
+        elif value.__class__ is str and not value.isascii():
+            return None  # (lone surrogates and the like: pydantic's call)
+    return _PlainCallback(data, properties)
+
+
+def _callback(body: bytes, decoded: Decoded | None) -> "CallbackBody | _PlainCallback":
+    """parse_callback, with the common case validated without pydantic (same result, same errors)."""
+    if decoded is None:
+        decoded = decode_json(body)
+    data = decoded.data
+    if decoded.error is None and data.__class__ is dict:
+        callback = _plain_callback(data)
+        if callback is not None:
+            if callback.text("transactionstatus") is None:
+                raise ParseError("schema: transactionstatus is missing")
+            if not any(callback.text(name) for name in ("utilityref", "externalreference", "reference", "transid")) and not _hint(callback):
+                raise ParseError("schema: no reference (utilityref, externalreference, reference, transid) present")
+            return callback
+    return parse_callback(body, decoded)
+
+
 def _hint(callback: CallbackBody) -> str | None:
     properties = callback.additionalProperties or {}
     value = properties.get("donation_id")
@@ -207,7 +279,7 @@ def extract_fields(body: bytes, decoded: Decoded | None = None) -> EventFields:
     """Typed fields of a callback body. Never raises: a bad body yields parse_error and whatever could be read.
     `decoded`, when given, is decode_json(body), so the JSON is not parsed again."""
     try:
-        callback = parse_callback(body, decoded)
+        callback = _callback(body, decoded)
         amount = parse_amount(callback.amount)
     except ParseError as exc:
         return EventFields(parse_error=str(exc))

@@ -17,7 +17,7 @@ from pathlib import Path
 from loguru import logger
 
 from pipeline.config import Config, LoggingConfig
-from pipeline.redact import REDACTED, redact_text
+from pipeline.redact import REDACTED, redact_body, redact_text
 
 # Library code logs payment lines through this; the sink filter routes them to payments.log.
 payments = logger.bind(channel="payments")
@@ -131,21 +131,119 @@ def configure_logging(
             record["message"] = redact_text(record["message"], secrets)
         record["extra"].setdefault("component", component)
 
+    global _received_line
+    _received_line = None
     logger.remove()
     logger.configure(patcher=scrub, extra={"component": component})
-    def add_file(name: str, **options) -> None:
+    def add_file(name: str, **options):
         # one rotation object per file: each counts its own file's size
         file_options = {"rotation": _rotation(config.rotation), "retention": config.retention, "encoding": "utf-8"}
         if batched:
-            logger.add(BatchedFileSink(directory / name, **file_options), format=_FORMAT, enqueue=False, **options)
-        else:
-            logger.add(directory / name, format=_FORMAT, enqueue=False, **file_options, **options)
+            sink = BatchedFileSink(directory / name, **file_options)
+            logger.add(sink, format=_FORMAT, enqueue=False, **options)
+            return sink
+        logger.add(directory / name, format=_FORMAT, enqueue=False, **file_options, **options)
+        return None
 
-    add_file("payments.log", level="INFO", filter=_payments_only)
+    payments_sink = add_file("payments.log", level="INFO", filter=_payments_only)
     add_file("errors.log", level="ERROR")
-    add_file("app.log", level=config.level)
+    app_sink = add_file("app.log", level=config.level)
     if stderr_level:
         logger.add(sys.stderr, level=stderr_level, format="{level}: {message}")
+    if batched:
+        info = logger.level("INFO").no
+        if not stderr_level or logger.level(stderr_level).no > info:
+            # exactly the files loguru would send a payments INFO line to
+            sinks = (payments_sink, app_sink) if logger.level(config.level).no <= info else (payments_sink,)
+            _received_line = _ReceivedLine(sinks, component, secrets)
+
+
+class _UtcStampOf:
+    """YYYY-MM-DD HH:mm:ss.SSS (UTC) of a time.time() value; the part up to the second is cached."""
+
+    __slots__ = ("_second", "_prefix")
+
+    def __init__(self) -> None:
+        self._second = None
+        self._prefix = ""
+
+    def __call__(self, moment: float) -> str:
+        millis = int(moment * 1000)
+        second = millis // 1000
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._prefix}.{millis % 1000:03d}"
+
+
+class _Deferred:
+    """A `Received Azam Pay callback` line whose redaction and formatting are left to the batched sinks'
+    writer threads: it renders (once, whichever sink gets there first) to the very text loguru would
+    have written through _FORMAT and the scrub patcher."""
+
+    __slots__ = ("body", "decoded", "moment", "owner", "text")
+
+    def __init__(self, body: bytes, decoded, moment: float, owner: "_ReceivedLine"):
+        self.body = body
+        self.decoded = decoded
+        self.moment = moment
+        self.owner = owner
+        self.text = None
+
+    def render(self) -> str:
+        text = self.text
+        if text is None:
+            text = self.text = self.owner.render(self)
+            self.body = self.decoded = None
+        return text
+
+
+class _ReceivedLine:
+    """The receiver's per-callback payments line without loguru on the request path: the request hands
+    the raw body (and its decoded JSON) to the batched file sinks, whose threads redact and format it.
+
+    Valid only while loguru's handlers are the ones configure_logging() installed (anything added or
+    removed since, e.g. a test's own sink, and log_received_callback goes through loguru again)."""
+
+    def __init__(self, sinks, component: str, secrets: tuple[str, ...]):
+        self.sinks = tuple(sinks)
+        self.handlers = logger._core.handlers  # loguru replaces this dict on every add/remove
+        self.prefix = f" | INFO     | {component} | "
+        self.secrets = tuple(secret for secret in secrets if secret and len(secret) >= 4)
+        self.stamp = _UtcStampOf()
+        self.lock = threading.Lock()
+
+    def active(self) -> bool:
+        core = logger._core
+        return core.handlers is self.handlers and core.activation_none and not core.activation_list
+
+    def render(self, item: _Deferred) -> str:
+        message = "Received Azam Pay callback: " + redact_body(item.body, decoded=item.decoded)
+        for secret in self.secrets:  # as the scrub patcher does for text already redacted
+            message = message.replace(secret, REDACTED)
+        with self.lock:  # the stamp's cache is shared by the sinks' threads
+            stamp = self.stamp(item.moment)
+        return stamp + self.prefix + message + "\n"
+
+    def submit(self, body: bytes, decoded) -> None:
+        item = _Deferred(body, decoded, time.time(), self)
+        size = len(body) + 96
+        for sink in self.sinks:
+            sink.write_deferred(item, size)
+
+
+_received_line: "_ReceivedLine | None" = None
+
+
+def log_received_callback(body: bytes, decoded=None) -> None:
+    """payments: `Received Azam Pay callback: {redacted body}`. With the receiver's batched logging the
+    redaction and formatting happen on the log writer threads, not on the caller's (event loop) thread;
+    otherwise (and whenever loguru's handlers changed since configure_logging) it is an ordinary loguru line."""
+    fast = _received_line
+    if fast is not None and fast.active():
+        fast.submit(body, decoded)
+    else:
+        payments_redacted.info("Received Azam Pay callback: {}", redact_body(body, decoded=decoded))
 
 
 class BatchedFileSink:
@@ -161,10 +259,12 @@ class BatchedFileSink:
         from loguru._file_sink import FileSink
 
         self._file = FileSink(str(path), **file_options)
-        self._pending: list[str] = []
+        self._pending: list = []  # lines (str) and _Deferred lines, in order
         self._size = 0
         self._max = max_pending
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _pending and _size (held only to append or swap)
+        self._io_lock = threading.Lock()  # one flush at a time, so batches reach the file in order
+        self._wake = threading.Event()
         self._stopped = threading.Event()
         self._failed = False
         _BATCHED.add(self)
@@ -172,23 +272,36 @@ class BatchedFileSink:
         self._thread.start()
 
     def write(self, message) -> None:
+        self._append(message, len(message))
+
+    def write_deferred(self, item: _Deferred, size: int) -> None:
+        """A line rendered later, on the writer thread (see log_received_callback)."""
+        self._append(item, size)
+
+    def _append(self, message, size: int) -> None:
         with self._lock:
             self._pending.append(message)
-            self._size += len(message)
-            if self._size >= self._max:
-                self._flush_locked()
+            self._size += size
+            pending = self._size
+        if pending >= self._max:
+            if pending >= 16 * self._max:  # the writer thread is not keeping up: write here (back pressure)
+                self.flush_pending()
+            else:
+                self._wake.set()
 
     def flush_pending(self) -> None:
-        with self._lock:
-            self._flush_locked()
+        with self._io_lock:
+            with self._lock:
+                if not self._pending:
+                    return
+                pending = self._pending
+                self._pending = []
+                self._size = 0
+            self._write(pending)
 
-    def _flush_locked(self) -> None:
-        if not self._pending:
-            return
-        data = "".join(self._pending)
-        self._pending.clear()
-        self._size = 0
+    def _write(self, pending: list) -> None:
         try:
+            data = "".join([line.render() if line.__class__ is _Deferred else line for line in pending])
             self._file.write(data)
         except Exception as exc:  # a full disk must not take the receiver down; say it once
             if not self._failed:
@@ -196,13 +309,18 @@ class BatchedFileSink:
                 print(f"error: cannot write log file: {type(exc).__name__}: {exc}", file=sys.stderr)
 
     def _run(self, interval: float) -> None:
-        while not self._stopped.wait(interval):
+        while not self._stopped.is_set():
+            self._wake.wait(interval)
+            self._wake.clear()
+            if self._stopped.is_set():
+                break
             self.flush_pending()
 
     def stop(self) -> None:
         self._stopped.set()
-        with self._lock:
-            self._flush_locked()
+        self._wake.set()
+        self.flush_pending()
+        with self._io_lock:
             self._file.stop()
         _BATCHED.discard(self)
 

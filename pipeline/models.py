@@ -220,6 +220,9 @@ class FoldCheckpoint(Base):
     gaps: Mapped[str] = mapped_column(Text, default="[]")  # JSON [[id, first_seen_iso], ...] still awaited
     events_applied: Mapped[int] = mapped_column(BigInteger, default=0)
     donation_high: Mapped[int] = mapped_column(BigInteger, default=0)  # donations up to this id were offered to unknown-reference events
+    # set by a rebuild to the newest event id when it began; cleared by the fold that passes it. Meanwhile
+    # folds stay quiet (no per-donation log lines) and the poller waits: statuses are being recomputed.
+    rebuild_until: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 

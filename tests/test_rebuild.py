@@ -168,3 +168,44 @@ def test_check_does_not_flag_a_donation_the_fold_has_not_offered_yet(backend, no
     run_fold(backend.engine, config, at(now, 40))
     assert donation_row(backend, donation)["credit_event_id"] == event
     assert check(backend.engine, config).differences == []
+
+
+def test_a_rebuild_in_progress_quiets_every_fold_and_pauses_the_poller(backend, now, monkeypatch, tmp_path):
+    """Crash a rebuild right after its reset: the next (scheduled-style) fold finishes the refold without
+    re-announcing old completions, and the poller refuses to run until the log is refolded."""
+    from loguru import logger
+
+    import jobs.rebuild as rebuild_module
+    from jobs.poll import run_poll
+    from pipeline.errors import LockBusy
+    from pipeline.logs import configure_logging
+    from tests.builders import append
+
+    config = backend.config()
+    patient = add_patient(backend.engine, now)
+    _, reference = add_donation(backend.engine, now, patient)
+    append(backend.engine, callback_body(reference), at(now, 1))
+    run_fold(backend.engine, config, at(now, 2))
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed after the reset")
+
+    monkeypatch.setattr(rebuild_module, "run_fold", crash)
+    with pytest.raises(RuntimeError):
+        rebuild(backend.engine, config, at(now, 3))
+    monkeypatch.undo()
+    assert backend.scalar("SELECT status FROM donations") == "PENDING"
+    assert backend.scalar("SELECT rebuild_until FROM fold_checkpoints") is not None
+    with pytest.raises(LockBusy, match="rebuild"):
+        run_poll(backend.engine, config, client=None, now=at(now, 4))
+
+    configure_logging(config.logging, stderr_level=None)
+    try:
+        run_fold(backend.engine, config, at(now, 5))  # announce=True, like the scheduler's
+    finally:
+        logger.remove()
+    assert backend.scalar("SELECT status FROM donations") == "COMPLETED"
+    assert backend.scalar("SELECT rebuild_until FROM fold_checkpoints") is None
+    payments = (tmp_path / "logs" / "payments.log").read_text() if (tmp_path / "logs" / "payments.log").exists() else ""
+    assert "completed successfully" not in payments
+    assert check(backend.engine, config).differences == []

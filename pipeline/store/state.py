@@ -210,9 +210,15 @@ class Checkpoint:
     gaps: list[tuple[int, datetime]] = field(default_factory=list)
     events_applied: int = 0
     donation_high: int = 0
+    rebuild_until: int | None = None  # a rebuild is refolding the log up to this event id
 
     def gap_ids(self) -> list[int]:
         return [gap_id for gap_id, _ in self.gaps]
+
+
+def _checkpoint_of(row: FoldCheckpoint) -> Checkpoint:
+    gaps = [(int(gap_id), datetime.fromisoformat(seen)) for gap_id, seen in json.loads(row.gaps or "[]")]
+    return Checkpoint(row.name, row.position, gaps, row.events_applied, row.donation_high, row.rebuild_until)
 
 
 @dataclass
@@ -261,18 +267,14 @@ class SqlFoldStore:
             statement = insert(FoldCheckpoint).prefix_with("OR IGNORE", dialect="sqlite").prefix_with("IGNORE", dialect="mysql")
             session.execute(statement.values(name=name, position=0, gaps="[]", events_applied=0, donation_high=0))
             row = session.execute(query).scalar_one()
-        gaps = [(int(gap_id), datetime.fromisoformat(seen)) for gap_id, seen in json.loads(row.gaps or "[]")]
-        checkpoint = Checkpoint(name, row.position, gaps, row.events_applied, row.donation_high)
+        checkpoint = _checkpoint_of(row)
         session.expunge(row)
         return checkpoint
 
     def read_checkpoint(self, name: str) -> Checkpoint:
         """The checkpoint without taking the lock (read-only jobs)."""
         row = self.session.execute(select(FoldCheckpoint).where(FoldCheckpoint.name == name)).scalar_one_or_none()
-        if row is None:
-            return Checkpoint(name)
-        gaps = [(int(gap_id), datetime.fromisoformat(seen)) for gap_id, seen in json.loads(row.gaps or "[]")]
-        return Checkpoint(name, row.position, gaps, row.events_applied, row.donation_high)
+        return Checkpoint(name) if row is None else _checkpoint_of(row)
 
     def save_checkpoint(self, checkpoint: Checkpoint, now: datetime) -> None:
         gaps = json.dumps([[gap_id, seen.isoformat()] for gap_id, seen in checkpoint.gaps])
@@ -284,6 +286,7 @@ class SqlFoldStore:
                 gaps=gaps,
                 events_applied=checkpoint.events_applied,
                 donation_high=checkpoint.donation_high,
+                rebuild_until=checkpoint.rebuild_until,
                 updated_at=now,
             )
         )

@@ -3,7 +3,7 @@
 Revision ID: 0001
 Revises: 
 Append-only: triggers refuse UPDATE and DELETE on payment_events, on SQLite and MySQL.
-Create Date: 2026-11-26 03:54:26.570975
+Create Date: 2026-11-26 04:53:24.545261
 """
 from alembic import op
 import sqlalchemy as sa
@@ -37,6 +37,7 @@ def upgrade() -> None:
     sa.Column('gaps', sa.Text(), nullable=False),
     sa.Column('events_applied', sa.BigInteger(), nullable=False),
     sa.Column('donation_high', sa.BigInteger(), nullable=False),
+    sa.Column('rebuild_until', sa.BigInteger(), nullable=True),
     sa.Column('updated_at', pipeline.models.UTCDateTime(), nullable=True),
     sa.PrimaryKeyConstraint('name', name=op.f('pk_fold_checkpoints'))
     )
