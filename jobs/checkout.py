@@ -43,7 +43,7 @@ from sqlalchemy.engine import Engine
 from pipeline.azampay import AzamPayClient
 from pipeline.config import Config
 from pipeline.db import transaction
-from pipeline.errors import AzamPayError, AzamPayUnavailable, AzamPayValidationError, InputError, StoreError
+from pipeline.errors import AzamPayError, AzamPayUnavailable, AzamPayValidationError, CheckoutNotRecorded, InputError, StoreError
 from pipeline.events import EventFields
 from pipeline.logs import payments
 from pipeline.models import Donation
@@ -187,13 +187,15 @@ def initiate_checkout(
         with transaction(engine, immediate=True) as session:
             session.execute(update(Donation).where(Donation.id == donation_id).values(transaction_id=answer.transaction_id))
             event_id = append_event(session, row)
-    except StoreError:
-        # AzamPay accepted but we could not record it: make the transactionId recoverable from the logs.
-        payments.error(
-            f"Error processing Azam Pay checkout: donation {donation_id}, External ID: {reference}, "
-            f"transactionId {answer.transaction_id} accepted by AzamPay but not recorded"
+    except StoreError as exc:
+        # AzamPay accepted but we could not record it: make the transactionId recoverable from the logs,
+        # and tell the caller not to retry (a retry would prompt the donor again).
+        message = (
+            f"donation {donation_id}, External ID: {reference}, transactionId {answer.transaction_id} "
+            f"accepted by AzamPay but not recorded ({exc}); do not retry, the callback still resolves it"
         )
-        raise
+        payments.error(f"Error processing Azam Pay checkout: {message}")
+        raise CheckoutNotRecorded(message, donation_id, reference, answer.transaction_id) from None
     payments.info(
         f"Initiated Azam Pay checkout - External ID: {reference}, donation {donation_id}, "
         f"transactionId {answer.transaction_id}, amount {charge} {donations.charge_currency}, provider {provider_name}"

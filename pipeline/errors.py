@@ -35,6 +35,17 @@ class StoreUnavailable(StoreError):
     """The database cannot be reached at all (connection refused, server gone)."""
 
 
+class CheckoutNotRecorded(StoreError):
+    """AzamPay accepted a checkout but the database failed before its transactionId was recorded.
+
+    Retrying would prompt the donor a second time: callers must not. The callback still resolves the
+    donation through its reference (utilityref)."""
+
+    def __init__(self, message: str, donation_id: int, reference: str, transaction_id: str):
+        super().__init__(message)
+        self.donation_id, self.reference, self.transaction_id = donation_id, reference, transaction_id
+
+
 class InvariantViolation(AzamreconError):
     """A derived-state invariant failed; the transaction that found it is rolled back."""
 

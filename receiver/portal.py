@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse
 
 from pipeline.config import Config
 from pipeline.db import transaction
-from pipeline.errors import AzamPayError, AzamreconError, InputError, LockBusy, NotFound, StoreError
+from pipeline.errors import AzamPayError, AzamreconError, CheckoutNotRecorded, InputError, LockBusy, NotFound, StoreError
 from pipeline.events import normalise_msisdn
 from pipeline.models import Donation, FoldCheckpoint, PaymentEvent
 from pipeline.store.donations import PROVIDERS
@@ -139,6 +139,13 @@ class Portal:
             return _error(404, str(exc))
         except InputError as exc:
             return _error(400, str(exc))
+        except CheckoutNotRecorded as exc:
+            logger.error(f"checkout: {exc}")
+            return JSONResponse(
+                {"status": "accepted_not_recorded", "donation_id": exc.donation_id, "reference": exc.reference,
+                 "transaction_id": exc.transaction_id, "detail": "AzamPay accepted the checkout but it could not be recorded; do not retry"},
+                status_code=502,
+            )
         except StoreError as exc:
             logger.error(f"checkout: {exc}")
             return _error(503, "database unavailable; try again")

@@ -138,3 +138,23 @@ def test_status_check_is_rate_limited_per_donation(backend):
     assert [a["checked_with_azampay"] for a in answers] == [True, False, False]
     assert all(a["status"] == "PENDING" for a in answers)
     assert backend.scalar(f"SELECT COUNT(*) FROM payment_events WHERE source='poll' AND donation_id={donation_id}") == 1
+
+
+def test_checkout_accepted_but_not_recorded_tells_the_portal_not_to_retry(backend, monkeypatch):
+    """AzamPay accepted, then the database failed: a retry would prompt the donor twice."""
+    import jobs.checkout
+    from pipeline.errors import StoreError
+
+    def broken_append(session, row):
+        raise StoreError("database error: server has gone away")
+
+    with running_sandbox() as sandbox, portal(backend, sandbox) as (client, _):
+        monkeypatch.setattr(jobs.checkout, "append_event", broken_append)
+        response = checkout(client)
+        calls = len(sandbox.transactions())
+    assert response.status_code == 502
+    answer = response.json()
+    assert answer["status"] == "accepted_not_recorded" and answer["transaction_id"] and "do not retry" in answer["detail"]
+    assert calls == 1
+    assert backend.scalar("SELECT COUNT(*) FROM donations") == 1  # committed before AzamPay was asked
+    assert backend.scalar("SELECT external_reference FROM donations") == answer["reference"]
