@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 
 from pipeline.db import transaction
+from pipeline.errors import StoreError
 from pipeline.store import metrics as queries
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -61,7 +62,10 @@ def render(engine, config, writer, now: datetime) -> str:
 
 def endpoint(engine, config, writer):
     async def metrics(request: Request) -> PlainTextResponse:
-        text = await run_in_threadpool(render, engine, config, writer, datetime.now(timezone.utc))
+        try:
+            text = await run_in_threadpool(render, engine, config, writer, datetime.now(timezone.utc))
+        except StoreError as exc:
+            return PlainTextResponse(f"# database unavailable: {exc}\n", status_code=503, media_type=CONTENT_TYPE)
         return PlainTextResponse(text, media_type=CONTENT_TYPE)
 
     return metrics

@@ -50,3 +50,12 @@ def test_metrics_report_log_lag_stuck_and_jobs(backend):
     assert after["azamrecon_fold_lag_events"] == 0
     assert after["azamrecon_stuck_pending"] == 1
     assert after['azamrecon_donations{status="COMPLETED"}'] == 1
+
+
+def test_metrics_answer_503_when_the_database_is_down(sqlite_backend, tmp_path):
+    config = sqlite_backend.config(**{"database.url": f"sqlite:///{tmp_path}/gone/nowhere/x.db"})
+    with TestClient(create_app(config)) as client:
+        response = client.get("/metrics")
+        health = client.get("/healthz")
+    assert response.status_code == 503 and "database unavailable" in response.text
+    assert health.status_code == 503

@@ -67,6 +67,9 @@ def parse_when(value: str | None, name: str) -> datetime | None:
         raise InputError(f"{name}: not an ISO-8601 date or timestamp: {value!r}") from None
 
 
+MAX_AMOUNT = Decimal("1e12")  # DECIMAL(14,2)
+
+
 def parse_decimal(value: str | None, name: str, positive: bool = True) -> Decimal | None:
     if value is None:
         return None
@@ -78,6 +81,8 @@ def parse_decimal(value: str | None, name: str, positive: bool = True) -> Decima
         raise InputError(f"{name}: must be a {'positive' if positive else 'non-negative'} amount: {value!r}")
     if amount.as_tuple().exponent < -2:
         raise InputError(f"{name}: at most 2 decimal places: {value!r}")
+    if amount >= MAX_AMOUNT:
+        raise InputError(f"{name}: must be below {MAX_AMOUNT:,} (the money columns hold 12 digits before the point): {value!r}")
     return amount
 
 

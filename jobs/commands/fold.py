@@ -67,7 +67,10 @@ def rebuild(ctx: Context, check, as_of_text, output, progress, output_format) ->
             snapshot = jobs_rebuild.as_of(ctx.engine, ctx.config, instant, progress=update)
         data = snapshot.as_dict()
         if output:
-            Path(output).write_text(to_json(data))
+            try:
+                Path(output).write_text(to_json(data))
+            except OSError as exc:
+                raise InputError(f"--output {output}: {exc.strerror or exc}") from None
             click.echo(f"state as of {instant.isoformat()} written to {output}: {len(data['donations'])} donations, {len(data['credits'])} credits")
         elif output_format == "json":
             click.echo(to_json(data))
