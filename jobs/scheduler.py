@@ -62,12 +62,9 @@ class Jobs:
         run_fold(self.engine, self.config, self.clock())
 
     def spool(self) -> None:
-        from pathlib import Path
 
         from jobs.spool import ingest_spool
 
-        if not Path(self.config.receiver.spool_dir).exists():
-            return
         now = self.clock()
         with recorded_run(self.engine, "spool", now, clock=self.clock) as run:
             run.counts = ingest_spool(self.engine, self.config.receiver.spool_dir, now)
