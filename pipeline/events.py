@@ -62,7 +62,10 @@ def parse_amount(raw: Any) -> Decimal | None:
         raise ParseError(f"amount is not a number: {str(raw)[:40]!r}") from None
     if not amount.is_finite() or amount < 0 or amount >= Decimal("1e12"):
         raise ParseError(f"amount out of range: {str(raw)[:40]!r}")
-    return amount.quantize(Decimal("0.01"))
+    cents = amount.quantize(Decimal("0.01"))
+    if cents != amount:  # rounding "1000.004" to 1000.00 would make it match charge_amount and credit it
+        raise ParseError(f"amount has fractions of a cent: {str(raw)[:40]!r}")
+    return cents
 
 
 def _clip(value: Any, length: int) -> str | None:

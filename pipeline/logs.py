@@ -27,6 +27,9 @@ payments_redacted = payments.bind(redacted=True)
 # {extra[utc]} is the record's time as YYYY-MM-DD HH:mm:ss.SSS in UTC, rendered once per record by the
 # patcher (loguru's {time:...!UTC} would render it again for every file the record goes to).
 _FORMAT = "{extra[utc]} | {level:<8} | {extra[component]} | {message}"
+# loguru's diagnose mode prints every local variable of a traceback: a request's headers (Bearer
+# token, X-API-KEY) would reach errors.log untouched by the message scrubber. Plain tracebacks only.
+_SAFE_TRACEBACKS = {"diagnose": False, "backtrace": False}
 
 
 class _UtcStamp:
@@ -140,16 +143,16 @@ def configure_logging(
         file_options = {"rotation": _rotation(config.rotation), "retention": config.retention, "encoding": "utf-8"}
         if batched:
             sink = BatchedFileSink(directory / name, **file_options)
-            logger.add(sink, format=_FORMAT, enqueue=False, **options)
+            logger.add(sink, format=_FORMAT, enqueue=False, **_SAFE_TRACEBACKS, **options)
             return sink
-        logger.add(directory / name, format=_FORMAT, enqueue=False, **file_options, **options)
+        logger.add(directory / name, format=_FORMAT, enqueue=False, **_SAFE_TRACEBACKS, **file_options, **options)
         return None
 
     payments_sink = add_file("payments.log", level="INFO", filter=_payments_only)
     add_file("errors.log", level="ERROR")
     app_sink = add_file("app.log", level=config.level)
     if stderr_level:
-        logger.add(sys.stderr, level=stderr_level, format="{level}: {message}")
+        logger.add(sys.stderr, level=stderr_level, format="{level}: {message}", **_SAFE_TRACEBACKS)
     if batched:
         info = logger.level("INFO").no
         if not stderr_level or logger.level(stderr_level).no > info:

@@ -31,8 +31,7 @@ from starlette.routing import Route
 from pipeline.config import Config, DatabaseConfig, load_config
 from pipeline.db import make_engine
 from pipeline.events import EventFields, decode_json, extract_fields
-from pipeline.logs import configure_logging, flush_logs, payments, payments_redacted, secrets_of, warn_if_open
-from pipeline.redact import redact_body
+from pipeline.logs import configure_logging, flush_logs, log_received_callback, payments, secrets_of, warn_if_open
 from pipeline.store.events import ReferenceKeys, event_row, select_headers
 from receiver import metrics, portal
 from receiver import writer as outcomes
@@ -69,16 +68,30 @@ def _is_json(content_type: str) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
-async def _send(send, answer: tuple[int, bytes], extra_headers: tuple = ()) -> None:
+def _messages(answer: tuple[int, bytes], extra_headers: tuple = ()) -> tuple[dict, dict]:
     status, body = answer
-    await send(
+    return (
         {
             "type": "http.response.start",
             "status": status,
             "headers": [(b"content-type", _JSON_HEADERS), (b"content-length", str(len(body)).encode()), *extra_headers],
-        }
+        },
+        {"type": "http.response.body", "body": body},
     )
-    await send({"type": "http.response.body", "body": body})
+
+
+# the ASGI messages of the fixed answers, built once (the server only reads them)
+_FIXED_MESSAGES = {id(answer): (answer, _messages(answer)) for answer in (ANSWER_KNOWN, ANSWER_UNKNOWN, ANSWER_UNVERIFIED, ANSWER_FORBIDDEN, ANSWER_REFUSED)}
+
+
+async def _send(send, answer: tuple[int, bytes], extra_headers: tuple = ()) -> None:
+    fixed = None if extra_headers else _FIXED_MESSAGES.get(id(answer))
+    if fixed is not None and fixed[0] is answer:
+        start, body = fixed[1]
+    else:
+        start, body = _messages(answer, extra_headers)
+    await send(start)
+    await send(body)
 
 
 class CallbackEndpoint:
@@ -169,7 +182,7 @@ class CallbackEndpoint:
             remote_addr=remote_addr,
             headers=select_headers(headers),
         )
-        payments_redacted.info("Received Azam Pay callback: {}", redact_body(body, decoded=decoded))
+        log_received_callback(body, decoded)  # redacted and formatted off the event loop when logging is batched
         (outcome,) = await self.writer.submit(row, keys, typed)
 
         if outcome == outcomes.KNOWN:

@@ -44,7 +44,8 @@ def test_amounts_are_decimal_never_float():
     assert parse_amount(25000) == Decimal("25000.00")
     assert parse_amount("1,000.5") == Decimal("1000.50")
     assert parse_amount(None) is None and parse_amount("") is None
-    for bad in ("abc", "NaN", "-5", "1e20", True):
+    assert parse_amount("1000.000") == Decimal("1000.00")
+    for bad in ("abc", "NaN", "-5", "1e20", True, "1000.004", "1000.005", 1000.004):
         with pytest.raises(ParseError):
             parse_amount(bad)
 
@@ -87,3 +88,28 @@ def test_redaction_covers_passwords_signatures_secrets_and_tokens():
     assert header.startswith("password=***&x=1 Authorization: ") and "eyJ" not in header and "abc" not in header
     assert "eyJ" not in redact_text("calling with Bearer eyJ.abc now")
     assert redact_text("leaked literal-secret here", secrets=("literal-secret",)) == "leaked *** here"
+
+
+def test_tracebacks_in_logs_never_show_local_variables(tmp_path):
+    """A job's unexpected error is logged with its traceback; the variables in it (headers with the
+    Bearer token, the API key) must not be printed next to it."""
+    from loguru import logger
+
+    from pipeline.config import LoggingConfig
+    from pipeline.logs import configure_logging
+
+    configure_logging(LoggingConfig(dir=str(tmp_path)), stderr_level=None)
+    try:
+        def call_azampay():
+            headers = {"Authorization": "Bearer token-value-123", "X-API-KEY": "key-value-456"}  # noqa: F841
+            raise UnicodeEncodeError("latin-1", "x", 0, 1, "ordinal not in range")
+
+        try:
+            call_azampay()
+        except UnicodeEncodeError:
+            logger.exception("poll failed")
+    finally:
+        logger.remove()
+    text = (tmp_path / "errors.log").read_text()
+    assert "poll failed" in text and "UnicodeEncodeError" in text
+    assert "token-value-123" not in text and "key-value-456" not in text
