@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from pipeline.config import write_config_file as write_config  # noqa: F401  (re-exported for tests/benches)
-from sandbox.testing import free_port
+from sandbox.testing import free_port, stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 CALLBACK_PATH = "/api/v1.0/donors/payment/azampay/callback/"
@@ -162,19 +161,7 @@ class Process:
         process = self.process
         if process is None:
             return
-        if process.poll() is None:
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                process.wait(5)
+        stop_process_group(process, timeout)
 
     def __enter__(self):
         return self

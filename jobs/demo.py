@@ -8,8 +8,6 @@ exits 0 only if every scenario ended as expected and the rebuild matches the liv
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +18,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import yaml
+
+from sandbox.testing import stop_process_group
 
 WEBHOOK_PASSWORD = "demo-webhook-password"
 
@@ -76,13 +76,7 @@ def _process(name: str, args: list[str], folder: Path, say: Callable[[str], None
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(5)
+        stop_process_group(process, timeout=10)
         log.close()
         say(f"stopped {name}")
 

@@ -22,6 +22,26 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def stop_process_group(process, timeout: float = 15.0) -> int | None:
+    """Stop a subprocess started with start_new_session=True: SIGTERM to its group, wait, then SIGKILL."""
+    import os
+    import signal
+    import subprocess
+
+    if process.poll() is None:
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                process.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    return process.returncode
+
+
 class SandboxHandle:
     """What a test, the demo or a benchmark drives the sandbox with. Same state as the /_sandbox/ endpoints."""
 

@@ -6,7 +6,6 @@ SIGTERM, waits, then kills.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from typing import Any, Mapping
 import httpx
 
 from pipeline.config import write_config_file as write_config  # noqa: F401  (re-exported for tests/benches)
-from sandbox.testing import free_port
+from sandbox.testing import free_port, stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 CALLBACK_PATH = "/api/v1.0/donors/payment/azampay/callback/"
@@ -95,20 +94,7 @@ class ServerProcess:
         process = self.process
         if process is None:
             return None
-        if process.poll() is None:
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                process.wait(5)
-        return process.returncode
+        return stop_process_group(process, timeout)
 
     def __enter__(self) -> "ServerProcess":
         if self.process is None:

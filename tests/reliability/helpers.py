@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from pipeline.db import transaction
 from pipeline.models import Donation, Patient, PaymentEvent
+from sandbox.testing import stop_process_group
 
 T0 = datetime(2026, 1, 14, 9, 30, 0, tzinfo=timezone.utc)
 
@@ -136,16 +137,7 @@ def kill9(process: subprocess.Popen) -> None:
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 15.0) -> int | None:
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            kill9(process)
-    return process.returncode
+    return stop_process_group(process, timeout)
 
 
 def with_port(url: str, port: int) -> str:
