@@ -147,41 +147,8 @@ def balanced_end(text: str, start: int) -> tuple[int, int]:
     raise LineError("body is truncated (no closing brace)")
 
 
-def quote_bare_redactions(text: str) -> str:
-    """`'password': ***` -> `'password': '***'`. The log sinks' scrub (pipeline.logs) rewrites a
-    sensitive pair's value to a bare *** after redact_body already rendered it, which is not a Python
-    literal; only occurrences outside quoted strings are touched."""
-    if REDACTED not in text:
-        return text
-    out: list[str] = []
-    quote = None
-    index, length = 0, len(text)
-    while index < length:
-        char = text[index]
-        if quote is not None:
-            out.append(char)
-            if char == "\\" and index + 1 < length:
-                out.append(text[index + 1])
-                index += 2
-                continue
-            if char == quote:
-                quote = None
-        elif char in "'\"":
-            quote = char
-            out.append(char)
-        elif text.startswith(REDACTED, index):
-            out.append(repr(REDACTED))
-            index += len(REDACTED)
-            continue
-        else:
-            out.append(char)
-        index += 1
-    return "".join(out)
-
-
 def parse_dict_repr(text: str) -> dict:
     """A Python dict repr (or JSON object text) to a dict, by literal evaluation only."""
-    text = quote_bare_redactions(text)
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
