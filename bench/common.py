@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from pipeline.config import write_config_file as write_config  # noqa: F401  (re-exported for tests/benches)
-from sandbox.testing import free_port, stop_process_group
+from sandbox.testing import free_port, stop_process_group, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 CALLBACK_PATH = "/api/v1.0/donors/payment/azampay/callback/"
@@ -182,24 +182,12 @@ class HttpServer(Process):
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> "HttpServer":
-        import httpx
-
         super().start()
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.output()[-3000:]}")
-            try:
-                answer = httpx.get(self.url + "/healthz", timeout=2.0)
-                if answer.status_code == 200:
-                    return self
-                last = f"healthz {answer.status_code}"
-            except httpx.HTTPError as exc:
-                last = type(exc).__name__
-            time.sleep(0.1)
+        problem = wait_healthy(self.url, self.process, timeout)
+        if problem is None:
+            return self
         self.stop()
-        raise RuntimeError(f"{self.name} not ready after {timeout}s ({last}):\n{self.output()[-3000:]}")
+        raise RuntimeError(f"{self.name} {problem}:\n{self.output()[-3000:]}")
 
 
 def serve_process(config_path: Path, log_dir: Path, workers: int | None = None, name: str = "serve") -> HttpServer:

@@ -81,29 +81,16 @@ def _process(name: str, args: list[str], folder: Path, say: Callable[[str], None
         say(f"stopped {name}")
 
 
-def _wait_healthy(url: str, process: subprocess.Popen, timeout: float) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the receiver exited early (code {process.returncode})")
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(url, timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise RuntimeError("the receiver did not become healthy")
-
-
 def run_demo(folder: Path, say: Callable[[str], None] = print, deadline_seconds: float = 45.0) -> int:
     from jobs.checkout import initiate_checkout
     from pipeline.azampay import AzamPayClient
     from pipeline.config import load_config
     from pipeline.db import make_engine, transaction
+    from pipeline.errors import AzamreconError
     from pipeline.models import Anomaly, Donation
     from pipeline.schema import upgrade
     from pipeline.store.donations import create_patient
-    from sandbox.testing import free_port, running_sandbox
+    from sandbox.testing import free_port, running_sandbox, wait_healthy
 
     folder.mkdir(parents=True, exist_ok=False)
     port = free_port()
@@ -118,7 +105,9 @@ def run_demo(folder: Path, say: Callable[[str], None] = print, deadline_seconds:
         say(f"database {config.database.url}")
         cli = ["--config", str(config_path)]
         with _process("serve", ["serve", *cli], folder, say) as server:
-            _wait_healthy(f"http://127.0.0.1:{port}/healthz", server, 20)
+            problem = wait_healthy(f"http://127.0.0.1:{port}", server, 20)
+            if problem is not None:
+                raise AzamreconError(f"demo: the receiver {problem}; see {folder / 'serve.out'}")
             with _process("scheduler", ["scheduler", *cli], folder, say):
                 now = datetime.now(timezone.utc)
                 with transaction(engine) as session:

@@ -29,7 +29,13 @@ from starlette.responses import JSONResponse
 
 from pipeline.config import Config
 from pipeline.db import transaction
-from pipeline.errors import AzamPayError, AzamreconError, CheckoutNotRecorded, InputError, LockBusy, NotFound, StoreError
+from pipeline.errors import (
+    AzamreconError,
+    CheckoutNotRecorded,
+    InputError,
+    NotFound,
+    StoreError,
+)
 from pipeline.events import normalise_msisdn
 from pipeline.models import Donation, FoldCheckpoint, PaymentEvent
 from pipeline.store.donations import PROVIDERS
@@ -238,10 +244,7 @@ class Portal:
 
         try:
             report = run_poll(self.engine, self.config, self.client(), datetime.now(timezone.utc), donation_id=donation_id)
-        except (AzamPayError, LockBusy) as exc:
-            logger.warning(f"status check for donation {donation_id}: {exc}")
-            return None
-        except AzamreconError as exc:
+        except AzamreconError as exc:  # AzamPay unreachable, a rebuild in progress, ...: answer from the folded state
             logger.warning(f"status check for donation {donation_id}: {exc}")
             return None
         if not report.appended:

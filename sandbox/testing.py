@@ -42,6 +42,31 @@ def stop_process_group(process, timeout: float = 15.0) -> int | None:
     return process.returncode
 
 
+def wait_healthy(url: str, process, timeout: float, require_healthy: bool = True) -> str | None:
+    """Poll GET {url}/healthz until it answers 200 (any answer when require_healthy is False).
+
+    Returns None when ready, else why not ("exited with N", "healthz 503", "ConnectError"): the caller
+    decides how to fail. Bounded by `timeout`; loopback only."""
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return f"exited with {process.returncode}"
+        try:
+            status = requests.get(url + "/healthz", timeout=2.0).status_code
+            if status == 200 or not require_healthy:
+                return None
+            last = f"healthz {status}"
+        except requests.RequestException as exc:
+            last = type(exc).__name__
+        time.sleep(0.1)
+    return f"not ready after {timeout:g}s ({last})"
+
+
 class SandboxHandle:
     """What a test, the demo or a benchmark drives the sandbox with. Same state as the /_sandbox/ endpoints."""
 

@@ -8,14 +8,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Mapping
 
-import httpx
-
 from pipeline.config import write_config_file as write_config  # noqa: F401  (re-exported for tests/benches)
-from sandbox.testing import free_port, stop_process_group
+from sandbox.testing import free_port, stop_process_group, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 CALLBACK_PATH = "/api/v1.0/donors/payment/azampay/callback/"
@@ -73,21 +70,11 @@ class ServerProcess:
             stderr=open(self.log_dir / "server.stderr", "wb"),
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"serve exited with {self.process.returncode} before it was ready:\n{self.output()[-3000:]}")
-            try:
-                answer = httpx.get(self.url + "/healthz", timeout=2.0)
-                if answer.status_code == 200 or not require_healthy:
-                    return self
-                last = f"healthz {answer.status_code}"
-            except httpx.HTTPError as exc:
-                last = type(exc).__name__
-            time.sleep(0.1)
+        problem = wait_healthy(self.url, self.process, timeout, require_healthy)
+        if problem is None:
+            return self
         self.stop()
-        raise RuntimeError(f"serve not ready after {timeout}s ({last}):\n{self.output()[-3000:]}")
+        raise RuntimeError(f"serve {problem}:\n{self.output()[-3000:]}")
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM the process group, wait up to `timeout`, then SIGKILL. Returns the exit code."""
