@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 
 from pipeline.db import transaction
 from pipeline.models import PaymentEvent
-from pipeline.store.events import append_events
+from pipeline.store.events import already_appended, append_events
 from pipeline.store.spool import CLAIMED_SUFFIX, SUFFIX, row_from_record
 
 BATCH = 500
@@ -60,16 +60,6 @@ def _existing_keys(session, keys: list[str]) -> set[str]:
     return set(session.scalars(select(PaymentEvent.dedupe_key).where(PaymentEvent.dedupe_key.in_(keys))))
 
 
-def _already_in_log(session, rows: list[dict]) -> set[tuple[str, datetime]]:
-    """(body_sha256, received_at) of the rows already in the log. A receiver whose connection dropped during
-    COMMIT cannot know whether the commit happened, so it spools the batch; when it did happen, the same
-    request (same body, same arrival instant to the microsecond) is in the log already. AzamPay's own
-    retries arrive at other instants and are kept."""
-    shas = sorted({row["body_sha256"] for row in rows})
-    query = select(PaymentEvent.body_sha256, PaymentEvent.received_at).where(PaymentEvent.body_sha256.in_(shas))
-    return {(sha, received_at) for sha, received_at in session.execute(query)}
-
-
 def _ingest_file(engine: Engine, path: Path, counts: dict) -> None:
     data = path.read_bytes()
     lines = data.split(b"\n")
@@ -94,7 +84,7 @@ def _ingest_file(engine: Engine, path: Path, counts: dict) -> None:
         chunk = rows[start : start + BATCH]
         with transaction(engine, immediate=True) as session:
             existing = _existing_keys(session, [row["dedupe_key"] for row in chunk])
-            committed = _already_in_log(session, chunk)
+            committed = already_appended(session, chunk)  # spooled because a COMMIT's answer was lost
             fresh = [row for row in chunk if row["dedupe_key"] not in existing and (row["body_sha256"], row["received_at"]) not in committed]
             append_events(session, fresh)
         counts["duplicates"] += len(chunk) - len(fresh)

@@ -22,7 +22,12 @@ from loguru import logger
 from pipeline.db import transaction
 from pipeline.errors import StoreError, StoreUnavailable
 from pipeline.logs import payments
-from pipeline.store.events import ReferenceKeys, append_events, known_references
+from pipeline.store.events import (
+    ReferenceKeys,
+    already_appended,
+    append_events,
+    known_references,
+)
 from pipeline.store.spool import spool_record
 from receiver.spool import Spool
 
@@ -161,20 +166,20 @@ class GroupCommitWriter:
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 pass
 
-    def _process(self, batch: list[Pending]) -> None:
+    def _process(self, batch: list[Pending], after_failure: bool = False) -> None:
         """Commit the batch in one transaction; on failure spool it. Sets each item's outcome."""
         if time.monotonic() < self._down_until:
             self._spool(batch, "database unavailable (recent failure, not retried yet)")
             return
         try:
-            self._commit(batch)
+            self._commit(batch, after_failure)
         except StoreUnavailable as exc:
             self._down_until = time.monotonic() + self.outage_backoff_seconds
             self._spool(batch, str(exc))
         except StoreError as exc:
             if len(batch) > 1:  # one bad row must not fail its neighbours: retry them one by one
                 for item in batch:
-                    self._process([item])
+                    self._process([item], after_failure=True)
                 return
             self._spool(batch, str(exc))
         except Exception as exc:  # a bug: keep the request anyway
@@ -183,13 +188,19 @@ class GroupCommitWriter:
             if self._down_until:
                 self._down_until = 0.0
 
-    def _commit(self, batch: list[Pending]) -> None:
+    def _commit(self, batch: list[Pending], after_failure: bool = False) -> None:
+        """after_failure: the batch's first COMMIT raised, yet may have happened; rows already in the log
+        are not appended again (same body, same received_at)."""
         lookups = [item for item in batch if item.keys is not None]
         with transaction(self.engine, immediate=True) as session:
             if lookups:
                 for item, known in zip(lookups, known_references(session, [item.keys for item in lookups])):
                     item.outcome = KNOWN if known else UNKNOWN
-            append_events(session, [item.row for item in batch])
+            rows = [item.row for item in batch]
+            if after_failure:
+                present = already_appended(session, rows)
+                rows = [row for row in rows if (row["body_sha256"], row["received_at"]) not in present]
+            append_events(session, rows)
         for item in batch:
             if item.keys is None:
                 item.outcome = STORED

@@ -149,3 +149,40 @@ def test_outage_spools_every_row_of_the_batch(tmp_path):
         writer.stop()
         spool.close()
     assert len(spool.path.read_bytes().splitlines()) == 5
+
+
+def test_a_commit_that_raised_after_it_happened_is_not_appended_twice(backend, monkeypatch):
+    """The row-by-row retry after a failed batch must not duplicate rows whose COMMIT did happen
+    (the error came back, e.g. from the network, after the server had committed)."""
+    import contextlib
+
+    import receiver.writer as writer_module
+    from pipeline.db import transaction as real_transaction
+    from pipeline.errors import StoreError
+
+    calls = {"n": 0}
+
+    @contextlib.contextmanager
+    def commit_then_fail(engine, **kwargs):
+        with real_transaction(engine, **kwargs) as session:
+            yield session
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise StoreError("database error: lost the answer to COMMIT")
+
+    monkeypatch.setattr(writer_module, "transaction", commit_then_fail)
+    writer = GroupCommitWriter(backend.engine, Spool(backend.tmp_path / "spool"), max_batch=256)
+
+    async def scenario():
+        rows = [_row(n) for n in range(5)]
+        tasks = [asyncio.ensure_future(writer.submit(row, keys)) for row, keys in rows]
+        await asyncio.sleep(0.05)
+        writer.start()
+        return [r.outcome for r in await asyncio.wait_for(asyncio.gather(*tasks), 30)]
+
+    try:
+        results = asyncio.run(scenario())
+    finally:
+        writer.stop()
+    assert results == [outcomes.UNKNOWN] * 5  # stored (no such donation) and answered
+    assert len(event_rows(backend.engine)) == 5  # not 10

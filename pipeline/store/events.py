@@ -159,3 +159,16 @@ def list_events(
     if donation_id is not None:
         query = query.where(PaymentEvent.donation_id == donation_id)
     return list(session.scalars(query))
+
+
+def already_appended(session: Session, rows: Sequence[dict[str, Any]]) -> set[tuple[str, datetime]]:
+    """(body_sha256, received_at) of those rows that are in the log already.
+
+    A writer that lost its connection during COMMIT cannot know whether the commit happened. The same
+    request (same body, same arrival instant to the microsecond) found in the log means it did; AzamPay's
+    own retries arrive at other instants and are kept."""
+    shas = sorted({row["body_sha256"] for row in rows})
+    if not shas:
+        return set()
+    query = select(PaymentEvent.body_sha256, PaymentEvent.received_at).where(PaymentEvent.body_sha256.in_(shas))
+    return {(sha, received_at) for sha, received_at in session.execute(query)}
