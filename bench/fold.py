@@ -293,6 +293,27 @@ def phase_rebuild(url: str, workdir: str, limit: int | None) -> dict:
     return {"events": report.events, "batches": report.batches, "seconds": seconds, "credits": report.credits_added, "anomalies": report.anomalies}
 
 
+def phase_profile(url: str, workdir: str, limit: int | None) -> dict:
+    """The rebuild again, under pyinstrument (sampling; its time is not the one the table reports)."""
+    from pyinstrument import Profiler
+
+    from jobs.rebuild import rebuild
+    from pipeline.db import make_engine
+
+    config = _config(url, workdir)
+    engine = make_engine(config.database)
+    _quiet_logging(config)
+    profiler = Profiler(interval=0.001)
+    started = time.perf_counter()
+    with profiler:
+        report = rebuild(engine, config, NOW)
+    seconds = time.perf_counter() - started
+    engine.dispose()
+    path = Path(workdir) / "rebuild-profile.txt"
+    path.write_text(profiler.output_text(unicode=True, color=False, short_mode=False))
+    return {"events": report.events, "seconds": seconds, "path": str(path)}
+
+
 def phase_incremental(url: str, workdir: str, limit: int | None) -> dict:
     from jobs.fold import CHECKPOINT, run_fold
     from pipeline.db import make_engine, transaction
@@ -412,7 +433,14 @@ def _quiet_logging(config) -> None:
     configure_logging(config.logging, component="rebuild", secrets=secrets_of(config), stderr_level="WARNING")
 
 
-PHASES = {"ceiling": phase_ceiling, "rebuild": phase_rebuild, "incremental": phase_incremental, "naive": phase_naive, "digest": phase_digest}
+PHASES = {
+    "ceiling": phase_ceiling,
+    "rebuild": phase_rebuild,
+    "incremental": phase_incremental,
+    "naive": phase_naive,
+    "digest": phase_digest,
+    "profile": phase_profile,
+}
 
 
 def run_phase(name: str, url: str, workdir: str, limit: int | None = None, timeout: float = 900) -> dict:
@@ -471,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive", type=int, help="events folded by the naive baseline (default 50,000)")
     parser.add_argument("--workdir", help="where the SQLite files and logs go (default: a temporary directory)")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--profile", help="after the table, profile one more rebuild with pyinstrument and write its report here")
     args = parser.parse_args(argv)
 
     if args.command == "_phase":
@@ -518,6 +547,11 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = run_phase(name.split("_")[0], target, wd, limit)
         table = render(args, events, donations, patients, naive, small, settings, generation, results)
         print(table)
+        if args.profile:
+            print("bench.fold: profile (pyinstrument) ...", file=sys.stderr, flush=True)
+            profiled = run_phase("profile", url, wd)
+            Path(args.profile).write_text(Path(profiled["path"]).read_text())
+            print(f"pyinstrument profile of a rebuild ({profiled['seconds']:.1f}s under the profiler): {args.profile}")
         if args.json:
             Path(args.json).write_text(json.dumps({"events": events, "donations": donations, "patients": patients, "naive_events": naive,
                                                    "small_events": small, "settings": settings, "results": results}, indent=2))

@@ -9,7 +9,7 @@ from typing import Callable
 from loguru import logger
 from sqlalchemy.engine import Engine
 
-from jobs.fold import CHECKPOINT, FoldReport, fold_batch, run_fold, trust_policy
+from jobs.fold import CHECKPOINT, FoldReport, collector_paused, fold_batch, run_fold, trust_policy
 from pipeline.config import Config
 from pipeline.db import transaction
 from pipeline.store.memory import MemoryFoldStore
@@ -53,7 +53,8 @@ def _fold_in_memory(memory: MemoryFoldStore, config: Config, until_id: int | Non
             return events
         position = batch[-1].id
         batch = [event for event in batch if event.id not in skip]
-        fold_batch(memory, batch, [], policy)
+        with collector_paused():
+            fold_batch(memory, batch, [], policy)
         events += len(batch)
         if progress:
             progress(position, total)

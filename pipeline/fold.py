@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Iterable, NamedTuple
+from typing import Iterable, NamedTuple, Sequence
 
 PENDING, COMPLETED, FAILED, CANCELLED, EXPIRED, REVIEW = "PENDING", "COMPLETED", "FAILED", "CANCELLED", "EXPIRED", "REVIEW"
 SUCCESS, UNKNOWN = "SUCCESS", "UNKNOWN"
@@ -267,11 +267,11 @@ class DonationIndex:
     by_transaction: dict[str, int] = field(default_factory=dict)
     ids: set[int] = field(default_factory=set)
 
-    def add(self, state: DonationState) -> None:
+    def add(self, state: DonationState, transactions: bool = True) -> None:
         self.ids.add(state.id)
         if state.external_reference:
             self.by_reference[state.external_reference] = state.id
-        if state.transaction_id:
+        if state.transaction_id and transactions:
             self.by_transaction[state.transaction_id] = state.id
 
 
@@ -299,15 +299,30 @@ def resolve(event: FoldEvent, index: DonationIndex) -> int | None:
     return None
 
 
-def reference_keys(event: FoldEvent) -> tuple[list[str], list[int], list[str]]:
-    """(external references, donation ids, transaction ids) an event could resolve through."""
-    references = [r for r in (event.utilityref, event.externalreference) if r]
-    ids = [event.donation_id] if event.donation_id is not None else []
-    hint = hint_id(event.donation_hint)
-    if hint is not None:
-        ids.append(hint)
-    transactions = [r for r in (event.transaction_ref, event.externalreference) if r]
-    return references, ids, transactions
+def batch_keys(events: Sequence[FoldEvent]) -> tuple[set[str], set[int]]:
+    """(external references, donation ids) that resolve() tries before any transaction id. An event that
+    carries donation_id resolves through it alone."""
+    named = [event for event in events if event.donation_id is None]
+    references = {event.utilityref for event in named}
+    references.update(event.externalreference for event in named)
+    references.discard(None)
+    references.discard("")
+    ids = {event.donation_id for event in events}
+    ids.discard(None)
+    for hint in {event.donation_hint for event in named if event.donation_hint}:
+        donation_id = hint_id(hint)
+        if donation_id is not None:
+            ids.add(donation_id)
+    return references, ids
+
+
+def transaction_keys(events: Sequence[FoldEvent]) -> set[str]:
+    """The transaction ids that resolve() tries last, for events that carry no donation_id."""
+    keys = {event.transaction_ref for event in events if event.donation_id is None}
+    keys.update(event.externalreference for event in events if event.donation_id is None)
+    keys.discard(None)
+    keys.discard("")
+    return keys
 
 
 class PatientTotals(NamedTuple):

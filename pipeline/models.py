@@ -190,10 +190,13 @@ class FundingCredit(Base):
     """The ledger: one row per credited donation, enforced by the unique donation_id."""
 
     __tablename__ = "funding_credits"
+    # (patient_id, amount): a patient's sum of credits, which every fold batch checks against
+    # funding_received, is read from the index alone.
+    __table_args__ = (Index("ix_funding_credits_patient_amount", "patient_id", "amount"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     donation_id: Mapped[int] = mapped_column(ForeignKey("donations.id"), unique=True)
-    patient_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    patient_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     amount: Mapped[Decimal] = mapped_column(Money())
     event_id: Mapped[int] = mapped_column(BigInteger)
     credited_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -20,9 +20,10 @@ def _run(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
 
 
 def test_bench_fold_quick(tmp_path):
-    out = tmp_path / "fold.json"
-    done = _run("bench.fold", "--quick", "--db", "sqlite", "--json", str(out))
+    out, profile = tmp_path / "fold.json", tmp_path / "rebuild-profile.txt"
+    done = _run("bench.fold", "--quick", "--db", "sqlite", "--json", str(out), "--profile", str(profile))
     assert "rebuild/ceiling" in done.stdout and "rebuild/naive" in done.stdout
+    assert "run_fold" in profile.read_text()  # pyinstrument's call tree reaches the fold
     assert "state after rebuild == state after incremental fold: yes" in done.stdout
     figures = json.loads(out.read_text())
     results, events = figures["results"], figures["events"]

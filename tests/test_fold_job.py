@@ -6,6 +6,7 @@ appears; invariant violations abort the batch; the webhook guide's log lines.
 """
 from __future__ import annotations
 
+import gc
 import threading
 from datetime import datetime
 from decimal import Decimal
@@ -15,7 +16,7 @@ import pytest
 from loguru import logger
 from sqlalchemy import insert, select, update
 
-from jobs.fold import run_fold
+from jobs.fold import collector_paused, run_fold
 from jobs.operator import resolve_donation
 from jobs.rebuild import check, rebuild
 from pipeline.config import Config
@@ -500,6 +501,97 @@ def test_log_lines_once_per_change_and_no_secrets(backend, now, logging_reset):
     assert {path.name for path in files} >= {"payments.log", "app.log", "errors.log"}
     for path in files:
         assert SECRET not in path.read_text(encoding="utf-8"), path.name
+
+
+def record_checkout(engine, donation_id: int, transaction_id: str, when: datetime) -> int:
+    """What jobs.checkout records on AzamPay's answer: the donation's transaction id and the checkout
+    event, in one transaction."""
+    row = event_row(source="checkout", body=b'{"success":true}', received_at=when, auth="n/a",
+                    fields=EventFields(status="PENDING", transaction_ref=transaction_id), donation_id=donation_id)
+    with transaction(engine) as session:
+        session.execute(update(Donation).where(Donation.id == donation_id).values(transaction_id=transaction_id))
+        return session.execute(insert(PaymentEvent).values(**row)).inserted_primary_key[0]
+
+
+def test_checkout_answer_resolves_a_callback_that_arrived_before_it(backend, now):
+    """The callback names only AzamPay's transaction id, and is folded before the checkout answer that
+    records that id is: it waits, and the checkout's batch resolves it."""
+    config = backend.config()
+    donation, _ = add_donation(backend.engine, now)
+    early = success(backend.engine, "RHCI-DN-0-20000101000000", at(now, 1), transaction_id="tx-fast")
+    run_fold(backend.engine, config, at(now, 2))
+    assert anomaly_kinds(backend, event_id=early) == ["unknown_reference"]
+    record_checkout(backend.engine, donation, "tx-fast", at(now, 3))
+    run_fold(backend.engine, config, at(now, 4))
+    assert anomaly_kinds(backend) == []
+    assert donation_row(backend, donation)["credit_event_id"] == early
+    assert_same_as_rebuild(backend, config, at(now, 5))
+
+
+def test_rebuild_offers_waiting_events_the_checkouts_recorded_while_it_runs(backend, now, monkeypatch):
+    """A rebuild does not offer the checkouts it refolds (their transaction ids were on the donations
+    before it began), but a checkout recorded after it began can resolve an event it already folded."""
+    monkeypatch.setattr("jobs.rebuild.REBUILD_BATCH", 2)
+    config = backend.config(**{"fold.batch_size": 2})
+    donation, _ = add_donation(backend.engine, now)
+    other, other_reference = add_donation(backend.engine, now)
+    early = success(backend.engine, "RHCI-DN-0-20000101000000", at(now, 1), transaction_id="tx-late")
+    success(backend.engine, other_reference, at(now, 1))
+    success(backend.engine, other_reference, at(now, 1))  # the second batch: this event, then the checkout
+    recorded = []
+
+    def checkout_after_the_first_batch(position: int, _high: int) -> None:
+        if not recorded:
+            recorded.append(record_checkout(backend.engine, donation, "tx-late", at(now, 3)))
+
+    rebuild(backend.engine, config, at(now, 2), progress=checkout_after_the_first_batch)
+    assert recorded and recorded[0] > early
+    assert anomaly_kinds(backend) == []
+    assert donation_row(backend, donation)["credit_event_id"] == early
+    assert donation_row(backend, other)["status"] == "COMPLETED"
+    assert_same_as_rebuild(backend, config, at(now, 5))
+
+
+def test_waiting_events_are_read_again_in_every_batch(backend, now):
+    """A fold run keeps the waiting events' keys across its batches; an event another fold left waiting
+    between two of its batches must still be offered the next batch's checkouts."""
+    config = backend.config(**{"fold.batch_size": 1})
+    success(backend.engine, "RHCI-DN-0-20000101000000", at(now, 1), transaction_id="tx-zero")
+    run_fold(backend.engine, config, at(now, 2))
+    first, first_reference = add_donation(backend.engine, now)
+    success(backend.engine, first_reference, at(now, 3))
+    injected = {}
+
+    def another_fold_between_batches(position: int, _high: int) -> None:
+        if injected:
+            return
+        injected["event"] = success(backend.engine, "RHCI-DN-0-20000101000001", at(now, 4), transaction_id="tx-one")
+        run_fold(backend.engine, config, at(now, 5), max_batches=1)
+        assert anomaly_kinds(backend, event_id=injected["event"]) == ["unknown_reference"]
+        injected["donation"], _ = add_donation(backend.engine, now)
+        record_checkout(backend.engine, injected["donation"], "tx-one", at(now, 6))
+
+    run_fold(backend.engine, config, at(now, 7), progress=another_fold_between_batches)
+    assert anomaly_kinds(backend, event_id=injected["event"]) == []
+    assert donation_row(backend, injected["donation"])["credit_event_id"] == injected["event"]
+    assert donation_row(backend, first)["status"] == "COMPLETED"
+    assert_same_as_rebuild(backend, config, at(now, 8))
+
+
+def test_collector_paused_is_restored_on_error():
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError):
+        with collector_paused():
+            assert not gc.isenabled()
+            raise RuntimeError("batch failed")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()  # a caller that had it off keeps it off
+    finally:
+        gc.enable()
 
 
 def test_unknown_reference_lookup_with_every_donation_as_a_key(sqlite_backend, now):

@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
+from operator import attrgetter
 from typing import Any, Iterable, Iterator, Sequence
 
 from sqlalchemy import Boolean, and_, bindparam, delete, func, insert, or_, select, update
@@ -153,15 +154,13 @@ class _Driver:
         """Aware datetime -> storage, as UTCDateTime.process_bind_param then SQLAlchemy's DATETIME."""
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given where UTC is required")
         if value.tzinfo is not UTC:
+            if value.tzinfo is None:
+                raise ValueError("naive datetime given where UTC is required")
             value = value.astimezone(UTC)
-        value = value.replace(tzinfo=None)
-        if not self.sqlite:
-            return value
-        text = value.isoformat(" ")
-        return text if len(text) > 19 else text + ".000000"
+        if self.sqlite:
+            return value.isoformat(" ", "microseconds")[:26]  # drops the '+00:00' that UTC always prints
+        return value.replace(tzinfo=None)
 
     def bind_money(self, value: Any) -> Any:
         """Decimal -> storage, as pipeline.models.Money.process_bind_param."""
@@ -174,12 +173,13 @@ class _Driver:
 
     # -- rows -------------------------------------------------------------------------------------
     def events(self, rows: list[tuple]) -> list[FoldEvent]:
-        """payment_events rows (EVENT_COLUMNS order) -> FoldEvents."""
+        """payment_events rows (EVENT_COLUMNS order) -> FoldEvents. On SQLite, parsing the stored text with
+        its zone appended gives the aware datetime in one C call (a third of parse-then-replace)."""
         new, money, cache = tuple.__new__, self.money, self._money_cache
         if self.sqlite:
             parse = datetime.fromisoformat
             return [
-                new(FoldEvent, (r[0], parse(r[1]).replace(tzinfo=UTC), r[2], r[3], r[4], cache[r[5]] if r[5] in cache else money(r[5]), *r[6:]))
+                new(FoldEvent, (r[0], parse(r[1] + "+00:00"), r[2], r[3], r[4], cache[r[5]] if r[5] in cache else money(r[5]), *r[6:]))
                 for r in rows
             ]
         return [new(FoldEvent, (r[0], r[1].replace(tzinfo=UTC), r[2], r[3], r[4], money(r[5]), *r[6:])) for r in rows]
@@ -236,6 +236,13 @@ _UPDATE_DONATION = (
     .where(_DONATIONS.c.id == bindparam("b_id"))
     .values({name: bindparam(name) for name in DERIVED_FIELDS})
 )
+_DERIVED_GETTER = attrgetter(*DERIVED_FIELDS)
+
+
+def _derived_values(state: DonationState) -> list:
+    return list(_DERIVED_GETTER(state))
+
+
 _UPDATE_DONATION_SQL = f"UPDATE donations SET {', '.join(name + ' = ?' for name in DERIVED_FIELDS)} WHERE id = ?"
 _PATIENTS = Patient.__table__
 _UPDATE_PATIENT = (
@@ -315,6 +322,9 @@ class SqlFoldStore:
     def max_event_id(self) -> int:
         return self.session.scalar(select(func.max(PaymentEvent.id))) or 0
 
+    def max_donation_id(self) -> int:
+        return self.raw.fetch("SELECT MAX(id) FROM donations")[0][0] or 0
+
     # -- donations --------------------------------------------------------------------------
     def donations_matching(self, references: set[str], ids: set[int], transactions: set[str]) -> dict[int, DonationState]:
         """Donations whose external_reference, id or transaction_id is in the given sets. The keys are
@@ -352,9 +362,10 @@ class SqlFoldStore:
     def write_donations(self, states: Iterable[DonationState]) -> None:
         raw = self.raw
         when = raw.bind_when
+        derived = _derived_values
         rows = []
         for state in states:
-            values = [getattr(state, name) for name in DERIVED_FIELDS]
+            values = derived(state)
             for index in _DERIVED_DATETIMES:
                 if values[index] is not None:
                     values[index] = when(values[index])
@@ -363,53 +374,18 @@ class SqlFoldStore:
         raw.many(_UPDATE_DONATION_SQL.replace("?", raw.mark), rows)
 
     # -- anomalies --------------------------------------------------------------------------
-    def unknown_reference_events(self, references: set[str], ids: set[int], transactions: set[str]) -> list[int]:
-        """Events still waiting as unknown_reference that could resolve through one of these keys.
+    def waiting_event_ids(self) -> set[int]:
+        """Events waiting as unknown_reference (an index-only read of anomalies)."""
+        return {row[0] for row in self.raw.fetch("SELECT event_id FROM anomalies WHERE kind = 'unknown_reference'")}
 
-        The key sets can hold every donation (first fold, fold after a rebuild), so each IN list is
-        chunked like every other lookup here: one unchunked query overflows SQLite's bound-parameter limit.
-        """
-        keyed = []
-        if references:
-            keyed += [(PaymentEvent.utilityref, sorted(references)), (PaymentEvent.externalreference, sorted(references))]
-        if ids:
-            keyed += [(PaymentEvent.donation_id, sorted(ids)), (PaymentEvent.donation_hint, sorted(str(i) for i in ids))]
-        if transactions:
-            keyed += [(PaymentEvent.transaction_ref, sorted(transactions)), (PaymentEvent.externalreference, sorted(transactions))]
-        if not keyed:
+    def unknown_reference_events(self, references: set[str], ids: set[int], transactions: set[str]) -> list[int]:
+        """Events still waiting as unknown_reference that could resolve through one of these keys (one-off;
+        jobs.fold keeps a WaitingKeys across a run's batches instead)."""
+        if not (references or ids or transactions):
             return []
-        raw = self.raw
-        found: set[int] = set()
-        if raw.sqlite:
-            # SQLite: read the waiting events' keys once and match here. The IN queries below visit
-            # every waiting event once per chunk of keys (externalreference, donation_hint and
-            # transaction_ref have no index), which made a rebuild quadratic. Same test: SQLite
-            # compares these TEXT/INTEGER values exactly, as Python does.
-            sets: dict[str, set] = {}
-            for column, values in keyed:
-                sets.setdefault(column.key, set()).update(values)
-            names = list(sets)
-            rows = raw.fetch(
-                f"SELECT a.event_id, {', '.join('e.' + name for name in names)} FROM anomalies a "
-                "JOIN payment_events e ON e.id = a.event_id WHERE a.kind = 'unknown_reference'"
-            )
-            lookups = [sets[name] for name in names]
-            for row in rows:
-                for value, lookup in zip(row[1:], lookups):
-                    if value is not None and value in lookup:
-                        found.add(row[0])
-                        break
-            return sorted(found)
-        for column, values in keyed:
-            found.update(
-                row[0]
-                for row in raw.fetch_in(
-                    "SELECT a.event_id FROM anomalies a JOIN payment_events e ON e.id = a.event_id "
-                    f"WHERE a.kind = 'unknown_reference' AND e.{column.key} IN ",
-                    values,
-                )
-            )
-        return sorted(found)
+        waiting = WaitingKeys()
+        waiting.sync(self, self.waiting_event_ids())
+        return waiting.matching(references, ids, transactions)
 
     def add_anomalies(self, anomalies: Sequence[AnomalyRecord]) -> None:
         if anomalies:
@@ -474,50 +450,23 @@ class SqlFoldStore:
     # -- invariants -------------------------------------------------------------------------
     def invariant_violations(self, patient_ids: Iterable[int] | None = None, donation_ids: Iterable[int] | None = None) -> list[str]:
         """Each patient's funding_received equals the sum of its credits; only COMPLETED donations have
-        credits, of their patient_amount; a COMPLETED donation has exactly one credit."""
-        session = self.session
-        problems: list[str] = []
-        sums = (
-            select(FundingCredit.patient_id, func.coalesce(func.sum(FundingCredit.amount), 0).label("total"))
-            .group_by(FundingCredit.patient_id)
-            .subquery()
-        )
-        query = select(Patient.id, Patient.funding_received, func.coalesce(sums.c.total, 0)).outerjoin(sums, sums.c.patient_id == Patient.id)
-        wanted = None
-        if patient_ids is not None:
-            patient_ids = sorted(set(patient_ids))
-            if not patient_ids:
-                query = None
-            elif len(patient_ids) > IN_CHUNK:
-                # Many patients (a rebuild batch touches most of them): one pass over all credits costs
-                # less than re-aggregating every credit once per chunk of patients.
-                wanted, patient_ids = set(patient_ids), None
-        for part in chunks(patient_ids) if patient_ids is not None else [None]:
-            if query is None:
-                break
-            scoped = query if part is None else query.where(Patient.id.in_(part))
-            for patient_id, received, total in session.execute(scoped):
-                if wanted is not None and patient_id not in wanted:
-                    continue
-                if Decimal(received) != Decimal(total):
-                    problems.append(f"patient {patient_id}: funding_received {received} != sum of credits {total}")
-        if donation_ids is None:
-            credit_query = (
-                select(Donation.id, Donation.status, Donation.patient_amount, FundingCredit.amount)
-                .select_from(Donation)
-                .outerjoin(FundingCredit, FundingCredit.donation_id == Donation.id)
-                .where(
-                    or_(
-                        and_(FundingCredit.id.is_not(None), or_(Donation.status != "COMPLETED", FundingCredit.amount != Donation.patient_amount)),
-                        and_(FundingCredit.id.is_(None), Donation.status == "COMPLETED"),
-                    )
-                )
-            )
-            for donation_id, status, patient_amount, credited in session.execute(credit_query.limit(20)):
-                problems.append(f"donation {donation_id}: status {status}, credit {credited}, patient_amount {patient_amount}")
-            return problems
+        credits, of their patient_amount; a COMPLETED donation has exactly one credit. With ids given (a
+        fold batch), only those patients and donations are checked."""
+        if patient_ids is None and donation_ids is None:
+            return self._all_invariant_violations()
         raw = self.raw
-        for part in chunks(sorted(set(donation_ids))):
+        problems: list[str] = []
+        # Stored values are compared as stored (integer cents on SQLite, DECIMAL on MySQL): exact either way.
+        for part in chunks(sorted(set(patient_ids or ()))):
+            rows = raw.fetch(
+                "SELECT p.id, p.funding_received, (SELECT COALESCE(SUM(c.amount), 0) FROM funding_credits c WHERE c.patient_id = p.id) "
+                f"FROM patients p WHERE p.id IN {raw.marks(len(part))}",
+                part,
+            )
+            for patient_id, received, total in rows:
+                if received != total:
+                    problems.append(f"patient {patient_id}: funding_received {raw.money(received)} != sum of credits {raw.money(total)}")
+        for part in chunks(sorted(set(donation_ids or ()))):
             rows = raw.fetch(
                 "SELECT d.id, d.status, d.patient_amount, c.amount FROM donations d LEFT OUTER JOIN funding_credits c ON c.donation_id = d.id "
                 "WHERE ((c.id IS NOT NULL AND (d.status != 'COMPLETED' OR c.amount != d.patient_amount)) OR (c.id IS NULL AND d.status = 'COMPLETED')) "
@@ -526,6 +475,33 @@ class SqlFoldStore:
             )
             for donation_id, status, patient_amount, credited in rows:
                 problems.append(f"donation {donation_id}: status {status}, credit {raw.money(credited)}, patient_amount {raw.money(patient_amount)}")
+        return problems
+
+    def _all_invariant_violations(self) -> list[str]:
+        session = self.session
+        problems: list[str] = []
+        sums = (
+            select(FundingCredit.patient_id, func.coalesce(func.sum(FundingCredit.amount), 0).label("total"))
+            .group_by(FundingCredit.patient_id)
+            .subquery()
+        )
+        query = select(Patient.id, Patient.funding_received, func.coalesce(sums.c.total, 0)).outerjoin(sums, sums.c.patient_id == Patient.id)
+        for patient_id, received, total in session.execute(query):
+            if Decimal(received) != Decimal(total):
+                problems.append(f"patient {patient_id}: funding_received {received} != sum of credits {total}")
+        credit_query = (
+            select(Donation.id, Donation.status, Donation.patient_amount, FundingCredit.amount)
+            .select_from(Donation)
+            .outerjoin(FundingCredit, FundingCredit.donation_id == Donation.id)
+            .where(
+                or_(
+                    and_(FundingCredit.id.is_not(None), or_(Donation.status != "COMPLETED", FundingCredit.amount != Donation.patient_amount)),
+                    and_(FundingCredit.id.is_(None), Donation.status == "COMPLETED"),
+                )
+            )
+        )
+        for donation_id, status, patient_amount, credited in session.execute(credit_query.limit(20)):
+            problems.append(f"donation {donation_id}: status {status}, credit {credited}, patient_amount {patient_amount}")
         return problems
 
     # -- rebuild ----------------------------------------------------------------------------
@@ -537,6 +513,58 @@ class SqlFoldStore:
         session.execute(update(Donation).values(**{name: default for name, default in _DERIVED_DEFAULTS.items()}))
         session.execute(update(Patient).values(funding_received=Decimal("0"), status="FUNDING", fully_funded_at=None))
         session.execute(delete(FoldCheckpoint).where(FoldCheckpoint.name == checkpoint_name))
+
+
+class WaitingKeys:
+    """The lookup keys of the events waiting as unknown_reference: column -> value -> event ids.
+
+    Kept across one fold run's batches, so each batch reads only the waiting ids (index-only) and fetches
+    the keys of ids it has not seen; joining every waiting event's row again read most of payment_events
+    per batch (a rebuild's checkout events offer keys in every batch). An event's keys never change (the
+    log is append-only), so keys fetched once stay true; which events still wait is read again in every
+    batch, under the fold lock, so a fold elsewhere cannot make this stale. Keys match exactly, as
+    resolve() matches them (a MySQL IN would also match case-insensitively)."""
+
+    COLUMNS = ("utilityref", "externalreference", "donation_id", "donation_hint", "transaction_ref")
+
+    def __init__(self) -> None:
+        self.keys: dict[int, tuple] = {}
+        self.by_value: dict[str, dict[Any, set[int]]] = {column: {} for column in self.COLUMNS}
+
+    def sync(self, store: SqlFoldStore, waiting: set[int]) -> None:
+        for event_id in [event_id for event_id in self.keys if event_id not in waiting]:
+            for column, value in zip(self.COLUMNS, self.keys.pop(event_id)):
+                if value is not None:
+                    holders = self.by_value[column][value]
+                    holders.discard(event_id)
+                    if not holders:
+                        del self.by_value[column][value]
+        unseen = sorted(event_id for event_id in waiting if event_id not in self.keys)
+        for row in store.raw.fetch_in(f"SELECT id, {', '.join(self.COLUMNS)} FROM payment_events WHERE id IN ", unseen):
+            self.keys[row[0]] = row[1:]
+            for column, value in zip(self.COLUMNS, row[1:]):
+                if value is not None:
+                    self.by_value[column].setdefault(value, set()).add(row[0])
+
+    def matching(self, references: set[str], ids: set[int], transactions: set[str]) -> list[int]:
+        found: set[int] = set()
+        hints = {str(donation_id) for donation_id in ids}
+        for column, values in (
+            ("utilityref", references),
+            ("externalreference", references),
+            ("donation_id", ids),
+            ("donation_hint", hints),
+            ("transaction_ref", transactions),
+            ("externalreference", transactions),
+        ):
+            held = self.by_value[column]
+            if len(values) > len(held):
+                found.update(event_id for value, event_ids in held.items() if value in values for event_id in event_ids)
+            else:
+                for value in values:
+                    if value in held:
+                        found.update(held[value])
+        return sorted(found)
 
 
 _DERIVED_DEFAULTS = {name: getattr(DonationState(0, None, Decimal(0), Decimal(0)), name) for name in DERIVED_FIELDS}

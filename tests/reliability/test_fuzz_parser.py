@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from pipeline.errors import ParseError
 from pipeline.events import extract_fields, parse_callback
-from pipeline.fold import DonationIndex, FoldEvent, reference_keys, resolve
+from pipeline.fold import DonationIndex, FoldEvent, batch_keys, resolve
 from pipeline.store.events import ReferenceKeys
 
 LONG = os.environ.get("AZAMRECON_RELIABILITY_LONG") == "1"
@@ -50,7 +50,7 @@ def exercise(body: bytes) -> None:
     ReferenceKeys.of(fields)  # what the receiver computes
     event = FoldEvent(1, NOW, "callback", "n/a", fields.status, fields.amount, fields.utilityref, fields.externalreference,
                       fields.donation_hint, fields.transaction_ref, None, fields.parse_error, fields.status_raw)
-    reference_keys(event)  # what jobs.fold.fold_batch computes for every event
+    batch_keys([event])  # what jobs.fold.fold_batch computes for every batch
     resolve(event, DonationIndex(by_reference={"RHCI-DN-1-1": 1}, ids={1, 2}))  # and how it resolves the donation
 
 
