@@ -7,13 +7,15 @@ invalid payloads), then measures, each phase in a fresh subprocess (so generatio
 peak RSS):
 
 - ceiling: a raw DBAPI scan of exactly the event columns the fold reads;
+- write ceiling: the rows the rebuild wrote (anomalies, donation updates, credits), rewritten by raw
+  executemany in one transaction; scan + writes is the storage floor of a rebuild, with no Python fold;
 - naive: one ORM transaction per event (load the donation through the ORM, pipeline.fold.apply, write
   donation + credit + anomalies + patient through the ORM, commit) over the first --naive events;
 - rebuild: jobs.rebuild.rebuild over the whole log (and over a log 1/10 the size, for RSS flatness);
 - incremental: reset, then jobs.fold.run_fold at the configured batch size with production logging;
 - digest: the derived state after rebuild and after the incremental fold must be identical.
 
-It prints one table with the ratios rebuild/ceiling and rebuild/naive from this run. `--json PATH`
+It prints one table with the ratios rebuild/ceiling, rebuild/storage floor and rebuild/naive from this run. `--json PATH`
 also writes the figures (the CI smoke test reads them and asserts invariants, never times).
 """
 from __future__ import annotations
@@ -279,6 +281,40 @@ def phase_ceiling(url: str, workdir: str, limit: int | None) -> dict:
     return {"events": rows, "seconds": seconds}
 
 
+def phase_writes(url: str, workdir: str, limit: int | None) -> dict:
+    """The storage side of the ceiling: the rows a rebuild wrote (its anomalies, donation updates and
+    credits), read back and written again with raw executemany in one transaction, durability settings
+    unchanged. Run right after a rebuild; the state it leaves is the same."""
+    from bench.common import engine_for
+    from pipeline.fold import DERIVED_FIELDS
+
+    engine = engine_for(url)
+    sqlite = url.startswith("sqlite")
+    mark = "?" if sqlite else "%s"
+    raw = engine.raw_connection()
+    cursor = raw.cursor()
+    cursor.execute("SELECT event_id, donation_id, kind, detail FROM anomalies ORDER BY id")
+    anomalies = cursor.fetchall()
+    cursor.execute(f"SELECT {', '.join(DERIVED_FIELDS)}, id FROM donations ORDER BY id")
+    donations = cursor.fetchall()
+    cursor.execute("SELECT donation_id, patient_id, amount, event_id, credited_at FROM funding_credits ORDER BY id")
+    credits = cursor.fetchall()
+    if sqlite:
+        cursor.execute("BEGIN IMMEDIATE")
+    cursor.execute("DELETE FROM anomalies")
+    cursor.execute("DELETE FROM funding_credits")
+    started = time.perf_counter()
+    cursor.executemany(f"INSERT INTO anomalies (event_id, donation_id, kind, detail) VALUES ({', '.join([mark] * 4)})", anomalies)
+    cursor.executemany(f"UPDATE donations SET {', '.join(f'{name} = {mark}' for name in DERIVED_FIELDS)} WHERE id = {mark}", donations)
+    cursor.executemany(f"INSERT INTO funding_credits (donation_id, patient_id, amount, event_id, credited_at) VALUES ({', '.join([mark] * 5)})", credits)
+    cursor.execute("COMMIT") if sqlite else raw.commit()
+    seconds = time.perf_counter() - started
+    cursor.close()
+    raw.close()
+    engine.dispose()
+    return {"rows": len(anomalies) + len(donations) + len(credits), "anomalies": len(anomalies), "donations": len(donations), "credits": len(credits), "seconds": seconds}
+
+
 def phase_rebuild(url: str, workdir: str, limit: int | None) -> dict:
     from jobs.rebuild import rebuild
     from pipeline.db import make_engine
@@ -440,6 +476,7 @@ PHASES = {
     "naive": phase_naive,
     "digest": phase_digest,
     "profile": phase_profile,
+    "writes": phase_writes,
 }
 
 
@@ -539,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
             ("ceiling", url, None),
             ("rebuild", url, None),
             ("digest_rebuild", url, None),
+            ("writes", url, None),
             ("incremental", url, None),
             ("digest_incremental", url, None),
             ("rebuild_small", small_url, None),
@@ -566,6 +604,8 @@ def render(args, events, donations, patients, naive, small, settings, generation
         return result["events"] / result["seconds"] if result["seconds"] else float("inf")
 
     ceiling, rebuild, naive_r, incremental, small_r = r["ceiling"], r["rebuild"], r["naive"], r["incremental"], r["rebuild_small"]
+    writes = r["writes"]
+    floor = {"events": rebuild["events"], "seconds": ceiling["seconds"] + writes["seconds"]}
     same = r["digest_rebuild"]["sha256"] == r["digest_incremental"]["sha256"]
     lines = [
         f"bench.fold ({args.db}{', quick' if args.quick else ''}) | {machine_line()}",
@@ -574,9 +614,12 @@ def render(args, events, donations, patients, naive, small, settings, generation
         "| phase | events | seconds | events/s | peak RSS MB | ratio |",
         "|---|---:|---:|---:|---:|---|",
         f"| ceiling: raw DBAPI scan of the fold's event columns | {ceiling['events']:,} | {ceiling['seconds']:.2f} | {rate(ceiling):,.0f} | {ceiling['rss_mb']:.0f} | |",
+        f"| write ceiling: the rebuild's {writes['rows']:,} rows ({writes['anomalies']:,} anomalies, {writes['donations']:,} donations, "
+        f"{writes['credits']:,} credits) rewritten by raw executemany, one transaction | {rebuild['events']:,} | {writes['seconds']:.2f} | {rate({'events': rebuild['events'], 'seconds': writes['seconds']}):,.0f} | {writes['rss_mb']:.0f} | |",
+        f"| storage floor: scan + writes, no Python fold at all | {floor['events']:,} | {floor['seconds']:.2f} | {rate(floor):,.0f} | | |",
         f"| naive: one ORM transaction per event (first {naive:,}) | {naive_r['events']:,} | {naive_r['seconds']:.2f} | {rate(naive_r):,.0f} | {naive_r['rss_mb']:.0f} | |",
         f"| **rebuild** (jobs.rebuild.rebuild, {rebuild['batches']} batches) | {rebuild['events']:,} | {rebuild['seconds']:.2f} | **{rate(rebuild):,.0f}** | {rebuild['rss_mb']:.0f} "
-        f"| rebuild/ceiling {rate(rebuild) / rate(ceiling):.2f}; **rebuild/naive {rate(rebuild) / rate(naive_r):.1f}x** |",
+        f"| rebuild/ceiling {rate(rebuild) / rate(ceiling):.2f}; rebuild/storage floor {rate(rebuild) / rate(floor):.2f}; **rebuild/naive {rate(rebuild) / rate(naive_r):.1f}x** |",
         f"| incremental: reset + run_fold, batch {incremental['batch_size']:,}, payments log on ({incremental['batches']} batches) | {incremental['events']:,} | {incremental['seconds']:.2f} "
         f"| {rate(incremental):,.0f} | {incremental['rss_mb']:.0f} | incremental/naive {rate(incremental) / rate(naive_r):.1f}x |",
         f"| rebuild of a {small:,}-event log (RSS flatness) | {small_r['events']:,} | {small_r['seconds']:.2f} | {rate(small_r):,.0f} | {small_r['rss_mb']:.0f} "

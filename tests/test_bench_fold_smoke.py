@@ -39,7 +39,10 @@ def test_bench_fold_quick(tmp_path):
     assert rebuilt["credits"] == rebuilt["statuses"].get("COMPLETED", 0) == results["rebuild"]["credits"] > 0
     assert set(rebuilt["anomalies"]) >= {"duplicate", "unknown_reference", "invalid_payload", "amount_mismatch"}
     assert sum(rebuilt["anomalies"].values()) == results["rebuild"]["anomalies"]
-    for phase in ("ceiling", "naive", "rebuild", "incremental", "rebuild_small"):
+    writes = results["writes"]  # the write ceiling rewrote exactly what the rebuild wrote
+    assert (writes["anomalies"], writes["donations"], writes["credits"]) == (results["rebuild"]["anomalies"], figures["donations"], rebuilt["credits"])
+    assert "storage floor" in done.stdout and "rebuild/storage floor" in done.stdout
+    for phase in ("ceiling", "writes", "naive", "rebuild", "incremental", "rebuild_small"):
         assert results[phase]["seconds"] > 0 and results[phase]["rss_mb"] > 0
     assert "synchronous=FULL" in figures["settings"]
 

@@ -61,7 +61,7 @@ def serve(ctx: Context, host: str | None, port: int | None, workers: int | None)
         host=host,
         port=port,
         workers=workers,
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        http="receiver.http:CoalescingHttpToolsProtocol" if importlib.util.find_spec("httptools") else "h11",
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         access_log=False,
         # X-Forwarded-For is believed only from webhook.trusted_proxies (receiver.auth); uvicorn's own proxy
