@@ -12,7 +12,7 @@ from decimal import Decimal
 from operator import attrgetter
 from typing import Any, Iterable, Iterator, Sequence
 
-from sqlalchemy import Boolean, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Boolean, and_, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -230,30 +230,13 @@ class PatientRow:
     fully_funded_at: datetime | None
 
 
-_DONATIONS = Donation.__table__
-_UPDATE_DONATION = (
-    update(_DONATIONS)
-    .where(_DONATIONS.c.id == bindparam("b_id"))
-    .values({name: bindparam(name) for name in DERIVED_FIELDS})
-)
 _DERIVED_GETTER = attrgetter(*DERIVED_FIELDS)
-
-
-def _derived_values(state: DonationState) -> list:
-    return list(_DERIVED_GETTER(state))
-
-
 _UPDATE_DONATION_SQL = f"UPDATE donations SET {', '.join(name + ' = ?' for name in DERIVED_FIELDS)} WHERE id = ?"
-_PATIENTS = Patient.__table__
-_UPDATE_PATIENT = (
-    update(_PATIENTS)
-    .where(_PATIENTS.c.id == bindparam("b_id"))
-    .values(funding_received=bindparam("funding_received"), status=bindparam("status"), fully_funded_at=bindparam("fully_funded_at"))
-)
 
 
 class SqlFoldStore:
-    """Hot paths use Core statements on the session's connection: no ORM identity map, executemany writes."""
+    """The hot paths run on the DBAPI connection of the session's own transaction (_Driver); the rest uses
+    Core statements on it. No ORM identity map; writes are executemany."""
 
     def __init__(self, session: Session):
         self.session = session
@@ -362,10 +345,10 @@ class SqlFoldStore:
     def write_donations(self, states: Iterable[DonationState]) -> None:
         raw = self.raw
         when = raw.bind_when
-        derived = _derived_values
+        derived = _DERIVED_GETTER
         rows = []
         for state in states:
-            values = derived(state)
+            values = list(derived(state))
             for index in _DERIVED_DATETIMES:
                 if values[index] is not None:
                     values[index] = when(values[index])
