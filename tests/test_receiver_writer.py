@@ -31,24 +31,30 @@ def _count_commits(engine) -> list:
     return commits
 
 
+def _queued_then_started(writer: GroupCommitWriter, rows) -> list[str]:
+    """Submit every row before the writer thread starts, so they wait in one queue; then start it and
+    return the outcomes. The writer is stopped in every case."""
+
+    async def scenario():
+        tasks = [asyncio.ensure_future(writer.submit(row, keys)) for row, keys in rows]
+        await asyncio.sleep(0.05)
+        assert not any(task.done() for task in tasks)  # nothing is answered before the writer commits
+        writer.start()
+        return [r.outcome for r in await asyncio.wait_for(asyncio.gather(*tasks), 30)]
+
+    try:
+        return asyncio.run(scenario())
+    finally:
+        writer.stop()
+
+
 def test_queued_rows_share_one_transaction(backend):
     add_donation(backend.engine, GUIDE_REF)
     writer = GroupCommitWriter(backend.engine, Spool(backend.tmp_path / "spool"), max_batch=256)
     commits = _count_commits(backend.engine)
 
-    async def scenario():
-        rows = [_row(n) for n in range(10)]
-        unknown = _row(99, b'{"transactionstatus":"success","utilityref":"RHCI-DN-1-nope"}')
-        tasks = [asyncio.ensure_future(writer.submit(row, keys)) for row, keys in rows + [unknown]]
-        await asyncio.sleep(0.05)  # every submit is queued before the writer thread starts
-        assert not any(task.done() for task in tasks)
-        writer.start()
-        return [r.outcome for r in await asyncio.wait_for(asyncio.gather(*tasks), 30)]
-
-    try:
-        results = asyncio.run(scenario())
-    finally:
-        writer.stop()
+    unknown = _row(99, b'{"transactionstatus":"success","utilityref":"RHCI-DN-1-nope"}')
+    results = _queued_then_started(writer, [_row(n) for n in range(10)] + [unknown])
     assert results == [outcomes.KNOWN] * 10 + [outcomes.UNKNOWN]
     assert len(commits) == 1 and writer.batches == 1 and writer.largest_batch == 11
     assert len(event_rows(backend.engine)) == 11
@@ -57,16 +63,7 @@ def test_queued_rows_share_one_transaction(backend):
 def test_max_batch_is_respected(backend):
     writer = GroupCommitWriter(backend.engine, Spool(backend.tmp_path / "spool"), max_batch=4)
 
-    async def scenario():
-        tasks = [asyncio.ensure_future(writer.submit(*_row(n))) for n in range(10)]
-        await asyncio.sleep(0.05)
-        writer.start()
-        return [r.outcome for r in await asyncio.wait_for(asyncio.gather(*tasks), 30)]
-
-    try:
-        results = asyncio.run(scenario())
-    finally:
-        writer.stop()
+    results = _queued_then_started(writer, [_row(n) for n in range(10)])
     assert results == [outcomes.UNKNOWN] * 10
     assert writer.batches == 3 and writer.largest_batch == 4
     assert len(event_rows(backend.engine)) == 10
@@ -106,16 +103,7 @@ def test_one_bad_row_does_not_fail_its_batch(backend):
     bad_row, bad_keys = _row(3)
     bad_row = {**bad_row, "auth": None}  # NOT NULL violation: a StoreError, not an outage
 
-    async def scenario():
-        tasks = [asyncio.ensure_future(writer.submit(row, keys)) for row, keys in (good_a, (bad_row, bad_keys), good_b)]
-        await asyncio.sleep(0.05)
-        writer.start()
-        return [r.outcome for r in await asyncio.wait_for(asyncio.gather(*tasks), 30)]
-
-    try:
-        results = asyncio.run(scenario())
-    finally:
-        writer.stop()
+    results = _queued_then_started(writer, [good_a, (bad_row, bad_keys), good_b])
     assert results == [outcomes.UNKNOWN, outcomes.SPOOLED, outcomes.UNKNOWN]
     assert len(event_rows(backend.engine)) == 2
     assert writer.rows_spooled == 1
@@ -137,16 +125,9 @@ def test_outage_spools_every_row_of_the_batch(tmp_path):
     spool = Spool(tmp_path / "spool")
     writer = GroupCommitWriter(engine, spool)
 
-    async def scenario():
-        tasks = [asyncio.ensure_future(writer.submit(*_row(n))) for n in range(5)]
-        await asyncio.sleep(0.05)
-        writer.start()
-        return [r.outcome for r in await asyncio.wait_for(asyncio.gather(*tasks), 30)]
-
     try:
-        assert asyncio.run(scenario()) == [outcomes.SPOOLED] * 5
+        assert _queued_then_started(writer, [_row(n) for n in range(5)]) == [outcomes.SPOOLED] * 5
     finally:
-        writer.stop()
         spool.close()
     assert len(spool.path.read_bytes().splitlines()) == 5
 
@@ -173,16 +154,6 @@ def test_a_commit_that_raised_after_it_happened_is_not_appended_twice(backend, m
     monkeypatch.setattr(writer_module, "transaction", commit_then_fail)
     writer = GroupCommitWriter(backend.engine, Spool(backend.tmp_path / "spool"), max_batch=256)
 
-    async def scenario():
-        rows = [_row(n) for n in range(5)]
-        tasks = [asyncio.ensure_future(writer.submit(row, keys)) for row, keys in rows]
-        await asyncio.sleep(0.05)
-        writer.start()
-        return [r.outcome for r in await asyncio.wait_for(asyncio.gather(*tasks), 30)]
-
-    try:
-        results = asyncio.run(scenario())
-    finally:
-        writer.stop()
+    results = _queued_then_started(writer, [_row(n) for n in range(5)])
     assert results == [outcomes.UNKNOWN] * 5  # stored (no such donation) and answered
     assert len(event_rows(backend.engine)) == 5  # not 10
