@@ -47,7 +47,7 @@ from pipeline.events import EventFields, extract_fields
 from pipeline.models import PaymentEvent
 from pipeline.redact import REDACTED
 from pipeline.store.events import append_events, event_row
-from pipeline.store.state import chunks
+from pipeline.store.driver import chunks
 from pipeline.times import parse_utc
 
 MARKER = "Received Azam Pay callback:"

@@ -1,0 +1,85 @@
+"""The log's raw write paths (pipeline.store.events) store exactly what SQLAlchemy's types would, on both backends."""
+from datetime import timedelta, timezone
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import insert
+
+from pipeline.db import transaction
+from pipeline.events import EventFields, extract_fields
+from pipeline.models import PaymentEvent
+from pipeline.store.driver import IN_CHUNK
+from pipeline.store.events import ReferenceKeys, append_events, event_row, known_references
+from tests.builders import add_donation, callback_body
+from tests.conftest import fixture_bytes
+
+EAST_AFRICA = timezone(timedelta(hours=3))
+STORED_COLUMNS = [column.key for column in PaymentEvent.__table__.columns if column.key != "id"]
+
+
+def _rows(now):
+    body = fixture_bytes("callback_live_shape_success.json")
+    return [
+        # an aware time in another zone, money with cents, typed fields from a real body
+        event_row(source="callback", body=body, received_at=now.astimezone(EAST_AFRICA), auth="verified",
+                  fields=extract_fields(body), content_type="application/json", remote_addr="127.0.0.1", headers='{"host":"x"}'),
+        event_row(source="poll", body=b'{"data":"Transaction successful."}', received_at=now + timedelta(microseconds=7), auth="n/a",
+                  fields=EventFields(status="SUCCESS", status_raw="Transaction successful.", amount=Decimal("1234.5")), donation_id=42),
+        event_row(source="callback", body=b"not json", received_at=now, auth="failed", fields=EventFields(parse_error="bad JSON")),
+    ]
+
+
+def test_raw_append_stores_what_a_core_insert_stores(backend, now):
+    rows = _rows(now)
+    with transaction(backend.engine) as session:
+        append_events(session, rows)
+    with transaction(backend.engine) as session:
+        session.connection().execute(insert(PaymentEvent.__table__), rows)
+    stored = backend.rows(f"SELECT {', '.join(STORED_COLUMNS)} FROM payment_events ORDER BY id")
+    raw, core = stored[:3], stored[3:]
+    assert [tuple(row) for row in raw] == [tuple(row) for row in core]
+    with transaction(backend.engine) as session:
+        read_back = session.query(PaymentEvent).order_by(PaymentEvent.id).limit(3).all()
+    assert read_back[0].received_at == now and read_back[0].received_at.tzinfo is not None
+    assert read_back[1].amount == Decimal("1234.50") and read_back[1].donation_id == 42
+    assert read_back[2].parse_error == "bad JSON" and read_back[2].body == b"not json"
+
+
+def test_append_refuses_a_column_the_log_does_not_have(backend, now):
+    row = dict(_rows(now)[2], colour="blue")
+    with pytest.raises(ValueError, match="colour"):
+        with transaction(backend.engine) as session:
+            append_events(session, [row])
+    assert backend.scalar("SELECT COUNT(*) FROM payment_events") == 0
+
+
+def test_known_references_by_reference_id_and_transaction_exactly(backend, now):
+    first_id, first_reference = add_donation(backend.engine, now, transaction_id="TX-ABC")
+    second_id, second_reference = add_donation(backend.engine, now)
+    keys = [
+        ReferenceKeys((first_reference,), None, None),
+        ReferenceKeys((first_reference.lower(),), None, None),  # MySQL's IN matches this one too; the answer must not
+        ReferenceKeys(("RHCI-DN-nobody",), second_id, None),
+        ReferenceKeys((), None, "TX-ABC"),
+        ReferenceKeys((), None, "tx-abc"),
+        ReferenceKeys(("RHCI-DN-nobody",), second_id + 1000, "TX-none"),
+    ]
+    with transaction(backend.engine) as session:
+        assert known_references(session, keys) == [True, False, True, True, False, False]
+        assert known_references(session, [ReferenceKeys((), None, None)]) == [False]
+
+
+def test_known_references_past_one_in_list(backend, now):
+    _, reference = add_donation(backend.engine, now)
+    strangers = [ReferenceKeys((f"RHCI-DN-stranger-{n}",), None, None) for n in range(IN_CHUNK + 50)]
+    keys = strangers[:IN_CHUNK] + [ReferenceKeys((reference,), None, None)] + strangers[IN_CHUNK:]
+    with transaction(backend.engine) as session:
+        found = known_references(session, keys)
+    assert found.count(True) == 1 and found[IN_CHUNK] is True
+
+
+def test_a_callback_body_names_its_donation_through_the_writer_lookup(backend, now):
+    donation_id, reference = add_donation(backend.engine, now, transaction_id="TX-9")
+    body = callback_body(reference, transaction_id="TX-9")
+    with transaction(backend.engine) as session:
+        assert known_references(session, [ReferenceKeys.of(extract_fields(body))]) == [True]
