@@ -1,15 +1,18 @@
 """The log's raw write paths (pipeline.store.events) store exactly what SQLAlchemy's types would, on both backends."""
+import json
 from datetime import timedelta, timezone
 from decimal import Decimal
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from sqlalchemy import insert
 
 from pipeline.db import transaction
 from pipeline.events import EventFields, extract_fields
 from pipeline.models import PaymentEvent
 from pipeline.store.driver import IN_CHUNK
-from pipeline.store.events import ReferenceKeys, append_events, event_row, known_references
+from pipeline.store.events import KEPT_HEADERS, ReferenceKeys, append_events, event_row, known_references, select_headers
 from tests.builders import add_donation, callback_body
 from tests.conftest import fixture_bytes
 
@@ -83,3 +86,11 @@ def test_a_callback_body_names_its_donation_through_the_writer_lookup(backend, n
     body = callback_body(reference, transaction_id="TX-9")
     with transaction(backend.engine) as session:
         assert known_references(session, [ReferenceKeys.of(extract_fields(body))]) == [True]
+
+
+@given(st.dictionaries(st.sampled_from(KEPT_HEADERS + ("cookie", "authorization", "x-other")), st.text(), max_size=10))
+@example({"host": 'a"b\\é\n\u2028', "x-forwarded-for": "1.2.3.4, 5.6.7.8", "cookie": "session=1"})
+@example({})
+def test_selected_headers_are_what_json_dumps_writes(headers):
+    kept = {name: value for name, value in headers.items() if name in KEPT_HEADERS}
+    assert select_headers(headers) == json.dumps(kept, ensure_ascii=False, sort_keys=True)

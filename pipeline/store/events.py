@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
+from json.encoder import encode_basestring
 from dataclasses import dataclass
 from datetime import datetime
 from operator import itemgetter
@@ -20,11 +20,13 @@ SOURCES = ("callback", "poll", "checkout", "operator", "import")
 AUTH_VALUES = ("verified", "unverified", "failed", "n/a")
 # headers worth keeping with the raw body; everything else (cookies, auth) is dropped
 KEPT_HEADERS = ("content-type", "content-length", "user-agent", "x-forwarded-for", "x-real-ip", "x-request-id", "host")
+_KEPT_IN_ORDER = tuple((name, encode_basestring(name)) for name in sorted(KEPT_HEADERS))
 
 
 def select_headers(headers: Mapping[str, str]) -> str:
-    kept = {name: headers[name] for name in KEPT_HEADERS if name in headers}
-    return json.dumps(kept, ensure_ascii=False, sort_keys=True)
+    """The kept headers as json.dumps(kept, ensure_ascii=False, sort_keys=True) writes them, built from
+    json's own C string encoder: dumps' per-call encoder set-up was 5% of the receiver's CPU."""
+    return "{" + ", ".join(f"{key}: {encode_basestring(headers[name])}" for name, key in _KEPT_IN_ORDER if name in headers) + "}"
 
 
 def event_row(
