@@ -109,6 +109,22 @@ def test_one_bad_row_does_not_fail_its_batch(backend):
     assert writer.rows_spooled == 1
 
 
+def test_a_value_the_log_cannot_store_spools_only_its_own_row(backend):
+    """The raw append converts values itself; its conversion errors must still be StoreErrors, so the
+    group is retried row by row (a bare TypeError would spool every neighbour)."""
+    writer = GroupCommitWriter(backend.engine, Spool(backend.tmp_path / "spool"))
+    good_a, good_b = _row(1), _row(2)
+    float_row, float_keys = _row(3)
+    naive_row, naive_keys = _row(4)
+    float_row = {**float_row, "amount": 1.5}  # money must be Decimal
+    naive_row = {**naive_row, "received_at": datetime(2026, 1, 1)}  # and times aware
+
+    results = _queued_then_started(writer, [good_a, (float_row, float_keys), (naive_row, naive_keys), good_b])
+    assert results == [outcomes.UNKNOWN, outcomes.SPOOLED, outcomes.SPOOLED, outcomes.UNKNOWN]
+    assert len(event_rows(backend.engine)) == 2
+    assert writer.rows_spooled == 2
+
+
 def test_submit_after_stop_is_still_stored(backend):
     writer = GroupCommitWriter(backend.engine, Spool(backend.tmp_path / "spool"))
     writer.start()

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from sqlalchemy import insert
 
 from pipeline.db import transaction
+from pipeline.errors import StoreError
 from pipeline.events import EventFields, extract_fields
 from pipeline.models import PaymentEvent
 from pipeline.store.driver import IN_CHUNK
@@ -50,10 +51,19 @@ def test_raw_append_stores_what_a_core_insert_stores(backend, now):
 
 def test_append_refuses_a_column_the_log_does_not_have(backend, now):
     row = dict(_rows(now)[2], colour="blue")
-    with pytest.raises(ValueError, match="colour"):
+    with pytest.raises(StoreError, match="colour"):
         with transaction(backend.engine) as session:
             append_events(session, [row])
     assert backend.scalar("SELECT COUNT(*) FROM payment_events") == 0
+
+
+def test_rows_with_other_keys_keep_their_order(backend, now):
+    first, second, third = _rows(now)
+    second = {key: value for key, value in second.items() if key != "headers"}
+    with transaction(backend.engine) as session:
+        append_events(session, [first, second, third])
+    assert [row[0] for row in backend.rows("SELECT source FROM payment_events ORDER BY id")] == ["callback", "poll", "callback"]
+    assert backend.scalar("SELECT donation_id FROM payment_events WHERE source = 'poll'") == 42
 
 
 def test_known_references_by_reference_id_and_transaction_exactly(backend, now):

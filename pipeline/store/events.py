@@ -11,6 +11,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from pipeline.errors import StoreError
 from pipeline.events import EventFields
 from pipeline.fold import hint_id
 from pipeline.models import Money, PaymentEvent, UTCDateTime
@@ -70,42 +71,52 @@ _MONEY_COLUMNS = frozenset(column.key for column in _EVENTS.columns if isinstanc
 
 
 def append_events(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """Append rows in one statement (executemany). Rows whose dedupe_key is already in the log are skipped.
+    """Append rows with executemany, in their order. Rows whose dedupe_key is already in the log are skipped.
 
     Rows without a dedupe_key (every callback the receiver takes) go through the raw driver on the
     session's connection: building and compiling a Core insert per group commit was a tenth of the
-    receiver's CPU. Keyed rows (spool ingest, log import) keep Core's INSERT OR IGNORE."""
+    receiver's CPU. Keyed rows (spool ingest, log import) keep Core's INSERT OR IGNORE.
+
+    A value the column cannot store (a naive datetime, a float amount, a key that is no column) raises
+    StoreError, as Core's own conversion failures do, so that the receiver's writer retries the rows of
+    a group one by one and only the bad one is spooled."""
     if not rows:
         return
     plain = [row for row in rows if row.get("dedupe_key") is None]
     keyed = [row for row in rows if row.get("dedupe_key") is not None]
     if plain:
-        _insert_plain(Driver(session.connection()), plain)
+        raw = Driver(session.connection())
+        start = 0
+        for end in range(1, len(plain) + 1):  # one executemany per run of rows with the same keys
+            if end == len(plain) or plain[end].keys() != plain[start].keys():
+                raw.many(*_plain_insert(raw, plain[start:end]))
+                start = end
     if keyed:
         session.connection().execute(_INSERT_IGNORE, keyed)
 
 
-def _insert_plain(raw: Driver, rows: Sequence[dict[str, Any]]) -> None:
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+def _plain_insert(raw: Driver, rows: Sequence[dict[str, Any]]) -> tuple[str, list[list[Any]]]:
+    """(INSERT statement, values in storage form) for rows that share their keys."""
+    columns = tuple(rows[0])
+    unknown = [column for column in columns if column not in _EVENTS.columns]
+    if unknown:
+        raise StoreError(f"database error: payment_events has no column {', '.join(unknown)}")
+    times = [i for i, column in enumerate(columns) if column in _TIME_COLUMNS]
+    money = [i for i, column in enumerate(columns) if column in _MONEY_COLUMNS]
+    values_of = itemgetter(*columns)
+    bind_when, bind_money = raw.bind_when, raw.bind_money
+    values = []
     for row in rows:
-        groups.setdefault(tuple(row), []).append(row)
-    for columns, group in groups.items():
-        unknown = [column for column in columns if column not in _EVENTS.columns]
-        if unknown:
-            raise ValueError(f"not payment_events columns: {', '.join(unknown)}")
-        times = [i for i, column in enumerate(columns) if column in _TIME_COLUMNS]
-        money = [i for i, column in enumerate(columns) if column in _MONEY_COLUMNS]
-        values_of = itemgetter(*columns)
-        bind_when, bind_money = raw.bind_when, raw.bind_money
-        values = []
-        for row in group:
-            value = list(values_of(row))
+        value = list(values_of(row)) if len(columns) > 1 else [values_of(row)]
+        try:
             for i in times:
                 value[i] = bind_when(value[i])
             for i in money:
                 value[i] = bind_money(value[i])
-            values.append(value)
-        raw.many(f"INSERT INTO payment_events ({', '.join(columns)}) VALUES {raw.marks(len(columns))}", values)
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            raise StoreError(f"database error: {type(exc).__name__}: {exc}") from exc
+        values.append(value)
+    return f"INSERT INTO payment_events ({', '.join(columns)}) VALUES {raw.marks(len(columns))}", values
 
 
 def append_event(session: Session, row: dict[str, Any]) -> int | None:
@@ -144,7 +155,7 @@ def known_references(session: Session, keys: Iterable[ReferenceKeys]) -> list[bo
     found_refs, found_ids, found_transactions = set(), set(), set()
     for column, values in (("external_reference", refs), ("id", ids), ("transaction_id", transaction_refs)):
         for donation_id, external_reference, transaction_id in raw.fetch_in(
-            f"SELECT id, external_reference, transaction_id FROM donations WHERE {column} IN ", sorted(values)
+            f"SELECT id, external_reference, transaction_id FROM donations WHERE {column} IN ", list(values)
         ):
             found_ids.add(donation_id)
             found_refs.add(external_reference)
