@@ -90,9 +90,25 @@ def machine() -> dict[str, str]:
     }
 
 
+def host_speed_ms(steps: int = 5_000_000) -> float:
+    """Median of three timings of a fixed pure-Python loop. The VM's speed moves by up to 2x within an
+    hour (other guests on the host); this figure, printed with every table, says how fast it was."""
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for step in range(steps):
+            total += step
+        timings.append((time.perf_counter() - started) * 1000)
+    return sorted(timings)[1]
+
+
 def machine_line() -> str:
     m = machine()
-    return f"{m['date']} | {m['cores']} cores, {m['cpu']} | Python {m['python']} | Linux {m['kernel']}"
+    return (
+        f"{m['date']} | {m['cores']} cores, {m['cpu']} | Python {m['python']} | Linux {m['kernel']}"
+        f" | host speed: 5M-step Python loop {host_speed_ms():.0f} ms (lower is faster)"
+    )
 
 
 # --- processes --------------------------------------------------------------------------------------
