@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import hashlib
-from json.encoder import encode_basestring
 from dataclasses import dataclass
 from datetime import datetime
+from json.encoder import encode_basestring
 from operator import itemgetter
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -77,7 +77,7 @@ def append_events(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     session's connection: building and compiling a Core insert per group commit was a tenth of the
     receiver's CPU. Keyed rows (spool ingest, log import) keep Core's INSERT OR IGNORE.
 
-    A value the column cannot store (a naive datetime, a float amount, a key that is no column) raises
+    A value the column cannot store (a naive datetime, a float amount, a key that names no column) raises
     StoreError, as Core's own conversion failures do, so that the receiver's writer retries the rows of
     a group one by one and only the bad one is spooled."""
     if not rows:
