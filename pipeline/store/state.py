@@ -51,7 +51,6 @@ _DERIVED_DATETIMES = tuple(i for i, name in enumerate(DERIVED_FIELDS) if isinsta
 assert not any(isinstance(Donation.__table__.c[name].type, Money) for name in DERIVED_FIELDS)
 
 
-
 def _names(columns) -> str:
     return ", ".join(column.key for column in columns)
 
