@@ -83,12 +83,16 @@ def test_known_references_by_reference_id_and_transaction_exactly(backend, now):
 
 
 def test_known_references_past_one_in_list(backend, now):
-    _, reference = add_donation(backend.engine, now)
+    known_id, reference = add_donation(backend.engine, now)
     strangers = [ReferenceKeys((f"RHCI-DN-stranger-{n}",), None, None) for n in range(IN_CHUNK + 50)]
     keys = strangers[:IN_CHUNK] + [ReferenceKeys((reference,), None, None)] + strangers[IN_CHUNK:]
     with transaction(backend.engine) as session:
         found = known_references(session, keys)
     assert found.count(True) == 1 and found[IN_CHUNK] is True
+    # references are looked up before ids, so IN_CHUNK of them fill the first query and the id is in the second
+    by_id = strangers[:IN_CHUNK] + [ReferenceKeys((), known_id, None)]
+    with transaction(backend.engine) as session:
+        assert known_references(session, by_id) == [False] * IN_CHUNK + [True]
 
 
 def test_a_callback_body_names_its_donation_through_the_writer_lookup(backend, now):

@@ -15,7 +15,7 @@ from pipeline.errors import StoreError
 from pipeline.events import EventFields
 from pipeline.fold import hint_id
 from pipeline.models import Money, PaymentEvent, UTCDateTime
-from pipeline.store.driver import Driver
+from pipeline.store.driver import Driver, chunks
 
 SOURCES = ("callback", "poll", "checkout", "operator", "import")
 AUTH_VALUES = ("verified", "unverified", "failed", "n/a")
@@ -143,20 +143,23 @@ class ReferenceKeys:
 
 
 def known_references(session: Session, keys: Iterable[ReferenceKeys]) -> list[bool]:
-    """For each key set, whether some donation matches it: one indexed lookup per kind of key for the
-    whole group, on the raw driver (the Core query's compilation cost as much as the insert)."""
+    """For each key set, whether some donation matches it. One query for the whole group (one per
+    IN_CHUNK keys), on the raw driver: the Core query's compilation cost as much as the insert."""
     keys = list(keys)
-    refs = {ref for key in keys for ref in key.external_refs}
-    ids = {key.donation_id for key in keys if key.donation_id is not None}
-    transaction_refs = {key.transaction_ref for key in keys if key.transaction_ref}
-    if not (refs or ids or transaction_refs):
+    wanted = [("external_reference", ref) for ref in {ref for key in keys for ref in key.external_refs}]
+    wanted += [("id", donation_id) for donation_id in {key.donation_id for key in keys if key.donation_id is not None}]
+    wanted += [("transaction_id", ref) for ref in {key.transaction_ref for key in keys if key.transaction_ref}]
+    if not wanted:
         return [False] * len(keys)
     raw = Driver(session.connection())
     found_refs, found_ids, found_transactions = set(), set(), set()
-    for column, values in (("external_reference", refs), ("id", ids), ("transaction_id", transaction_refs)):
-        for donation_id, external_reference, transaction_id in raw.fetch_in(
-            f"SELECT id, external_reference, transaction_id FROM donations WHERE {column} IN ", list(values)
-        ):
+    for part in chunks(wanted):
+        by_column: dict[str, list] = {}
+        for column, value in part:
+            by_column.setdefault(column, []).append(value)
+        where = " OR ".join(f"{column} IN {raw.marks(len(values))}" for column, values in by_column.items())
+        params = [value for values in by_column.values() for value in values]
+        for donation_id, external_reference, transaction_id in raw.fetch(f"SELECT id, external_reference, transaction_id FROM donations WHERE {where}", params):
             found_ids.add(donation_id)
             found_refs.add(external_reference)
             found_transactions.add(transaction_id)
