@@ -8,6 +8,7 @@ exits 0 only if every scenario ended as expected and the rebuild matches the liv
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -15,13 +16,33 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import yaml
 
+from pipeline.config import ENV_OVERRIDES
 from sandbox.testing import stop_process_group
 
 WEBHOOK_PASSWORD = "demo-webhook-password"
+
+# Every name the config layer reads from the environment: ENV_OVERRIDES beat any --config file, and
+# AZAMRECON_CONFIG picks the file when none is named (pipeline.config.load_config). An operator's shell
+# often has the production values loaded (docs/deploy.md), and the demo's children must not see them,
+# or `serve` and `scheduler` would write sandbox callbacks into the production database and poll the
+# real AzamPay.
+CONFIG_ENV_NAMES = frozenset({*ENV_OVERRIDES, "AZAMRECON_CONFIG"})
+
+
+def child_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for the demo's subprocesses: the caller's (PATH, locale, HOME, ...) minus config."""
+    environ = os.environ if environ is None else environ
+    return {name: value for name, value in environ.items() if name not in CONFIG_ENV_NAMES}
+
+
+def config_from_environment(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The config names set (non-empty) in the environment, which the demo ignores."""
+    environ = os.environ if environ is None else environ
+    return sorted(name for name in CONFIG_ENV_NAMES if environ.get(name))
 
 
 @dataclass(frozen=True)
@@ -71,7 +92,9 @@ def write_config(folder: Path, receiver_port: int, sandbox_url: str, sandbox_set
 @contextlib.contextmanager
 def _process(name: str, args: list[str], folder: Path, say: Callable[[str], None]) -> Iterator[subprocess.Popen]:
     log = open(folder / f"{name}.out", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "jobs.cli", *args], stdout=log, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jobs.cli", *args], stdout=log, stderr=subprocess.STDOUT, cwd=folder, env=child_environment(), start_new_session=True,
+    )
     say(f"started {name} (pid {process.pid})")
     try:
         yield process
@@ -138,9 +161,12 @@ def run_demo(folder: Path, say: Callable[[str], None] = print, deadline_seconds:
         for scenario, donation, kinds, ok in rows:
             say(f"{scenario.name:<22}{donation.id:>9}  {scenario.expected:<10}{donation.status:<10}{', '.join(kinds) or '-'}  {'ok' if ok else 'MISMATCH'}")
         say("")
-        report = subprocess.run([sys.executable, "-m", "jobs.cli", "report", *cli], cwd=folder, capture_output=True, text=True, timeout=60)
+        env = child_environment()
+        report = subprocess.run([sys.executable, "-m", "jobs.cli", "report", *cli], cwd=folder, env=env, capture_output=True, text=True, timeout=60)
         say(report.stdout.rstrip())
-        check = subprocess.run([sys.executable, "-m", "jobs.cli", "rebuild", "--check", "--no-progress", *cli], cwd=folder, capture_output=True, text=True, timeout=60)
+        check = subprocess.run(
+            [sys.executable, "-m", "jobs.cli", "rebuild", "--check", "--no-progress", *cli], cwd=folder, env=env, capture_output=True, text=True, timeout=60,
+        )
         say(check.stdout.rstrip())
         engine.dispose()
     all_ok = finished and all(ok for *_, ok in rows)
