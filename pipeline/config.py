@@ -50,11 +50,31 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# SQLAlchemy backend names pipeline.db.make_engine knows how to configure (MariaDB goes through "mysql").
+SUPPORTED_BACKENDS = {"sqlite": "SQLite (sqlite:///path)", "mysql": "MySQL/MariaDB (mysql+pymysql://user:pass@host/db)"}
+
+
 class DatabaseConfig(_Section):
     url: str = "sqlite:///azamrecon.db"
     sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
     busy_timeout_ms: int = Field(10_000, ge=0)
     pool_size: int = Field(5, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _supported_url(cls, value: str) -> str:
+        # Messages never repeat the URL: it may hold the database password.
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        supported = " and ".join(SUPPORTED_BACKENDS.values())
+        try:
+            backend = make_url(value).get_backend_name()
+        except ArgumentError:
+            raise ValueError(f"not a database URL; supported: {supported}") from None
+        if backend not in SUPPORTED_BACKENDS:
+            raise ValueError(f"unsupported database backend {backend!r}; supported: {supported}")
+        return value
 
 
 class StatusApiConfig(_Section):
@@ -178,12 +198,48 @@ class SchedulerConfig(_Section):
     report_cron: str = "5 0 * * *"  # minute hour day month day_of_week, UTC
     misfire_grace_seconds: int = Field(30, ge=1)
 
+    @field_validator("report_cron")
+    @classmethod
+    def _crontab(cls, value: str) -> str:
+        # The scheduler's own parser, so that every command (not only `scheduler`) rejects what it would.
+        from apscheduler.triggers.cron import CronTrigger
+
+        CronTrigger.from_crontab(value, timezone="UTC")
+        return value
+
 
 class LoggingConfig(_Section):
     dir: str = "logs"
     level: str = "INFO"
     rotation: str = "10 MB"
     retention: str = "30 days"
+
+    # loguru parses these only when pipeline.logs adds its file sinks; its own parsers run here instead so
+    # that every command rejects a bad value at load time. (pipeline.logs already relies on loguru's
+    # private _file_sink and _string_parsers modules.)
+    @field_validator("level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        from loguru import logger
+
+        logger.level(value)
+        return value
+
+    @field_validator("rotation")
+    @classmethod
+    def _loguru_rotation(cls, value: str) -> str:
+        from loguru._file_sink import FileSink
+
+        FileSink._make_rotation_function(value)
+        return value
+
+    @field_validator("retention")
+    @classmethod
+    def _loguru_retention(cls, value: str) -> str:
+        from loguru._file_sink import FileSink
+
+        FileSink._make_retention_function(value)
+        return value
 
 
 class Config(_Section):
@@ -253,6 +309,8 @@ def load_config(
             loaded = yaml.safe_load(candidate.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot parse config file {candidate}: {str(exc).splitlines()[0]}") from None
+        except OSError as exc:  # a directory, unreadable, ...
+            raise ConfigError(f"cannot read config file {candidate}: {exc.strerror or exc}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {candidate} must hold a mapping at top level")
         data = loaded or {}

@@ -15,16 +15,19 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.config import DatabaseConfig
-from pipeline.errors import StoreError, StoreUnavailable
+from pipeline.errors import ConfigError, StoreError, StoreUnavailable
 
 # MySQL error codes that mean "the server is not there" rather than "the query is wrong".
 _MYSQL_UNREACHABLE = {2002, 2003, 2006, 2013, 2055, 1040, 1053}
+_MYSQL_NO_SUCH_TABLE = 1146
+# A missing table almost always means a database nobody ran the migrations on.
+_INIT_HINT = " (run `azamrecon init`)"
 
 
 def make_engine(config: DatabaseConfig, **kwargs) -> Engine:
     url = config.url
     if url.startswith("sqlite"):
-        engine = create_engine(
+        engine = _create_engine(
             url,
             connect_args={"timeout": config.busy_timeout_ms / 1000, "check_same_thread": False},
             **kwargs,
@@ -38,7 +41,15 @@ def make_engine(config: DatabaseConfig, **kwargs) -> Engine:
         options["connect_args"] = {"connect_timeout": 5, "charset": "utf8mb4"}
         options["isolation_level"] = "READ COMMITTED"
     options.update(kwargs)
-    return create_engine(url, **options)
+    return _create_engine(url, **options)
+
+
+def _create_engine(url: str, **options) -> Engine:
+    # The config validated the backend; the driver named in the URL (mysql+mysqldb://) may still be missing.
+    try:
+        return create_engine(url, **options)
+    except ImportError as exc:
+        raise ConfigError(f"invalid config value for database.url: its driver is not installed: {exc}") from None
 
 
 def _configure_sqlite(engine: Engine, config: DatabaseConfig) -> None:
@@ -72,11 +83,22 @@ def translate(exc: BaseException) -> StoreError:
     original = getattr(exc, "orig", exc)
     message = str(original).splitlines()[0] if str(original) else type(original).__name__
     code = original.args[0] if getattr(original, "args", None) and isinstance(original.args[0], int) else None
+    if code == _MYSQL_NO_SUCH_TABLE or "no such table" in message:
+        message += _INIT_HINT
     if isinstance(exc, OperationalError) and (code in _MYSQL_UNREACHABLE or "unable to open database" in message):
         return StoreUnavailable(f"database unreachable: {message}")
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return StoreUnavailable(f"database unreachable: {message}")
     return StoreError(f"database error: {message}")
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """Driver errors raised inside the block leave it translated, for work outside transaction()."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise translate(exc) from exc
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ from pathlib import Path
 from loguru import logger
 
 from pipeline.config import Config, LoggingConfig
+from pipeline.errors import ConfigError
 from pipeline.redact import REDACTED, redact_body, redact_text
 
 # Library code logs payment lines through this; the sink filter routes them to payments.log.
@@ -116,7 +117,10 @@ def configure_logging(
     """batched=True (the receiver's workers): file lines are written in batches, at most 0.1 s late
     (BatchedFileSink), instead of one write() per line per file."""
     directory = Path(config.dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # the value is valid text; only the file system can say it is unusable
+        raise ConfigError(f"invalid config value for logging.dir: cannot create {directory}: {exc.strerror or exc}") from None
 
     stamp = _UtcStamp()
 

@@ -8,9 +8,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
-from pipeline.db import translate
+from pipeline.db import translated
 from pipeline.models import metadata
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -25,21 +24,18 @@ def alembic_config(engine: Engine) -> AlembicConfig:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     config = alembic_config(engine)
-    try:
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, revision)
-    except SQLAlchemyError as exc:
-        raise translate(exc) from exc
+    with translated(), engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
 
 
 def schema_differences(engine: Engine) -> list:
     """Differences between the live schema and the models (empty when migrations match the models)."""
-    with engine.connect() as connection:
+    with translated(), engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         return compare_metadata(context, metadata)
 
 
 def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as connection:
+    with translated(), engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()

@@ -3,9 +3,15 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+# What a MySQL DATETIME column holds (years 1000-9999), less the last year: callers do date arithmetic on
+# a parsed instant (a report's day bounds, its stuck-pending threshold), which must not overflow datetime.
+EARLIEST = datetime(1000, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(9999, 1, 1, tzinfo=timezone.utc)
+
 
 def parse_utc(text: str) -> datetime:
-    """ISO-8601 (a trailing Z allowed; no offset means UTC) to an aware UTC datetime. ValueError otherwise."""
+    """ISO-8601 (a trailing Z allowed; no offset means UTC) to an aware UTC datetime in [EARLIEST, LATEST).
+    ValueError otherwise."""
     if not isinstance(text, str):
         raise ValueError("not a string")
     text = text.strip()
@@ -14,4 +20,10 @@ def parse_utc(text: str) -> datetime:
     parsed = datetime.fromisoformat(text)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    try:
+        parsed = parsed.astimezone(timezone.utc)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-05:00 is in year 10000
+        raise ValueError("out of range") from None
+    if not EARLIEST <= parsed < LATEST:
+        raise ValueError("out of range")
+    return parsed

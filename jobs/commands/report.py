@@ -10,6 +10,7 @@ import click
 
 from jobs.commands.common import Context, format_option, parse_when, pass_context
 from pipeline.errors import InputError
+from pipeline.times import EARLIEST, LATEST
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -21,9 +22,12 @@ def parse_day(value: str | None, name: str = "--date") -> date | None:
     try:
         if not _DATE.match(text):
             raise ValueError
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
+        if not EARLIEST.date() <= day < LATEST.date():  # the report's day bounds must stay representable
+            raise ValueError
+        return day
     except ValueError:
-        raise InputError(f"{name}: not a date in the form YYYY-MM-DD: {value!r}") from None
+        raise InputError(f"{name}: not a date in the form YYYY-MM-DD between {EARLIEST.year} and {LATEST.year - 1}: {value!r}") from None
 
 
 @click.command()
