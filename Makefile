@@ -20,5 +20,12 @@ test: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/azamrecon demo
 
+# The four benchmarks' short runs (each under a minute); full runs and flags: bench/RESULTS.md.
+bench-quick: $(BIN)/.installed
+	$(BIN)/python -m bench.receiver --quick
+	$(BIN)/python -m bench.fold --quick
+	$(BIN)/python -m bench.poll --quick
+	$(BIN)/python -m bench.latency --quick
+
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -62,3 +62,22 @@ def test_bad_input_is_one_line_and_writes_nothing(sqlite_backend, tmp_path, args
     assert len(errors) == 1 and errors[0].startswith("error: "), result.stderr
     assert text in errors[0]
     assert counts(sqlite_backend) == before
+
+
+def test_donations_create_prints_json(sqlite_backend, now):
+    """`donations create` prints data, so it takes --format like the other commands that do."""
+    import json
+
+    from sandbox.testing import running_sandbox
+    from tests.test_checkout import azampay_overrides
+
+    patient = add_patient(sqlite_backend.engine, now)
+    with running_sandbox() as sandbox:
+        config = write_config(sqlite_backend.tmp_path / "cli.yaml", config_settings(sqlite_backend, **azampay_overrides(sandbox)))
+        result = CliRunner().invoke(cli, ["donations", "create", "--patient", str(patient), "--amount", "1000", "--msisdn", "0758285812",
+                                          "--provider", "Mpesa", "--format", "json", "--config", str(config)], catch_exceptions=False)
+        [transaction] = sandbox.transactions()
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["donation_id"], data["charge_amount"], data["charge_currency"], data["status"]) == (1, "1000", "TZS", "PENDING")
+    assert data["transaction_id"] == transaction["transaction_id"] and data["reference"].startswith("RHCI-DN-1-")

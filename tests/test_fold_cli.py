@@ -2,7 +2,14 @@
 donations show|resolve, patients show; exit codes and one-line errors."""
 from __future__ import annotations
 
+import csv
+import io
 import json
+import os
+import pty
+import subprocess
+import sys
+import threading
 from decimal import Decimal
 
 import pytest
@@ -17,7 +24,8 @@ from jobs.rebuild import as_of
 from pipeline.db import transaction
 from pipeline.models import Donation, JobRun, PaymentEvent
 from pipeline.store.snapshot import differences
-from tests.builders import add_donation, add_patient, at
+from tests.builders import add_donation, add_patient, at, callback_body
+from tests.servers import REPO
 from tests.test_fold_job import donation_row, populate, snapshot, success
 
 
@@ -205,3 +213,81 @@ def test_resolve_rejects_a_status_it_cannot_decide(backend, now, cli_config):
     result = invoke(cli_config, "donations", "resolve", str(donation), "--status", "PENDING", "--note", "x")
     assert result.exit_code == 2
     assert count(backend, PaymentEvent) == 0
+
+
+# --- machine-readable output with the progress bar on (its default) ------------------------------------------
+
+def csv_header(text: str) -> list[str]:
+    return next(csv.reader(io.StringIO(text)))
+
+
+def test_json_and_csv_output_parse_with_the_progress_bar_on(backend, now, cli_config, tmp_path):
+    """stdout carries the result alone: the bar's last frame used to be stdout's first line, so
+    `--format json` did not parse and `--format csv` did not start with its header."""
+    populate(backend, now)
+    assert invoke(cli_config, "fold").exit_code == 0
+    for args, header in [
+        (("rebuild", "--as-of", "2030-01-01"), ["donation", "status", "completed_at", "credit_event_id"]),
+        (("rebuild", "--check"), ["difference"]),
+        (("rebuild",), None),  # the report's keys, as in the JSON
+    ]:
+        as_json = invoke(cli_config, *args, "--format", "json")
+        assert as_json.exit_code == 0, as_json.output
+        data = json.loads(as_json.stdout)
+        as_csv = invoke(cli_config, *args, "--format", "csv")
+        assert as_csv.exit_code == 0, as_csv.output
+        assert csv_header(as_csv.stdout) == (header or list(data)), (args, as_csv.stdout)
+
+    source = tmp_path / "callbacks.jsonl"
+    source.write_text(json.dumps({"received_at": "2026-01-14T09:40:00Z", "body": json.loads(callback_body("RHCI-DN-998-20260114094000"))}) + "\n")
+    counts = json.loads(invoke(cli_config, "events", "ingest", str(source), "--format", "json").stdout)
+    assert (counts["read"], counts["imported"]) == (1, 1)
+    again = invoke(cli_config, "events", "ingest", str(source), "--format", "csv")
+    assert again.stdout.splitlines() == [",".join(counts), "1,0,1,0,0"]
+
+
+def test_progress_bar_is_drawn_on_a_terminal_stderr_not_on_stdout(backend, now, cli_config):
+    """A real process with stderr on a pseudo-terminal and stdout on a pipe (`... --format json > file`)."""
+    populate(backend, now)
+    assert invoke(cli_config, "fold").exit_code == 0
+    controller, terminal = pty.openpty()
+    env = {key: value for key, value in os.environ.items() if key not in ("AZAMRECON_CONFIG", "TTY_COMPATIBLE", "TTY_INTERACTIVE")}
+    command = [sys.executable, "-m", "jobs.cli", "rebuild", "--check", "--format", "json", "--config", cli_config]
+    process = subprocess.Popen(command, cwd=REPO, env=env | {"TERM": "xterm"}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal)
+    os.close(terminal)
+    drawn = bytearray()
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # EIO: the process closed its end
+                return
+            if not chunk:
+                return
+            drawn.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        stdout, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        reader.join(10)
+        os.close(controller)
+    assert process.returncode == 0, drawn.decode(errors="replace")
+    result = json.loads(stdout)
+    assert result["differences"] == []
+    assert b"check" in drawn and f"{result['position']}/{result['position']}".encode() in drawn
+
+
+def test_resolve_prints_json(backend, now, cli_config):
+    donation, reference = add_donation(backend.engine, now, amount="1000")
+    success(backend.engine, reference, at(now, 1), amount="900")
+    assert invoke(cli_config, "fold").exit_code == 0
+    result = invoke(cli_config, "donations", "resolve", str(donation), "--status", "completed", "--note", "paid by phone", "--format", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["donation_id"], data["decision"], data["status"]) == (donation, "COMPLETED", "COMPLETED")
+    assert data["event_id"] == backend.scalar("SELECT MAX(id) FROM payment_events")

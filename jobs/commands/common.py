@@ -1,9 +1,11 @@
 """Options and helpers shared by every command module."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -14,7 +16,7 @@ import click
 
 from pipeline.config import Config, load_config
 from pipeline.errors import InputError
-from pipeline.times import parse_utc
+from pipeline.times import EARLIEST, LATEST, parse_utc
 
 config_option = click.option(
     "--config",
@@ -31,6 +33,17 @@ format_option = click.option(
     default="table",
     show_default=True,
     help="Output format.",
+)
+
+# For commands whose plain output is a few "key value" lines that scripts and runbooks already grep
+# (donations create/resolve, events ingest/ingest-spool): those lines stay the default.
+result_format_option = click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "table", "json", "csv"]),
+    default="text",
+    show_default=True,
+    help="Output format (text: the plain lines).",
 )
 
 
@@ -64,7 +77,7 @@ def parse_when(value: str | None, name: str) -> datetime | None:
     try:
         return parse_utc(value)
     except ValueError:
-        raise InputError(f"{name}: not an ISO-8601 date or timestamp: {value!r}") from None
+        raise InputError(f"{name}: not an ISO-8601 date or timestamp between {EARLIEST.year} and {LATEST.year - 1}: {value!r}") from None
 
 
 MAX_AMOUNT = Decimal("1e12")  # DECIMAL(14,2)
@@ -132,6 +145,38 @@ def emit_object(data: dict[str, Any], output_format: str, title: str | None = No
         emit_rows([data], "csv")
     else:
         emit_rows([{"field": k, "value": v} for k, v in data.items()], "table", title=title)
+
+
+def emit_result(data: dict[str, Any], output_format: str, lines: Iterable[str], title: str | None = None) -> None:
+    """`lines` for --format text, else emit_object(data)."""
+    if output_format == "text":
+        for line in lines:
+            click.echo(line)
+    else:
+        emit_object(data, output_format, title=title)
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, enabled: bool = True):
+    """A rich progress bar driven by progress(position, total) callbacks, or None.
+
+    Drawn on stderr, and only when stderr is a terminal: stdout carries the result alone, so
+    `--format json | jq` and `> file` stay parseable, and a redirected stderr gets no bar residue.
+    """
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(position: int, total: int) -> None:
+            bar.update(task, completed=position, total=max(total, position))
+
+        yield update
 
 
 def pass_context(func: Callable) -> Callable:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 from sqlalchemy import select
 
-from jobs.commands.common import Context, emit_object, emit_rows, format_option, pass_context
+from jobs.commands.common import Context, emit_object, emit_result, emit_rows, format_option, pass_context, result_format_option
 from jobs.runs import utcnow
 from pipeline.db import transaction
 
@@ -63,8 +63,9 @@ def show(ctx: Context, donation_id: int, output_format) -> None:
 @click.option("--note", required=True, help="Why; kept in the log with the decision.")
 @click.option("--actor", default=None, help="Who decides (default: the login name).")
 @click.option("--fold/--no-fold", "fold_now", default=True, show_default=True, help="Fold right away so the decision shows.")
+@result_format_option
 @pass_context
-def resolve(ctx: Context, donation_id: int, status: str, note: str, actor, fold_now: bool) -> None:
+def resolve(ctx: Context, donation_id: int, status: str, note: str, actor, fold_now: bool, output_format: str) -> None:
     """Append an operator decision for a donation (the only way out of REVIEW, and the only override)."""
     from jobs.fold import run_fold
     from jobs.operator import resolve_donation
@@ -73,11 +74,14 @@ def resolve(ctx: Context, donation_id: int, status: str, note: str, actor, fold_
     ctx.setup_logging("operator")
     now = utcnow()
     event_id = resolve_donation(ctx.engine, donation_id, status, note, now, actor=actor)
-    click.echo(f"operator event {event_id} appended: donation {donation_id} -> {status.upper()}")
+    data = {"donation_id": donation_id, "event_id": event_id, "decision": status.upper(), "status": None}
+    lines = [f"operator event {event_id} appended: donation {donation_id} -> {status.upper()}"]
     if fold_now:
         run_fold(ctx.engine, ctx.config, now)
         with transaction(ctx.engine) as session:
-            click.echo(f"donation {donation_id} is now {get_donation(session, donation_id).status}")
+            data["status"] = get_donation(session, donation_id).status
+        lines.append(f"donation {donation_id} is now {data['status']}")
+    emit_result(data, output_format, lines, title=f"donation {donation_id}")
 
 
 @donations.command("create")
@@ -90,8 +94,9 @@ def resolve(ctx: Context, donation_id: int, status: str, note: str, actor, fold_
 @click.option("--provider", required=True, help="Airtel, Tigo, Halopesa, Azampesa or Mpesa.")
 @click.option("--currency", default=None, help="Funding currency (default: donations.currency); converted to TZS with donations.exchange_rates.")
 @click.option("--fold/--no-fold", "fold_now", default=True, show_default=True, help="Fold right away so the state shows.")
+@result_format_option
 @pass_context
-def create(ctx: Context, patient_id, general: bool, amount: str, patient_amount, support_amount, msisdn: str, provider: str, currency, fold_now: bool) -> None:
+def create(ctx: Context, patient_id, general: bool, amount: str, patient_amount, support_amount, msisdn: str, provider: str, currency, fold_now: bool, output_format: str) -> None:
     """Create a donation and initiate the AzamPay mobile-money checkout (the donor confirms on the phone)."""
     from jobs.checkout import initiate_checkout
     from jobs.commands.common import parse_decimal
@@ -121,11 +126,24 @@ def create(ctx: Context, patient_id, general: bool, amount: str, patient_amount,
         run_fold(ctx.engine, ctx.config, utcnow())
         with transaction(ctx.engine) as session:
             status = get_donation(session, result.donation_id).status
-    click.echo(f"donation {result.donation_id}")
-    click.echo(f"reference {result.reference}")
-    click.echo(f"charge {result.charge_amount} {result.charge_currency}")
-    click.echo(f"transactionId {result.transaction_id or '-'}")
-    click.echo(f"status {status}" + ("" if fold_now else f" (checkout event {result.event_status}; not folded)"))
+    data = {
+        "donation_id": result.donation_id,
+        "reference": result.reference,
+        "charge_amount": result.charge_amount,
+        "charge_currency": result.charge_currency,
+        "transaction_id": result.transaction_id,
+        "checkout_event_id": result.event_id,
+        "checkout_event_status": result.event_status,
+        "status": status if fold_now else None,
+    }
+    lines = [
+        f"donation {result.donation_id}",
+        f"reference {result.reference}",
+        f"charge {result.charge_amount} {result.charge_currency}",
+        f"transactionId {result.transaction_id or '-'}",
+        f"status {status}" + ("" if fold_now else f" (checkout event {result.event_status}; not folded)"),
+    ]
+    emit_result(data, output_format, lines, title=f"donation {result.donation_id}")
     result.raise_for_error()  # one line on stderr, non-zero exit (AzamreconGroup)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from jobs.commands.common import Context, emit_object, emit_rows, format_option, pass_context
+from jobs.commands.common import Context, emit_object, emit_result, emit_rows, format_option, pass_context, result_format_option
 from pipeline.db import transaction
 from pipeline.errors import NotFound
 from pipeline.redact import redact_body
@@ -74,8 +74,9 @@ def show_event(ctx: Context, event_id: int, output_format) -> None:
 
 @events.command("ingest-spool")
 @click.option("--spool-dir", type=click.Path(file_okay=False), default=None, help="Spool directory (default: receiver.spool_dir).")
+@result_format_option
 @pass_context
-def ingest_spool_command(ctx: Context, spool_dir: str | None) -> None:
+def ingest_spool_command(ctx: Context, spool_dir: str | None, output_format: str) -> None:
     """Replay callbacks spooled during a database outage into the log (idempotent)."""
     from jobs.runs import recorded_run, utcnow
     from jobs.spool import ingest_spool
@@ -84,7 +85,7 @@ def ingest_spool_command(ctx: Context, spool_dir: str | None) -> None:
     now = utcnow()
     with recorded_run(ctx.engine, "spool", now) as run:
         counts = run.counts = ingest_spool(ctx.engine, spool_dir or ctx.config.receiver.spool_dir, now)
-    click.echo(" ".join(f"{key}={value}" for key, value in counts.items()))
+    emit_result(counts, output_format, [" ".join(f"{key}={value}" for key, value in counts.items())], title="ingest-spool")
 
 
 COMMANDS = [events]

@@ -1,31 +1,13 @@
 """azamrecon fold | rebuild [--check] [--as-of T]."""
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
 import click
 
-from jobs.commands.common import Context, emit_object, format_option, parse_when, pass_context, to_json
+from jobs.commands.common import Context, emit_object, emit_rows, format_option, parse_when, pass_context, progress_bar, to_json
 from jobs.runs import recorded_run, utcnow
-
-
-@contextlib.contextmanager
-def progress_bar(label: str, enabled: bool = True):
-    """A rich progress bar driven by progress(position, total) callbacks; silent when not a terminal."""
-    if not enabled:
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False) as bar:
-        task = bar.add_task(label, total=None)
-
-        def update(position: int, total: int) -> None:
-            bar.update(task, completed=position, total=max(total, position))
-
-        yield update
 
 
 @click.command()
@@ -48,7 +30,7 @@ def fold(ctx: Context, max_batches, output_format) -> None:
 @click.option("--check", is_flag=True, help="Rebuild in memory and print every difference from the live state; exit 1 if any. Writes nothing.")
 @click.option("--as-of", "as_of_text", default=None, metavar="T", help="Print the state as known at T (ISO-8601) from events received by then. Writes nothing.")
 @click.option("--output", type=click.Path(dir_okay=False, writable=True), default=None, help="With --as-of: write the JSON state to this file.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar on stderr (only when stderr is a terminal).")
 @format_option
 @pass_context
 def rebuild(ctx: Context, check, as_of_text, output, progress, output_format) -> None:
@@ -82,6 +64,8 @@ def rebuild(ctx: Context, check, as_of_text, output, progress, output_format) ->
             result = jobs_rebuild.check(ctx.engine, ctx.config, progress=update)
         if output_format == "json":
             click.echo(json.dumps({"differences": result.differences, "position": result.position, "events": result.events_compared, "note": result.lag_note}, indent=2))
+        elif output_format == "csv":
+            emit_rows([{"difference": line} for line in result.differences], "csv", columns=["difference"])
         else:
             for line in result.differences:
                 click.echo(line)
@@ -100,8 +84,6 @@ def rebuild(ctx: Context, check, as_of_text, output, progress, output_format) ->
 
 
 def _print_as_of(data: dict, output_format: str) -> None:
-    from jobs.commands.common import emit_rows
-
     rows = [{"donation": k, **{f: v[f] for f in ("status", "completed_at", "credit_event_id")}} for k, v in data["donations"].items()]
     emit_rows(rows, output_format, title="donations (as of)", columns=["donation", "status", "completed_at", "credit_event_id"])
     patients = [{"patient": k, **v} for k, v in data["patients"].items()]

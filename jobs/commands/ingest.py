@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import click
 
-from jobs.commands.common import Context, pass_context
+from jobs.commands.common import Context, emit_result, pass_context, progress_bar, result_format_option
 from jobs.commands.events import events
 
 
 @events.command("ingest")
 @click.argument("file", metavar="FILE")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar on stderr (only when stderr is a terminal).")
+@result_format_option
 @pass_context
-def ingest(ctx: Context, file: str, progress: bool) -> None:
+def ingest(ctx: Context, file: str, progress: bool, output_format: str) -> None:
     """Import callbacks from FILE into the log as source=import (idempotent).
 
     \b
@@ -25,7 +26,6 @@ def ingest(ctx: Context, file: str, progress: bool) -> None:
     errors counts. Importing the same file again imports nothing. Run
     `azamrecon fold` (or let the scheduler) to fold the imported events.
     """
-    from jobs.commands.fold import progress_bar
     from jobs.ingest import check_readable, ingest_file
     from jobs.runs import recorded_run, utcnow
     from pipeline.logs import configure_logging, secrets_of
@@ -37,7 +37,7 @@ def ingest(ctx: Context, file: str, progress: bool) -> None:
         with progress_bar("ingest", progress) as update:
             counts = ingest_file(ctx.engine, ctx.config, file, now, progress=update)
         run.counts = counts
-    click.echo(" ".join(f"{key}={value}" for key, value in counts.items()))
+    emit_result(counts, output_format, [" ".join(f"{key}={value}" for key, value in counts.items())], title="ingest")
 
 
 COMMANDS: list = []
