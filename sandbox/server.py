@@ -5,7 +5,7 @@ AzamPay endpoints (one base URL serves as both auth_url and checkout_url):
   GET  /api/v1/Partner/GetPaymentPartners GET  {status_path}?{reference_param}=..&{provider_param}=..
 Control endpoints (no auth: the sandbox only listens where you put it):
   GET  /_sandbox/stats | /_sandbox/transactions | /_sandbox/transactions/{id} | /_sandbox/callbacks | /_sandbox/outcomes
-  POST /_sandbox/outcomes {msisdn: outcome}       POST /_sandbox/transactions {seed one, no callback}
+  POST /_sandbox/outcomes {msisdn: outcome}       POST /_sandbox/transactions {seed one, no callback} or [{...}, ...]
   POST /_sandbox/transactions/{id}/status {"data": text}
   POST /_sandbox/reject-token {"times": n}        POST /_sandbox/fail-next {"times": n, "status": 503}
   POST /_sandbox/config {callback_url, webhook_password, latency, delay_seconds, default_outcome}
@@ -107,6 +107,17 @@ class Sandbox:
 
     # --- control endpoints ---
 
+    @staticmethod
+    def _seed(state, body: dict) -> dict:
+        return state.add_transaction(
+            external_id=str(body.get("externalId", "")),
+            msisdn=str(body.get("msisdn", "")),
+            provider=str(body.get("provider", "Mpesa")),
+            amount=str(body.get("amount", "1000")),
+            outcome=body.get("outcome", "success"),
+            transaction_id=body.get("transactionId"),
+        ).as_dict()
+
     def control(self, method: str, parts: list[str], body: Any) -> Answer:
         state, body = self.state, body if body is not None else {}
         match method, parts:
@@ -118,15 +129,9 @@ class Sandbox:
                 found = [t for t in state.transaction_list() if t["transaction_id"] == tid]
                 return (200, found[0]) if found else (404, {"message": "no such transaction"})
             case "POST", ["transactions"]:
-                txn = state.add_transaction(
-                    external_id=str(body.get("externalId", "")),
-                    msisdn=str(body.get("msisdn", "")),
-                    provider=str(body.get("provider", "Mpesa")),
-                    amount=str(body.get("amount", "1000")),
-                    outcome=body.get("outcome", "success"),
-                    transaction_id=body.get("transactionId"),
-                )
-                return 200, txn.as_dict()
+                if isinstance(body, list):  # many at once: a benchmark seeds 10,000 without 10,000 requests
+                    return 200, [self._seed(state, item) for item in body]
+                return 200, self._seed(state, body)
             case "POST", ["transactions", tid, "status"]:
                 if tid not in state.transactions:
                     return 404, {"message": "no such transaction"}

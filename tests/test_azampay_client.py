@@ -403,3 +403,47 @@ def test_a_request_that_cannot_be_sent_is_a_typed_error_without_the_key(sandbox)
             bad_client.transaction_status("0" * 32, "Mpesa")
     assert key not in str(caught.value)
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+# --- the environment -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def proxy_environment(monkeypatch):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NETRC"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    return monkeypatch
+
+
+def test_a_netrc_entry_for_azampay_does_not_replace_the_bearer_token(sandbox, clock, tmp_path, proxy_environment):
+    """requests would send a ~/.netrc login for the host as Basic auth over the Bearer token (every call 401)."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password elsewhere\n")
+    netrc.chmod(0o600)
+    proxy_environment.setenv("NETRC", str(netrc))
+    with AzamPayClient(sandbox.azampay_config(), clock=clock) as client:
+        transaction = checkout(client).transaction_id
+        assert client.transaction_status(transaction, "Halopesa").status == "SUCCESS"
+
+
+def test_the_proxy_in_the_environment_is_used(sandbox, clock, proxy_environment):
+    from pipeline.errors import AzamPayUnavailable
+
+    proxy_environment.setenv("HTTP_PROXY", f"http://127.0.0.1:{_closed_port()}")
+    with AzamPayClient(sandbox.azampay_config(get_retries=0), clock=clock, backoff_factor=0) as client:
+        with pytest.raises(AzamPayUnavailable):
+            client.payment_partners()
+
+
+def test_no_proxy_and_the_ca_bundle_are_read_once_at_construction(sandbox, clock, tmp_path, proxy_environment):
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("")
+    proxy_environment.setenv("HTTP_PROXY", f"http://127.0.0.1:{_closed_port()}")
+    proxy_environment.setenv("NO_PROXY", "127.0.0.1")
+    proxy_environment.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    with AzamPayClient(sandbox.azampay_config(), clock=clock) as client:
+        assert client._session.verify == str(bundle)
+        assert client.payment_partners()  # loopback is in NO_PROXY: reached directly
+        proxy_environment.delenv("NO_PROXY")  # the environment is not read again per call
+        assert client.payment_partners()

@@ -296,6 +296,20 @@ def test_every_outcome_is_accepted_by_checkout(client, sandbox):
     assert sorted(t["outcome"] for t in sandbox.transactions()) == sorted(OUTCOMES)
 
 
+def test_seeding_one_or_many_transactions_over_http(client, sandbox):
+    one = requests.post(f"{sandbox.url}/_sandbox/transactions", json={"externalId": "RHCI-DN-1-x", "msisdn": MSISDN, "outcome": "pending"}, timeout=5)
+    many = requests.post(
+        f"{sandbox.url}/_sandbox/transactions",
+        json=[{"externalId": f"RHCI-DN-{i}-x", "msisdn": MSISDN, "provider": "Tigo", "outcome": outcome} for i, outcome in ((2, "failure"), (3, "success"))],
+        timeout=5,
+    )
+    assert one.status_code == many.status_code == 200
+    seeded = [one.json(), *many.json()]
+    assert [t["external_id"] for t in seeded] == ["RHCI-DN-1-x", "RHCI-DN-2-x", "RHCI-DN-3-x"]
+    assert [client.transaction_status(t["transaction_id"], t["provider"]).status for t in seeded] == ["PENDING", "FAILED", "SUCCESS"]
+    assert sandbox.callback_count() == 0  # seeded, not checked out: no callback is ever sent
+
+
 def test_status_text_can_be_changed_after_checkout(client, sandbox):
     txn = pay(client, "pending")
     assert client.transaction_status(txn, "Halopesa").status == "PENDING"
