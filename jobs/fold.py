@@ -18,6 +18,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Callable, Iterator, Protocol
 
 from loguru import logger
@@ -94,6 +95,7 @@ class BatchResult:
     patients: dict[int, PatientTotals] = field(default_factory=dict)
     patient_required: dict[int, object] = field(default_factory=dict)
     donations: set[int] = field(default_factory=set)
+    credit_deltas: dict[int, Decimal] = field(default_factory=dict)  # donation id -> change of its credit
 
 
 def fold_batch(store: FoldStore, events: list[FoldEvent], retried: list[FoldEvent], policy: TrustPolicy) -> BatchResult:
@@ -148,6 +150,7 @@ def fold_batch(store: FoldStore, events: list[FoldEvent], retried: list[FoldEven
         after_credit = credit_of(state)
         if after_credit != before_credit:
             changes.append((before_credit, after_credit))
+            result.credit_deltas[donation_id] = (after_credit.amount if after_credit else 0) - (before_credit.amount if before_credit else 0)
         if state.status != before_status and transitions:
             last = transitions[-1]
             result.transitions.append((Transition(last.donation_id, last.event_id, before_status, last.after, last.reference, last.event_status), state))
@@ -343,15 +346,31 @@ def run_fold(
 
 
 def announce_transitions(result: BatchResult) -> None:
-    """The webhook guide's log phrases, once per real status change, after the batch committed."""
+    """The webhook guide's log phrases, once per real status change, after the batch committed.
+
+    Each "Updated patient funding" line gives the total after that donation, as the guide's one-callback-
+    at-a-time view did, not the batch's final total: a batch that completes two donations of one patient
+    says 25000.00 and then 35000.00. The last completion's line equals the total the batch stored."""
+    received = _funding_before_completions(result)
     for transition, state in result.transitions:
         payments.info(f"Processed callback - External ID: {transition.reference}, Status: {transition.event_status}")
         if transition.after == COMPLETED:
             payments.info(f"✅ Donation {transition.donation_id} completed successfully")
-            totals = result.patients.get(state.patient_id) if state.patient_id is not None else None
-            if totals is not None:
-                payments.info(f"Updated patient funding: {totals.funding_received:.2f}/{result.patient_required[state.patient_id]:.2f}")
+            patient_id = state.patient_id
+            if patient_id in received:
+                received[patient_id] += result.credit_deltas.get(transition.donation_id, 0)
+                payments.info(f"Updated patient funding: {received[patient_id]:.2f}/{result.patient_required[patient_id]:.2f}")
         elif transition.after == FAILED:
             payments.info(f"❌ Donation {transition.donation_id} payment failed")
         else:
             payments.info(f"Donation {transition.donation_id} is now {transition.after} (was {transition.before})")
+
+
+def _funding_before_completions(result: BatchResult) -> dict[int, Decimal]:
+    """Each touched patient's funding_received less the credits of the completions announced in this batch
+    (every other credit change of the batch, a removal say, counts as before them)."""
+    received = {patient_id: totals.funding_received for patient_id, totals in result.patients.items()}
+    for transition, state in result.transitions:
+        if transition.after == COMPLETED and state.patient_id in received:
+            received[state.patient_id] -= result.credit_deltas.get(transition.donation_id, 0)
+    return received

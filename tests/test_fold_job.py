@@ -421,6 +421,21 @@ def test_unknown_reference_is_retried_even_without_new_events(backend, now):
     assert_same_as_rebuild(backend, config, at(now, 50))
 
 
+def test_a_zero_padded_donation_hint_is_retried_as_resolve_reads_it(backend, now):
+    """additionalProperties.donation_id "01" names donation 1 (hint_id): the incremental retry must see it as
+    a rebuild does, or the two would disagree."""
+    config = backend.config()
+    early = success(backend.engine, "RHCI-DN-X-not-ours", at(now, 10), transaction_id="tx-hint", additionalProperties={"donation_id": "01"})
+    run_fold(backend.engine, config, at(now, 12))
+    assert anomaly_kinds(backend) == ["unknown_reference"]
+    donation, _ = add_donation(backend.engine, at(now, 30), amount="25000")
+    assert donation == 1
+    run_fold(backend.engine, config, at(now, 41))
+    assert donation_row(backend, donation)["credit_event_id"] == early
+    assert anomaly_kinds(backend) == []
+    assert_same_as_rebuild(backend, config, at(now, 50))
+
+
 # -- invariants ------------------------------------------------------------------------------------
 
 
@@ -465,6 +480,26 @@ def logging_reset():
 
 
 SECRET = "Pw-9f3c-not-for-logs"
+
+
+def test_funding_line_gives_the_total_after_each_donation_of_a_batch(backend, now, logging_reset):
+    config = backend.config()
+    configure_logging(config.logging, component="fold", secrets=(), stderr_level=None)
+    patient = add_patient(backend.engine, now, required="100000")
+    first, first_reference = add_donation(backend.engine, now, patient_id=patient, amount="25000")
+    second, second_reference = add_donation(backend.engine, now, patient_id=patient, amount="10000")
+    success(backend.engine, first_reference, at(now, 1))
+    success(backend.engine, second_reference, at(now, 2), amount="10000")
+    run_fold(backend.engine, config, at(now, 3))  # one batch folds both
+
+    log = (Path(config.logging.dir) / "payments.log").read_text(encoding="utf-8")
+    lines = [line.split(" | ")[-1] for line in log.splitlines() if "completed successfully" in line or "Updated patient funding" in line]
+    assert lines == [
+        f"✅ Donation {first} completed successfully",
+        "Updated patient funding: 25000.00/100000.00",
+        f"✅ Donation {second} completed successfully",
+        "Updated patient funding: 35000.00/100000.00",
+    ]
 
 
 def test_log_lines_once_per_change_and_no_secrets(backend, now, logging_reset):

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 from sqlalchemy import Boolean, and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from pipeline.fold import DERIVED_FIELDS, AnomalyRecord, Credit, DonationState, FoldEvent, PatientTotals
+from pipeline.fold import DERIVED_FIELDS, AnomalyRecord, Credit, DonationState, FoldEvent, PatientTotals, hint_id
 from pipeline.models import Anomaly, Donation, FoldCheckpoint, FundingCredit, Money, Patient, PaymentEvent, UTCDateTime
 from pipeline.store.driver import UTC, Driver, chunks
 
@@ -408,20 +408,22 @@ class WaitingKeys:
                     if not holders:
                         del self.by_value[column][value]
         unseen = sorted(event_id for event_id in waiting if event_id not in self.keys)
+        hint_at = self.COLUMNS.index("donation_hint")
         for row in store.raw.fetch_in(f"SELECT id, {', '.join(self.COLUMNS)} FROM payment_events WHERE id IN ", unseen):
-            self.keys[row[0]] = row[1:]
-            for column, value in zip(self.COLUMNS, row[1:]):
+            keys = list(row[1:])
+            keys[hint_at] = hint_id(keys[hint_at])  # as resolve() reads it: "012" names donation 12
+            self.keys[row[0]] = tuple(keys)
+            for column, value in zip(self.COLUMNS, keys):
                 if value is not None:
                     self.by_value[column].setdefault(value, set()).add(row[0])
 
     def matching(self, references: set[str], ids: set[int], transactions: set[str]) -> list[int]:
         found: set[int] = set()
-        hints = {str(donation_id) for donation_id in ids}
         for column, values in (
             ("utilityref", references),
             ("externalreference", references),
             ("donation_id", ids),
-            ("donation_hint", hints),
+            ("donation_hint", ids),
             ("transaction_ref", transactions),
             ("externalreference", transactions),
         ):
