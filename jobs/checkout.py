@@ -146,6 +146,12 @@ def initiate_checkout(
     donations = config.donations
     currency = (currency or donations.currency).upper()
     charge = charge_amount_of(amount, currency, config)
+    if patient_id is not None and currency != donations.currency.upper():
+        # patient_amount is credited as it is: patients' funding (required, received) has one currency
+        raise InputError(
+            f"currency {currency}: a patient's funding is counted in {donations.currency.upper()} (donations.currency); "
+            f"give the amount in {donations.currency.upper()}, or make it a general donation"
+        )
     with transaction(engine, immediate=True) as session:
         donation = create_donation(
             session,

@@ -105,7 +105,7 @@ def test_accepted_checkout_is_pending_with_transaction_id_and_event(backend, san
 
 
 def test_charge_amount_is_converted_to_whole_shillings(backend, sandbox, now):
-    config = backend.config(**azampay_overrides(sandbox), **{"donations.exchange_rates": {"TZS": "1", "USD": "2650.50"}})
+    config = backend.config(**azampay_overrides(sandbox), **{"donations.currency": "USD", "donations.exchange_rates": {"TZS": "1", "USD": "2650.50"}})
     patient = add_patient(backend.engine, now, required="1000")
     with AzamPayClient(config.azampay) as client:
         result = initiate_checkout(
@@ -121,6 +121,18 @@ def test_charge_amount_is_converted_to_whole_shillings(backend, sandbox, now):
         charge_amount_of(Decimal("0.40"), "TZS", config)
     with pytest.raises(InputError, match="no exchange rate for currency 'EUR'"):
         charge_amount_of(Decimal("1"), "EUR", config)
+
+
+def test_a_patient_donation_must_be_in_the_funding_currency(backend, sandbox, now):
+    """A USD patient_amount credited to a patient whose funding is counted in TZS would add dollars to shillings."""
+    config = backend.config(**azampay_overrides(sandbox), **{"donations.exchange_rates": {"TZS": "1", "USD": "2650.50"}})
+    patient = add_patient(backend.engine, now, required="1000000")
+    with AzamPayClient(config.azampay) as client:
+        with pytest.raises(InputError, match="a patient's funding is counted in TZS"):
+            initiate_checkout(backend.engine, config, client, patient_id=patient, amount=Decimal("10"), msisdn=MSISDN, provider="Airtel", now=now, currency="USD")
+        assert backend.scalar("SELECT COUNT(*) FROM donations") == 0 and sandbox.transactions() == []
+        general = initiate_checkout(backend.engine, config, client, patient_id=None, amount=Decimal("10"), msisdn=MSISDN, provider="Airtel", now=now, currency="USD")
+    assert general.charge_amount == Decimal("26505")  # a general donation funds no patient: any configured currency
 
 
 def test_bad_local_input_writes_and_sends_nothing(backend, sandbox, setup, now):

@@ -92,7 +92,7 @@ def resolve(ctx: Context, donation_id: int, status: str, note: str, actor, fold_
 @click.option("--support-amount", default=None, help="The organisation's share (default: 0, or the amount minus --patient-amount).")
 @click.option("--msisdn", required=True, help="The donor's mobile number: 0XXXXXXXXX, 255XXXXXXXXX or +255XXXXXXXXX.")
 @click.option("--provider", required=True, help="Airtel, Tigo, Halopesa, Azampesa or Mpesa.")
-@click.option("--currency", default=None, help="Funding currency (default: donations.currency); converted to TZS with donations.exchange_rates.")
+@click.option("--currency", default=None, help="Currency of --amount (default: donations.currency, the only one a patient donation may use; a --general donation may use any in donations.exchange_rates); charged in TZS.")
 @click.option("--fold/--no-fold", "fold_now", default=True, show_default=True, help="Fold right away so the state shows.")
 @result_format_option
 @pass_context
