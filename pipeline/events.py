@@ -56,15 +56,16 @@ def parse_amount(raw: Any) -> Decimal | None:
         return None
     if isinstance(raw, bool):
         raise ParseError(f"amount is not a number: {raw!r}")
+    text = raw.text if isinstance(raw, JsonNumber) else str(raw)
     try:
-        amount = Decimal(str(raw).strip().replace(",", ""))
+        amount = Decimal(text.strip().replace(",", ""))
     except InvalidOperation:
-        raise ParseError(f"amount is not a number: {str(raw)[:40]!r}") from None
+        raise ParseError(f"amount is not a number: {text[:40]!r}") from None
     if not amount.is_finite() or amount < 0 or amount >= Decimal("1e12"):
-        raise ParseError(f"amount out of range: {str(raw)[:40]!r}")
+        raise ParseError(f"amount out of range: {text[:40]!r}")
     cents = amount.quantize(Decimal("0.01"))
     if cents != amount:  # rounding "1000.004" to 1000.00 would make it match charge_amount and credit it
-        raise ParseError(f"amount has fractions of a cent: {str(raw)[:40]!r}")
+        raise ParseError(f"amount has fractions of a cent: {text[:40]!r}")
     return cents
 
 
@@ -76,6 +77,19 @@ def _clip(value: Any, length: int) -> str | None:
         value = json.dumps(value, ensure_ascii=False)
     text = str(value).encode("utf-8", errors="replace").decode("utf-8")
     return text[:length]
+
+
+class JsonNumber(float):
+    """A JSON number with a fraction or exponent: a float everywhere (the log line's repr is unchanged),
+    plus the text it was written as, which parse_amount reads: the float of 25000.000000000001 is
+    25000.0 and would match a charge of 25000."""
+
+    __slots__ = ("text",)
+
+    def __new__(cls, text: str) -> "JsonNumber":
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
 
 
 _Scalar = str | int | float | bool | None
@@ -103,6 +117,11 @@ class CallbackBody(BaseModel):
     fspReferenceId: _Scalar = None
     signature: _Scalar = None
     additionalProperties: dict[str, Any] | None = None
+
+    @field_validator("amount", mode="wrap")
+    @classmethod
+    def _amount_keeps_its_text(cls, value: Any, handler: Any) -> Any:
+        return value if isinstance(value, JsonNumber) else handler(value)  # validation would make it a plain float
 
     @field_validator("additionalProperties", mode="before")
     @classmethod
@@ -170,7 +189,7 @@ class Decoded:
 
 def decode_json(body: bytes) -> Decoded:
     try:
-        return Decoded(json.loads(body))
+        return Decoded(json.loads(body, parse_float=JsonNumber))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         return Decoded(None, f"invalid JSON: {str(exc)[:120]}")
 
@@ -199,7 +218,7 @@ def parse_callback(body: bytes, decoded: Decoded | None = None) -> CallbackBody:
 
 
 _FIELD_NAMES = frozenset(CallbackBody.model_fields)
-_PLAIN_SCALARS = frozenset((str, int, float, bool, type(None)))
+_PLAIN_SCALARS = frozenset((str, int, float, JsonNumber, bool, type(None)))
 _INT_BOUND = 2**63
 
 

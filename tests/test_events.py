@@ -50,6 +50,18 @@ def test_amounts_are_decimal_never_float():
             parse_amount(bad)
 
 
+def test_a_json_number_amount_is_read_from_its_text_not_its_float():
+    """25000.000000000001 is 25000.0 as a float: it must not match a charge of 25000."""
+    body = b'{"transactionstatus": "success", "utilityref": "RHCI-DN-1-20260101000000", "amount": 25000.000000000001}'
+    fields = extract_fields(body)
+    assert fields.amount is None and fields.parse_error == "amount has fractions of a cent: '25000.000000000001'"
+    nested = extract_fields(body[:-1] + b', "additionalProperties": {"a": {"b": 1}}}')  # pydantic's path, not the plain one
+    assert nested.amount is None and nested.parse_error == fields.parse_error
+    exact = extract_fields(body.replace(b"25000.000000000001", b"25000.50"))
+    assert exact.parse_error is None and exact.amount == Decimal("25000.50")
+    assert "'amount': 25000.5}" in redact_body(body.replace(b"25000.000000000001", b"25000.50"))  # the log line's repr is unchanged
+
+
 def test_missing_null_and_extra_keys_are_tolerated():
     body = json.dumps({"transactionstatus": "success", "utilityref": "RHCI-DN-1-20260101000000", "amount": None,
                        "brandNewField": {"x": 1}, "additionalProperties": "", "submerchantAcc": None}).encode()
