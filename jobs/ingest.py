@@ -9,7 +9,8 @@ Accepted input, detected line by line:
    must be a dict) and stored re-serialised as compact JSON. received_at is the line's timestamp:
    `2025-12-19 12:00:00,123` (Django asctime), `2025-12-19 12:00:00.123` (loguru),
    `2025-12-19T12:00:00.123456Z` / `+03:00` (ISO-8601), `[19/Dec/2025 12:00:00]` (runserver) or
-   `[19/Dec/2025:12:00:00 +0300]`. A timestamp without an offset is taken as UTC. A callback line
+   `[19/Dec/2025:12:00:00 +0300]`. A timestamp without an offset is taken to be at `naive_zone` (UTC
+   unless `events ingest --naive-offset` says otherwise: Django writes its TIME_ZONE). A callback line
    without a timestamp is an error (its time cannot be known).
 2. A JSON line: either an envelope `{"received_at": "<ISO-8601>", "body": {...}}` (body may also be
    a string holding the raw JSON text, stored byte for byte), or a bare callback body `{...}`, stored
@@ -81,8 +82,20 @@ def _zone(text: str | None) -> timezone:
     return timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:4])))
 
 
-def parse_timestamp(text: str) -> datetime | None:
-    """The first recognised timestamp in `text` as an aware UTC datetime; naive ones are taken as UTC."""
+_OFFSET = re.compile(r"^(?:Z|[+-](?P<hours>[01]\d|2[0-3]):?(?P<minutes>[0-5]\d))$")
+
+
+def parse_offset(text: str) -> timezone:
+    """'+03:00', '+0300', '-05:00' or 'Z' as a fixed zone; InputError otherwise."""
+    text = text.strip()
+    if not _OFFSET.match(text):
+        raise InputError(f"not a UTC offset like +03:00: {text!r}")
+    return _zone(text)
+
+
+def parse_timestamp(text: str, naive_zone: timezone = timezone.utc) -> datetime | None:
+    """The first recognised timestamp in `text` as an aware UTC datetime; one written without an offset
+    is taken to be in `naive_zone` (Django writes its asctime in its TIME_ZONE, often +03:00)."""
     candidates = []
     match = _ISO_STAMP.search(text)
     if match:
@@ -100,7 +113,8 @@ def parse_timestamp(text: str) -> datetime | None:
                 if month is None:
                     continue
             hour, minute, second = (int(part) for part in match.group("time").split(":"))
-            moment = datetime(year, month, day, hour, minute, second, int(fraction or 0), tzinfo=_zone(match.group("zone")))
+            zone = _zone(match.group("zone")) if match.group("zone") else naive_zone
+            moment = datetime(year, month, day, hour, minute, second, int(fraction or 0), tzinfo=zone)
         except ValueError:
             continue
         return moment.astimezone(timezone.utc)
@@ -183,9 +197,9 @@ def _looks_like_callback(data: dict) -> bool:
     return any(key in data for key in CALLBACK_KEYS)
 
 
-def parse_line(text: str, now: datetime) -> tuple[datetime, bytes, str, bool] | None:
+def parse_line(text: str, now: datetime, naive_zone: timezone = timezone.utc) -> tuple[datetime, bytes, str, bool] | None:
     """(received_at, stored body bytes, canonical body, whether the time came from the line) for a
-    callback line; None for any other line."""
+    callback line; None for any other line. `naive_zone`: see parse_timestamp (log lines only)."""
     marker = text.find(MARKER)
     if marker >= 0:
         start = text.find("{", marker + len(MARKER))
@@ -193,7 +207,7 @@ def parse_line(text: str, now: datetime) -> tuple[datetime, bytes, str, bool] | 
             raise LineError("no {...} body after the callback marker")
         end, _ = balanced_end(text, start)
         body = parse_dict_repr(text[start:end])
-        received_at = parse_timestamp(text[:marker])
+        received_at = parse_timestamp(text[:marker], naive_zone)
         if received_at is None:
             raise LineError("no timestamp on the line")
         return received_at, compact(body), canonical(body), True
@@ -283,8 +297,11 @@ def check_readable(path: str | Path) -> Path:
     return path
 
 
-def ingest_file(engine: Engine, config: Config, path: str | Path, now: datetime, progress: Progress | None = None) -> dict[str, int]:
-    """Import one file; returns counts {read, imported, duplicates, skipped, errors}. Idempotent."""
+def ingest_file(
+    engine: Engine, config: Config, path: str | Path, now: datetime, progress: Progress | None = None, naive_zone: timezone = timezone.utc
+) -> dict[str, int]:
+    """Import one file; returns counts {read, imported, duplicates, skipped, errors}. Idempotent, for one
+    `naive_zone`: the dedupe key holds received_at, so the same file imported under another zone is new."""
     path = Path(path)
     try:
         handle = open(path, "rb")
@@ -311,7 +328,7 @@ def ingest_file(engine: Engine, config: Config, path: str | Path, now: datetime,
                     counts["skipped"] += 1
                     logger.warning(f"import {path.name} line {number}: longer than {MAX_LINE_BYTES} bytes, skipped")
                 else:
-                    row = _row_for(line, number, now, auth, occurrences, headers_of, path.name, counts)
+                    row = _row_for(line, number, now, naive_zone, auth, occurrences, headers_of, path.name, counts)
                     if row is not None:
                         rows.append(row)
                 if lines_in_batch >= BATCH_LINES:
@@ -331,7 +348,9 @@ def ingest_file(engine: Engine, config: Config, path: str | Path, now: datetime,
     return counts
 
 
-def _row_for(line: bytes, number: int, now: datetime, auth: _Auth, occurrences: dict, headers_of, name: str, counts: dict) -> dict | None:
+def _row_for(
+    line: bytes, number: int, now: datetime, naive_zone: timezone, auth: _Auth, occurrences: dict, headers_of, name: str, counts: dict
+) -> dict | None:
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
@@ -343,7 +362,7 @@ def _row_for(line: bytes, number: int, now: datetime, auth: _Auth, occurrences: 
             counts["skipped"] += 1
         return None
     try:
-        parsed = parse_line(text, now)
+        parsed = parse_line(text, now, naive_zone)
     except LineError as exc:
         counts["errors"] += 1
         logger.warning(f"import {name} line {number}: {exc}")

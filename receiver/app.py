@@ -189,7 +189,7 @@ class CallbackEndpoint:
             answer = ANSWER_KNOWN
         elif outcome == outcomes.UNKNOWN:
             answer = ANSWER_UNKNOWN
-            payments.info(
+            payments.warning(  # the legacy view's level: the guide's users filter on it
                 "Could not find donation from external_id: {} (callback stored)",
                 fields.utilityref or fields.externalreference or fields.donation_hint or fields.transaction_ref,
             )

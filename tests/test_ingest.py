@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -14,8 +14,9 @@ from sqlalchemy import select
 from jobs import ingest as ingest_module
 from jobs.cli import cli
 from jobs.fold import run_fold
-from jobs.ingest import ingest_file, parse_line, parse_timestamp
+from jobs.ingest import ingest_file, parse_line, parse_offset, parse_timestamp
 from pipeline.db import transaction
+from pipeline.errors import InputError
 from pipeline.models import PaymentEvent
 from pipeline.store.donations import create_donation, create_patient
 from tests.builders import callback_body
@@ -230,6 +231,29 @@ def test_unsafe_or_unusable_bodies_are_errors(text, now):
 )
 def test_timestamp_formats(line, expected):
     assert parse_timestamp(line) == expected
+
+
+def test_a_naive_timestamp_is_taken_at_the_given_offset_and_an_explicit_one_is_kept():
+    dar = parse_offset("+03:00")
+    assert parse_timestamp("INFO 2025-12-19 15:00:00,123 views 1 2 x", dar) == utc(2025, 12, 19, 12, 0, 0, 123000)
+    assert parse_timestamp("2025-12-19T15:00:00-02:00 x", dar) == utc(2025, 12, 19, 17, 0, 0)  # its own offset wins
+    assert parse_offset("+0300") == dar and parse_offset("Z") == timezone.utc
+    for bad in ("3", "+3:00", "+24:00", "+03:60", "EAT", ""):
+        with pytest.raises(InputError, match="UTC offset"):
+            parse_offset(bad)
+
+
+def test_cli_ingest_naive_offset_moves_received_at(backend):
+    config = _cli_config(backend)
+    result = CliRunner().invoke(cli, ["events", "ingest", str(LEGACY_LOG), "--no-progress", "--naive-offset", "+03:00", "--config", str(config)],
+                                env={"DATABASE_URL": None})
+    assert result.exit_code == 0, result.output
+    utc_first = parse_timestamp(next(line for line in LEGACY_LOG.read_text().splitlines() if "Received Azam Pay callback" in line))
+    stored = backend.scalar("SELECT MIN(received_at) FROM payment_events WHERE source = 'import'")
+    stored = datetime.fromisoformat(str(stored)).replace(tzinfo=timezone.utc)
+    assert stored == utc_first - timedelta(hours=3)
+    result = CliRunner().invoke(cli, ["events", "ingest", str(LEGACY_LOG), "--naive-offset", "EAT", "--config", str(config)], env={"DATABASE_URL": None})
+    assert result.exit_code == 2 and "error: not a UTC offset like +03:00: 'EAT'" in result.output
 
 
 def _cli_config(backend, **extra) -> Path:

@@ -317,3 +317,5 @@ def test_password_never_in_any_log(backend, log_dir, tmp_path):
     assert payments_log.count("Received Azam Pay callback: {") >= 3
     assert "Error processing Azam Pay callback" in payments_log
     assert "Error processing Azam Pay callback" in (log_dir / "errors.log").read_text()
+    # the guide's Issue 3 line, at the legacy view's level (tests/fixtures/legacy/payments.log has it as WARNING)
+    assert "| WARNING  | receiver | Could not find donation from external_id: RHCI-DN-" in payments_log

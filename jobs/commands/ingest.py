@@ -10,32 +10,40 @@ from jobs.commands.events import events
 @events.command("ingest")
 @click.argument("file", metavar="FILE")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar on stderr (only when stderr is a terminal).")
+@click.option(
+    "--naive-offset",
+    default="+00:00",
+    show_default=True,
+    metavar="+HH:MM",
+    help="UTC offset of log-line timestamps written without one (Django writes its TIME_ZONE: +03:00 for Africa/Dar_es_Salaam). Use the same value on every import of a file.",
+)
 @result_format_option
 @pass_context
-def ingest(ctx: Context, file: str, progress: bool, output_format: str) -> None:
+def ingest(ctx: Context, file: str, progress: bool, naive_offset: str, output_format: str) -> None:
     """Import callbacks from FILE into the log as source=import (idempotent).
 
     \b
     FILE may mix, line by line:
       - log lines with `Received Azam Pay callback: {...}`: the legacy Django
         logs/payments.log (Python dict repr) or azamrecon's own payments.log;
-        received_at is the line's timestamp, taken as UTC when it has no offset;
+        received_at is the line's timestamp, at --naive-offset when it has none;
       - JSON lines: {"received_at": "<ISO-8601>", "body": {...}} or a bare
         callback body {...} (received_at: its "received_at" key, else now).
     Other lines are skipped. Prints read, imported, duplicates, skipped and
     errors counts. Importing the same file again imports nothing. Run
     `azamrecon fold` (or let the scheduler) to fold the imported events.
     """
-    from jobs.ingest import check_readable, ingest_file
+    from jobs.ingest import check_readable, ingest_file, parse_offset
     from jobs.runs import recorded_run, utcnow
     from pipeline.logs import configure_logging, secrets_of
 
+    naive_zone = parse_offset(naive_offset)
     check_readable(file)
     configure_logging(ctx.config.logging, component="ingest", secrets=secrets_of(ctx.config))
     now = utcnow()
     with recorded_run(ctx.engine, "ingest", now) as run:
         with progress_bar("ingest", progress) as update:
-            counts = ingest_file(ctx.engine, ctx.config, file, now, progress=update)
+            counts = ingest_file(ctx.engine, ctx.config, file, now, progress=update, naive_zone=naive_zone)
         run.counts = counts
     emit_result(counts, output_format, [" ".join(f"{key}={value}" for key, value in counts.items())], title="ingest")
 
