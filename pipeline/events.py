@@ -187,9 +187,15 @@ class Decoded:
         self.error = error
 
 
+# one decoder: json.loads(..., parse_float=...) would build a new one per call, on the receiver's hot path
+_DECODER = json.JSONDecoder(parse_float=JsonNumber)
+
+
 def decode_json(body: bytes) -> Decoded:
     try:
-        return Decoded(json.loads(body, parse_float=JsonNumber))
+        # what json.loads does with bytes: UTF-8/16/32 detected, lone surrogates kept for the error path
+        text = body.decode(json.detect_encoding(body), "surrogatepass") if isinstance(body, (bytes, bytearray)) else body
+        return Decoded(_DECODER.decode(text))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         return Decoded(None, f"invalid JSON: {str(exc)[:120]}")
 

@@ -62,6 +62,19 @@ def test_a_json_number_amount_is_read_from_its_text_not_its_float():
     assert "'amount': 25000.5}" in redact_body(body.replace(b"25000.000000000001", b"25000.50"))  # the log line's repr is unchanged
 
 
+@pytest.mark.parametrize("body", [b'{"a": 1.5, "b": [1, "x", null]}', '{"a": 1}'.encode("utf-16"), b'{"a": "\\ud800"}', b"", b"[1,2]", b'{"a":', b"\xff\xfe{"])
+def test_decode_json_agrees_with_json_loads(body):
+    from pipeline.events import decode_json
+
+    decoded = decode_json(body)
+    try:
+        expected = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        assert decoded.data is None and decoded.error == f"invalid JSON: {str(exc)[:120]}"
+    else:
+        assert decoded.error is None and decoded.data == expected
+
+
 def test_missing_null_and_extra_keys_are_tolerated():
     body = json.dumps({"transactionstatus": "success", "utilityref": "RHCI-DN-1-20260101000000", "amount": None,
                        "brandNewField": {"x": 1}, "additionalProperties": "", "submerchantAcc": None}).encode()
