@@ -20,6 +20,19 @@ _PAIR_HINT = re.compile(r"""(?:pass|secret|token|signature|api[-_]?key|authoriza
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 # one search that every _TEXT_PAIR or _BEARER match implies: most strings (a status, a reference) skip both
 _ANY_HINT = re.compile(_PAIR_HINT.pattern + r"|bearer\s", re.IGNORECASE)
+# every _ANY_HINT match contains one of these, in some letter case
+_HINT_WORDS = ("pass", "secret", "token", "signature", "api", "authorization", "bearer")
+
+
+def may_hold_secret(text: str) -> bool:
+    """_ANY_HINT.search(text), answered without the regex for ASCII text that holds none of _HINT_WORDS
+    (a few C substring searches, against a regex attempt at every position). Only ASCII: IGNORECASE also
+    folds letters such as 'ſ' to 's', which str.lower() does not."""
+    if text.isascii():
+        lowered = text.lower()
+        if not any(word in lowered for word in _HINT_WORDS):
+            return False
+    return _ANY_HINT.search(text) is not None
 
 
 _KEY_CACHE: dict[str, bool] = {}  # callbacks repeat the same few keys; the cache is bounded below
@@ -57,6 +70,29 @@ def redact(value: Any) -> Any:
     return value
 
 
+def needs_redaction(data: dict) -> bool:
+    """False only when redact(data) would return an equal dict: every sensitive key is empty or None, and
+    no string (at any depth of nested dicts) could hold a secret. One hint check over all the strings
+    joined replaces one per string: a match inside a string is a match in the joined text (a match
+    across the joins only sends the body down redact's path). The receiver logs every callback; the
+    copy and the per-string checks were most of that line's cost."""
+    strings: list[str] = []
+    pending = [data]
+    while pending:
+        for key, item in pending.pop().items():
+            if item is None or item == "":
+                continue
+            if is_sensitive_key(key):
+                return True
+            if isinstance(item, str):
+                strings.append(item)
+            elif isinstance(item, dict):
+                pending.append(item)
+            elif not isinstance(item, (bool, int, float)):
+                return True  # a list or anything else: redact() decides
+    return bool(strings) and may_hold_secret("\n".join(strings))
+
+
 _HARMLESS = {"None", "null", "''", '""', REDACTED, f"'{REDACTED}'", f'"{REDACTED}"'}
 
 
@@ -76,7 +112,7 @@ def _redact_bearer(match: re.Match) -> str:
 
 def redact_text(text: str, secrets: tuple[str, ...] = ()) -> str:
     """Redact key=value / "key": "value" pairs, bearer tokens and any literal secret in free text."""
-    if _ANY_HINT.search(text):
+    if may_hold_secret(text):
         if _PAIR_HINT.search(text):
             text = _TEXT_PAIR.sub(_redact_pair, text)
         text = _BEARER.sub(_redact_bearer, text)
@@ -101,7 +137,7 @@ def redact_body(body: bytes, limit: int = 4096, decoded=None) -> str:
         except (ValueError, UnicodeDecodeError, RecursionError):
             data = None
     if isinstance(data, dict):
-        rendered = repr(redact(data))
+        rendered = repr(redact(data) if needs_redaction(data) else data)
     else:
         rendered = redact_text(body[:limit].decode("utf-8", errors="replace"))
     rendered = rendered.replace("\n", "\\n").replace("\r", "\\r")

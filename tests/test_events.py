@@ -3,6 +3,8 @@ import json
 from decimal import Decimal
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from pipeline.errors import ParseError
 from pipeline.events import extract_fields, normalise_msisdn, normalise_status, parse_amount, parse_callback
@@ -138,3 +140,34 @@ def test_tracebacks_in_logs_never_show_local_variables(tmp_path):
     text = (tmp_path / "errors.log").read_text()
     assert "poll failed" in text and "UnicodeEncodeError" in text
     assert "token-value-123" not in text and "key-value-456" not in text
+
+
+# -- the redaction fast path (pipeline.redact.needs_redaction / may_hold_secret) --------------------------
+
+_KEYS = st.sampled_from(["password", "user", "token", "msisdn", "api_key", "note", "Authorization", "reference"]) | st.text(max_size=12)
+_WORDY = st.sampled_from(["password=hunter2", "Bearer abc.def", "api-key: 1", "paſſword=x", "token", "secret:", "ok", "", "APIKEY=9"])
+_VALUES = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30) | _WORDY
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(max_size=60) | _WORDY)
+@example("paſſword=x")  # IGNORECASE folds 'ſ' to 's'; str.lower() does not
+@example("xAPI_KEY:")
+def test_may_hold_secret_is_the_hint_regex(text):
+    from pipeline.redact import _ANY_HINT, may_hold_secret
+
+    assert may_hold_secret(text) == (_ANY_HINT.search(text) is not None)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(_KEYS, _VALUES | st.dictionaries(_KEYS, _VALUES, max_size=4) | st.lists(_VALUES, max_size=3), max_size=8))
+@example({"password": None, "user": "x", "additionalProperties": {}})
+@example({"note": "pass", "other": "word=1"})  # a hint only across the join: the slow path, same answer
+def test_a_body_that_needs_no_redaction_is_logged_as_redact_would(data):
+    from pipeline.redact import needs_redaction
+
+    if not needs_redaction(data):
+        assert redact(data) == data
+    body = json.dumps(data).encode()
+    expected = repr(redact(json.loads(body))).replace("\n", "\\n").replace("\r", "\\r")  # the slow path, always
+    assert redact_body(body) == (expected if len(expected) <= 4096 else expected[:4096] + "…")
