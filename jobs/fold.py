@@ -14,6 +14,7 @@ order, which makes the incremental state identical to a rebuild.
 from __future__ import annotations
 
 import gc
+import time
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from sqlalchemy.engine import Engine
 
 from pipeline.config import Config
 from pipeline.db import transaction
-from pipeline.errors import InvariantViolation
+from pipeline.errors import InvariantViolation, StoreConflict
 from pipeline.fold import (
     COMPLETED,
     FAILED,
@@ -51,6 +52,7 @@ from pipeline.store.state import Checkpoint, SqlFoldStore, WaitingKeys, fold_lag
 
 CHECKPOINT = "main"
 MAX_GAP_SPAN = 10_000  # a jump wider than this is not an in-flight transaction; it is not waited for
+CONFLICT_ATTEMPTS = 3  # a batch MySQL rolled back to break a deadlock is run again, up to this many times in all
 
 
 @contextmanager
@@ -305,27 +307,20 @@ def run_fold(
     report = FoldReport()
     waiting = WaitingKeys()
     while max_batches is None or report.batches < max_batches:
-        try:
-            with transaction(engine, immediate=True) as session, collector_paused():
-                store = SqlFoldStore(session)
-                checkpoint = store.lock_checkpoint(CHECKPOINT)
-                fresh, filled = next_events(store, checkpoint, batch_size, now, config.fold.gap_timeout_seconds)
-                retry_ids, checkpoint.donation_high = _waiting_to_retry(store, checkpoint, fresh + filled, waiting)
-                fresh_ids = {e.id for e in fresh + filled}
-                retried = store.events_by_ids([i for i in retry_ids if i not in fresh_ids]) if retry_ids else []
-                result = fold_batch(store, fresh + filled, retried, policy)
-                problems = store.invariant_violations(patient_ids=result.patients.keys(), donation_ids=result.donations)
-                if problems:
-                    raise InvariantViolation("fold invariant violated: " + "; ".join(problems[:5]))
-                checkpoint.events_applied += len(fresh) + len(filled)
-                rebuilding = checkpoint.rebuild_until is not None
-                if rebuilding and checkpoint.position >= checkpoint.rebuild_until:
-                    checkpoint.rebuild_until = None
-                store.save_checkpoint(checkpoint, now)
-                max_id = store.max_event_id() if progress else 0
-        except Exception as exc:
-            payments.error(f"Error processing Azam Pay callback: fold failed: {exc}")
-            raise
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                result, checkpoint, fresh, retried, rebuilding, max_id = _fold_one_batch(engine, config, policy, batch_size, now, waiting, progress)
+                break
+            except StoreConflict as exc:
+                if attempt == CONFLICT_ATTEMPTS:
+                    payments.error(f"Error processing Azam Pay callback: fold failed: {exc}")
+                    raise
+                # the whole batch was rolled back with its checkpoint: running it again applies it once
+                logger.warning(f"fold: batch rolled back by a lock conflict, trying again ({attempt}/{CONFLICT_ATTEMPTS - 1}): {exc}")
+                time.sleep(0.05 * attempt)
+            except Exception as exc:
+                payments.error(f"Error processing Azam Pay callback: fold failed: {exc}")
+                raise
         report.batches += 1
         report.events += result.events
         report.transitions += len(result.transitions)
@@ -343,6 +338,28 @@ def run_fold(
     with transaction(engine) as session:
         report.lag_events, _ = fold_lag(session, CHECKPOINT)
     return report
+
+
+def _fold_one_batch(engine: Engine, config: Config, policy: TrustPolicy, batch_size: int, now: datetime, waiting: WaitingKeys, progress):
+    """One batch in one transaction, under the fold lock: (result, checkpoint, fresh, retried, rebuilding, max_id)."""
+    with transaction(engine, immediate=True) as session, collector_paused():
+        store = SqlFoldStore(session)
+        checkpoint = store.lock_checkpoint(CHECKPOINT)
+        fresh, filled = next_events(store, checkpoint, batch_size, now, config.fold.gap_timeout_seconds)
+        retry_ids, checkpoint.donation_high = _waiting_to_retry(store, checkpoint, fresh + filled, waiting)
+        fresh_ids = {e.id for e in fresh + filled}
+        retried = store.events_by_ids([i for i in retry_ids if i not in fresh_ids]) if retry_ids else []
+        result = fold_batch(store, fresh + filled, retried, policy)
+        problems = store.invariant_violations(patient_ids=result.patients.keys(), donation_ids=result.donations)
+        if problems:
+            raise InvariantViolation("fold invariant violated: " + "; ".join(problems[:5]))
+        checkpoint.events_applied += len(fresh) + len(filled)
+        rebuilding = checkpoint.rebuild_until is not None
+        if rebuilding and checkpoint.position >= checkpoint.rebuild_until:
+            checkpoint.rebuild_until = None
+        store.save_checkpoint(checkpoint, now)
+        max_id = store.max_event_id() if progress else 0
+    return result, checkpoint, fresh, retried, rebuilding, max_id
 
 
 def announce_transitions(result: BatchResult) -> None:

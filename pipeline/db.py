@@ -15,11 +15,12 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.config import DatabaseConfig
-from pipeline.errors import ConfigError, StoreError, StoreUnavailable
+from pipeline.errors import ConfigError, StoreConflict, StoreError, StoreUnavailable
 
 # MySQL error codes that mean "the server is not there" rather than "the query is wrong".
 _MYSQL_UNREACHABLE = {2002, 2003, 2006, 2013, 2055, 1040, 1053}
 _MYSQL_NO_SUCH_TABLE = 1146
+_MYSQL_CONFLICT = {1213, 1205}  # deadlock, lock wait timeout: the server rolled the transaction back
 # A missing table almost always means a database nobody ran the migrations on.
 _INIT_HINT = " (run `azamrecon init`)"
 
@@ -89,6 +90,8 @@ def translate(exc: BaseException) -> StoreError:
         return StoreUnavailable(f"database unreachable: {message}")
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return StoreUnavailable(f"database unreachable: {message}")
+    if code in _MYSQL_CONFLICT:
+        return StoreConflict(f"database conflict: {message}")
     return StoreError(f"database error: {message}")
 
 

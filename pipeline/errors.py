@@ -35,6 +35,11 @@ class StoreUnavailable(StoreError):
     """The database cannot be reached at all (connection refused, server gone)."""
 
 
+class StoreConflict(StoreError):
+    """The database rolled the transaction back to break a lock conflict (MySQL deadlock 1213, lock wait
+    timeout 1205). Nothing of it was written, so running it again is safe."""
+
+
 class CheckoutNotRecorded(StoreError):
     """AzamPay accepted a checkout but the database failed before its transactionId was recorded.
 

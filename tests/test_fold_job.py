@@ -436,6 +436,52 @@ def test_a_zero_padded_donation_hint_is_retried_as_resolve_reads_it(backend, now
     assert_same_as_rebuild(backend, config, at(now, 50))
 
 
+def test_a_batch_rolled_back_by_a_lock_conflict_is_run_again(mysql_backend, now):
+    """MySQL rolls a transaction back to break a deadlock (1213) or a lock wait timeout (1205); the fold
+    runs such a batch again instead of failing (two first folds on a fresh database deadlocked in CI).
+    Made deterministic with a 1 s lock wait timeout on the fold's connections and a holder of the
+    checkpoint lock that lets go only once the fold has said it is trying again."""
+    import time
+
+    backend = mysql_backend
+    config = backend.config()
+    donation, reference = add_donation(backend.engine, now, amount="25000")
+    run_fold(backend.engine, config, at(now, 1))  # the checkpoint row exists
+    success(backend.engine, reference, at(now, 2))
+
+    said: list[str] = []
+    sink = logger.add(lambda message: said.append(str(message)), level="WARNING")
+    connect = {"connect_timeout": 5, "charset": "utf8mb4", "init_command": "SET SESSION innodb_lock_wait_timeout = 1"}
+    fold_engine = make_engine(Config().database.model_copy(update={"url": backend.url}), connect_args=connect)
+    holder = backend.engine.raw_connection()
+    outcome: dict = {}
+
+    def fold() -> None:
+        try:
+            outcome["report"] = run_fold(fold_engine, config, at(now, 3))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            outcome["error"] = exc
+
+    try:
+        holder.cursor().execute("SELECT name FROM fold_checkpoints WHERE name = 'main' FOR UPDATE")
+        thread = threading.Thread(target=fold)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not any("rolled back by a lock conflict" in line for line in said) and "error" not in outcome:
+            assert time.monotonic() < deadline, "the fold neither retried nor failed"
+            time.sleep(0.02)
+        holder.rollback()
+        thread.join(timeout=30)
+    finally:
+        holder.close()
+        fold_engine.dispose()
+        logger.remove(sink)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["report"].events == 1
+    assert donation_row(backend, donation)["status"] == "COMPLETED"
+    assert_same_as_rebuild(backend, config, at(now, 4))
+
+
 # -- invariants ------------------------------------------------------------------------------------
 
 
