@@ -97,7 +97,6 @@ class BatchResult:
     patients: dict[int, PatientTotals] = field(default_factory=dict)
     patient_required: dict[int, object] = field(default_factory=dict)
     donations: set[int] = field(default_factory=set)
-    credit_deltas: dict[int, Decimal] = field(default_factory=dict)  # donation id -> change of its credit
 
 
 def fold_batch(store: FoldStore, events: list[FoldEvent], retried: list[FoldEvent], policy: TrustPolicy) -> BatchResult:
@@ -152,7 +151,6 @@ def fold_batch(store: FoldStore, events: list[FoldEvent], retried: list[FoldEven
         after_credit = credit_of(state)
         if after_credit != before_credit:
             changes.append((before_credit, after_credit))
-            result.credit_deltas[donation_id] = (after_credit.amount if after_credit else 0) - (before_credit.amount if before_credit else 0)
         if state.status != before_status and transitions:
             last = transitions[-1]
             result.transitions.append((Transition(last.donation_id, last.event_id, before_status, last.after, last.reference, last.event_status), state))
@@ -375,7 +373,7 @@ def announce_transitions(result: BatchResult) -> None:
             payments.info(f"✅ Donation {transition.donation_id} completed successfully")
             patient_id = state.patient_id
             if patient_id in received:
-                received[patient_id] += result.credit_deltas.get(transition.donation_id, 0)
+                received[patient_id] += credit_of(state).amount
                 payments.info(f"Updated patient funding: {received[patient_id]:.2f}/{result.patient_required[patient_id]:.2f}")
         elif transition.after == FAILED:
             payments.info(f"❌ Donation {transition.donation_id} payment failed")
@@ -385,9 +383,10 @@ def announce_transitions(result: BatchResult) -> None:
 
 def _funding_before_completions(result: BatchResult) -> dict[int, Decimal]:
     """Each touched patient's funding_received less the credits of the completions announced in this batch
-    (every other credit change of the batch, a removal say, counts as before them)."""
+    (every other credit change of the batch, a removal say, counts as before them). A donation that
+    became COMPLETED had no credit before (only COMPLETED donations have one), so its credit is the change."""
     received = {patient_id: totals.funding_received for patient_id, totals in result.patients.items()}
     for transition, state in result.transitions:
         if transition.after == COMPLETED and state.patient_id in received:
-            received[state.patient_id] -= result.credit_deltas.get(transition.donation_id, 0)
+            received[state.patient_id] -= credit_of(state).amount
     return received

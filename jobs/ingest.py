@@ -197,9 +197,11 @@ def _looks_like_callback(data: dict) -> bool:
     return any(key in data for key in CALLBACK_KEYS)
 
 
-def parse_line(text: str, now: datetime, naive_zone: timezone = timezone.utc) -> tuple[datetime, bytes, str, bool] | None:
-    """(received_at, stored body bytes, canonical body, whether the time came from the line) for a
-    callback line; None for any other line. `naive_zone`: see parse_timestamp (log lines only)."""
+def parse_line(text: str, now: datetime, naive_zone: timezone = timezone.utc) -> tuple[datetime, bytes, str, datetime | None] | None:
+    """(received_at, stored body bytes, canonical body, the instant its dedupe key names) for a callback
+    line; None for any other line. `naive_zone`: see parse_timestamp (log lines only). The key's instant
+    is None when the time is not from the line, and reads an offset-less stamp as UTC whatever
+    naive_zone says, so importing a file again with another --naive-offset adds no second copy."""
     marker = text.find(MARKER)
     if marker >= 0:
         start = text.find("{", marker + len(MARKER))
@@ -210,7 +212,8 @@ def parse_line(text: str, now: datetime, naive_zone: timezone = timezone.utc) ->
         received_at = parse_timestamp(text[:marker], naive_zone)
         if received_at is None:
             raise LineError("no timestamp on the line")
-        return received_at, compact(body), canonical(body), True
+        key_at = received_at if naive_zone is timezone.utc else parse_timestamp(text[:marker])
+        return received_at, compact(body), canonical(body), key_at
     stripped = text.strip()
     if not stripped.startswith("{"):
         return None
@@ -233,13 +236,13 @@ def parse_line(text: str, now: datetime, naive_zone: timezone = timezone.utc) ->
             except (ValueError, RecursionError):
                 parsed = None
             key = canonical(parsed) if isinstance(parsed, dict) else "raw:" + raw
-            return received_at, raw.encode("utf-8"), key, timed
-        return received_at, compact(raw), canonical(raw), timed
+            return received_at, raw.encode("utf-8"), key, received_at if timed else None
+        return received_at, compact(raw), canonical(raw), received_at if timed else None
     if not _looks_like_callback(data):
         return None
     timed = data.get("received_at") is not None
     received_at = parse_iso(data["received_at"]) if timed else now
-    return received_at, stripped.encode("utf-8"), canonical(data), timed
+    return received_at, stripped.encode("utf-8"), canonical(data), received_at if timed else None
 
 
 def dedupe_key(received_at: datetime | None, canonical_body: str, occurrence: int) -> str:
@@ -300,8 +303,8 @@ def check_readable(path: str | Path) -> Path:
 def ingest_file(
     engine: Engine, config: Config, path: str | Path, now: datetime, progress: Progress | None = None, naive_zone: timezone = timezone.utc
 ) -> dict[str, int]:
-    """Import one file; returns counts {read, imported, duplicates, skipped, errors}. Idempotent, for one
-    `naive_zone`: the dedupe key holds received_at, so the same file imported under another zone is new."""
+    """Import one file; returns counts {read, imported, duplicates, skipped, errors}. Idempotent, whatever
+    `naive_zone` (see parse_line: the dedupe key reads an offset-less stamp as written)."""
     path = Path(path)
     try:
         handle = open(path, "rb")
@@ -370,8 +373,7 @@ def _row_for(
     if parsed is None:
         counts["skipped"] += 1
         return None
-    received_at, body, key, timed = parsed
-    stamp = received_at if timed else None
+    received_at, body, key, stamp = parsed
     occurrence = occurrences.get((stamp, key), 0)
     occurrences[(stamp, key)] = occurrence + 1
     fields = extract_fields(body)

@@ -70,7 +70,7 @@ class DatabaseConfig(_Section):
         supported = " and ".join(SUPPORTED_BACKENDS.values())
         try:
             backend = make_url(value).get_backend_name()
-        except ArgumentError:
+        except (ArgumentError, ValueError):  # ValueError: a bad port, whose message quotes part of the URL
             raise ValueError(f"not a database URL; supported: {supported}") from None
         if backend not in SUPPORTED_BACKENDS:
             raise ValueError(f"unsupported database backend {backend!r}; supported: {supported}")

@@ -36,8 +36,9 @@ class StoreUnavailable(StoreError):
 
 
 class StoreConflict(StoreError):
-    """The database rolled the transaction back to break a lock conflict (MySQL deadlock 1213, lock wait
-    timeout 1205). Nothing of it was written, so running it again is safe."""
+    """A lock conflict ended the transaction: MySQL deadlock 1213 (the server rolled it all back) or lock
+    wait timeout 1205 (the server undid the statement; pipeline.db.transaction rolls back the rest).
+    Nothing of it was committed, so running it again is safe."""
 
 
 class CheckoutNotRecorded(StoreError):

@@ -200,8 +200,11 @@ class _Deferred:
     def render(self) -> str:
         text = self.text
         if text is None:
-            text = self.text = self.owner.render(self)
-            self.body = self.decoded = None
+            with self.owner.rendering:  # two sinks' threads: the second must not find the body already dropped
+                text = self.text
+                if text is None:
+                    text = self.text = self.owner.render(self)
+                    self.body = self.decoded = None
         return text
 
 
@@ -219,6 +222,7 @@ class _ReceivedLine:
         self.secrets = tuple(secret for secret in secrets if secret and len(secret) >= 4)
         self.stamp = _UtcStampOf()
         self.lock = threading.Lock()
+        self.rendering = threading.Lock()
 
     def active(self) -> bool:
         core = logger._core

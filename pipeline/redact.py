@@ -59,7 +59,7 @@ def redact(value: Any) -> Any:
             elif is_sensitive_key(key) and item != "":
                 out[key] = REDACTED
             elif isinstance(item, str):
-                out[key] = redact_text(item) if _ANY_HINT.search(item) else item
+                out[key] = redact_text(item)
             else:
                 out[key] = redact(item)
         return out

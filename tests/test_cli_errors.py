@@ -27,6 +27,7 @@ CASES = [
     (["fold"], {}, {"DATABASE_URL": "notaurl"}, 2, ["database.url", "DATABASE_URL"]),
     (["scheduler"], {}, {"DATABASE_URL": "notaurl"}, 2, ["database.url", "DATABASE_URL"]),
     (["fold"], {}, {"DATABASE_URL": "postgresql://u:secret@db/x"}, 2, ["database.url", "'postgresql'", "SQLite", "MySQL/MariaDB"]),
+    (["fold"], {}, {"DATABASE_URL": "mysql+pymysql://root:pa@ss:secret@db/x"}, 2, ["database.url", "not a database URL"]),  # a bad port
     (["fold"], {"logging.level": "LOUD"}, {}, 2, ["logging.level", "LOUD"]),
     (["fold"], {"logging.rotation": "sometimes"}, {}, 2, ["logging.rotation", "sometimes"]),
     (["fold"], {"logging.retention": "forever"}, {}, 2, ["logging.retention", "forever"]),

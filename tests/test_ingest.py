@@ -252,6 +252,8 @@ def test_cli_ingest_naive_offset_moves_received_at(backend):
     stored = backend.scalar("SELECT MIN(received_at) FROM payment_events WHERE source = 'import'")
     stored = datetime.fromisoformat(str(stored)).replace(tzinfo=timezone.utc)
     assert stored == utc_first - timedelta(hours=3)
+    again = CliRunner().invoke(cli, ["events", "ingest", str(LEGACY_LOG), "--no-progress", "--config", str(config)], env={"DATABASE_URL": None})
+    assert again.exit_code == 0 and "imported=0 duplicates=7" in again.output  # another offset is no second copy
     result = CliRunner().invoke(cli, ["events", "ingest", str(LEGACY_LOG), "--naive-offset", "EAT", "--config", str(config)], env={"DATABASE_URL": None})
     assert result.exit_code == 2 and "error: not a UTC offset like +03:00: 'EAT'" in result.output
 

@@ -15,7 +15,7 @@ from jobs.commands.events import events
     default="+00:00",
     show_default=True,
     metavar="+HH:MM",
-    help="UTC offset of log-line timestamps written without one (Django writes its TIME_ZONE: +03:00 for Africa/Dar_es_Salaam). Use the same value on every import of a file.",
+    help="UTC offset of log-line timestamps written without one (Django writes its TIME_ZONE: +03:00 for Africa/Dar_es_Salaam). Choose it before a file's first import: importing it again under another offset adds nothing.",
 )
 @result_format_option
 @pass_context
