@@ -52,7 +52,7 @@ from pipeline.store.state import Checkpoint, SqlFoldStore, WaitingKeys, fold_lag
 
 CHECKPOINT = "main"
 MAX_GAP_SPAN = 10_000  # a jump wider than this is not an in-flight transaction; it is not waited for
-CONFLICT_ATTEMPTS = 3  # a batch MySQL rolled back to break a deadlock is run again, up to this many times in all
+CONFLICT_ATTEMPTS = 3  # a batch ended by a MySQL lock conflict (StoreConflict) is run again, up to this many times in all
 
 
 @contextmanager
