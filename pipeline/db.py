@@ -25,7 +25,9 @@ _MYSQL_CONFLICT = {1213, 1205}  # deadlock, lock wait timeout: the server rolled
 _INIT_HINT = " (run `azamrecon init`)"
 
 
-def make_engine(config: DatabaseConfig, **kwargs) -> Engine:
+def make_engine(config: DatabaseConfig, *, sqlite_autocheckpoint: bool = True, **kwargs) -> Engine:
+    """sqlite_autocheckpoint=False: commits never copy the WAL into the database file; whoever asks for
+    that runs a pipeline.wal.WalCheckpointer beside the engine (the receiver does)."""
     url = config.url
     if url.startswith("sqlite"):
         engine = _create_engine(
@@ -33,7 +35,7 @@ def make_engine(config: DatabaseConfig, **kwargs) -> Engine:
             connect_args={"timeout": config.busy_timeout_ms / 1000, "check_same_thread": False},
             **kwargs,
         )
-        _configure_sqlite(engine, config)
+        _configure_sqlite(engine, config, sqlite_autocheckpoint)
         return engine
     if url.startswith("mysql://"):
         url = "mysql+pymysql://" + url[len("mysql://") :]
@@ -53,7 +55,7 @@ def _create_engine(url: str, **options) -> Engine:
         raise ConfigError(f"invalid config value for database.url: its driver is not installed: {exc}") from None
 
 
-def _configure_sqlite(engine: Engine, config: DatabaseConfig) -> None:
+def _configure_sqlite(engine: Engine, config: DatabaseConfig, autocheckpoint: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):
         # Let SQLAlchemy, not pysqlite, decide when transactions begin (so BEGIN IMMEDIATE works).
@@ -63,6 +65,8 @@ def _configure_sqlite(engine: Engine, config: DatabaseConfig) -> None:
         cursor.execute(f"PRAGMA synchronous={config.sqlite_synchronous}")
         cursor.execute(f"PRAGMA busy_timeout={int(config.busy_timeout_ms)}")
         cursor.execute("PRAGMA foreign_keys=ON")
+        if not autocheckpoint:
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -29,10 +29,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pipeline.config import Config, DatabaseConfig, load_config
-from pipeline.db import make_engine
+from pipeline.db import is_sqlite, make_engine
 from pipeline.events import EventFields, decode_json, extract_fields
 from pipeline.logs import configure_logging, flush_logs, log_received_callback, payments, secrets_of, warn_if_open
 from pipeline.store.events import ReferenceKeys, event_row, select_headers
+from pipeline.wal import WalCheckpointer
 from receiver import metrics, portal
 from receiver import writer as outcomes
 from receiver.auth import FAILED, UNVERIFIED, Authenticator
@@ -234,13 +235,14 @@ _CALLBACK_PATHS = frozenset((CALLBACK_PATH, CALLBACK_PATH.rstrip("/")))
 
 def make_receiver_engine(database: DatabaseConfig):
     """The receiver's engine: like every other, plus read/write timeouts on MySQL so a hung server
-    turns into StoreUnavailable (and a spooled 503) instead of a hung writer."""
+    turns into StoreUnavailable (and a spooled 503) instead of a hung writer, and on SQLite no WAL copy
+    inside a group commit (create_app runs a pipeline.wal.WalCheckpointer instead)."""
     if database.url.startswith("mysql"):
         return make_engine(
             database,
             connect_args={"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30, "charset": "utf8mb4"},
         )
-    return make_engine(database)
+    return make_engine(database, sqlite_autocheckpoint=False)
 
 
 def create_app(config: Config, engine=None, client_factory=None) -> Starlette:
@@ -251,7 +253,8 @@ def create_app(config: Config, engine=None, client_factory=None) -> Starlette:
         engine = make_receiver_engine(config.database)
     authenticator = Authenticator.from_config(config.webhook)
     spool = Spool(config.receiver.spool_dir)
-    writer = GroupCommitWriter(engine, spool, max_batch=config.receiver.group_commit_max_batch)
+    checkpointer = WalCheckpointer(engine) if is_sqlite(engine) else None
+    writer = GroupCommitWriter(engine, spool, max_batch=config.receiver.group_commit_max_batch, checkpointer=checkpointer)
     endpoint = CallbackEndpoint(config, authenticator, writer)
     portal_endpoints = portal.Portal(config, engine, client_factory)
 
@@ -304,6 +307,7 @@ def create_app(config: Config, engine=None, client_factory=None) -> Starlette:
     app.state.config = config
     app.state.engine = engine
     app.state.writer = writer
+    app.state.checkpointer = checkpointer
     app.state.spool = spool
     return app
 

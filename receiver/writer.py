@@ -29,6 +29,7 @@ from pipeline.store.events import (
     known_references,
 )
 from pipeline.store.spool import spool_record
+from pipeline.wal import WalCheckpointer
 from receiver.spool import Spool
 
 # outcomes
@@ -67,9 +68,10 @@ def _resolve(items: Sequence[Pending]) -> None:
 
 
 class GroupCommitWriter:
-    def __init__(self, engine, spool: Spool, max_batch: int = 256, outage_backoff_seconds: float = 0.5):
+    def __init__(self, engine, spool: Spool, max_batch: int = 256, outage_backoff_seconds: float = 0.5, checkpointer: WalCheckpointer | None = None):
         self.engine = engine
         self.spool = spool
+        self.checkpointer = checkpointer
         self.max_batch = max(1, int(max_batch))
         self.outage_backoff_seconds = outage_backoff_seconds
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -90,6 +92,8 @@ class GroupCommitWriter:
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="azamrecon-group-commit", daemon=True)
         self._thread.start()
+        if self.checkpointer:
+            self.checkpointer.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Commit what is queued, then end the thread."""
@@ -100,6 +104,8 @@ class GroupCommitWriter:
         self._queue.put(_STOP)
         thread.join(timeout)
         self._thread = None
+        if self.checkpointer:
+            self.checkpointer.stop(timeout)
 
     @property
     def running(self) -> bool:
@@ -120,7 +126,7 @@ class GroupCommitWriter:
     # --- writer thread --------------------------------------------------------------------------
 
     def _run(self) -> None:
-        get, get_nowait, limit = self._queue.get, self._queue.get_nowait, self.max_batch
+        get, get_nowait, limit, checkpointer = self._queue.get, self._queue.get_nowait, self.max_batch, self.checkpointer
         stopping = False
         while not stopping:
             first = get()
@@ -143,6 +149,8 @@ class GroupCommitWriter:
                 for item in batch:
                     item.outcome = item.outcome or FAILED
             self._answer(batch)
+            if checkpointer is not None and checkpointer.due:
+                checkpointer.catch_up()
         # anything queued after the stop marker is still answered
         rest = []
         while True:

@@ -1,0 +1,214 @@
+"""The receiver's SQLite log copies (pipeline.wal): off the group commit, and the log still starts over."""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+
+from loguru import logger
+
+from pipeline.config import DatabaseConfig
+from pipeline.db import make_engine
+from pipeline.schema import upgrade
+from pipeline.wal import WalCheckpointer
+from receiver.app import create_app, make_receiver_engine
+from receiver.spool import Spool
+from receiver.writer import GroupCommitWriter
+from tests.test_receiver_writer import _row
+
+
+def _engine(tmp_path, autocheckpoint=False):
+    engine = make_engine(DatabaseConfig(url=f"sqlite:///{tmp_path / 'wal.db'}"), sqlite_autocheckpoint=autocheckpoint)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB)")
+    with engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")  # the table itself is in the database file
+    return engine
+
+
+def _commit_rows(engine, commits: int, rows: int = 20) -> None:
+    connection = engine.raw_connection()
+    try:
+        for _ in range(commits):
+            connection.execute("BEGIN IMMEDIATE")
+            connection.executemany("INSERT INTO t (body) VALUES (?)", [(b"x" * 3000,)] * rows)
+            connection.execute("COMMIT")
+    finally:
+        connection.close()
+
+
+def _log_bytes(path) -> int:
+    """The -wal file's size: SQLite writes a restarted log from the file's start and never shrinks the
+    file here, so the size is the longest the log has been."""
+    return (path.parent / (path.name + "-wal")).stat().st_size
+
+
+def _rows_in_database_file(path, table: str = "t") -> int:
+    """Rows the database file itself holds, ignoring the log (immutable=1 never reads the -wal file)."""
+    connection = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        return connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    finally:
+        connection.close()
+
+
+def _autocheckpoint(engine) -> int:
+    with engine.connect() as connection:
+        return connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+
+
+def test_the_receiver_engine_copies_no_log_inside_a_commit(tmp_path):
+    config = DatabaseConfig(url=f"sqlite:///{tmp_path / 'a.db'}")
+    receiver_engine, other_engine = make_receiver_engine(config), make_engine(config)
+    try:
+        assert _autocheckpoint(receiver_engine) == 0
+        assert _autocheckpoint(other_engine) == 1000  # every other job keeps SQLite's default
+    finally:
+        receiver_engine.dispose()
+        other_engine.dispose()
+
+
+def test_without_autocheckpoint_a_commit_leaves_the_log_uncopied(tmp_path):
+    """What the checkpointer is for: with autocheckpoint off, nothing reaches the database file by itself."""
+    engine = _engine(tmp_path)
+    try:
+        _commit_rows(engine, 40)
+        assert _rows_in_database_file(tmp_path / "wal.db") == 0
+        assert _log_bytes(tmp_path / "wal.db") > 40 * 20 * 3000
+    finally:
+        engine.dispose()
+
+
+def test_a_round_copies_the_log_and_the_writers_catch_up_starts_it_over(tmp_path):
+    engine = _engine(tmp_path)
+    checkpointer = WalCheckpointer(engine, restart_frames=20)
+    path = tmp_path / "wal.db"
+    writer = engine.raw_connection()
+    try:
+        _commit_rows(engine, 40)
+        writer.execute("BEGIN IMMEDIATE")  # the writer is inside its next group while the round copies
+        writer.executemany("INSERT INTO t (body) VALUES (?)", [(b"y" * 3000,)] * 20)
+        log, copied = checkpointer.checkpoint()
+        assert log >= 40 and copied == log
+        assert _rows_in_database_file(path) == 40 * 20
+        assert checkpointer.due
+        writer.execute("COMMIT")
+        grown = _log_bytes(path)
+
+        _commit_rows(engine, 1)  # begins on a log not all copied: appended after the old frames
+        assert _log_bytes(path) > grown
+
+        checkpointer.catch_up()  # between two groups: copies the rest
+        assert not checkpointer.due and checkpointer.catch_ups == 1
+        longest = _log_bytes(path)
+        _commit_rows(engine, 3)  # begins on a fully copied log: SQLite writes it from the start
+        assert _log_bytes(path) == longest
+        assert _rows_in_database_file(path) == 42 * 20
+    finally:
+        writer.close()
+        engine.dispose()
+
+
+def test_a_short_log_is_not_due(tmp_path):
+    engine = _engine(tmp_path)
+    checkpointer = WalCheckpointer(engine, restart_frames=10_000)
+    try:
+        _commit_rows(engine, 5)
+        log, copied = checkpointer.checkpoint()
+        assert 0 < log < 10_000 and copied == log
+        assert not checkpointer.due
+    finally:
+        engine.dispose()
+
+
+def test_the_writer_never_waits_for_a_round(tmp_path):
+    """A catch-up while a round holds the copy returns at once and stays due for the next group."""
+    engine = _engine(tmp_path)
+    checkpointer = WalCheckpointer(engine, restart_frames=1)
+    try:
+        _commit_rows(engine, 3)
+        checkpointer.checkpoint()
+        assert checkpointer.due
+        holding, release = threading.Event(), threading.Event()
+
+        def round_in_progress():
+            with checkpointer._copying:
+                holding.set()
+                release.wait(10)
+
+        thread = threading.Thread(target=round_in_progress)
+        thread.start()
+        try:
+            assert holding.wait(10)
+            checkpointer.catch_up()
+            assert checkpointer.due and checkpointer.catch_ups == 0
+        finally:
+            release.set()
+            thread.join(10)
+        checkpointer.catch_up()
+        assert not checkpointer.due and checkpointer.catch_ups == 1
+    finally:
+        engine.dispose()
+
+
+def test_a_failing_copy_is_logged_not_raised(tmp_path):
+    path = tmp_path / "not-a-database.db"
+    path.write_bytes(b"this is not an SQLite database file, whatever its name says" * 100)
+    engine = make_engine(DatabaseConfig(url=f"sqlite:///{path}"), sqlite_autocheckpoint=False)
+    messages: list[str] = []
+    sink = logger.add(lambda message: messages.append(str(message)), level="WARNING")
+    checkpointer = WalCheckpointer(engine, interval_seconds=0.01)
+    try:
+        checkpointer.due = True
+        checkpointer.catch_up()  # on the writer's thread: must never raise
+        checkpointer.start()
+        checkpointer.stop()
+        assert checkpointer.failures >= 2
+        assert len([m for m in messages if "SQLite WAL checkpoint failed" in m]) == 1  # one warning a minute
+    finally:
+        logger.remove(sink)
+        engine.dispose()
+
+
+def _largest_log_under_the_writer(directory, checkpointer_options: dict | None) -> tuple[int, GroupCommitWriter, WalCheckpointer | None]:
+    """480 callbacks through the real group-commit writer, in waves of 8: (longest log in bytes, writer, checkpointer)."""
+    directory.mkdir()
+    engine = make_receiver_engine(DatabaseConfig(url=f"sqlite:///{directory / 'wal.db'}"))
+    upgrade(engine)
+    checkpointer = WalCheckpointer(engine, **checkpointer_options) if checkpointer_options is not None else None
+    writer = GroupCommitWriter(engine, Spool(directory / "spool"), max_batch=8, checkpointer=checkpointer)
+
+    async def scenario():
+        for wave in range(60):
+            await asyncio.gather(*(writer.submit(*_row(wave * 8 + n)) for n in range(8)))
+            await asyncio.sleep(0.005)
+
+    writer.start()
+    try:
+        asyncio.run(scenario())
+        largest_log = _log_bytes(directory / "wal.db")  # before the last connection closes (that removes the file)
+    finally:
+        writer.stop()
+        engine.dispose()
+    return largest_log, writer, checkpointer
+
+
+def test_the_group_commit_writer_keeps_the_log_short_and_copies_it_on_stop(tmp_path):
+    """Through the real writer: rows keep arriving while the checkpointer copies; the log starts over
+    again and again instead of growing as it does with nobody copying, and a stopped writer leaves every
+    row in the database file."""
+    unbounded, _, _ = _largest_log_under_the_writer(tmp_path / "nobody-copies", None)
+    largest, writer, checkpointer = _largest_log_under_the_writer(tmp_path / "checkpointer", {"interval_seconds": 0.02, "restart_frames": 30})
+    assert writer.rows_committed == 480
+    assert checkpointer.catch_ups >= 2
+    assert largest < unbounded / 3
+    assert _rows_in_database_file(tmp_path / "checkpointer" / "wal.db", "payment_events") == 480
+
+
+def test_the_app_copies_the_log_on_sqlite_only(backend):
+    app = create_app(backend.config(), engine=backend.engine)
+    if backend.name == "sqlite":
+        assert isinstance(app.state.checkpointer, WalCheckpointer)
+        assert app.state.writer.checkpointer is app.state.checkpointer
+    else:
+        assert app.state.checkpointer is None and app.state.writer.checkpointer is None
