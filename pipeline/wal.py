@@ -15,6 +15,9 @@ copy made on this thread never lands between the two, and the log would grow wit
 writer thread, between two groups, copies the last few frames itself (`catch_up`), and its next
 transaction starts the log over. A lock keeps a round and a catch-up apart (SQLite would answer the
 second "busy"); the writer never waits for it: a round in progress puts its catch-up off to the next group.
+Another process's writer (serve --workers 2) can still keep the log from starting over; past CAP_FRAMES a
+round ends with a RESTART checkpoint, which holds every writer back until the whole log is copied: a
+pause for callbacks then, but the log stays bounded.
 """
 from __future__ import annotations
 
@@ -27,19 +30,29 @@ from sqlalchemy.engine import Engine
 INTERVAL_SECONDS = 0.25
 PASSES_PER_ROUND = 4
 RESTART_FRAMES = 1_000  # 4 MB of 4 KiB pages: the log SQLite's own autocheckpoint lets grow
+CAP_FRAMES = 65_536  # 256 MB
 CATCH_UP_WAIT_SECONDS = 2.0  # a writer with nothing to write never catches up: the next round copies instead
 ERROR_LOG_INTERVAL_SECONDS = 60.0
 
 
 class WalCheckpointer:
-    def __init__(self, engine: Engine, interval_seconds: float = INTERVAL_SECONDS, passes: int = PASSES_PER_ROUND, restart_frames: int = RESTART_FRAMES):
+    def __init__(
+        self,
+        engine: Engine,
+        interval_seconds: float = INTERVAL_SECONDS,
+        passes: int = PASSES_PER_ROUND,
+        restart_frames: int = RESTART_FRAMES,
+        cap_frames: int = CAP_FRAMES,
+    ):
         self.engine = engine
         self.interval_seconds = interval_seconds
         self.passes = max(1, passes)
         self.restart_frames = restart_frames
+        self.cap_frames = cap_frames
         self.due = False  # a round left frames to copy; the writer calls catch_up() between two groups
         self.rounds = 0
         self.catch_ups = 0
+        self.restarts = 0
         self.failures = 0
         self._copying = threading.Lock()
         self._due_since = 0.0
@@ -68,6 +81,9 @@ class WalCheckpointer:
         Another process's checkpoint in progress (SQLite answers busy) ends the round: that one copies."""
         with self._copying:
             log, copied = self._passes(self.passes)
+            if log >= self.cap_frames:
+                log, copied = self._passes(1, "RESTART")
+                self.restarts += 1
             self.rounds += 1
             if log >= self.restart_frames and not self.due:
                 self.due, self._due_since = True, time.monotonic()
@@ -88,13 +104,13 @@ class WalCheckpointer:
         finally:
             self._copying.release()
 
-    def _passes(self, passes: int) -> tuple[int, int]:
+    def _passes(self, passes: int, mode: str = "PASSIVE") -> tuple[int, int]:
         log = copied = 0
         connection = self.engine.raw_connection()
         try:
             cursor = connection.cursor()
             for _ in range(passes):
-                busy, log, copied = cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                busy, log, copied = cursor.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
                 if busy or copied >= log:
                     break
             cursor.close()

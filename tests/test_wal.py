@@ -109,6 +109,32 @@ def test_a_round_copies_the_log_and_the_writers_catch_up_starts_it_over(tmp_path
         engine.dispose()
 
 
+def test_past_the_cap_a_round_holds_writers_back_until_the_log_can_start_over(tmp_path):
+    """Another process's writer inside a transaction while the round copies: a passive copy leaves the
+    log growing (previous test); past cap_frames the round waits for that transaction and copies all,
+    so the next commit starts the log over with no catch-up."""
+    engine = _engine(tmp_path)
+    checkpointer = WalCheckpointer(engine, restart_frames=10**9, cap_frames=20)
+    path = tmp_path / "wal.db"
+    other_writer = engine.raw_connection()
+    try:
+        _commit_rows(engine, 40)
+        other_writer.execute("BEGIN IMMEDIATE")
+        other_writer.executemany("INSERT INTO t (body) VALUES (?)", [(b"y" * 3000,)] * 20)
+        committer = threading.Timer(0.3, lambda: other_writer.execute("COMMIT"))
+        committer.start()
+        log, copied = checkpointer.checkpoint()
+        committer.join()
+        assert checkpointer.restarts == 1 and not checkpointer.due
+        assert copied == log and _rows_in_database_file(path) == 41 * 20  # the other writer's rows included
+        longest = _log_bytes(path)
+        _commit_rows(engine, 3)
+        assert _log_bytes(path) == longest
+    finally:
+        other_writer.close()
+        engine.dispose()
+
+
 def test_a_short_log_is_not_due(tmp_path):
     engine = _engine(tmp_path)
     checkpointer = WalCheckpointer(engine, restart_frames=10_000)
