@@ -48,6 +48,8 @@ def test_fifty_concurrent_callbacks_all_stored(backend, workers):
     assert (logs / "payments.log").read_text().count("Received Azam Pay callback: {") == 51
     everything = "".join(p.read_text(errors="replace") for p in logs.rglob("*") if p.is_file()) + server.output()
     assert PASSWORD not in everything
+    warned = "worker processes on SQLite take turns at its one write lock" in server.output()
+    assert warned == (workers > 1 and backend.name == "sqlite")
 
 
 def _outage_setup(backend):
