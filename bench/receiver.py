@@ -71,6 +71,13 @@ def _measure(server, port: int, connections: int, seconds: float, references, ta
     return Run(load, rows, cpu / answered * 1e6 if answered else None)
 
 
+def _log_file_mb(url: str) -> float:
+    """The -wal file's size: the longest the write-ahead log has been (a log that starts over is written
+    from the file's start again); read while the server still has the database open."""
+    path = Path(url.replace("sqlite:///", "", 1) + "-wal")
+    return path.stat().st_size / 1e6 if path.exists() else 0.0
+
+
 def run(args) -> int:
     quick = args.quick
     seconds = args.seconds or (1.5 if quick else 8.0)
@@ -96,6 +103,7 @@ def run(args) -> int:
     workers = args.workers
 
     results: dict[tuple[str, str, int], Run] = {}
+    longest_log_mb: float | None = None
     ceilings: dict[str, dict] = {}
     failures: list[str] = []
     started = time.monotonic()
@@ -131,6 +139,8 @@ def run(args) -> int:
                                     f"{db} {variant} c={c} ({result.load.driver}): database gained {result.rows} rows for {result.answered} answers "
                                     f"({result.load.ok} 2xx), {result.load.cut} cut in flight"
                                 )
+                        if db == "sqlite" and variant == "receiver":
+                            longest_log_mb = _log_file_mb(url)
             finally:
                 engine.dispose()
             if url.startswith("mysql") and not args.keep_mysql:
@@ -169,6 +179,8 @@ def run(args) -> int:
     for db in dbs:
         ceiling = ceilings[db]
         print(f"storage ceiling {db}: {ceiling['rows']:,} single-row INSERT+COMMIT in {ceiling['seconds']:.2f} s")
+    if longest_log_mb is not None:
+        print(f"sqlite write-ahead log: {longest_log_mb:.1f} MB at its longest during the receiver's points (the -wal file; SQLite never shrinks it here)")
     for note in notes:
         print(f"note: {note}")
     rule = "db rows == answers (all 2xx)" if driver == "python" else "answers <= db rows <= answers + connections (cut: in flight when wrk stopped; stored, never answered)"

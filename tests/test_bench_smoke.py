@@ -43,6 +43,8 @@ def test_bench_receiver_quick():
             assert row[column].endswith("x") and _number(row[column]) > 0
     assert "invariant db rows == answers (all 2xx): OK" in done.stdout
     assert "target sqlite @64 conns" in done.stdout
+    (log_line,) = [line for line in done.stdout.splitlines() if line.startswith("sqlite write-ahead log: ")]
+    assert _number(log_line.split()[3]) > 0  # the receiver's points wrote through the log
 
 
 def test_bench_latency_quick():
