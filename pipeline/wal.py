@@ -96,7 +96,7 @@ class WalCheckpointer:
             return
         try:
             log, copied = self._passes(1)
-            if copied >= log:
+            if 0 <= log <= copied:  # -1, -1: another process is copying; stay due and try after the next group
                 self.due = False
                 self.catch_ups += 1
         except Exception as exc:

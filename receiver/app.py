@@ -236,7 +236,7 @@ _CALLBACK_PATHS = frozenset((CALLBACK_PATH, CALLBACK_PATH.rstrip("/")))
 def make_receiver_engine(database: DatabaseConfig):
     """The receiver's engine: like every other, plus read/write timeouts on MySQL so a hung server
     turns into StoreUnavailable (and a spooled 503) instead of a hung writer, and on SQLite no WAL copy
-    inside a group commit (create_app runs a pipeline.wal.WalCheckpointer instead)."""
+    inside a group commit (create_app gives the writer a pipeline.wal.WalCheckpointer instead)."""
     if database.url.startswith("mysql"):
         return make_engine(
             database,

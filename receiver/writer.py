@@ -7,6 +7,9 @@ is being fsynced the next group is queueing, so throughput grows with concurrenc
 
 When the database fails, every row of the failed group is written to the disk spool (fsync) and
 answered SPOOLED (503); if the spool cannot be written either, FAILED / NO_SPACE (500 / 507).
+
+On SQLite a pipeline.wal.WalCheckpointer copies the write-ahead log on a thread of its own; between two
+groups, when it asks, the writer copies the last few frames so that its next group starts the log over.
 """
 from __future__ import annotations
 

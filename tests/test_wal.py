@@ -5,6 +5,7 @@ import asyncio
 import sqlite3
 import threading
 
+import pytest
 from loguru import logger
 
 from pipeline.config import DatabaseConfig
@@ -24,6 +25,13 @@ def _engine(tmp_path, autocheckpoint=False):
     with engine.connect() as connection:
         connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")  # the table itself is in the database file
     return engine
+
+
+@pytest.fixture
+def engine(tmp_path):
+    engine = _engine(tmp_path)
+    yield engine
+    engine.dispose()
 
 
 def _commit_rows(engine, commits: int, rows: int = 20) -> None:
@@ -68,19 +76,14 @@ def test_the_receiver_engine_copies_no_log_inside_a_commit(tmp_path):
         other_engine.dispose()
 
 
-def test_without_autocheckpoint_a_commit_leaves_the_log_uncopied(tmp_path):
+def test_without_autocheckpoint_a_commit_leaves_the_log_uncopied(engine, tmp_path):
     """What the checkpointer is for: with autocheckpoint off, nothing reaches the database file by itself."""
-    engine = _engine(tmp_path)
-    try:
-        _commit_rows(engine, 40)
-        assert _rows_in_database_file(tmp_path / "wal.db") == 0
-        assert _log_bytes(tmp_path / "wal.db") > 40 * 20 * 3000
-    finally:
-        engine.dispose()
+    _commit_rows(engine, 40)
+    assert _rows_in_database_file(tmp_path / "wal.db") == 0
+    assert _log_bytes(tmp_path / "wal.db") > 40 * 20 * 3000
 
 
-def test_a_round_copies_the_log_and_the_writers_catch_up_starts_it_over(tmp_path):
-    engine = _engine(tmp_path)
+def test_a_round_copies_the_log_and_the_writers_catch_up_starts_it_over(engine, tmp_path):
     checkpointer = WalCheckpointer(engine, restart_frames=20)
     path = tmp_path / "wal.db"
     writer = engine.raw_connection()
@@ -106,14 +109,12 @@ def test_a_round_copies_the_log_and_the_writers_catch_up_starts_it_over(tmp_path
         assert _rows_in_database_file(path) == 42 * 20
     finally:
         writer.close()
-        engine.dispose()
 
 
-def test_past_the_cap_a_round_holds_writers_back_until_the_log_can_start_over(tmp_path):
+def test_past_the_cap_a_round_holds_writers_back_until_the_log_can_start_over(engine, tmp_path):
     """Another process's writer inside a transaction while the round copies: a passive copy leaves the
     log growing (previous test); past cap_frames the round waits for that transaction and copies all,
     so the next commit starts the log over with no catch-up."""
-    engine = _engine(tmp_path)
     checkpointer = WalCheckpointer(engine, restart_frames=10**9, cap_frames=20)
     path = tmp_path / "wal.db"
     other_writer = engine.raw_connection()
@@ -132,49 +133,40 @@ def test_past_the_cap_a_round_holds_writers_back_until_the_log_can_start_over(tm
         assert _log_bytes(path) == longest
     finally:
         other_writer.close()
-        engine.dispose()
 
 
-def test_a_short_log_is_not_due(tmp_path):
-    engine = _engine(tmp_path)
+def test_a_short_log_is_not_due(engine, tmp_path):
     checkpointer = WalCheckpointer(engine, restart_frames=10_000)
-    try:
-        _commit_rows(engine, 5)
-        log, copied = checkpointer.checkpoint()
-        assert 0 < log < 10_000 and copied == log
-        assert not checkpointer.due
-    finally:
-        engine.dispose()
+    _commit_rows(engine, 5)
+    log, copied = checkpointer.checkpoint()
+    assert 0 < log < 10_000 and copied == log
+    assert not checkpointer.due
 
 
-def test_the_writer_never_waits_for_a_round(tmp_path):
+def test_the_writer_never_waits_for_a_round(engine, tmp_path):
     """A catch-up while a round holds the copy returns at once and stays due for the next group."""
-    engine = _engine(tmp_path)
     checkpointer = WalCheckpointer(engine, restart_frames=1)
+    _commit_rows(engine, 3)
+    checkpointer.checkpoint()
+    assert checkpointer.due
+    holding, release = threading.Event(), threading.Event()
+
+    def round_in_progress():
+        with checkpointer._copying:
+            holding.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=round_in_progress)
+    thread.start()
     try:
-        _commit_rows(engine, 3)
-        checkpointer.checkpoint()
-        assert checkpointer.due
-        holding, release = threading.Event(), threading.Event()
-
-        def round_in_progress():
-            with checkpointer._copying:
-                holding.set()
-                release.wait(10)
-
-        thread = threading.Thread(target=round_in_progress)
-        thread.start()
-        try:
-            assert holding.wait(10)
-            checkpointer.catch_up()
-            assert checkpointer.due and checkpointer.catch_ups == 0
-        finally:
-            release.set()
-            thread.join(10)
+        assert holding.wait(10)
         checkpointer.catch_up()
-        assert not checkpointer.due and checkpointer.catch_ups == 1
+        assert checkpointer.due and checkpointer.catch_ups == 0
     finally:
-        engine.dispose()
+        release.set()
+        thread.join(10)
+    checkpointer.catch_up()
+    assert not checkpointer.due and checkpointer.catch_ups == 1
 
 
 def test_a_failing_copy_is_logged_not_raised(tmp_path):
