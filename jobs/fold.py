@@ -60,8 +60,9 @@ def collector_paused() -> Iterator[None]:
     """A fold batch allocates millions of short-lived tuples that form no cycles. Reference counting frees
     them; the cyclic collector only rescanned them, a fifth of a rebuild's time. Cycles made during the
     batch are collected after it. Wrap the call that returns from the batch, not the work inside it: the
-    collection that follows gc.enable() traverses whatever is still alive, and inside the batch that is
-    all of it (4% of a rebuild)."""
+    first collection after gc.enable() (at the next allocations) traverses whatever is still alive, and
+    inside the batch that is all of its objects (4% of a rebuild); after the return, only what the batch
+    hands back."""
     enabled = gc.isenabled()
     gc.disable()
     try:

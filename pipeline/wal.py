@@ -2,22 +2,29 @@
 
 By default the commit that takes SQLite's write-ahead log past 1,000 pages also copies the log into the
 database file and fsyncs it before it returns. In the receiver that commit is a group commit, so every
-callback in the group waited for the copy: at 64 connections p99 was 25-100 ms with it and 17-18 ms
-without (bench/RESULTS.md). The receiver's engine turns that off (make_engine(sqlite_autocheckpoint=False))
-and this thread copies the log on a connection of its own, beside the writer: in WAL mode a checkpoint
-and a write transaction run at the same time. Durability is unchanged: a commit is durable once its
-frames are fsynced in the log, which the writer still does.
+callback in the group waited for the copy, several times a second under load (bench/RESULTS.md: p99 at
+64 connections 21-22 ms after this change, 23-26 ms before, max latency 24-30 ms against 81-136 ms).
+The receiver's engine turns that off (make_engine(sqlite_autocheckpoint=False)) and this thread copies
+the log on a connection of its own, beside the writer: in WAL mode a checkpoint and a write transaction
+run at the same time. Durability is unchanged: a commit is durable once its frames are fsynced in the
+log, which the writer still does.
 
 SQLite starts the log over from its beginning only at a write transaction that begins when every frame
-has been copied. Under steady load the writer begins its next transaction as soon as one commits, so a
-copy made on this thread never lands between the two, and the log would grow without bound (400 MB in
-10 s at 5,000 callbacks/s). So when a round leaves a log of RESTART_FRAMES or more, `due` is set: the
-writer thread, between two groups, copies the last few frames itself (`catch_up`), and its next
-transaction starts the log over. A lock keeps a round and a catch-up apart (SQLite would answer the
-second "busy"); the writer never waits for it: a round in progress puts its catch-up off to the next group.
-Another process's writer (serve --workers 2) can still keep the log from starting over; past CAP_FRAMES a
-round ends with a RESTART checkpoint, which holds every writer back until the whole log is copied: a
-pause for callbacks then, but the log stays bounded.
+has been copied and no reader is still reading from the log. Under steady load the writer begins its
+next transaction as soon as one commits, so a copy made on this thread never lands between the two,
+and the log would grow without bound (400 MB in 10 s at 5,000 callbacks/s). So when a round leaves a
+log of RESTART_FRAMES or more, `due` is set: the writer thread, between two groups, copies the last
+few frames itself (`catch_up`), and its next transaction starts the log over. A lock keeps a round and
+a catch-up apart (SQLite would answer the second "busy"); the writer never waits for it: a round in
+progress puts its catch-up off to the next group.
+
+Another process's writer (serve --workers 2) can still keep the log from starting over; past CAP_FRAMES
+a round ends with a RESTART checkpoint, which holds every writer back while it waits for the other
+writer's transaction and for readers to leave the log, then copies it all. It waits at most
+RESTART_WAIT_MS (not the connection's busy timeout, 10 s by default): a reader that stays in the log
+(a long report, say) would otherwise hold the callbacks back for that long at every round. A RESTART
+that could not finish is not tried again for RESTART_BACKOFF_SECONDS; meanwhile the log grows, as it
+would under SQLite's own autocheckpoint with that reader open.
 """
 from __future__ import annotations
 
@@ -31,6 +38,8 @@ INTERVAL_SECONDS = 0.25
 PASSES_PER_ROUND = 4
 RESTART_FRAMES = 1_000  # 4 MB of 4 KiB pages: the log SQLite's own autocheckpoint lets grow
 CAP_FRAMES = 65_536  # 256 MB
+RESTART_WAIT_MS = 250
+RESTART_BACKOFF_SECONDS = 60.0
 CATCH_UP_WAIT_SECONDS = 2.0  # a writer with nothing to write never catches up: the next round copies instead
 ERROR_LOG_INTERVAL_SECONDS = 60.0
 
@@ -53,9 +62,11 @@ class WalCheckpointer:
         self.rounds = 0
         self.catch_ups = 0
         self.restarts = 0
+        self.restarts_given_up = 0
         self.failures = 0
         self._copying = threading.Lock()
         self._due_since = 0.0
+        self._no_restart_until = 0.0
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_error_logged = float("-inf")
@@ -74,16 +85,16 @@ class WalCheckpointer:
             return
         self._wake.set()
         thread.join(timeout)
-        self._thread = None
+        if not thread.is_alive():  # still copying: start() must not run a second thread beside it
+            self._thread = None
 
     def checkpoint(self) -> tuple[int, int]:
         """One round: (frames in the log, frames copied) after its last pass; equal when all were copied.
         Another process's checkpoint in progress (SQLite answers busy) ends the round: that one copies."""
         with self._copying:
             log, copied = self._passes(self.passes)
-            if log >= self.cap_frames:
-                log, copied = self._passes(1, "RESTART")
-                self.restarts += 1
+            if log >= self.cap_frames and time.monotonic() >= self._no_restart_until:
+                log, copied = self._restart()
             self.rounds += 1
             if log >= self.restart_frames and not self.due:
                 self.due, self._due_since = True, time.monotonic()
@@ -96,7 +107,8 @@ class WalCheckpointer:
             return
         try:
             log, copied = self._passes(1)
-            if 0 <= log <= copied:  # -1, -1: another process is copying; stay due and try after the next group
+            # -1, -1: another process is copying; frames left: a reader still needs them. Either way stay due.
+            if 0 <= log <= copied:
                 self.due = False
                 self.catch_ups += 1
         except Exception as exc:
@@ -104,18 +116,38 @@ class WalCheckpointer:
         finally:
             self._copying.release()
 
-    def _passes(self, passes: int, mode: str = "PASSIVE") -> tuple[int, int]:
+    def _passes(self, passes: int) -> tuple[int, int]:
         log = copied = 0
         connection = self.engine.raw_connection()
         try:
             cursor = connection.cursor()
             for _ in range(passes):
-                busy, log, copied = cursor.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+                busy, log, copied = cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 if busy or copied >= log:
                     break
             cursor.close()
         finally:
             connection.close()
+        return log, copied
+
+    def _restart(self) -> tuple[int, int]:
+        connection = self.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            (configured_ms,) = cursor.execute("PRAGMA busy_timeout").fetchone()
+            cursor.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
+            try:
+                busy, log, copied = cursor.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            finally:
+                cursor.execute(f"PRAGMA busy_timeout={int(configured_ms)}")  # the connection goes back to the pool
+            cursor.close()
+        finally:
+            connection.close()
+        if busy:
+            self.restarts_given_up += 1
+            self._no_restart_until = time.monotonic() + RESTART_BACKOFF_SECONDS
+        else:
+            self.restarts += 1
         return log, copied
 
     def _run(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 
 import pytest
 from loguru import logger
@@ -122,7 +123,7 @@ def test_past_the_cap_a_round_holds_writers_back_until_the_log_can_start_over(en
         _commit_rows(engine, 40)
         other_writer.execute("BEGIN IMMEDIATE")
         other_writer.executemany("INSERT INTO t (body) VALUES (?)", [(b"y" * 3000,)] * 20)
-        committer = threading.Timer(0.3, lambda: other_writer.execute("COMMIT"))
+        committer = threading.Timer(0.1, lambda: other_writer.execute("COMMIT"))  # within RESTART_WAIT_MS
         committer.start()
         log, copied = checkpointer.checkpoint()
         committer.join()
@@ -133,6 +134,29 @@ def test_past_the_cap_a_round_holds_writers_back_until_the_log_can_start_over(en
         assert _log_bytes(path) == longest
     finally:
         other_writer.close()
+
+
+def test_a_reader_left_in_the_log_holds_a_restart_back_only_briefly(engine, tmp_path):
+    """A RESTART waits for readers too. One that stays (a long report) must not hold the writers back for
+    the connection's busy timeout (10 s) at every round: the RESTART gives up after RESTART_WAIT_MS and
+    is not tried again for a while; the pooled connection gets its busy timeout back."""
+    checkpointer = WalCheckpointer(engine, restart_frames=10**9, cap_frames=20)
+    reader = sqlite3.connect(tmp_path / "wal.db", isolation_level=None)
+    try:
+        _commit_rows(engine, 10)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM t").fetchone()  # a snapshot that needs the log's frames
+        _commit_rows(engine, 30)
+        started = time.monotonic()
+        log, copied = checkpointer.checkpoint()
+        checkpointer.checkpoint()  # within the back-off: no second RESTART
+        held = time.monotonic() - started
+        assert held < 5  # the default busy timeout is 10 s per RESTART
+        assert checkpointer.restarts == 0 and checkpointer.restarts_given_up == 1 and copied < log
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10_000
+    finally:
+        reader.close()
 
 
 def test_a_short_log_is_not_due(engine, tmp_path):
@@ -177,7 +201,6 @@ def test_a_failing_copy_is_logged_not_raised(tmp_path):
     sink = logger.add(lambda message: messages.append(str(message)), level="WARNING")
     checkpointer = WalCheckpointer(engine, interval_seconds=0.01)
     try:
-        checkpointer.due = True
         checkpointer.catch_up()  # on the writer's thread: must never raise
         checkpointer.start()
         checkpointer.stop()
@@ -211,16 +234,38 @@ def _largest_log_under_the_writer(directory, checkpointer_options: dict | None) 
     return largest_log, writer, checkpointer
 
 
-def test_the_group_commit_writer_keeps_the_log_short_and_copies_it_on_stop(tmp_path):
+def test_the_group_commit_writer_keeps_the_log_short(tmp_path):
     """Through the real writer: rows keep arriving while the checkpointer copies; the log starts over
-    again and again instead of growing as it does with nobody copying, and a stopped writer leaves every
-    row in the database file."""
+    again and again instead of growing as it does with nobody copying."""
     unbounded, _, _ = _largest_log_under_the_writer(tmp_path / "nobody-copies", None)
     largest, writer, checkpointer = _largest_log_under_the_writer(tmp_path / "checkpointer", {"interval_seconds": 0.02, "restart_frames": 30})
     assert writer.rows_committed == 480
     assert checkpointer.catch_ups >= 2
     assert largest < unbounded / 3
-    assert _rows_in_database_file(tmp_path / "checkpointer" / "wal.db", "payment_events") == 480
+
+
+def test_a_stopped_writer_leaves_every_row_in_the_database_file(tmp_path):
+    """The checkpointer's last round runs at stop, before the engine closes (closing would copy too)."""
+    engine = make_receiver_engine(DatabaseConfig(url=f"sqlite:///{tmp_path / 'wal.db'}"))
+    upgrade(engine)
+    with engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")  # the schema itself is in the database file
+    checkpointer = WalCheckpointer(engine, interval_seconds=3600)  # no round but the last one
+    writer = GroupCommitWriter(engine, Spool(tmp_path / "spool"), checkpointer=checkpointer)
+
+    async def scenario():
+        await asyncio.gather(*(writer.submit(*_row(n)) for n in range(10)))
+
+    writer.start()
+    try:
+        asyncio.run(scenario())
+        assert _rows_in_database_file(tmp_path / "wal.db", "payment_events") == 0  # all in the log so far
+        writer.stop()
+        assert checkpointer.rounds == 1
+        assert _rows_in_database_file(tmp_path / "wal.db", "payment_events") == 10
+    finally:
+        writer.stop()
+        engine.dispose()
 
 
 def test_the_app_copies_the_log_on_sqlite_only(backend):

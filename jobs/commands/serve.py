@@ -56,7 +56,7 @@ def serve(ctx: Context, host: str | None, port: int | None, workers: int | None)
         from loguru import logger
 
         # SQLite's busy handler is not a queue: a worker that finds the write lock taken sleeps and retries,
-        # and under load another worker keeps winning (p99 2.3-2.8 s at 64 connections with 2 workers)
+        # and under load another worker keeps winning (bench.receiver --workers 2: p99 4.4 s at 64 connections)
         logger.warning(
             "serve: {} worker processes on SQLite take turns at its one write lock and a worker can wait seconds "
             "for it under load; one worker commits for all concurrent callbacks (group commit): use --workers 1 "
