@@ -144,6 +144,10 @@ def test_rebuild_as_of_writes_the_state_known_then(backend, now, cli_config, tmp
     assert data["patients"][str(patient)]["status"] == "FUNDING"
     later = invoke(cli_config, "rebuild", "--no-progress", "--as-of", "2026-01-14T09:30:10+00:00", "--format", "json")
     assert json.loads(later.stdout)["donations"][str(donation)]["status"] == "COMPLETED"
+    as_csv = invoke(cli_config, "rebuild", "--no-progress", "--as-of", "2026-01-14T09:30:10+00:00", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))  # one document: one header, donations and patients
+    assert [(row["kind"], row["id"], row["status"]) for row in rows] == [("donation", str(donation), "COMPLETED"), ("patient", str(patient), "FULLY_FUNDED")]
+    assert Decimal(rows[1]["funding_received"]) == Decimal("10000") and rows[1]["fully_funded_at"] and not rows[1]["credit_event_id"]
 
 
 def test_resolve_moves_review_to_completed_and_show_prints_json(backend, now, cli_config):
@@ -227,7 +231,7 @@ def test_json_and_csv_output_parse_with_the_progress_bar_on(backend, now, cli_co
     populate(backend, now)
     assert invoke(cli_config, "fold").exit_code == 0
     for args, header in [
-        (("rebuild", "--as-of", "2030-01-01"), ["donation", "status", "completed_at", "credit_event_id"]),
+        (("rebuild", "--as-of", "2030-01-01"), ["kind", "id", "status", "completed_at", "credit_event_id", "funding_received", "fully_funded_at"]),
         (("rebuild", "--check"), ["difference"]),
         (("rebuild",), None),  # the report's keys, as in the JSON
     ]:

@@ -83,11 +83,20 @@ def rebuild(ctx: Context, check, as_of_text, output, progress, output_format) ->
     emit_object(report.as_dict(), output_format, title="rebuild")
 
 
+_AS_OF_DONATION_COLUMNS = ["status", "completed_at", "credit_event_id"]
+_AS_OF_PATIENT_COLUMNS = ["funding_received", "status", "fully_funded_at"]
+
+
 def _print_as_of(data: dict, output_format: str) -> None:
-    rows = [{"donation": k, **{f: v[f] for f in ("status", "completed_at", "credit_event_id")}} for k, v in data["donations"].items()]
-    emit_rows(rows, output_format, title="donations (as of)", columns=["donation", "status", "completed_at", "credit_event_id"])
+    donations = [{"donation": k, **{f: v[f] for f in _AS_OF_DONATION_COLUMNS}} for k, v in data["donations"].items()]
     patients = [{"patient": k, **v} for k, v in data["patients"].items()]
-    emit_rows(patients, output_format, title="patients (as of)", columns=["patient", "funding_received", "status", "fully_funded_at"])
+    if output_format == "csv":  # one document a CSV reader can take whole: a `kind` column, cells left empty where they do not apply
+        rows = [{"kind": "donation", "id": row.pop("donation"), **row} for row in donations]
+        rows += [{"kind": "patient", "id": row.pop("patient"), **row} for row in patients]
+        emit_rows(rows, "csv", columns=["kind", "id", *dict.fromkeys(_AS_OF_DONATION_COLUMNS + _AS_OF_PATIENT_COLUMNS)])
+        return
+    emit_rows(donations, output_format, title="donations (as of)", columns=["donation", *_AS_OF_DONATION_COLUMNS])
+    emit_rows(patients, output_format, title="patients (as of)", columns=["patient", *_AS_OF_PATIENT_COLUMNS])
 
 
 COMMANDS = [fold, rebuild]
