@@ -39,6 +39,21 @@ def child_environment(environ: Mapping[str, str] | None = None) -> dict[str, str
     return {name: value for name, value in environ.items() if name not in CONFIG_ENV_NAMES}
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def loopback_without_proxy(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """NO_PROXY and no_proxy with the loopback hosts added. Everything the demo talks to (the sandbox,
+    serve) is on loopback; a proxy from the operator's shell (HTTP_PROXY, often set on office machines)
+    would otherwise carry those requests, and the demo failed with ProxyError."""
+    environ = os.environ if environ is None else environ
+    updated = {}
+    for name in ("NO_PROXY", "no_proxy"):
+        hosts = [host.strip() for host in environ.get(name, "").split(",") if host.strip()]
+        updated[name] = ",".join(hosts + [host for host in LOOPBACK_HOSTS if host not in hosts])
+    return updated
+
+
 def config_from_environment(environ: Mapping[str, str] | None = None) -> list[str]:
     """The config names set (non-empty) in the environment, which the demo ignores."""
     environ = os.environ if environ is None else environ

@@ -50,6 +50,12 @@ def test_demo_ignores_a_production_environment(tmp_path):
         "AZAM_PAY_CLIENT_ID": "production-client",
         "AZAM_PAY_CLIENT_SECRET": "production-secret",
         "AZAM_PAY_WEBHOOK_PASSWORD": "production-webhook-password",
+        # an office machine's proxy, which cannot reach the demo's loopback services
+        "HTTP_PROXY": f"http://127.0.0.1:{closed}",
+        "HTTPS_PROXY": f"http://127.0.0.1:{closed}",
+        "http_proxy": f"http://127.0.0.1:{closed}",
+        "ALL_PROXY": f"http://127.0.0.1:{closed}",
+        "NO_PROXY": "intranet.example",
     }
     folder = tmp_path / "demo"
     result = subprocess.run(

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 import pipeline.config
 from jobs.cli import cli
-from jobs.demo import CONFIG_ENV_NAMES, child_environment, write_config
+from jobs.demo import CONFIG_ENV_NAMES, child_environment, loopback_without_proxy, write_config
 from pipeline.config import ENV_OVERRIDES, load_config
 
 
@@ -103,3 +103,10 @@ def test_demo_without_config_says_nothing(tmp_path, monkeypatch):
 
     assert result.exit_code == 0, result.output
     assert result.stderr == "" and len(started) == 1
+
+
+def test_loopback_is_added_to_the_proxy_exceptions_not_put_in_their_place():
+    assert loopback_without_proxy({"NO_PROXY": "intranet.example, 127.0.0.1", "no_proxy": ""}) == {
+        "NO_PROXY": "intranet.example,127.0.0.1,localhost,::1",
+        "no_proxy": "127.0.0.1,localhost,::1",
+    }

@@ -18,7 +18,9 @@ def demo(ctx: Context, folder) -> None:
 
     Self-contained: ignores --config and the config environment variables (DATABASE_URL, TOKEN, ...).
     """
-    from jobs.demo import config_from_environment, run_demo
+    import os
+
+    from jobs.demo import config_from_environment, loopback_without_proxy, run_demo
 
     path = Path(folder) if folder else Path("demo-run") / datetime.now().strftime("%Y%m%d-%H%M%S")
     if path.exists():
@@ -31,6 +33,7 @@ def demo(ctx: Context, folder) -> None:
     ignored = config_from_environment()
     if ignored:
         click.echo(f"note: demo ignores {', '.join(ignored)} from the environment: {where}", err=True)
+    os.environ.update(loopback_without_proxy())  # this process and the ones it starts
     click.get_current_context().exit(run_demo(path.resolve(), say=click.echo))
 
 
