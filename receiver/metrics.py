@@ -57,6 +57,11 @@ def render(engine, config, writer, now: datetime) -> str:
         out.metric("azamrecon_receiver_rows_committed_total", "counter", "Callbacks committed by this worker.", [({}, writer.rows_committed)])
         out.metric("azamrecon_receiver_batches_total", "counter", "Group-commit transactions by this worker.", [({}, writer.batches)])
         out.metric("azamrecon_receiver_rows_spooled_total", "counter", "Callbacks spooled to disk by this worker.", [({}, writer.rows_spooled)])
+        checkpointer = writer.checkpointer
+        if checkpointer is not None:  # SQLite: the write-ahead log is copied off the group commit (pipeline.wal)
+            out.metric("azamrecon_receiver_wal_checkpoints_total", "counter", "Rounds that copied SQLite's write-ahead log, by this worker.", [({}, checkpointer.rounds)])
+            out.metric("azamrecon_receiver_wal_catch_ups_total", "counter", "Copies the writer finished between two groups, so the log started over.", [({}, checkpointer.catch_ups)])
+            out.metric("azamrecon_receiver_wal_checkpoint_failures_total", "counter", "Log copies that failed (the log grows meanwhile; commits stay durable).", [({}, checkpointer.failures)])
     return out.text()
 
 

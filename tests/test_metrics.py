@@ -43,6 +43,14 @@ def test_metrics_report_log_lag_stuck_and_jobs(backend):
         assert before["azamrecon_stuck_pending"] == 2
         assert before['azamrecon_job_runs_total{job="poll",outcome="ok"}'] == 1
         assert before["azamrecon_receiver_rows_committed_total"] == 1
+        if backend.name == "sqlite":
+            app.state.checkpointer.checkpoint()
+            copied = parse(client.get("/metrics").text)
+            assert copied["azamrecon_receiver_wal_checkpoints_total"] == before["azamrecon_receiver_wal_checkpoints_total"] + 1
+            assert copied["azamrecon_receiver_wal_checkpoint_failures_total"] == 0
+            assert "azamrecon_receiver_wal_catch_ups_total" in copied
+        else:
+            assert not any(name.startswith("azamrecon_receiver_wal_") for name in before)
         run_fold(backend.engine, backend.config(), now)
         response = client.get("/metrics")
         after = parse(response.text)
