@@ -3,7 +3,8 @@
 By default the commit that takes SQLite's write-ahead log past 1,000 pages also copies the log into the
 database file and fsyncs it before it returns. In the receiver that commit is a group commit, so every
 callback in the group waited for the copy, several times a second under load (bench/RESULTS.md: p99 at
-64 connections 21-22 ms after this change, 23-26 ms before, max latency 24-30 ms against 81-136 ms).
+64 connections 21-22 ms after this change and 23-26 ms before, in alternating bench.receiver runs; the
+max latency 24-30 ms against 81-136 ms, in a one-off experiment that RESULTS describes).
 The receiver's engine turns that off (make_engine(sqlite_autocheckpoint=False)) and this thread copies
 the log on a connection of its own, beside the writer: in WAL mode a checkpoint and a write transaction
 run at the same time. Durability is unchanged: a commit is durable once its frames are fsynced in the
