@@ -9,13 +9,16 @@ peak RSS):
 - ceiling: a raw DBAPI scan of exactly the event columns the fold reads;
 - write ceiling: the rows the rebuild wrote (anomalies, donation updates, credits), rewritten by raw
   executemany in one transaction; scan + writes is the storage floor of a rebuild, with no Python fold;
+- rules: the fold's Python alone, fold_batch into rebuild --check's in-memory store with the batch reads
+  not timed; storage floor + rules is the serial floor of this design on one core, and half of it the
+  bound if both cores shared that work perfectly (arithmetic, printed as such);
 - naive: one ORM transaction per event (load the donation through the ORM, pipeline.fold.apply, write
   donation + credit + anomalies + patient through the ORM, commit) over the first --naive events;
 - rebuild: jobs.rebuild.rebuild over the whole log (and over a log 1/10 the size, for RSS flatness);
 - incremental: reset, then jobs.fold.run_fold at the configured batch size with production logging;
 - digest: the derived state after rebuild and after the incremental fold must be identical.
 
-It prints one table with the ratios rebuild/ceiling, rebuild/storage floor and rebuild/naive from this run. `--json PATH`
+It prints one table with the ratios rebuild/ceiling, rebuild/storage floor, rebuild/serial floor and rebuild/naive from this run. `--json PATH`
 also writes the figures (the CI smoke test reads them and asserts invariants, never times).
 """
 from __future__ import annotations
@@ -433,10 +436,35 @@ def phase_naive(url: str, workdir: str, limit: int | None) -> dict:
     return {"events": len(ids), "seconds": seconds}
 
 
+def phase_rules(url: str, workdir: str, limit: int | None) -> dict:
+    """The fold's Python alone: the whole log folded into rebuild --check's in-memory store, batch by batch
+    as a rebuild does, timing only fold_batch (reading each batch is not timed; nothing is written). With
+    the storage floor it bounds what any rebuild of this design can reach on this machine."""
+    from jobs.fold import collector_paused, fold_batch, trust_policy
+    from jobs.rebuild import REBUILD_BATCH
+    from pipeline.db import make_engine, transaction
+    from pipeline.store.memory import MemoryFoldStore
+
+    config = _config(url, workdir)
+    engine = make_engine(config.database)
+    policy = trust_policy(config)
+    seconds, events, position = 0.0, 0, 0
+    with transaction(engine) as session:
+        memory = MemoryFoldStore(session)
+        while batch := memory.events_after(position, REBUILD_BATCH):
+            position = batch[-1].id
+            started = time.perf_counter()
+            with collector_paused():
+                fold_batch(memory, batch, [], policy)
+            seconds += time.perf_counter() - started
+            events += len(batch)
+        snap = memory.snapshot()
+    engine.dispose()
+    return {"events": events, "seconds": seconds, "sha256": _digest(snap)["sha256"]}
+
+
 def phase_digest(url: str, workdir: str, limit: int | None) -> dict:
     """A hash of the whole derived state (pipeline.store.snapshot, what rebuild --check compares) and counts."""
-    from collections import Counter
-
     from pipeline.db import make_engine, transaction
     from pipeline.store.snapshot import live_snapshot
 
@@ -445,6 +473,12 @@ def phase_digest(url: str, workdir: str, limit: int | None) -> dict:
     with transaction(engine) as session:
         snap = live_snapshot(session)
     engine.dispose()
+    return _digest(snap)
+
+
+def _digest(snap) -> dict:
+    from collections import Counter
+
     digest = hashlib.sha256()
     for part in (snap.donations, snap.credits, snap.patients):
         for key in sorted(part):
@@ -477,6 +511,7 @@ PHASES = {
     "digest": phase_digest,
     "profile": phase_profile,
     "writes": phase_writes,
+    "rules": phase_rules,
 }
 
 
@@ -577,6 +612,7 @@ def main(argv: list[str] | None = None) -> int:
             ("rebuild", url, None),
             ("digest_rebuild", url, None),
             ("writes", url, None),
+            ("rules", url, None),
             ("incremental", url, None),
             ("digest_incremental", url, None),
             ("rebuild_small", small_url, None),
@@ -606,6 +642,8 @@ def render(args, events, donations, patients, naive, small, settings, generation
     ceiling, rebuild, naive_r, incremental, small_r = r["ceiling"], r["rebuild"], r["naive"], r["incremental"], r["rebuild_small"]
     writes = r["writes"]
     floor = {"events": rebuild["events"], "seconds": ceiling["seconds"] + writes["seconds"]}
+    rules = r["rules"]
+    serial = {"events": rebuild["events"], "seconds": floor["seconds"] + rules["seconds"]}
     same = r["digest_rebuild"]["sha256"] == r["digest_incremental"]["sha256"]
     lines = [
         f"bench.fold ({args.db}{', quick' if args.quick else ''}) | {machine_line()}",
@@ -617,6 +655,11 @@ def render(args, events, donations, patients, naive, small, settings, generation
         f"| write ceiling: the rebuild's {writes['rows']:,} rows ({writes['anomalies']:,} anomalies, {writes['donations']:,} donations, "
         f"{writes['credits']:,} credits) rewritten by raw executemany, one transaction | {rebuild['events']:,} | {writes['seconds']:.2f} | {rate({'events': rebuild['events'], 'seconds': writes['seconds']}):,.0f} | {writes['rss_mb']:.0f} | |",
         f"| storage floor: scan + writes, no Python fold at all | {floor['events']:,} | {floor['seconds']:.2f} | {rate(floor):,.0f} | | |",
+        f"| rules: the fold's Python alone (fold_batch into rebuild --check's in-memory store, batch reads not timed) | {rules['events']:,} | {rules['seconds']:.2f} "
+        f"| {rate(rules):,.0f} | {rules['rss_mb']:.0f} | |",
+        f"| serial floor: storage floor + rules, one core | {serial['events']:,} | {serial['seconds']:.2f} | {rate(serial):,.0f} | | rebuild/serial floor {rate(rebuild) / rate(serial):.2f} |",
+        f"| two-core bound: the serial floor split perfectly over both cores (arithmetic, not a run) | {serial['events']:,} | {serial['seconds'] / 2:.2f} "
+        f"| {2 * rate(serial):,.0f} | | |",
         f"| naive: one ORM transaction per event (first {naive:,}) | {naive_r['events']:,} | {naive_r['seconds']:.2f} | {rate(naive_r):,.0f} | {naive_r['rss_mb']:.0f} | |",
         f"| **rebuild** (jobs.rebuild.rebuild, {rebuild['batches']} batches) | {rebuild['events']:,} | {rebuild['seconds']:.2f} | **{rate(rebuild):,.0f}** | {rebuild['rss_mb']:.0f} "
         f"| rebuild/ceiling {rate(rebuild) / rate(ceiling):.2f}; rebuild/storage floor {rate(rebuild) / rate(floor):.2f}; **rebuild/naive {rate(rebuild) / rate(naive_r):.1f}x** |",
@@ -627,6 +670,7 @@ def render(args, events, donations, patients, naive, small, settings, generation
         "",
         f"state after rebuild == state after incremental fold: {'yes' if same else 'NO'} "
         f"(donations {r['digest_rebuild']['statuses']}, {r['digest_rebuild']['credits']:,} credits, anomalies {r['digest_rebuild']['anomalies']})",
+        f"state of the in-memory fold (rules) == state after rebuild: {'yes' if rules['sha256'] == r['digest_rebuild']['sha256'] else 'NO'}",
     ]
     return "\n".join(lines)
 
