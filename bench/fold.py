@@ -7,8 +7,9 @@ invalid payloads), then measures, each phase in a fresh subprocess (so generatio
 peak RSS):
 
 - ceiling: a raw DBAPI scan of exactly the event columns the fold reads;
-- write ceiling: the rows the rebuild wrote (anomalies, donation updates, credits), rewritten by raw
-  executemany in one transaction; scan + writes is the storage floor of a rebuild, with no Python fold;
+- write ceiling: the rows the rebuild wrote (anomalies, donation updates, credits), rewritten in one
+  transaction with the fold store's own statements; scan + writes is the storage floor of a rebuild,
+  with no Python fold;
 - rules: the fold's Python alone, fold_batch into rebuild --check's in-memory store with the batch reads
   not timed; storage floor + rules is the serial floor of this design on one core, and half of it the
   bound if both cores shared that work perfectly (arithmetic, printed as such);
@@ -286,34 +287,26 @@ def phase_ceiling(url: str, workdir: str, limit: int | None) -> dict:
 
 def phase_writes(url: str, workdir: str, limit: int | None) -> dict:
     """The storage side of the ceiling: the rows a rebuild wrote (its anomalies, donation updates and
-    credits), read back and written again with raw executemany in one transaction, durability settings
-    unchanged. Run right after a rebuild; the state it leaves is the same."""
+    credits), read back and written again in one transaction with the statements the fold's store uses
+    (executemany; on MySQL the donation updates through a temporary table, pipeline.store.driver's
+    update_rows), durability settings unchanged. Run right after a rebuild; the state it leaves is the same."""
     from bench.common import engine_for
     from pipeline.fold import DERIVED_FIELDS
+    from pipeline.store.driver import Driver
 
     engine = engine_for(url)
-    sqlite = url.startswith("sqlite")
-    mark = "?" if sqlite else "%s"
-    raw = engine.raw_connection()
-    cursor = raw.cursor()
-    cursor.execute("SELECT event_id, donation_id, kind, detail FROM anomalies ORDER BY id")
-    anomalies = cursor.fetchall()
-    cursor.execute(f"SELECT {', '.join(DERIVED_FIELDS)}, id FROM donations ORDER BY id")
-    donations = cursor.fetchall()
-    cursor.execute("SELECT donation_id, patient_id, amount, event_id, credited_at FROM funding_credits ORDER BY id")
-    credits = cursor.fetchall()
-    if sqlite:
-        cursor.execute("BEGIN IMMEDIATE")
-    cursor.execute("DELETE FROM anomalies")
-    cursor.execute("DELETE FROM funding_credits")
-    started = time.perf_counter()
-    cursor.executemany(f"INSERT INTO anomalies (event_id, donation_id, kind, detail) VALUES ({', '.join([mark] * 4)})", anomalies)
-    cursor.executemany(f"UPDATE donations SET {', '.join(f'{name} = {mark}' for name in DERIVED_FIELDS)} WHERE id = {mark}", donations)
-    cursor.executemany(f"INSERT INTO funding_credits (donation_id, patient_id, amount, event_id, credited_at) VALUES ({', '.join([mark] * 5)})", credits)
-    cursor.execute("COMMIT") if sqlite else raw.commit()
-    seconds = time.perf_counter() - started
-    cursor.close()
-    raw.close()
+    with engine.begin() as connection:
+        raw = Driver(connection)
+        anomalies = raw.fetch("SELECT event_id, donation_id, kind, detail FROM anomalies ORDER BY id")
+        donations = raw.fetch(f"SELECT {', '.join(DERIVED_FIELDS)}, id FROM donations ORDER BY id")
+        credits = raw.fetch("SELECT donation_id, patient_id, amount, event_id, credited_at FROM funding_credits ORDER BY id")
+        raw.execute("DELETE FROM anomalies")
+        raw.execute("DELETE FROM funding_credits")
+        started = time.perf_counter()
+        raw.many(f"INSERT INTO anomalies (event_id, donation_id, kind, detail) VALUES {raw.marks(4)}", anomalies)
+        raw.update_rows("donations", DERIVED_FIELDS, donations)
+        raw.many(f"INSERT INTO funding_credits (donation_id, patient_id, amount, event_id, credited_at) VALUES {raw.marks(5)}", credits)
+    seconds = time.perf_counter() - started  # the commit included
     engine.dispose()
     return {"rows": len(anomalies) + len(donations) + len(credits), "anomalies": len(anomalies), "donations": len(donations), "credits": len(credits), "seconds": seconds}
 
@@ -653,7 +646,7 @@ def render(args, events, donations, patients, naive, small, settings, generation
         "|---|---:|---:|---:|---:|---|",
         f"| ceiling: raw DBAPI scan of the fold's event columns | {ceiling['events']:,} | {ceiling['seconds']:.2f} | {rate(ceiling):,.0f} | {ceiling['rss_mb']:.0f} | |",
         f"| write ceiling: the rebuild's {writes['rows']:,} rows ({writes['anomalies']:,} anomalies, {writes['donations']:,} donations, "
-        f"{writes['credits']:,} credits) rewritten by raw executemany, one transaction | {rebuild['events']:,} | {writes['seconds']:.2f} | {rate({'events': rebuild['events'], 'seconds': writes['seconds']}):,.0f} | {writes['rss_mb']:.0f} | |",
+        f"{writes['credits']:,} credits) rewritten with the store's statements, one transaction | {rebuild['events']:,} | {writes['seconds']:.2f} | {rate({'events': rebuild['events'], 'seconds': writes['seconds']}):,.0f} | {writes['rss_mb']:.0f} | |",
         f"| storage floor: scan + writes, no Python fold at all | {floor['events']:,} | {floor['seconds']:.2f} | {rate(floor):,.0f} | | |",
         f"| rules: the fold's Python alone (fold_batch into rebuild --check's in-memory store, batch reads not timed) | {rules['events']:,} | {rules['seconds']:.2f} "
         f"| {rate(rules):,.0f} | {rules['rss_mb']:.0f} | |",

@@ -68,6 +68,31 @@ class Driver:
         finally:
             cursor.close()
 
+    def execute(self, sql: str, params: Sequence = ()) -> None:
+        self.fetch(sql, params)
+
+    def update_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence], key: str = "id") -> None:
+        """`UPDATE table SET columns WHERE key = ...` for each row (its values in `columns` order, then its key;
+        keys unique). SQLite: executemany, in process. MySQL: PyMySQL's executemany sends one UPDATE per row,
+        a round trip each (it folds only INSERT ... VALUES into one statement), which was most of a MariaDB
+        fold's writing; so the rows go into a temporary table in one multi-row INSERT, and one UPDATE ... JOIN
+        applies them. CREATE and DROP TEMPORARY TABLE do not end the transaction (MySQL's implicit commits
+        spare TEMPORARY), and the table is this connection's alone."""
+        if not rows:
+            return
+        if self.sqlite:
+            assignments = ", ".join(f"{column} = ?" for column in columns)
+            self.many(f"UPDATE {table} SET {assignments} WHERE {key} = ?", rows)
+            return
+        staged = f"staged_{table}"
+        names = ", ".join((*columns, key))
+        assignments = ", ".join(f"{table}.{column} = {staged}.{column}" for column in columns)
+        self.execute(f"DROP TEMPORARY TABLE IF EXISTS {staged}")  # left behind by a transaction that failed midway
+        self.execute(f"CREATE TEMPORARY TABLE {staged} (PRIMARY KEY ({key})) SELECT {names} FROM {table} LIMIT 0")
+        self.many(f"INSERT INTO {staged} ({names}) VALUES {self.marks(len(columns) + 1)}", rows)
+        self.execute(f"UPDATE {table} JOIN {staged} ON {table}.{key} = {staged}.{key} SET {assignments}")
+        self.execute(f"DROP TEMPORARY TABLE {staged}")
+
     def marks(self, count: int) -> str:
         return "(" + ", ".join([self.mark] * count) + ")"
 

@@ -116,7 +116,6 @@ class PatientRow:
 
 
 _DERIVED_GETTER = attrgetter(*DERIVED_FIELDS)
-_UPDATE_DONATION_SQL = f"UPDATE donations SET {', '.join(name + ' = ?' for name in DERIVED_FIELDS)} WHERE id = ?"
 
 
 class SqlFoldStore:
@@ -239,7 +238,7 @@ class SqlFoldStore:
                     values[index] = when(values[index])
             values.append(state.id)
             rows.append(values)
-        raw.many(_UPDATE_DONATION_SQL.replace("?", raw.mark), rows)
+        raw.update_rows("donations", DERIVED_FIELDS, rows)
 
     # -- anomalies --------------------------------------------------------------------------
     def waiting_event_ids(self) -> set[int]:
@@ -283,12 +282,8 @@ class SqlFoldStore:
         ]
         for part in chunks(removed):
             self.session.execute(delete(FundingCredit).where(FundingCredit.donation_id.in_(part)))
-        mark = raw.mark
         raw.many(f"INSERT INTO funding_credits (donation_id, patient_id, amount, event_id, credited_at) VALUES {raw.marks(5)}", added)
-        raw.many(
-            f"UPDATE funding_credits SET event_id = {mark}, credited_at = {mark}, amount = {mark}, patient_id = {mark} WHERE donation_id = {mark}",
-            moved,
-        )
+        raw.update_rows("funding_credits", ("event_id", "credited_at", "amount", "patient_id"), moved, key="donation_id")
 
     def patients(self, ids: Iterable[int]) -> dict[int, PatientRow]:
         raw = self.raw
@@ -308,12 +303,11 @@ class SqlFoldStore:
 
     def write_patients(self, totals: dict[int, PatientTotals]) -> None:
         raw = self.raw
-        mark = raw.mark
         rows = [
             (raw.bind_money(t.funding_received), t.status, raw.bind_when(t.fully_funded_at), patient_id)
             for patient_id, t in totals.items()
         ]
-        raw.many(f"UPDATE patients SET funding_received = {mark}, status = {mark}, fully_funded_at = {mark} WHERE id = {mark}", rows)
+        raw.update_rows("patients", ("funding_received", "status", "fully_funded_at"), rows)
 
     # -- invariants -------------------------------------------------------------------------
     def invariant_violations(self, patient_ids: Iterable[int] | None = None, donation_ids: Iterable[int] | None = None) -> list[str]:
