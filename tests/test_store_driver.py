@@ -5,11 +5,15 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from pipeline.db import transaction
+from jobs.fold import run_fold
+from pipeline.config import DatabaseConfig
+from pipeline.db import make_engine, transaction
+from pipeline.errors import StoreError
 from pipeline.store.driver import Driver
-from tests.builders import add_patient
+from tests.builders import add_donation, add_patient, append, at, callback_body
 
 
 def _patients(backend) -> dict[int, tuple]:
@@ -62,3 +66,35 @@ def test_a_staging_table_left_by_a_failed_transaction_does_not_block_the_connect
         with connection.begin():
             raw.update_rows("patients", ("status",), [("FULLY_FUNDED", patient)])
     assert _patients(backend)[patient][1] == "FULLY_FUNDED"
+
+
+def test_a_fold_without_the_temporary_table_grant_stops_with_one_line_and_loses_nothing(mysql_backend, now):
+    """docs/deploy.md: a MySQL user granted less than ALL PRIVILEGES needs CREATE TEMPORARY TABLES. Without
+    it the fold's batch fails whole (checkpoint and statuses untouched), and once granted the log is folded."""
+    backend = mysql_backend
+    database = backend.url.rsplit("/", 1)[1]
+    user = "azamrecon_no_temp"
+    grants = (f"DROP USER IF EXISTS '{user}'@'%'", f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'",
+              f"GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.* TO '{user}'@'%'")
+    with backend.engine.begin() as connection:
+        for statement in grants:
+            connection.execute(text(statement))
+    limited = make_engine(DatabaseConfig(url=backend.url.replace("://root@", f"://{user}:pw@", 1)))
+    try:
+        donation_id, reference = add_donation(backend.engine, now, patient_id=add_patient(backend.engine, now))
+        append(backend.engine, callback_body(reference), at(now, 5))
+        config = backend.config()
+        with pytest.raises(StoreError) as refused:
+            run_fold(limited, config, at(now, 10))
+        assert "Access denied" in str(refused.value) and "\n" not in str(refused.value)
+        assert backend.scalar("SELECT position FROM fold_checkpoints") in (None, 0)
+        assert backend.scalar("SELECT status FROM donations WHERE id = :id", id=donation_id) == "PENDING"
+        with backend.engine.begin() as connection:
+            connection.execute(text(f"GRANT CREATE TEMPORARY TABLES ON `{database}`.* TO '{user}'@'%'"))
+        limited.dispose()  # privileges are read at connect
+        assert run_fold(limited, config, at(now, 20)).credits_added == 1
+        assert backend.scalar("SELECT status FROM donations WHERE id = :id", id=donation_id) == "COMPLETED"
+    finally:
+        limited.dispose()
+        with backend.engine.begin() as connection:
+            connection.execute(text(f"DROP USER IF EXISTS '{user}'@'%'"))
