@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.exc import DBAPIError
 
 from jobs.fold import run_fold
@@ -79,7 +79,7 @@ def test_a_fold_without_the_temporary_table_grant_stops_with_one_line_and_loses_
     with backend.engine.begin() as connection:
         for statement in grants:
             connection.execute(text(statement))
-    limited = make_engine(DatabaseConfig(url=backend.url.replace("://root@", f"://{user}:pw@", 1)))
+    limited = make_engine(DatabaseConfig(url=make_url(backend.url).set(username=user, password="pw").render_as_string(hide_password=False)))
     try:
         donation_id, reference = add_donation(backend.engine, now, patient_id=add_patient(backend.engine, now))
         append(backend.engine, callback_body(reference), at(now, 5))
