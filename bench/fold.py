@@ -372,7 +372,7 @@ def phase_naive(url: str, workdir: str, limit: int | None) -> dict:
 
     from jobs.fold import CHECKPOINT, trust_policy
     from pipeline.db import make_engine, transaction
-    from pipeline.fold import DERIVED_FIELDS, DonationState, FoldEvent, apply, credit_of
+    from pipeline.fold import DERIVED_FIELDS, STATIC_FIELDS, DonationState, FoldEvent, apply, credit_of
     from pipeline.models import Anomaly, Donation, FundingCredit, Patient, PaymentEvent
     from pipeline.store.state import SqlFoldStore
 
@@ -384,7 +384,6 @@ def phase_naive(url: str, workdir: str, limit: int | None) -> dict:
         store.lock_checkpoint(CHECKPOINT)
         store.reset_derived(CHECKPOINT)
         ids = list(session.scalars(select(PaymentEvent.id).order_by(PaymentEvent.id).limit(limit)))
-    static = ("id", "patient_id", "charge_amount", "patient_amount", "external_reference", "transaction_id")
     started = time.perf_counter()
     for event_id in ids:
         with transaction(engine, immediate=True) as session:
@@ -406,7 +405,7 @@ def phase_naive(url: str, workdir: str, limit: int | None) -> dict:
             if donation is None:
                 session.add(Anomaly(event_id=event.id, donation_id=None, kind="unknown_reference", detail="no donation"))
                 continue
-            state = DonationState(*(getattr(donation, name) for name in static + DERIVED_FIELDS))
+            state = DonationState(*(getattr(donation, name) for name in STATIC_FIELDS + DERIVED_FIELDS))
             before = credit_of(state)
             anomalies, _ = apply(state, event, policy)
             for name in DERIVED_FIELDS:

@@ -33,22 +33,19 @@ from pipeline.fold import (
     FAILED,
     AnomalyRecord,
     Credit,
-    DonationIndex,
     DonationState,
     FoldEvent,
     PatientTotals,
     Transition,
     TrustPolicy,
-    batch_keys,
     credit_of,
     fold_donation,
     patient_totals,
     patient_update,
-    resolve,
-    transaction_keys,
 )
 from pipeline.logs import payments
-from pipeline.store.state import Checkpoint, SqlFoldStore, WaitingKeys, fold_lag
+from pipeline.resolution import CONFLICT_KIND, DEFAULT_FORMAT, TRANSACTION, DonationIndex, ReferenceFormat, Resolution, decide, lookup_keys, wanted_values
+from pipeline.store.state import Checkpoint, SqlFoldStore, WaitingKeys, fold_lag, offered_keys
 
 CHECKPOINT = "main"
 MAX_GAP_SPAN = 10_000  # a jump wider than this is not an in-flight transaction; it is not waited for
@@ -76,14 +73,18 @@ def trust_policy(config: Config) -> TrustPolicy:
     return TrustPolicy(credential_configured=config.webhook.credential_configured, verify_only=config.webhook.mode == "verify")
 
 
+def reference_format(config: Config) -> ReferenceFormat:
+    return ReferenceFormat(config.donations.reference_prefix)
+
+
 class FoldStore(Protocol):
     """What fold_batch needs; SqlFoldStore and MemoryFoldStore provide it."""
 
-    def donations_matching(self, references, ids, transactions) -> dict[int, DonationState]: ...
+    def donations_matching(self, wanted) -> dict[int, DonationState]: ...
     def events_by_ids(self, ids) -> list[FoldEvent]: ...
     def write_donations(self, states) -> None: ...
     def add_anomalies(self, anomalies) -> None: ...
-    def drop_anomalies(self, donation_ids=(), unknown_reference_events=()) -> None: ...
+    def drop_anomalies(self, donation_ids=(), waiting_events=()) -> None: ...
     def apply_credit_changes(self, changes) -> None: ...
     def patients(self, ids): ...
     def credits_of_patients(self, ids): ...
@@ -102,27 +103,24 @@ class BatchResult:
     donations: set[int] = field(default_factory=set)
 
 
-def fold_batch(store: FoldStore, events: list[FoldEvent], retried: list[FoldEvent], policy: TrustPolicy) -> BatchResult:
-    """Apply new events (and unknown-reference events retried against new donations) through `store`."""
+def fold_batch(
+    store: FoldStore, events: list[FoldEvent], retried: list[FoldEvent], policy: TrustPolicy, references: ReferenceFormat = DEFAULT_FORMAT
+) -> BatchResult:
+    """Apply new events (and waiting events retried against new donations) through `store`."""
     result = BatchResult(events=len(events))
     everything = sorted(events + retried)  # by id: ids are unique, so tuples compare on their first field
-    states, targets = _resolve_all(store, everything)
+    states, decisions = _resolve_all(store, everything, references)
 
     anomalies: list[AnomalyRecord] = []
     by_donation: dict[int, list[FoldEvent]] = {}
-    resolved_late: list[int] = []
-    retried_ids = {event.id for event in retried}
-    for event, donation_id in zip(everything, targets):
+    for event, decision in zip(everything, decisions):
         if event.parse_error:
             anomalies.append(AnomalyRecord(event.id, None, "invalid_payload", event.parse_error[:500]))
             continue
+        donation_id = decision.donation_id
         if donation_id is None:
-            if event.id not in retried_ids:
-                detail = event.utilityref or event.externalreference or event.transaction_ref or str(event.donation_id)
-                anomalies.append(AnomalyRecord(event.id, None, "unknown_reference", f"no donation for {detail}"[:500]))
+            anomalies.append(_waiting_anomaly(event, decision))
             continue
-        if retried_ids and event.id in retried_ids:
-            resolved_late.append(event.id)
         if donation_id in by_donation:
             by_donation[donation_id].append(event)
         else:
@@ -159,7 +157,8 @@ def fold_batch(store: FoldStore, events: list[FoldEvent], retried: list[FoldEven
             result.transitions.append((Transition(last.donation_id, last.event_id, before_status, last.after, last.reference, last.event_status), state))
     result.donations = set(by_donation)
 
-    store.drop_anomalies(donation_ids=replayed, unknown_reference_events=resolved_late)
+    # a retried event's anomaly is raised again from what it resolves to now, as a rebuild would raise it
+    store.drop_anomalies(donation_ids=replayed, waiting_events=[event.id for event in retried])
     store.write_donations(changed_states)
     store.add_anomalies(anomalies)
     store.apply_credit_changes(changes)
@@ -170,26 +169,44 @@ def fold_batch(store: FoldStore, events: list[FoldEvent], retried: list[FoldEven
     return result
 
 
-def _resolve_all(store: FoldStore, events: list[FoldEvent]) -> tuple[dict[int, DonationState], list[int | None]]:
-    """(the donation states the events name, the donation each event resolves to, or None), as resolve()
-    over every matching donation decides. Transaction ids come last in resolve()'s order, so they are
-    looked up only for the events that references and ids left unresolved: most events carry a
-    donation_id or a known reference, and the transaction lookups were a third of the reads."""
-    states = store.donations_matching(*batch_keys(events), set())
+def _waiting_anomaly(event: FoldEvent, decision: Resolution) -> AnomalyRecord:
+    """The anomaly of an event that resolved to no donation; its event waits for one (WAITING_KINDS)."""
+    if decision.conflict is not None:
+        return AnomalyRecord(event.id, decision.candidate, CONFLICT_KIND, decision.conflict[:500])
+    detail = event.utilityref or event.externalreference or event.transaction_ref or str(event.donation_id)
+    return AnomalyRecord(event.id, None, "unknown_reference", f"no donation for {detail}"[:500])
+
+
+def _resolve_all(store: FoldStore, events: list[FoldEvent], references: ReferenceFormat) -> tuple[dict[int, DonationState], list[Resolution]]:
+    """(the donation states the events name, each event's Resolution), as pipeline.resolution.decide over
+    every donation decides. References and ids are looked up first; transaction ids only for the events
+    that no reference or own donation_id resolved: most events carry one, and the transaction lookups were
+    a third of the reads. A strong key that matches wins, so what the first look-up resolved stays."""
+    keys = [lookup_keys(event, references) for event in events]
+    first = wanted_values(key for event_keys in keys for key in event_keys if key.column != TRANSACTION)
+    states = store.donations_matching(first)
     index = DonationIndex()
     for state in states.values():
-        index.add(state, transactions=False)
-    targets = [resolve(event, index) for event in events]
-    unresolved_at = [(position, event) for position, event in enumerate(events) if targets[position] is None and event.donation_id is None]
-    keys = transaction_keys([event for _, event in unresolved_at])
-    if keys:
-        states.update((donation_id, state) for donation_id, state in store.donations_matching(set(), set(), keys).items() if donation_id not in states)
-        index = DonationIndex()
-        for state in states.values():
-            index.add(state)
-        for position, event in unresolved_at:
-            targets[position] = resolve(event, index)
-    return states, targets
+        index.add(state)
+    decisions = [decide(event, event_keys, index) for event, event_keys in zip(events, keys)]
+    again = [i for i, decision in enumerate(decisions) if not _strong(decision, keys[i], index) and any(key.column == TRANSACTION for key in keys[i])]
+    if again:
+        found = store.donations_matching(wanted_values(key for i in again for key in keys[i] if key.column == TRANSACTION))
+        for donation_id, state in found.items():
+            if donation_id not in states:
+                states[donation_id] = state
+                index.add(state)
+        for i in again:
+            decisions[i] = decide(events[i], keys[i], index)
+    return states, decisions
+
+
+def _strong(decision: Resolution, keys, index: DonationIndex) -> bool:
+    """Whether a strong key the first look-up covered (a reference or an own donation_id, which come
+    before every transaction id) made this decision, so no transaction id can change it."""
+    return decision.donation_id is not None and any(
+        key.strong and key.column != TRANSACTION and index.find(key) == decision.donation_id for key in keys
+    )
 
 
 def _update_patients(store: FoldStore, changes: list[tuple[Credit | None, Credit | None]], result: BatchResult) -> None:
@@ -265,10 +282,11 @@ def _waiting_to_retry(store: SqlFoldStore, checkpoint: Checkpoint, events: list[
     if checkout_ids:
         ids |= checkout_ids
         transactions |= store.transaction_ids_of(checkout_ids)
-    if not (references or ids or transactions):
+    offered = offered_keys(ids, references, transactions)
+    if not offered:
         return [], high
     waiting.sync(store, waiting_ids)
-    return waiting.matching(references, ids, transactions), high
+    return waiting.matching(offered), high
 
 
 @dataclass
@@ -299,19 +317,20 @@ def run_fold(
 ) -> FoldReport:
     """Fold until the log is exhausted (or max_batches). Each batch commits with its checkpoint.
 
-    announce=False (rebuild) suppresses the per-donation log lines, as does a rebuild still in progress
-    (checkpoint.rebuild_until), whoever runs the batch; progress(position, max_id) is
-    called after each batch.
+    Every status change a batch makes is announced once in payments.log, after the batch commits, except
+    those caused by events up to checkpoint.rebuild_until while a rebuild refolds them (they were announced
+    when first folded), whoever runs the batch. announce=False silences a run (tests, benchmarks).
+    progress(position, max_id) is called after each batch.
     """
     policy = trust_policy(config)
     batch_size = batch_size or config.fold.batch_size
     report = FoldReport()
-    waiting = WaitingKeys()
+    waiting = WaitingKeys(reference_format(config))
     while max_batches is None or report.batches < max_batches:
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
             try:
                 with collector_paused():
-                    result, checkpoint, fresh, retried, rebuilding, max_id = _fold_one_batch(engine, config, policy, batch_size, now, waiting, progress)
+                    result, checkpoint, fresh, retried, quiet_until, max_id = _fold_one_batch(engine, config, policy, batch_size, now, waiting, progress)
                 break
             except StoreConflict as exc:
                 if attempt == CONFLICT_ATTEMPTS:
@@ -331,8 +350,8 @@ def run_fold(
         report.anomalies += result.anomalies
         report.gaps_waiting = len(checkpoint.gaps)
         report.position = checkpoint.position
-        if announce and not rebuilding:
-            announce_transitions(result)
+        if announce:
+            announce_transitions(result, quiet_until)
         if progress:
             progress(checkpoint.position, max_id)
         if not fresh and not retried:
@@ -343,7 +362,8 @@ def run_fold(
 
 
 def _fold_one_batch(engine: Engine, config: Config, policy: TrustPolicy, batch_size: int, now: datetime, waiting: WaitingKeys, progress):
-    """One batch in one transaction, under the fold lock: (result, checkpoint, fresh, retried, rebuilding, max_id)."""
+    """One batch in one transaction, under the fold lock: (result, checkpoint, fresh, retried, quiet_until, max_id),
+    where quiet_until is the rebuild's refold position at the batch's start (None when no rebuild runs)."""
     with transaction(engine, immediate=True) as session:
         store = SqlFoldStore(session)
         checkpoint = store.lock_checkpoint(CHECKPOINT)
@@ -351,27 +371,29 @@ def _fold_one_batch(engine: Engine, config: Config, policy: TrustPolicy, batch_s
         retry_ids, checkpoint.donation_high = _waiting_to_retry(store, checkpoint, fresh + filled, waiting)
         fresh_ids = {e.id for e in fresh + filled}
         retried = store.events_by_ids([i for i in retry_ids if i not in fresh_ids]) if retry_ids else []
-        result = fold_batch(store, fresh + filled, retried, policy)
+        result = fold_batch(store, fresh + filled, retried, policy, waiting.references)
         problems = store.invariant_violations(patient_ids=result.patients.keys(), donation_ids=result.donations)
         if problems:
             raise InvariantViolation("fold invariant violated: " + "; ".join(problems[:5]))
         checkpoint.events_applied += len(fresh) + len(filled)
-        rebuilding = checkpoint.rebuild_until is not None
-        if rebuilding and checkpoint.position >= checkpoint.rebuild_until:
+        quiet_until = checkpoint.rebuild_until
+        if quiet_until is not None and checkpoint.position >= quiet_until:
             checkpoint.rebuild_until = None
         store.save_checkpoint(checkpoint, now)
         max_id = store.max_event_id() if progress else 0
-    return result, checkpoint, fresh, retried, rebuilding, max_id
+    return result, checkpoint, fresh, retried, quiet_until, max_id
 
 
-def announce_transitions(result: BatchResult) -> None:
-    """The webhook guide's log phrases, once per real status change, after the batch committed.
+def announce_transitions(result: BatchResult, quiet_until: int | None = None) -> None:
+    """The webhook guide's log phrases, once per real status change, after the batch committed. A change
+    caused by an event up to quiet_until (a rebuild refolding what was announced before) is not repeated.
 
     Each "Updated patient funding" line gives the total after that donation, as the guide's one-callback-
     at-a-time view did, not the batch's final total: a batch that completes two donations of one patient
     says 25000.00 and then 35000.00. The last completion's line equals the total the batch stored."""
-    received = _funding_before_completions(result)
-    for transition, state in result.transitions:
+    announced = [(t, state) for t, state in result.transitions if quiet_until is None or t.event_id > quiet_until]
+    received = _funding_before_completions(result, announced)
+    for transition, state in announced:
         payments.info(f"Processed callback - External ID: {transition.reference}, Status: {transition.event_status}")
         if transition.after == COMPLETED:
             payments.info(f"✅ Donation {transition.donation_id} completed successfully")
@@ -385,12 +407,12 @@ def announce_transitions(result: BatchResult) -> None:
             payments.info(f"Donation {transition.donation_id} is now {transition.after} (was {transition.before})")
 
 
-def _funding_before_completions(result: BatchResult) -> dict[int, Decimal]:
+def _funding_before_completions(result: BatchResult, announced: list[tuple[Transition, DonationState]]) -> dict[int, Decimal]:
     """Each touched patient's funding_received less the credits of the completions announced in this batch
     (every other credit change of the batch, a removal say, counts as before them). A donation that
     became COMPLETED had no credit before (only COMPLETED donations have one), so its credit is the change."""
     received = {patient_id: totals.funding_received for patient_id, totals in result.patients.items()}
-    for transition, state in result.transitions:
+    for transition, state in announced:
         if transition.after == COMPLETED and state.patient_id in received:
             received[state.patient_id] -= credit_of(state).amount
     return received

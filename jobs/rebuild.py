@@ -9,7 +9,7 @@ from typing import Callable
 from loguru import logger
 from sqlalchemy.engine import Engine
 
-from jobs.fold import CHECKPOINT, FoldReport, collector_paused, fold_batch, run_fold, trust_policy
+from jobs.fold import CHECKPOINT, FoldReport, collector_paused, fold_batch, reference_format, run_fold, trust_policy
 from pipeline.config import Config
 from pipeline.db import transaction
 from pipeline.store.memory import MemoryFoldStore
@@ -26,8 +26,9 @@ def rebuild(engine: Engine, config: Config, now: datetime, progress: Progress | 
 
     Each batch commits with its checkpoint, so a crash mid-rebuild is finished by the next fold. Until
     the log is refolded up to the newest event at the start (checkpoint.rebuild_until), every fold,
-    scheduled ones included, stays quiet, and the poller waits: the statuses it would read are not
-    recomputed yet (re-announcing old completions, or polling completed donations, would be wrong).
+    scheduled ones included, stays quiet about the events up to it, and the poller waits: the statuses
+    it would read are not recomputed yet (re-announcing old completions, or polling completed donations,
+    would be wrong). Events that arrive meanwhile are announced once, whoever folds them.
     """
     with transaction(engine, immediate=True) as session:
         store = SqlFoldStore(session)
@@ -36,7 +37,8 @@ def rebuild(engine: Engine, config: Config, now: datetime, progress: Progress | 
         checkpoint = store.lock_checkpoint(CHECKPOINT)
         checkpoint.rebuild_until = store.max_event_id() or None
         store.save_checkpoint(checkpoint, now)
-    report = run_fold(engine, config, now, batch_size=max(config.fold.batch_size, REBUILD_BATCH), announce=False, progress=progress)
+    # quiet up to rebuild_until (announced when first folded); a callback that arrives meanwhile is announced
+    report = run_fold(engine, config, now, batch_size=max(config.fold.batch_size, REBUILD_BATCH), progress=progress)
     logger.bind(channel="payments").info(
         f"Rebuild finished: {report.events} events folded in {report.batches} batches, "
         f"{report.credits_added} credits, {report.anomalies} anomalies, {report.transitions} status changes"
@@ -45,7 +47,7 @@ def rebuild(engine: Engine, config: Config, now: datetime, progress: Progress | 
 
 
 def _fold_in_memory(memory: MemoryFoldStore, config: Config, until_id: int | None, skip: set[int], progress: Progress | None, total: int) -> int:
-    policy = trust_policy(config)
+    policy, references = trust_policy(config), reference_format(config)
     position = events = 0
     while True:
         batch = memory.events_after(position, REBUILD_BATCH, until_id=until_id)
@@ -54,7 +56,7 @@ def _fold_in_memory(memory: MemoryFoldStore, config: Config, until_id: int | Non
         position = batch[-1].id
         batch = [event for event in batch if event.id not in skip]
         with collector_paused():
-            fold_batch(memory, batch, [], policy)
+            fold_batch(memory, batch, [], policy, references)
         events += len(batch)
         if progress:
             progress(position, total)

@@ -50,23 +50,25 @@ def normalise_msisdn(raw: Any) -> str | None:
     return f"255{match.group(1)}{match.group(2)}" if match else None
 
 
+_AMOUNT = re.compile(r"[0-9]+(?:\.[0-9]{1,2})?", re.ASCII)
+MAX_AMOUNT = Decimal("1e12")
+
+
 def parse_amount(raw: Any) -> Decimal | None:
-    """Amounts arrive as strings ("25000"), sometimes numbers. None when absent; ParseError when not a number."""
+    """The one money grammar for amounts we are sent: ASCII digits, an optional single `.` and at most two
+    decimals ("25000", "25000.50"; a JSON integer too). None when absent; ParseError for anything else:
+    a sign, an exponent, commas, underscores, other digits, fractions of a cent, 10^12 or more."""
     if raw is None or raw == "":
         return None
-    if isinstance(raw, bool):
-        raise ParseError(f"amount is not a number: {raw!r}")
-    text = raw.text if isinstance(raw, JsonNumber) else str(raw)
-    try:
-        amount = Decimal(text.strip().replace(",", ""))
-    except InvalidOperation:
-        raise ParseError(f"amount is not a number: {text[:40]!r}") from None
-    if not amount.is_finite() or amount < 0 or amount >= Decimal("1e12"):
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+        raise ParseError(f"amount is not a number: {str(raw)[:40]!r}")
+    text = (raw.text if isinstance(raw, JsonNumber) else str(raw)).strip()
+    if not _AMOUNT.fullmatch(text):
+        raise ParseError(f"amount is not in the form 12345 or 12345.67: {text[:40]!r}")
+    amount = Decimal(text)
+    if amount >= MAX_AMOUNT:
         raise ParseError(f"amount out of range: {text[:40]!r}")
-    cents = amount.quantize(Decimal("0.01"))
-    if cents != amount:  # rounding "1000.004" to 1000.00 would make it match charge_amount and credit it
-        raise ParseError(f"amount has fractions of a cent: {text[:40]!r}")
-    return cents
+    return amount.quantize(Decimal("0.01"))
 
 
 def _clip(value: Any, length: int) -> str | None:
@@ -160,6 +162,7 @@ class EventFields:
     parse_error: str | None = None
     password: str | None = field(default=None, repr=False)  # for authentication only; never stored
     signature: str | None = field(default=None, repr=False)
+    amount_error: str | None = None  # why a stated amount is unusable (amount is then None); not a column
 
     def column_values(self) -> dict[str, Any]:
         return {
@@ -308,9 +311,14 @@ def extract_fields(body: bytes, decoded: Decoded | None = None) -> EventFields:
     `decoded`, when given, is decode_json(body), so the JSON is not parsed again."""
     try:
         callback = _callback(body, decoded)
-        amount = parse_amount(callback.amount)
     except ParseError as exc:
         return EventFields(parse_error=str(exc))
+    try:
+        amount = parse_amount(callback.amount)
+    except ParseError as exc:  # a fact, not a parse failure: a success without a usable amount ends in REVIEW
+        amount, amount_error = None, str(exc)
+    else:
+        amount_error = None
     status_raw = callback.text("transactionstatus")
     msisdn = callback.text("msisdn")
     return EventFields(
@@ -325,6 +333,7 @@ def extract_fields(body: bytes, decoded: Decoded | None = None) -> EventFields:
         msisdn=normalise_msisdn(msisdn) or _clip(msisdn, _LENGTHS["msisdn"]),
         password=None if callback.password is None else str(callback.password),
         signature=callback.text("signature"),
+        amount_error=amount_error,
     )
 
 

@@ -12,11 +12,11 @@ applied, so they do depend on order; the caller therefore always applies a donat
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
 from operator import attrgetter
-from typing import Iterable, NamedTuple, Sequence
+from typing import Iterable, NamedTuple
 
 PENDING, COMPLETED, FAILED, CANCELLED, EXPIRED, REVIEW = "PENDING", "COMPLETED", "FAILED", "CANCELLED", "EXPIRED", "REVIEW"
 SUCCESS, UNKNOWN = "SUCCESS", "UNKNOWN"
@@ -32,6 +32,7 @@ ANOMALY_KINDS = (
     "unknown_status",
     "invalid_payload",
     "duplicate",
+    "reference_conflict",
 )
 
 CALLBACK_SOURCES = ("callback", "import")
@@ -54,10 +55,8 @@ class FoldEvent(NamedTuple):
     donation_id: int | None = None
     parse_error: str | None = None
     status_raw: str | None = None
-
-    @property
-    def order_key(self) -> tuple[datetime, int]:
-        return (self.received_at, self.id)
+    msisdn: str | None = None
+    operator: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +86,8 @@ class DonationState:
     patient_amount: Decimal
     external_reference: str | None = None
     transaction_id: str | None = None
+    msisdn: str | None = None
+    provider: str | None = None
     # derived
     status: str = PENDING
     completed_at: datetime | None = None
@@ -110,7 +111,7 @@ class DonationState:
 
     def reset(self) -> "DonationState":
         """The state before any event: static facts kept, every derived field at its default."""
-        return DonationState(self.id, self.patient_id, self.charge_amount, self.patient_amount, self.external_reference, self.transaction_id)
+        return DonationState(*_STATIC_FIELDS(self))
 
     def copy(self) -> "DonationState":
         # dataclasses.replace walks the fields in Python each call: 6x slower, and rebuild --check copies every touched state
@@ -120,8 +121,10 @@ class DonationState:
         return [int(part) for part in self.event_ids.split(",")] if self.event_ids else []
 
 
-DERIVED_FIELDS = tuple(f.name for f in fields(DonationState))[6:]
+STATIC_FIELDS = tuple(f.name for f in fields(DonationState))[:8]
+DERIVED_FIELDS = tuple(f.name for f in fields(DonationState))[8:]
 _ALL_FIELDS = attrgetter(*(f.name for f in fields(DonationState)))
+_STATIC_FIELDS = attrgetter(*STATIC_FIELDS)
 
 
 class AnomalyRecord(NamedTuple):
@@ -159,6 +162,14 @@ def amount_matches(state: DonationState, event: FoldEvent) -> bool:
     if event.amount is None:
         return event.source in TRUSTED_SOURCES
     return event.amount == state.charge_amount
+
+
+def poll_confirms(event: FoldEvent, status: str) -> bool:
+    """A poll answer that agrees with a terminal status is a record, not an anomaly. AzamPay's status API
+    says only success, failure or pending, so a failure confirms FAILED and CANCELLED alike."""
+    if event.source != "poll":
+        return False
+    return (event.status == SUCCESS and status == COMPLETED) or (event.status == FAILED and status in (FAILED, CANCELLED))
 
 
 def derive(state: DonationState) -> None:
@@ -210,7 +221,7 @@ def apply(state: DonationState, event: FoldEvent, policy: TrustPolicy) -> tuple[
             if state.success_event_id is None:
                 if before in (FAILED, CANCELLED, EXPIRED):
                     anomalies.append(AnomalyRecord(event_id, state.id, "late_success", f"success after {before}"))
-            else:
+            elif not poll_confirms(event, before):
                 anomalies.append(AnomalyRecord(event_id, state.id, "duplicate", f"success already recorded by event {state.success_event_id}"))
             if _earlier((event.received_at, event_id), state.success_at, state.success_event_id):
                 state.success_event_id, state.success_at = event_id, event.received_at
@@ -222,7 +233,7 @@ def apply(state: DonationState, event: FoldEvent, policy: TrustPolicy) -> tuple[
                 state.review_event_id = event_id
                 state.review_reason = f"amount {event.amount} != {state.charge_amount}"[:200]
     elif status in (FAILED, CANCELLED):
-        if before in (COMPLETED, REVIEW) or (state.failure_status not in (None, status)):
+        if (before in (COMPLETED, REVIEW) or state.failure_status not in (None, status)) and not poll_confirms(event, before):
             anomalies.append(AnomalyRecord(event_id, state.id, "conflicting_status", f"{status} after {before}"))
         if _earlier((event.received_at, event_id), state.failure_at, state.failure_event_id):
             state.failure_event_id, state.failure_at, state.failure_status = event_id, event.received_at, status
@@ -260,72 +271,6 @@ def credit_of(state: DonationState) -> Credit | None:
     if state.status != COMPLETED:
         return None
     return Credit(state.id, state.patient_id, state.patient_amount, state.credit_event_id, state.completed_at)
-
-
-@dataclass(slots=True)
-class DonationIndex:
-    """How events name donations (DESIGN §3 resolution order): reference, id, AzamPay transaction id."""
-
-    by_reference: dict[str, int] = field(default_factory=dict)
-    by_transaction: dict[str, int] = field(default_factory=dict)
-    ids: set[int] = field(default_factory=set)
-
-    def add(self, state: DonationState, transactions: bool = True) -> None:
-        self.ids.add(state.id)
-        if state.external_reference:
-            self.by_reference[state.external_reference] = state.id
-        if state.transaction_id and transactions:
-            self.by_transaction[state.transaction_id] = state.id
-
-
-def hint_id(hint: str | None) -> int | None:
-    """additionalProperties.donation_id as a donation id. ASCII digits only: '²' passes str.isdigit() but not int()."""
-    if hint and len(hint) < 19 and hint.isascii() and hint.isdigit():
-        return int(hint)
-    return None
-
-
-def resolve(event: FoldEvent, index: DonationIndex) -> int | None:
-    """The donation an event is about, or None. utilityref, externalreference, additionalProperties.donation_id,
-    then reference/transid against donations.transaction_id. Events we appended ourselves carry donation_id."""
-    if event.donation_id is not None:
-        return event.donation_id if event.donation_id in index.ids else None
-    for reference in (event.utilityref, event.externalreference):
-        if reference and reference in index.by_reference:
-            return index.by_reference[reference]
-    hint = hint_id(event.donation_hint)
-    if hint is not None and hint in index.ids:
-        return hint
-    for reference in (event.transaction_ref, event.externalreference):
-        if reference and reference in index.by_transaction:
-            return index.by_transaction[reference]
-    return None
-
-
-def batch_keys(events: Sequence[FoldEvent]) -> tuple[set[str], set[int]]:
-    """(external references, donation ids) that resolve() tries before any transaction id. An event that
-    carries donation_id resolves through it alone."""
-    named = [event for event in events if event.donation_id is None]
-    references = {event.utilityref for event in named}
-    references.update(event.externalreference for event in named)
-    references.discard(None)
-    references.discard("")
-    ids = {event.donation_id for event in events}
-    ids.discard(None)
-    for hint in {event.donation_hint for event in named if event.donation_hint}:
-        donation_id = hint_id(hint)
-        if donation_id is not None:
-            ids.add(donation_id)
-    return references, ids
-
-
-def transaction_keys(events: Sequence[FoldEvent]) -> set[str]:
-    """The transaction ids that resolve() tries last, for events that carry no donation_id."""
-    keys = {event.transaction_ref for event in events if event.donation_id is None}
-    keys.update(event.externalreference for event in events if event.donation_id is None)
-    keys.discard(None)
-    keys.discard("")
-    return keys
 
 
 class PatientTotals(NamedTuple):

@@ -4,6 +4,7 @@ POST /api/v1.0/donors/payment/azampay/callback/ (with or without the trailing sl
 and selected headers first (through the group-commit writer), then answers:
 
     200 known donation            404 unknown donation (stored)     400 bad JSON / schema (stored)
+    (known/unknown as pipeline.resolution decides it for the fold too; an unusable amount is not a 400)
     413 body over the limit       415 not JSON (stored)              403 wrong credentials / refused address (stored)
     202 credentials required but absent (stored, unverified)        503 database unreachable, spooled to disk
     500 / 507 database and spool both failed (never a 2xx)
@@ -32,7 +33,8 @@ from pipeline.config import Config, DatabaseConfig, load_config
 from pipeline.db import is_sqlite, make_engine
 from pipeline.events import EventFields, decode_json, extract_fields
 from pipeline.logs import configure_logging, flush_logs, log_received_callback, payments, secrets_of, warn_if_open
-from pipeline.store.events import ReferenceKeys, event_row, select_headers
+from pipeline.resolution import ReferenceFormat
+from pipeline.store.events import Claim, event_row, select_headers
 from pipeline.wal import WalCheckpointer
 from receiver import metrics, portal
 from receiver import writer as outcomes
@@ -100,6 +102,7 @@ class CallbackEndpoint:
 
     def __init__(self, config: Config, authenticator: Authenticator, writer: GroupCommitWriter):
         self.limit = config.webhook.max_body_bytes
+        self.references = ReferenceFormat(config.donations.reference_prefix)
         self.auth = authenticator
         self.writer = writer
 
@@ -169,7 +172,7 @@ class CallbackEndpoint:
             elif auth_value == UNVERIFIED:
                 answer = ANSWER_UNVERIFIED
             else:
-                keys = ReferenceKeys.of(fields)
+                keys = Claim.of(fields, self.references)
         else:
             auth_value = auth.unchecked_auth()
 

@@ -1,7 +1,7 @@
 """Group commit: one writer thread owns the receiver's database writes.
 
 Request handlers build a row and `await writer.submit(...)`. The writer takes everything queued (up to
-receiver.group_commit_max_batch rows), runs ONE transaction (known_references lookup + executemany
+receiver.group_commit_max_batch rows), runs ONE transaction (resolve_claims lookup + executemany
 append), commits, and only then resolves every request's future on its event loop. While one commit
 is being fsynced the next group is queueing, so throughput grows with concurrency.
 
@@ -26,10 +26,10 @@ from pipeline.db import transaction
 from pipeline.errors import StoreError, StoreUnavailable
 from pipeline.logs import payments
 from pipeline.store.events import (
-    ReferenceKeys,
+    Claim,
     already_appended,
     append_events,
-    known_references,
+    resolve_claims,
 )
 from pipeline.store.spool import spool_record
 from pipeline.wal import WalCheckpointer
@@ -55,7 +55,7 @@ class Pending:
 
     __slots__ = ("row", "keys", "typed", "future", "loop", "outcome")
 
-    def __init__(self, row: dict[str, Any], keys: ReferenceKeys | None, typed: bool, future, loop):
+    def __init__(self, row: dict[str, Any], keys: Claim | None, typed: bool, future, loop):
         self.row = row
         self.keys = keys
         self.typed = typed
@@ -116,7 +116,7 @@ class GroupCommitWriter:
 
     # --- request side ---------------------------------------------------------------------------
 
-    async def submit(self, row: dict[str, Any], keys: ReferenceKeys | None = None, typed: bool = True) -> Result:
+    async def submit(self, row: dict[str, Any], keys: Claim | None = None, typed: bool = True) -> Result:
         """Queue a row; return its Result once it is committed (or spooled)."""
         loop = asyncio.get_running_loop()
         item = Pending(row, keys, typed, loop.create_future(), loop)
@@ -205,8 +205,8 @@ class GroupCommitWriter:
         lookups = [item for item in batch if item.keys is not None]
         with transaction(self.engine, immediate=True) as session:
             if lookups:
-                for item, known in zip(lookups, known_references(session, [item.keys for item in lookups])):
-                    item.outcome = KNOWN if known else UNKNOWN
+                for item, resolution in zip(lookups, resolve_claims(session, [item.keys for item in lookups])):
+                    item.outcome = KNOWN if resolution.donation_id is not None else UNKNOWN
             rows = [item.row for item in batch]
             if after_failure:
                 present = already_appended(session, rows)

@@ -104,7 +104,10 @@ def run_cli(*args: str, config_path: Path | None = None, timeout: float = 60.0, 
 
 # --- small database helpers shared by the receiver and spool tests ---------------------------------
 
-def add_donation(engine, reference: str, donation_id: int | None = None, transaction_id: str | None = None, amount: str = "1000") -> int:
+def add_donation(
+    engine, reference: str | None, donation_id: int | None = None, transaction_id: str | None = None, amount: str = "1000",
+    msisdn: str = "255789123456", provider: str = "Mpesa",
+) -> int:
     """Insert a PENDING donation with this external_reference (directly, so any id/reference works)."""
     from datetime import datetime, timezone
     from decimal import Decimal
@@ -121,8 +124,8 @@ def add_donation(engine, reference: str, donation_id: int | None = None, transac
             support_amount=Decimal("0"),
             charge_amount=Decimal(amount),
             charge_currency="TZS",
-            msisdn="255789123456",
-            provider="Mpesa",
+            msisdn=msisdn,
+            provider=provider,
             external_reference=reference,
             transaction_id=transaction_id,
             created_at=datetime(2025, 12, 19, 12, 0, tzinfo=timezone.utc),

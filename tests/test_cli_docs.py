@@ -40,3 +40,19 @@ def test_command_has_help_and_is_documented(path, command):
 @pytest.mark.parametrize("path,command", [(p, c) for p, c in COMMANDS if not isinstance(c, click.Group)], ids=lambda v: v if isinstance(v, str) else "")
 def test_every_command_takes_config(path, command):
     assert any(param.name == "config_path" for param in command.params), f"{path} does not take --config"
+
+
+def _subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+def test_every_exit_code_is_in_readme_exit_codes():
+    """A new error class with a new code, or a command's own exit, must not go undocumented."""
+    from pipeline.errors import AzamreconError
+
+    section = README.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    documented = {int(line.split("|")[1]) for line in section.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()}
+    used = {cls.exit_code for cls in [AzamreconError, *_subclasses(AzamreconError)]} | {0, 2, 130}  # success, click usage, Ctrl-C
+    assert used <= documented, sorted(used - documented)

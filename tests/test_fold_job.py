@@ -28,7 +28,7 @@ from pipeline.models import Donation, FundingCredit, Patient, PaymentEvent
 from pipeline.store.donations import make_reference
 from pipeline.store.events import event_row
 from pipeline.store.snapshot import differences, live_snapshot
-from pipeline.store.state import SqlFoldStore
+from pipeline.store.state import SqlFoldStore, WaitingKeys, offered_keys
 from tests.builders import add_donation, add_patient, append, at, callback_body
 
 # -- helpers shared with test_rebuild.py and test_fold_cli.py ------------------------------------------
@@ -422,10 +422,11 @@ def test_unknown_reference_is_retried_even_without_new_events(backend, now):
 
 
 def test_a_zero_padded_donation_hint_is_retried_as_resolve_reads_it(backend, now):
-    """additionalProperties.donation_id "01" names donation 1 (hint_id): the incremental retry must see it as
-    a rebuild does, or the two would disagree."""
+    """additionalProperties.donation_id "01" names donation 1 (pipeline.resolution.as_id): the incremental
+    retry must see it as a rebuild does, or the two would disagree. The callback states no reference, and
+    its other facts (msisdn, operator) agree with the donation, so the weak key is accepted."""
     config = backend.config()
-    early = success(backend.engine, "RHCI-DN-X-not-ours", at(now, 10), transaction_id="tx-hint", additionalProperties={"donation_id": "01"})
+    early = success(backend.engine, "", at(now, 10), transaction_id="tx-hint", additionalProperties={"donation_id": "01"})
     run_fold(backend.engine, config, at(now, 12))
     assert anomaly_kinds(backend) == ["unknown_reference"]
     donation, _ = add_donation(backend.engine, at(now, 30), amount="25000")
@@ -433,6 +434,21 @@ def test_a_zero_padded_donation_hint_is_retried_as_resolve_reads_it(backend, now
     run_fold(backend.engine, config, at(now, 41))
     assert donation_row(backend, donation)["credit_event_id"] == early
     assert anomaly_kinds(backend) == []
+    assert_same_as_rebuild(backend, config, at(now, 50))
+
+
+def test_a_waiting_hint_whose_donation_disagrees_becomes_a_conflict_as_in_a_rebuild(backend, now):
+    """The same callback with a foreign reference: when donation 1 appears, the retry refuses it
+    (reference_conflict, nothing credited), exactly as a rebuild does."""
+    config = backend.config()
+    success(backend.engine, "RHCI-DN-X-not-ours", at(now, 10), transaction_id="tx-hint", additionalProperties={"donation_id": "01"})
+    run_fold(backend.engine, config, at(now, 12))
+    assert anomaly_kinds(backend) == ["unknown_reference"]
+    donation, _ = add_donation(backend.engine, at(now, 30), amount="25000")
+    run_fold(backend.engine, config, at(now, 41))
+    assert donation_row(backend, donation)["status"] == "PENDING"
+    assert anomaly_kinds(backend) == [] and anomaly_kinds(backend, donation_id=donation) == ["reference_conflict"]
+    assert backend.scalar("SELECT COUNT(*) FROM funding_credits") == 0
     assert_same_as_rebuild(backend, config, at(now, 50))
 
 
@@ -689,5 +705,7 @@ def test_unknown_reference_lookup_with_every_donation_as_a_key(sqlite_backend, n
     transactions = {f"tx-{i}" for i in range(many)}
     with transaction(sqlite_backend.engine) as session:
         store = SqlFoldStore(session)
-        assert store.unknown_reference_events(references, set(range(1, many)), transactions) == [event]
-        assert store.unknown_reference_events({"RHCI-DN-1-20260114093000"}, set(), set()) == []
+        waiting = WaitingKeys()
+        waiting.sync(store, store.waiting_event_ids())
+        assert waiting.matching(offered_keys(range(1, many), references, transactions)) == [event]
+        assert waiting.matching(offered_keys((), {"RHCI-DN-1-20260114093000"})) == []

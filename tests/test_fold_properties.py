@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from sqlalchemy import insert
 
 from jobs.fold import _resolve_all, run_fold
+from pipeline.resolution import DEFAULT_FORMAT, ID, REFERENCE, TRANSACTION, DonationIndex, decide, lookup_keys
 from jobs.rebuild import check, rebuild
 from pipeline.config import Config, load_config
 from pipeline.db import make_engine, transaction
@@ -26,7 +27,6 @@ from pipeline.events import EventFields, extract_fields
 from pipeline.fold import (
     COMPLETED,
     Credit,
-    DonationIndex,
     DonationState,
     FoldEvent,
     TrustPolicy,
@@ -34,7 +34,6 @@ from pipeline.fold import (
     fold_donation,
     patient_totals,
     patient_update,
-    resolve,
 )
 from pipeline.models import PaymentEvent
 from pipeline.schema import upgrade
@@ -164,7 +163,8 @@ def test_patient_update_agrees_with_a_full_recompute(existing, changes, required
         assert quick == full
 
 
-KEYS = ("ref-a", "ref-b", "ref-c", "tx-a", "tx-b", "tx-c", "1", "2", "", None)
+KEYS = ("ref-a", "ref-b", "ref-c", "tx-a", "tx-b", "tx-c", "RHCI-DN-1-20260114093000", "RHCI-DN-2-x", "1", "2", "", None)
+PHONES = ("255712345678", "255787654321", None)
 
 
 class _DonationsByKey:
@@ -173,47 +173,53 @@ class _DonationsByKey:
     def __init__(self, states: list[DonationState]):
         self.states = states
 
-    def donations_matching(self, references, ids, transactions):
+    def donations_matching(self, wanted):
         return {
             state.id: state.copy()
             for state in self.states
-            if state.id in ids or state.external_reference in references or state.transaction_id in transactions
+            if state.id in wanted.get(ID, ()) or state.external_reference in wanted.get(REFERENCE, ()) or state.transaction_id in wanted.get(TRANSACTION, ())
         }
 
 
 @settings(max_examples=300, deadline=None)
 @given(
-    donations=st.lists(st.tuples(st.sampled_from(KEYS), st.sampled_from(KEYS)), min_size=0, max_size=4),
+    donations=st.lists(st.tuples(st.sampled_from(KEYS), st.sampled_from(KEYS), st.sampled_from(PHONES)), min_size=0, max_size=4),
     events=st.lists(
-        st.tuples(st.sampled_from(KEYS), st.sampled_from(KEYS), st.sampled_from(KEYS), st.sampled_from(KEYS), st.sampled_from((None, 1, 2, 3, 9))),
+        st.tuples(
+            st.sampled_from(KEYS), st.sampled_from(KEYS), st.sampled_from(KEYS), st.sampled_from(KEYS), st.sampled_from((None, 1, 2, 3, 9)), st.sampled_from(PHONES)
+        ),
         min_size=1,
         max_size=12,
     ),
 )
 @example(  # transaction_ref names donation 1, externalreference names donation 2, which another event loads by id
-    donations=[("ref-a", "tx-a"), ("ref-b", "tx-b")],
-    events=[(None, "tx-b", None, "tx-a", None), (None, None, None, None, 2)],
+    donations=[("ref-a", "tx-a", None), ("ref-b", "tx-b", None)],
+    events=[(None, "tx-b", None, "tx-a", None, None), (None, None, None, None, 2, None)],
 )
-def test_batched_resolution_equals_resolve_against_every_donation(donations, events):
+@example(  # a hint loads donation 1 first; its transaction id must still win for the event that states it
+    donations=[(None, "tx-a", None), (None, "tx-b", None)],
+    events=[(None, None, "1", "tx-b", None, None)],
+)
+def test_batched_resolution_equals_decide_against_every_donation(donations, events):
     """jobs.fold looks transaction ids up only for what references and ids left unresolved; every event
-    must still resolve exactly as resolve() does against the whole donations table."""
+    must still resolve exactly as decide() does against the whole donations table, conflicts included."""
     states, seen_references, seen_transactions = [], set(), set()
-    for donation_id, (reference, transaction) in enumerate(donations, start=1):
+    for donation_id, (reference, transaction, msisdn) in enumerate(donations, start=1):
         reference = reference if reference and reference not in seen_references else None  # both columns are unique
         transaction = transaction if transaction and transaction not in seen_transactions else None
         seen_references.add(reference)
         seen_transactions.add(transaction)
-        states.append(DonationState(donation_id, None, CHARGE, CHARGE, reference, transaction))
+        states.append(DonationState(donation_id, None, CHARGE, CHARGE, reference, transaction, msisdn))
     everything = DonationIndex()
     for state in states:
         everything.add(state)
     folded = [
-        FoldEvent(event_id, T0, "callback", "n/a", "SUCCESS", CHARGE, utilityref, externalreference, hint, transaction_ref, donation_id)
-        for event_id, (utilityref, externalreference, hint, transaction_ref, donation_id) in enumerate(events, start=1)
+        FoldEvent(event_id, T0, "callback", "n/a", "SUCCESS", CHARGE, utilityref, externalreference, hint, transaction_ref, donation_id, msisdn=msisdn)
+        for event_id, (utilityref, externalreference, hint, transaction_ref, donation_id, msisdn) in enumerate(events, start=1)
     ]
-    loaded, targets = _resolve_all(_DonationsByKey(states), folded)
-    assert targets == [resolve(event, everything) for event in folded]
-    assert {target for target in targets if target is not None} <= set(loaded)
+    loaded, decisions = _resolve_all(_DonationsByKey(states), folded, DEFAULT_FORMAT)
+    assert decisions == [decide(event, lookup_keys(event), everything) for event in folded]
+    assert {decision.donation_id for decision in decisions if decision.donation_id is not None} <= set(loaded)
 
 
 # -- 2. real database: incremental folds == one rebuild ---------------------------------------------

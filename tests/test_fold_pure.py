@@ -20,7 +20,6 @@ from pipeline.fold import (
     PENDING,
     REVIEW,
     Credit,
-    DonationIndex,
     DonationState,
     FoldEvent,
     PatientTotals,
@@ -30,8 +29,8 @@ from pipeline.fold import (
     fold_donation,
     patient_totals,
     patient_update,
-    resolve,
 )
+from pipeline.resolution import DonationIndex, decide, lookup_keys
 from tests.conftest import fixture_bytes
 
 T0 = datetime(2026, 1, 14, 9, 30, 0, tzinfo=timezone.utc)
@@ -77,6 +76,8 @@ def callback(name: str, event_id: int, seconds: float = 0, auth: str = "n/a", so
         donation_id=None,
         parse_error=fields.parse_error,
         status_raw=fields.status_raw,
+        msisdn=fields.msisdn,
+        operator=fields.operator,
     )
 
 
@@ -210,9 +211,23 @@ def test_success_with_another_amount_goes_to_review_without_credit(amount):
 
 def test_amount_written_differently_but_equal_matches():
     state = donation()
-    run(state, [callback(SUCCESS_FIXTURE, 1, amount="25,000"), callback(SUCCESS_FIXTURE, 2, amount=25000)])
+    run(state, [callback(SUCCESS_FIXTURE, 1, amount="25000.00"), callback(SUCCESS_FIXTURE, 2, amount=25000)])
     assert state.status == COMPLETED
     assert state.review_event_id is None
+
+
+@pytest.mark.parametrize("amount", ["25000.001", "25,000", "1_000", "２５０００", "2.5e4", "-25000", "1000000000000"])
+def test_success_with_an_unusable_amount_goes_to_review_and_no_poll_completes_it(amount):
+    """Issue: "25000.001" used to make the whole callback a parse failure, linked to no donation, and the
+    next poll completed and credited the donation. Now every other field is kept and the amount is a fact."""
+    fields = extract_fields(body(SUCCESS_FIXTURE, amount=amount))
+    assert (fields.parse_error, fields.amount, fields.utilityref) == (None, None, "RHCI-DN-42-20260114093012")
+    assert fields.amount_error
+    state = donation()
+    kinds, _ = run(state, [callback(SUCCESS_FIXTURE, 1, amount=amount), ours(2, "poll", "SUCCESS", 42, seconds=60)])
+    assert state.status == REVIEW
+    assert kinds[0] == "amount_mismatch"
+    assert credit_of(state) is None
 
 
 def test_callback_success_without_an_amount_is_not_a_match():
@@ -297,7 +312,7 @@ def test_duplicate_success_is_counted_and_credits_once():
     assert credit_of(state) == Credit(state.id, 7, Decimal("25000.00"), 1, at(10))
     # redelivered again, a poll confirming it too: still one credit, same event, same instant
     kinds, transitions = run(state, [callback(SUCCESS_FIXTURE, 3, seconds=30), ours(4, "poll", "SUCCESS", state.id, seconds=40)])
-    assert kinds == ["duplicate", "duplicate"]
+    assert kinds == ["duplicate"]  # the redelivered callback; a poll that agrees is a record, not an anomaly
     assert transitions == []
     assert credit_of(state) == Credit(state.id, 7, Decimal("25000.00"), 1, at(10))
 
@@ -447,16 +462,20 @@ def test_derive_priority():
 # -- resolution ----------------------------------------------------------------------------------
 
 
+def resolve(event: FoldEvent, index: DonationIndex) -> int | None:
+    return decide(event, lookup_keys(event), index).donation_id
+
+
 def test_resolve_follows_the_reference_order():
     index = DonationIndex()
     for fixture in (SUCCESS_FIXTURE, FAILURE_FIXTURE):
         index.add(donation(fixture))
     assert resolve(callback(SUCCESS_FIXTURE, 1), index) == 42
-    # our reference unknown, but AzamPay's transaction id is the donation's transaction_id
+    # our reference unknown, but AzamPay's transaction id is the donation's transaction_id: a strong key
     assert resolve(callback(SUCCESS_FIXTURE, 1, utilityref="RHCI-DN-1-20200101000000"), index) == 42
-    # only the donation_id hint
+    # only the donation_id hint, and the reference inside utilityref names the same donation, which stores none
     hinted = donation(FAILED_FIXTURE)
-    hinted.external_reference, hinted.transaction_id = "other", None
+    hinted.external_reference, hinted.transaction_id = None, None
     index.add(hinted)
     assert resolve(callback(FAILED_FIXTURE, 1), index) == 45
     # nothing matches
@@ -538,3 +557,23 @@ def test_poll_success_does_not_take_a_donation_out_of_review_in_either_order():
         events = {1: callback(SUCCESS_FIXTURE, 1, amount="25001"), 2: ours(2, "poll", "SUCCESS", state.id)}
         run(state, [events[i] for i in order])
         assert state.status == REVIEW and credit_of(state) is None
+
+
+@pytest.mark.parametrize(
+    "first, poll_status, anomalies",
+    [
+        ("success", "SUCCESS", []),  # poll --donation N twice on a COMPLETED donation
+        ("failed", "FAILED", []),
+        ("cancelled", "FAILED", []),  # AzamPay's status API cannot say CANCELLED: FAILED agrees
+        ("success", "FAILED", ["conflicting_status", "conflicting_status"]),  # disagrees with the status
+        ("failed", "SUCCESS", ["late_success"]),  # the second poll agrees with the COMPLETED the first made
+    ],
+)
+def test_polling_a_terminal_donation_adds_an_anomaly_only_when_the_answer_disagrees(first, poll_status, anomalies):
+    state = donation()
+    run(state, [callback(SUCCESS_FIXTURE, 1, transactionstatus=first)])
+    before = state.status
+    kinds, _ = run(state, [ours(2, "poll", poll_status, state.id, seconds=60), ours(3, "poll", poll_status, state.id, seconds=120)])
+    assert kinds == anomalies
+    if not anomalies:
+        assert state.status == before

@@ -247,13 +247,13 @@ def test_cli_ingest_naive_offset_moves_received_at(backend):
     config = _cli_config(backend)
     result = CliRunner().invoke(cli, ["events", "ingest", str(LEGACY_LOG), "--no-progress", "--naive-offset", "+03:00", "--config", str(config)],
                                 env={"DATABASE_URL": None})
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # the legacy log holds 3 unreadable callbacks
     utc_first = parse_timestamp(next(line for line in LEGACY_LOG.read_text().splitlines() if "Received Azam Pay callback" in line))
     stored = backend.scalar("SELECT MIN(received_at) FROM payment_events WHERE source = 'import'")
     stored = datetime.fromisoformat(str(stored)).replace(tzinfo=timezone.utc)
     assert stored == utc_first - timedelta(hours=3)
     again = CliRunner().invoke(cli, ["events", "ingest", str(LEGACY_LOG), "--no-progress", "--config", str(config)], env={"DATABASE_URL": None})
-    assert again.exit_code == 0 and "imported=0 duplicates=7" in again.output  # another offset is no second copy
+    assert again.exit_code == 1 and "imported=0 duplicates=7" in again.output  # another offset is no second copy
     result = CliRunner().invoke(cli, ["events", "ingest", str(LEGACY_LOG), "--naive-offset", "EAT", "--config", str(config)], env={"DATABASE_URL": None})
     assert result.exit_code == 2 and "error: not a UTC offset like +03:00: 'EAT'" in result.output
 
@@ -268,10 +268,11 @@ def test_cli_ingest_prints_counts_and_never_logs_the_password(backend):
     config = _cli_config(backend, **{"webhook.password": PASSWORD})
     runner = CliRunner()
     result = runner.invoke(cli, ["events", "ingest", str(LEGACY_LOG), "--no-progress", "--config", str(config)], env={"DATABASE_URL": None})
-    assert result.exit_code == 0, result.output
-    assert result.output.strip().splitlines()[-1] == "read=20 imported=7 duplicates=0 skipped=10 errors=3"
+    assert result.exit_code == 1, result.output  # 3 unreadable callbacks: the counts line, then one error line
+    assert result.stdout.strip().splitlines()[-1] == "read=20 imported=7 duplicates=0 skipped=10 errors=3"
+    assert result.stderr.strip().splitlines()[-1].startswith("error: 3 line(s) of ")
     result = runner.invoke(cli, ["events", "ingest", str(LEGACY_LOG), "--config", str(config)], env={"DATABASE_URL": None})
-    assert result.exit_code == 0 and "imported=0 duplicates=7" in result.output
+    assert result.exit_code == 1 and "imported=0 duplicates=7" in result.output
     assert backend.scalar("SELECT COUNT(*) FROM job_runs WHERE job = 'ingest' AND outcome = 'ok'") == 2
     logs = list((backend.tmp_path / "logs").glob("*.log"))
     assert logs and any("line 9" in p.read_text(encoding="utf-8") for p in logs)  # errors are logged, by line number

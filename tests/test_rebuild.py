@@ -209,3 +209,70 @@ def test_a_rebuild_in_progress_quiets_every_fold_and_pauses_the_poller(backend, 
     payments = (tmp_path / "logs" / "payments.log").read_text() if (tmp_path / "logs" / "payments.log").exists() else ""
     assert "completed successfully" not in payments
     assert check(backend.engine, config).differences == []
+
+
+def test_a_rebuild_under_load_announces_every_payment_exactly_once(backend, now, tmp_path):
+    """Issue: with callbacks arriving and a scheduler folding, `rebuild` left paid donations without their
+    '✅ Donation N completed successfully' line: every batch it folded past its start was silent. Now a
+    rebuild is quiet only up to the log position it started from; the guide's grep counts each payment once."""
+    import threading
+    import time
+
+    from loguru import logger
+
+    from pipeline.logs import configure_logging
+    from tests.builders import append
+
+    config = backend.config(**{"fold.batch_size": 5})
+    patient = add_patient(backend.engine, now, required="100000000")
+    donations = [add_donation(backend.engine, now, patient) for _ in range(45)]
+    configure_logging(config.logging, stderr_level=None)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def pay(first: int, last: int, pause: float = 0.0) -> None:
+        for donation_id, reference in donations[first:last]:
+            append(backend.engine, callback_body(reference, transaction_id=f"tx-{donation_id}"), at(now, 1))
+            time.sleep(pause)
+
+    def scheduler() -> None:  # the scheduler's fold, every few milliseconds, bounded by the test
+        try:
+            while not stop.is_set():
+                run_fold(backend.engine, config, at(now, 2))
+                time.sleep(0.005)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append(exc)
+
+    arrivals = threading.Thread(target=pay, args=(30, 45, 0.01))
+    folding = threading.Thread(target=scheduler)
+    batches = []
+
+    def progress(position: int, total: int) -> None:
+        batches.append(position)
+        if len(batches) == 1:  # callbacks arrive while the rebuild runs; its next batch folds them itself
+            pay(15, 30)
+        elif len(batches) == 2:  # then more arrive, and the scheduler's folds compete with the rebuild's
+            arrivals.start()
+            folding.start()
+
+    try:
+        pay(0, 15)
+        run_fold(backend.engine, config, at(now, 2))
+        rebuild(backend.engine, config, at(now, 3), progress=progress)
+        if arrivals.is_alive() or len(batches) >= 2:
+            arrivals.join(timeout=60)
+        stop.set()
+        if len(batches) >= 2:
+            folding.join(timeout=60)
+        run_fold(backend.engine, config, at(now, 4))
+    finally:
+        stop.set()
+        logger.remove()
+    assert not failures, failures
+    lines = (tmp_path / "logs" / "payments.log").read_text(encoding="utf-8").splitlines()
+    completed = [line.split("✅ Donation ", 1)[1].split(" ", 1)[0] for line in lines if "✅ Donation " in line]
+    assert sorted(map(int, completed)) == sorted(donation_id for donation_id, _ in donations)
+    processed = [line for line in lines if "Processed callback - External ID: " in line and "Status: SUCCESS" in line]
+    assert len(processed) == len(donations)
+    assert backend.scalar("SELECT COUNT(*) FROM donations WHERE status = 'COMPLETED'") == len(donations)
+    assert check(backend.engine, config).differences == []

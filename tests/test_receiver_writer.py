@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from sqlalchemy import event
 
 from pipeline.events import extract_fields
-from pipeline.store.events import ReferenceKeys, event_row
+from pipeline.store.events import Claim, event_row
 from receiver import writer as outcomes
 from receiver.spool import Spool
 from receiver.writer import GroupCommitWriter
@@ -22,7 +22,7 @@ def _row(n: int, body: bytes | None = None):
     raw = body or fixture_bytes("callback_guide_example.json").replace(b"TEST123", b"TX%05d" % n)
     fields = extract_fields(raw)
     row = event_row(source="callback", body=raw, received_at=datetime.now(timezone.utc), auth="n/a", fields=fields, content_type="application/json")
-    return row, ReferenceKeys.of(fields)
+    return row, Claim.of(fields)
 
 
 def _count_commits(engine) -> list:

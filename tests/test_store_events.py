@@ -13,7 +13,7 @@ from pipeline.errors import StoreError
 from pipeline.events import EventFields, extract_fields
 from pipeline.models import PaymentEvent
 from pipeline.store.driver import IN_CHUNK
-from pipeline.store.events import KEPT_HEADERS, ReferenceKeys, append_events, event_row, known_references, select_headers
+from pipeline.store.events import KEPT_HEADERS, Claim, append_events, event_row, resolve_claims, select_headers
 from tests.builders import add_donation, callback_body
 from tests.conftest import fixture_bytes
 
@@ -66,40 +66,49 @@ def test_rows_with_other_keys_keep_their_order(backend, now):
     assert backend.scalar("SELECT donation_id FROM payment_events WHERE source = 'poll'") == 42
 
 
-def test_known_references_by_reference_id_and_transaction_exactly(backend, now):
+def _claim(utilityref=None, hint=None, transaction_ref=None) -> Claim:
+    return Claim.of(EventFields(utilityref=utilityref, donation_hint=None if hint is None else str(hint), transaction_ref=transaction_ref))
+
+
+def _known(session, claims) -> list[int | None]:
+    return [resolution.donation_id for resolution in resolve_claims(session, claims)]
+
+
+def test_claims_resolve_by_reference_id_and_transaction_exactly(backend, now):
     first_id, first_reference = add_donation(backend.engine, now, transaction_id="TX-ABC")
     second_id, second_reference = add_donation(backend.engine, now)
-    keys = [
-        ReferenceKeys((first_reference,), None, None),
-        ReferenceKeys((first_reference.lower(),), None, None),  # MySQL's IN matches this one too; the answer must not
-        ReferenceKeys(("RHCI-DN-nobody",), second_id, None),
-        ReferenceKeys((), None, "TX-ABC"),
-        ReferenceKeys((), None, "tx-abc"),
-        ReferenceKeys(("RHCI-DN-nobody",), second_id + 1000, "TX-none"),
+    claims = [
+        _claim(first_reference),
+        _claim(first_reference.lower()),  # MySQL's IN matches this one too; the answer must not
+        _claim(hint=second_id),  # a hint alone, and nothing the callback states contradicts the donation
+        _claim(transaction_ref="TX-ABC"),
+        _claim(transaction_ref="tx-abc"),
+        _claim("RHCI-DN-nobody", second_id + 1000, "TX-none"),
+        _claim("RHCI-DN-nobody", second_id),  # the hint's donation has another reference: the facts disagree
     ]
     with transaction(backend.engine) as session:
-        assert known_references(session, keys) == [True, False, True, True, False, False]
-        assert known_references(session, [ReferenceKeys((), None, None)]) == [False]
+        assert _known(session, claims) == [first_id, None, second_id, first_id, None, None, None]
+        assert _known(session, [_claim()]) == [None]
 
 
-def test_known_references_past_one_in_list(backend, now):
+def test_claims_resolve_past_one_in_list(backend, now):
     known_id, reference = add_donation(backend.engine, now)
-    strangers = [ReferenceKeys((f"RHCI-DN-stranger-{n}",), None, None) for n in range(IN_CHUNK + 50)]
-    keys = strangers[:IN_CHUNK] + [ReferenceKeys((reference,), None, None)] + strangers[IN_CHUNK:]
+    strangers = [_claim(f"RHCI-DN-stranger-{n}") for n in range(IN_CHUNK + 50)]
+    claims = strangers[:IN_CHUNK] + [_claim(reference)] + strangers[IN_CHUNK:]
     with transaction(backend.engine) as session:
-        found = known_references(session, keys)
-    assert found.count(True) == 1 and found[IN_CHUNK] is True
-    # references are looked up before ids, so IN_CHUNK of them fill the first query and the id is in the second
-    by_id = strangers[:IN_CHUNK] + [ReferenceKeys((), known_id, None)]
+        found = _known(session, claims)
+    assert found.count(known_id) == 1 and found[IN_CHUNK] == known_id
+    # IN_CHUNK references fill the first query and the id is in the second
+    by_id = strangers[:IN_CHUNK] + [Claim.of(EventFields(donation_hint=str(known_id)))]
     with transaction(backend.engine) as session:
-        assert known_references(session, by_id) == [False] * IN_CHUNK + [True]
+        assert _known(session, by_id) == [None] * IN_CHUNK + [known_id]
 
 
 def test_a_callback_body_names_its_donation_through_the_writer_lookup(backend, now):
     donation_id, reference = add_donation(backend.engine, now, transaction_id="TX-9")
     body = callback_body(reference, transaction_id="TX-9")
     with transaction(backend.engine) as session:
-        assert known_references(session, [ReferenceKeys.of(extract_fields(body))]) == [True]
+        assert _known(session, [Claim.of(extract_fields(body))]) == [donation_id]
 
 
 @given(st.dictionaries(st.sampled_from(KEPT_HEADERS + ("cookie", "authorization", "x-other")), st.text(), max_size=10))

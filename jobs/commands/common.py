@@ -113,6 +113,14 @@ def to_json(data: Any) -> str:
     return json.dumps(data, default=_jsonable, indent=2, ensure_ascii=False)
 
 
+def _cell(value: Any) -> Any:
+    """A table or CSV cell; a nested list or dict (a donation's credit, anomalies, decisions) as compact
+    JSON, which a CSV reader can parse back, rather than Python's repr of datetimes and Decimals."""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, default=_jsonable, ensure_ascii=False, separators=(",", ":"))
+    return _jsonable(value)
+
+
 def emit_rows(rows: list[dict[str, Any]], output_format: str, title: str | None = None, columns: Iterable[str] | None = None) -> None:
     """Print rows as a rich table, JSON or CSV."""
     columns = list(columns or (rows[0].keys() if rows else []))
@@ -124,7 +132,7 @@ def emit_rows(rows: list[dict[str, Any]], output_format: str, title: str | None 
         writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({key: _jsonable(row.get(key)) for key in columns})
+            writer.writerow({key: _cell(row.get(key)) for key in columns})
         click.echo(buffer.getvalue(), nl=False)
         return
     from rich.console import Console
@@ -134,7 +142,7 @@ def emit_rows(rows: list[dict[str, Any]], output_format: str, title: str | None 
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*("" if row.get(c) is None else str(_jsonable(row.get(c))) for c in columns))
+        table.add_row(*("" if row.get(c) is None else str(_cell(row.get(c))) for c in columns))
     Console(width=200).print(table)
 
 

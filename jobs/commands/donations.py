@@ -1,6 +1,8 @@
 """azamrecon donations create|show|resolve|list."""
 from __future__ import annotations
 
+import sys
+
 import click
 from sqlalchemy import select
 
@@ -15,6 +17,7 @@ def donations() -> None:
 
 
 def donation_dict(session, donation) -> dict:
+    from jobs.operator import decisions
     from pipeline.models import Anomaly, FundingCredit
 
     credit = session.scalar(select(FundingCredit).where(FundingCredit.donation_id == donation.id))
@@ -41,6 +44,7 @@ def donation_dict(session, donation) -> dict:
         "events": donation.event_ids or "",
         "credit": None if credit is None else {"amount": credit.amount, "patient_id": credit.patient_id, "event_id": credit.event_id, "credited_at": credit.credited_at},
         "anomalies": [{"event_id": a.event_id, "kind": a.kind, "detail": a.detail} for a in anomalies],
+        "decisions": decisions(session, donation.id),
     }
 
 
@@ -49,7 +53,7 @@ def donation_dict(session, donation) -> dict:
 @format_option
 @pass_context
 def show(ctx: Context, donation_id: int, output_format) -> None:
-    """Show a donation's current (folded) state, its credit and anomalies."""
+    """Show a donation's current (folded) state, its credit, anomalies and operator decisions (who decided, and for whom)."""
     from pipeline.store.donations import get_donation
 
     with transaction(ctx.engine) as session:
@@ -61,27 +65,56 @@ def show(ctx: Context, donation_id: int, output_format) -> None:
 @click.argument("donation_id", type=click.IntRange(min=1))
 @click.option("--status", required=True, type=click.Choice(["COMPLETED", "FAILED", "CANCELLED"], case_sensitive=False), help="The operator's decision.")
 @click.option("--note", required=True, help="Why; kept in the log with the decision.")
-@click.option("--actor", default=None, help="Who decides (default: the login name).")
+@click.option("--actor", default=None, help="The person you decide for, recorded beside (never instead of) your OS user and SUDO_USER.")
+@click.option("--yes", "yes", is_flag=True, help="Confirm a decision that reverses a credit or replaces a final status (needed when stdin is no terminal).")
 @click.option("--fold/--no-fold", "fold_now", default=True, show_default=True, help="Fold right away so the decision shows.")
 @result_format_option
 @pass_context
-def resolve(ctx: Context, donation_id: int, status: str, note: str, actor, fold_now: bool, output_format: str) -> None:
-    """Append an operator decision for a donation (the only way out of REVIEW, and the only override)."""
+def resolve(ctx: Context, donation_id: int, status: str, note: str, actor, yes: bool, fold_now: bool, output_format: str) -> None:
+    """Append an operator decision for a donation (the only way out of REVIEW, and the only override).
+
+    A decision that reverses a credit (the donation is COMPLETED) or replaces
+    another final status (FAILED, CANCELLED, EXPIRED) asks for confirmation on
+    a terminal and needs --yes otherwise. A decision on PENDING or REVIEW does not.
+    """
     from jobs.fold import run_fold
-    from jobs.operator import resolve_donation
+    from jobs.operator import check_decision, current_status, needs_confirmation, resolve_donation
     from pipeline.store.donations import get_donation
 
+    status, note, actor = check_decision(status, note, actor)
     ctx.setup_logging("operator")
+    if fold_now:  # judge the status with every event received so far, not the status last folded
+        run_fold(ctx.engine, ctx.config, utcnow())
+    seen = current_status(ctx.engine, donation_id)
+    reason = needs_confirmation(seen, status)
+    if reason and not yes:
+        _confirm(f"donation {donation_id}: {reason}")
     now = utcnow()
-    event_id = resolve_donation(ctx.engine, donation_id, status, note, now, actor=actor)
-    data = {"donation_id": donation_id, "event_id": event_id, "decision": status.upper(), "status": None}
-    lines = [f"operator event {event_id} appended: donation {donation_id} -> {status.upper()}"]
+    event_id = resolve_donation(ctx.engine, donation_id, status, note, now, actor=actor, expected_status=seen)
+    data = {"donation_id": donation_id, "event_id": event_id, "decision": status, "status": None}
+    lines = [f"operator event {event_id} appended: donation {donation_id} -> {status}"]
     if fold_now:
         run_fold(ctx.engine, ctx.config, now)
         with transaction(ctx.engine) as session:
             data["status"] = get_donation(session, donation_id).status
         lines.append(f"donation {donation_id} is now {data['status']}")
     emit_result(data, output_format, lines, title=f"donation {donation_id}")
+
+
+def stdin_is_terminal() -> bool:
+    """Whether someone can answer a prompt; tests replace it to play a terminal."""
+    return sys.stdin.isatty()
+
+
+def _confirm(what: str) -> None:
+    """Ask on a terminal (default No); elsewhere a script must say --yes. Either refusal appends nothing."""
+    from pipeline.errors import AzamreconError, InputError
+
+    if not stdin_is_terminal():
+        raise InputError(f"{what}; nothing appended: pass --yes to confirm")
+    # err=True: the question goes to stderr, so stdout keeps only the result (--format json)
+    if not click.confirm(f"{what}. Append this decision?", default=False, err=True):
+        raise AzamreconError(f"{what}; not confirmed, nothing appended")
 
 
 @donations.command("create")

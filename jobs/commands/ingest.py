@@ -5,6 +5,7 @@ import click
 
 from jobs.commands.common import Context, emit_result, pass_context, progress_bar, result_format_option
 from jobs.commands.events import events
+from pipeline.errors import AzamreconError
 
 
 @events.command("ingest")
@@ -30,8 +31,10 @@ def ingest(ctx: Context, file: str, progress: bool, naive_offset: str, output_fo
       - JSON lines: {"received_at": "<ISO-8601>", "body": {...}} or a bare
         callback body {...} (received_at: its "received_at" key, else now).
     Other lines are skipped. Prints read, imported, duplicates, skipped and
-    errors counts. Importing the same file again imports nothing. Run
-    `azamrecon fold` (or let the scheduler) to fold the imported events.
+    errors counts; exits 1 when errors is not 0 (the other lines are imported;
+    the log names the failed lines by number). Importing the same file again
+    imports nothing. Run `azamrecon fold` (or let the scheduler) to fold the
+    imported events.
     """
     from jobs.ingest import check_readable, ingest_file, parse_offset
     from jobs.runs import recorded_run, utcnow
@@ -46,6 +49,8 @@ def ingest(ctx: Context, file: str, progress: bool, naive_offset: str, output_fo
             counts = ingest_file(ctx.engine, ctx.config, file, now, progress=update, naive_zone=naive_zone)
         run.counts = counts
     emit_result(counts, output_format, [" ".join(f"{key}={value}" for key, value in counts.items())], title="ingest")
+    if counts["errors"]:  # a backfill that lost callbacks must not look done to the script that ran it
+        raise AzamreconError(f"{counts['errors']} line(s) of {file} could not be imported (the warnings give their line numbers); the other lines were")
 
 
 COMMANDS: list = []

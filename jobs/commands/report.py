@@ -9,7 +9,7 @@ from datetime import date
 import click
 
 from jobs.commands.common import Context, format_option, parse_when, pass_context
-from pipeline.errors import InputError
+from pipeline.errors import AzamreconError, InputError
 from pipeline.times import EARLIEST, LATEST
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -44,6 +44,7 @@ def report(ctx: Context, day_text, as_of_text, output_format) -> None:
     poll.threshold_minutes (with ages), status counts, per-patient funding
     (received / required / percent / status), anomalies by kind (count and
     latest examples), fold lag (events, seconds) and the invariant check.
+    Exits 1 when the invariant check fails (the report is printed first).
 
     \b
     --format table  one rich table per section
@@ -73,6 +74,14 @@ def report(ctx: Context, day_text, as_of_text, output_format) -> None:
         click.echo(buffer.getvalue(), nl=False)
     else:
         _print_tables(data)
+    _fail_on_violations(data["invariants"])
+
+
+def _fail_on_violations(invariants: dict) -> None:
+    """A broken invariant is the one answer a cron job or monitor must not miss: exit 1 (one line on stderr)."""
+    if not invariants["ok"]:
+        violations = invariants["violations"]
+        raise AzamreconError(f"report: {len(violations)} invariant violation(s), first: {violations[0]}")
 
 
 def _text(value) -> str:

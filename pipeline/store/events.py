@@ -2,19 +2,18 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from datetime import datetime
 from json.encoder import encode_basestring
 from operator import itemgetter
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from pipeline.errors import StoreError
 from pipeline.events import EventFields
-from pipeline.fold import hint_id
 from pipeline.models import Money, PaymentEvent, UTCDateTime
+from pipeline.resolution import DEFAULT_FORMAT, DonationFacts, DonationIndex, Key, ReferenceFormat, Resolution, decide, lookup_keys, wanted_values
 from pipeline.store.driver import Driver, chunks
 
 SOURCES = ("callback", "poll", "checkout", "operator", "import")
@@ -128,48 +127,34 @@ def append_event(session: Session, row: dict[str, Any]) -> int | None:
     return session.execute(insert(PaymentEvent).values(**row)).inserted_primary_key[0]
 
 
-@dataclass(frozen=True, slots=True)
-class ReferenceKeys:
-    """The ways an event can name a donation, in DESIGN §3's resolution order."""
+class Claim(NamedTuple):
+    """What a callback states about its donation, and its lookup keys (pipeline.resolution)."""
 
-    external_refs: tuple[str, ...]
-    donation_id: int | None
-    transaction_ref: str | None
+    event: EventFields
+    keys: tuple[Key, ...]
 
     @classmethod
-    def of(cls, fields: EventFields) -> "ReferenceKeys":
-        refs = tuple(ref for ref in (fields.utilityref, fields.externalreference) if ref)
-        return cls(refs, hint_id(fields.donation_hint), fields.transaction_ref)
+    def of(cls, fields: EventFields, references: ReferenceFormat = DEFAULT_FORMAT) -> "Claim":
+        return cls(fields, lookup_keys(fields, references))
 
 
-def known_references(session: Session, keys: Iterable[ReferenceKeys]) -> list[bool]:
-    """For each key set, whether some donation matches it. One query for the whole group (one per
-    IN_CHUNK keys), on the raw driver: the Core query's compilation cost as much as the insert."""
-    keys = list(keys)
-    wanted = [("external_reference", ref) for ref in {ref for key in keys for ref in key.external_refs}]
-    wanted += [("id", donation_id) for donation_id in {key.donation_id for key in keys if key.donation_id is not None}]
-    wanted += [("transaction_id", ref) for ref in {key.transaction_ref for key in keys if key.transaction_ref}]
-    if not wanted:
-        return [False] * len(keys)
-    raw = Driver(session.connection())
-    found_refs, found_ids, found_transactions = set(), set(), set()
-    for part in chunks(wanted):
-        by_column: dict[str, list] = {}
-        for column, value in part:
-            by_column.setdefault(column, []).append(value)
-        where = " OR ".join(f"{column} IN {raw.marks(len(values))}" for column, values in by_column.items())
-        params = [value for values in by_column.values() for value in values]
-        for donation_id, external_reference, transaction_id in raw.fetch(f"SELECT id, external_reference, transaction_id FROM donations WHERE {where}", params):
-            found_ids.add(donation_id)
-            found_refs.add(external_reference)
-            found_transactions.add(transaction_id)
-    # exact matches only: MySQL's IN also matches other letter cases
-    return [
-        any(ref in found_refs for ref in key.external_refs)
-        or (key.donation_id in found_ids)
-        or (key.transaction_ref is not None and key.transaction_ref in found_transactions)
-        for key in keys
-    ]
+def resolve_claims(session: Session, claims: Sequence[Claim]) -> list[Resolution]:
+    """Each claim's Resolution, decided by pipeline.resolution.decide as the fold decides it. One query for
+    the whole group (one per IN_CHUNK keys), on the raw driver: the Core query's compilation cost as much
+    as the insert."""
+    wanted = [(column, value) for column, values in wanted_values(key for claim in claims for key in claim.keys).items() for value in values]
+    index = DonationIndex()
+    if wanted:
+        raw = Driver(session.connection())
+        for part in chunks(wanted):
+            by_column: dict[str, list] = {}
+            for column, value in part:
+                by_column.setdefault(column, []).append(value)
+            where = " OR ".join(f"{column} IN {raw.marks(len(values))}" for column, values in by_column.items())
+            params = [value for values in by_column.values() for value in values]
+            for row in raw.fetch(f"SELECT id, external_reference, transaction_id, msisdn, provider FROM donations WHERE {where}", params):
+                index.add(DonationFacts(*row))
+    return [decide(claim.event, claim.keys, index) for claim in claims]
 
 
 def get_event(session: Session, event_id: int) -> PaymentEvent | None:

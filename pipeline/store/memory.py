@@ -13,7 +13,8 @@ from typing import Iterable, Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from pipeline.fold import AnomalyRecord, Credit, DonationIndex, DonationState, PatientTotals
+from pipeline.fold import AnomalyRecord, Credit, DonationState, PatientTotals
+from pipeline.resolution import WAITING_KINDS, DonationIndex, Key
 from pipeline.models import Donation, Patient
 from pipeline.store.snapshot import Snapshot
 from pipeline.store.state import STATIC_COLUMNS, PatientRow, SqlFoldStore
@@ -41,6 +42,7 @@ class MemoryFoldStore:
         }
         self.credits: dict[int, Credit] = {}
         self.anomalies: dict[int | None, list[AnomalyRecord]] = defaultdict(list)
+        self.waiting: dict[int, AnomalyRecord] = {}  # unknown_reference and reference_conflict, by event
 
     # -- reading the log --------------------------------------------------------------------
     def events_after(self, position: int, limit: int, until_id: int | None = None):
@@ -50,19 +52,13 @@ class MemoryFoldStore:
         return self.reader.events_by_ids(ids)
 
     # -- the FoldStore methods --------------------------------------------------------------
-    def donations_matching(self, references: set[str], ids: set[int], transactions: set[str]) -> dict[int, DonationState]:
+    def donations_matching(self, wanted: dict[str, set]) -> dict[int, DonationState]:
         found: dict[int, DonationState] = {}
-        for reference in references:
-            if reference in self.index.by_reference:
-                donation_id = self.index.by_reference[reference]
-                found[donation_id] = self.states[donation_id].copy()
-        for donation_id in ids:
-            if donation_id in self.index.ids:
-                found[donation_id] = self.states[donation_id].copy()
-        for transaction in transactions:
-            if transaction in self.index.by_transaction:
-                donation_id = self.index.by_transaction[transaction]
-                found[donation_id] = self.states[donation_id].copy()
+        for column, values in wanted.items():
+            for value in values:
+                donation_id = self.index.find(Key(column, column, value, True))
+                if donation_id is not None and donation_id not in found:
+                    found[donation_id] = self.states[donation_id].copy()
         return found
 
     def write_donations(self, states: Iterable[DonationState]) -> None:
@@ -71,14 +67,16 @@ class MemoryFoldStore:
 
     def add_anomalies(self, anomalies: Sequence[AnomalyRecord]) -> None:
         for record in anomalies:
-            self.anomalies[record.donation_id].append(record)
+            if record.kind in WAITING_KINDS:
+                self.waiting[record.event_id] = record
+            else:
+                self.anomalies[record.donation_id].append(record)
 
-    def drop_anomalies(self, donation_ids: Iterable[int] = (), unknown_reference_events: Iterable[int] = ()) -> None:
+    def drop_anomalies(self, donation_ids: Iterable[int] = (), waiting_events: Iterable[int] = ()) -> None:
         for donation_id in donation_ids:
             self.anomalies.pop(donation_id, None)
-        events = set(unknown_reference_events)
-        if events:
-            self.anomalies[None] = [a for a in self.anomalies[None] if not (a.kind == "unknown_reference" and a.event_id in events)]
+        for event_id in waiting_events:
+            self.waiting.pop(event_id, None)
 
     def apply_credit_changes(self, changes: Sequence[tuple[Credit | None, Credit | None]]) -> None:
         for old, new in changes:
@@ -109,5 +107,5 @@ class MemoryFoldStore:
             donations=self.states.values(),
             credits=self.credits.values(),
             patients=((p.id, p.funding_received, p.status, p.fully_funded_at) for p in self.patient_rows.values()),
-            anomalies=(record for records in self.anomalies.values() for record in records),
+            anomalies=[*(record for records in self.anomalies.values() for record in records), *self.waiting.values()],
         )

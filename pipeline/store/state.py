@@ -15,7 +15,8 @@ from typing import Any, Iterable, Sequence
 from sqlalchemy import Boolean, and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from pipeline.fold import DERIVED_FIELDS, AnomalyRecord, Credit, DonationState, FoldEvent, PatientTotals, hint_id
+from pipeline.fold import DERIVED_FIELDS, STATIC_FIELDS, AnomalyRecord, Credit, DonationState, FoldEvent, PatientTotals
+from pipeline.resolution import ID, REFERENCE, TRANSACTION, WAITING_KINDS, ReferenceFormat, lookup_keys
 from pipeline.models import Anomaly, Donation, FoldCheckpoint, FundingCredit, Money, Patient, PaymentEvent, UTCDateTime
 from pipeline.store.driver import UTC, Driver, chunks
 
@@ -33,6 +34,8 @@ EVENT_COLUMNS = (
     PaymentEvent.donation_id,
     PaymentEvent.parse_error,
     PaymentEvent.status_raw,
+    PaymentEvent.msisdn,
+    PaymentEvent.operator,
 )
 STATIC_COLUMNS = (
     Donation.id,
@@ -41,7 +44,10 @@ STATIC_COLUMNS = (
     Donation.patient_amount,
     Donation.external_reference,
     Donation.transaction_id,
+    Donation.msisdn,
+    Donation.provider,
 )
+assert tuple(column.key for column in STATIC_COLUMNS) == STATIC_FIELDS
 STATE_COLUMNS = STATIC_COLUMNS + tuple(getattr(Donation, name) for name in DERIVED_FIELDS)
 _STATE_TYPES = [Donation.__table__.c[column.key].type for column in STATE_COLUMNS]
 _STATE_DATETIMES = tuple(i for i, kind in enumerate(_STATE_TYPES) if isinstance(kind, UTCDateTime))
@@ -193,17 +199,17 @@ class SqlFoldStore:
         return self.raw.fetch("SELECT MAX(id) FROM donations")[0][0] or 0
 
     # -- donations --------------------------------------------------------------------------
-    def donations_matching(self, references: set[str], ids: set[int], transactions: set[str]) -> dict[int, DonationState]:
-        """Donations whose external_reference, id or transaction_id is in the given sets. The keys are
-        resolved to ids on the unique indexes alone, then each state row is read once."""
+    def donations_matching(self, wanted: dict[str, set]) -> dict[int, DonationState]:
+        """Donations whose column holds one of the wanted values (pipeline.resolution.wanted_values). The keys
+        are resolved to ids on the unique indexes alone, then each state row is read once."""
         raw = self.raw
-        wanted = set(ids)
-        for column, values in (("external_reference", references), ("transaction_id", transactions)):
-            if values:
-                wanted.update(row[0] for row in raw.fetch_in(f"SELECT id FROM donations WHERE {column} IN ", sorted(values)))
+        ids = set(wanted.get(ID, ()))
+        for column in (REFERENCE, TRANSACTION):
+            if wanted.get(column):
+                ids.update(row[0] for row in raw.fetch_in(f"SELECT id FROM donations WHERE {column} IN ", sorted(wanted[column])))
         states: dict[int, DonationState] = {}
         state = raw.state
-        for row in raw.fetch_in(_STATE_SELECT, sorted(wanted)):
+        for row in raw.fetch_in(_STATE_SELECT, sorted(ids)):
             states[row[0]] = state(row)
         return states
 
@@ -242,28 +248,21 @@ class SqlFoldStore:
 
     # -- anomalies --------------------------------------------------------------------------
     def waiting_event_ids(self) -> set[int]:
-        """Events waiting as unknown_reference (an index-only read of anomalies)."""
-        return {row[0] for row in self.raw.fetch("SELECT event_id FROM anomalies WHERE kind = 'unknown_reference'")}
-
-    def unknown_reference_events(self, references: set[str], ids: set[int], transactions: set[str]) -> list[int]:
-        """Events still waiting as unknown_reference that could resolve through one of these keys (one-off;
-        jobs.fold keeps a WaitingKeys across a run's batches instead)."""
-        if not (references or ids or transactions):
-            return []
-        waiting = WaitingKeys()
-        waiting.sync(self, self.waiting_event_ids())
-        return waiting.matching(references, ids, transactions)
+        """Events waiting for a donation to match: unknown_reference and reference_conflict (an index-only read)."""
+        kinds = ", ".join(f"'{kind}'" for kind in WAITING_KINDS)
+        return {row[0] for row in self.raw.fetch(f"SELECT event_id FROM anomalies WHERE kind IN ({kinds})")}
 
     def add_anomalies(self, anomalies: Sequence[AnomalyRecord]) -> None:
         if anomalies:
             self.raw.many(f"INSERT INTO anomalies (event_id, donation_id, kind, detail) VALUES {self.raw.marks(4)}", anomalies)
 
-    def drop_anomalies(self, donation_ids: Iterable[int] = (), unknown_reference_events: Iterable[int] = ()) -> None:
-        """Anomalies a replay or a late resolution will raise again (or no longer raises)."""
+    def drop_anomalies(self, donation_ids: Iterable[int] = (), waiting_events: Iterable[int] = ()) -> None:
+        """Anomalies a replay of these donations, or a new look at these waiting events, raises again (or no
+        longer raises). A waiting event's anomaly may name a donation it was not applied to: a replay keeps it."""
         for part in chunks(sorted(set(donation_ids))):
-            self.session.execute(delete(Anomaly).where(Anomaly.donation_id.in_(part)))
-        for part in chunks(sorted(set(unknown_reference_events))):
-            self.session.execute(delete(Anomaly).where(Anomaly.kind == "unknown_reference", Anomaly.event_id.in_(part)))
+            self.session.execute(delete(Anomaly).where(Anomaly.donation_id.in_(part), Anomaly.kind.not_in(WAITING_KINDS)))
+        for part in chunks(sorted(set(waiting_events))):
+            self.session.execute(delete(Anomaly).where(Anomaly.kind.in_(WAITING_KINDS), Anomaly.event_id.in_(part)))
 
     # -- credits and patients ---------------------------------------------------------------
     def apply_credit_changes(self, changes: Sequence[tuple[Credit | None, Credit | None]]) -> None:
@@ -378,57 +377,53 @@ class SqlFoldStore:
 
 
 class WaitingKeys:
-    """The lookup keys of the events waiting as unknown_reference: column -> value -> event ids.
+    """The lookup keys (pipeline.resolution.lookup_keys) of the events waiting for a donation to match:
+    (column, value) -> event ids.
 
     Kept across one fold run's batches, so each batch reads only the waiting ids (index-only) and fetches
-    the keys of ids it has not seen; joining every waiting event's row again read most of payment_events
+    the events it has not seen; joining every waiting event's row again read most of payment_events
     per batch (a rebuild's checkout events offer keys in every batch). An event's keys never change (the
-    log is append-only), so keys fetched once stay true; which events still wait is read again in every
-    batch, under the fold lock, so a fold elsewhere cannot make this stale. Keys match exactly, as
-    resolve() matches them (a MySQL IN would also match case-insensitively)."""
+    log is append-only), so keys computed once stay true; which events still wait is read again in every
+    batch, under the fold lock, so a fold elsewhere cannot make this stale."""
 
-    COLUMNS = ("utilityref", "externalreference", "donation_id", "donation_hint", "transaction_ref")
-
-    def __init__(self) -> None:
-        self.keys: dict[int, tuple] = {}
-        self.by_value: dict[str, dict[Any, set[int]]] = {column: {} for column in self.COLUMNS}
+    def __init__(self, references: ReferenceFormat | None = None) -> None:
+        self.references = references or ReferenceFormat()
+        self.keys: dict[int, tuple[tuple[str, Any], ...]] = {}
+        self.by_value: dict[tuple[str, Any], set[int]] = {}
 
     def sync(self, store: SqlFoldStore, waiting: set[int]) -> None:
         for event_id in [event_id for event_id in self.keys if event_id not in waiting]:
-            for column, value in zip(self.COLUMNS, self.keys.pop(event_id)):
-                if value is not None:
-                    holders = self.by_value[column][value]
-                    holders.discard(event_id)
-                    if not holders:
-                        del self.by_value[column][value]
-        unseen = sorted(event_id for event_id in waiting if event_id not in self.keys)
-        hint_at = self.COLUMNS.index("donation_hint")
-        for row in store.raw.fetch_in(f"SELECT id, {', '.join(self.COLUMNS)} FROM payment_events WHERE id IN ", unseen):
-            keys = list(row[1:])
-            keys[hint_at] = hint_id(keys[hint_at])  # as resolve() reads it: "012" names donation 12
-            self.keys[row[0]] = tuple(keys)
-            for column, value in zip(self.COLUMNS, keys):
-                if value is not None:
-                    self.by_value[column].setdefault(value, set()).add(row[0])
+            for value in self.keys.pop(event_id):
+                holders = self.by_value[value]
+                holders.discard(event_id)
+                if not holders:
+                    del self.by_value[value]
+        unseen = [event_id for event_id in waiting if event_id not in self.keys]
+        for event in store.events_by_ids(unseen) if unseen else ():
+            values = tuple({(key.column, key.value) for key in lookup_keys(event, self.references)})
+            self.keys[event.id] = values
+            for value in values:
+                self.by_value.setdefault(value, set()).add(event.id)
 
-    def matching(self, references: set[str], ids: set[int], transactions: set[str]) -> list[int]:
+    def matching(self, offered: set[tuple[str, Any]]) -> list[int]:
+        """The waiting events with a key among the offered (column, value) pairs."""
         found: set[int] = set()
-        for column, values in (
-            ("utilityref", references),
-            ("externalreference", references),
-            ("donation_id", ids),
-            ("donation_hint", ids),
-            ("transaction_ref", transactions),
-            ("externalreference", transactions),
-        ):
-            held = self.by_value[column]
-            if len(values) > len(held):
-                found.update(event_id for value, event_ids in held.items() if value in values for event_id in event_ids)
-            else:
-                for value in values:
-                    if value in held:
-                        found.update(held[value])
+        held = self.by_value
+        if len(offered) > len(held):
+            found.update(event_id for value, event_ids in held.items() if value in offered for event_id in event_ids)
+        else:
+            for value in offered:
+                if value in held:
+                    found.update(held[value])
         return sorted(found)
+
+
+def offered_keys(ids: Iterable[int] = (), references: Iterable[str] = (), transactions: Iterable[str] = ()) -> set[tuple[str, Any]]:
+    """Donation facts as the (column, value) pairs WaitingKeys.matching takes."""
+    offered = {(ID, donation_id) for donation_id in ids}
+    offered.update((REFERENCE, reference) for reference in references)
+    offered.update((TRANSACTION, transaction) for transaction in transactions)
+    return offered
 
 
 _DERIVED_DEFAULTS = {name: getattr(DonationState(0, None, Decimal(0), Decimal(0)), name) for name in DERIVED_FIELDS}

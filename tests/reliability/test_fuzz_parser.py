@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from pipeline.errors import ParseError
 from pipeline.events import extract_fields, parse_callback
-from pipeline.fold import DonationIndex, FoldEvent, batch_keys, resolve
-from pipeline.store.events import ReferenceKeys
+from pipeline.fold import FoldEvent
+from pipeline.resolution import DonationFacts, DonationIndex, decide, lookup_keys
+from pipeline.store.events import Claim
 
 LONG = os.environ.get("AZAMRECON_RELIABILITY_LONG") == "1"
 EXAMPLES = 3000 if LONG else 400
@@ -47,11 +48,14 @@ def exercise(body: bytes) -> None:
             value.encode("utf-8")  # storable
     if fields.amount is not None:
         assert fields.amount >= 0 and fields.amount.as_tuple().exponent == -2
-    ReferenceKeys.of(fields)  # what the receiver computes
+    claim = Claim.of(fields)  # what the receiver computes
     event = FoldEvent(1, NOW, "callback", "n/a", fields.status, fields.amount, fields.utilityref, fields.externalreference,
-                      fields.donation_hint, fields.transaction_ref, None, fields.parse_error, fields.status_raw)
-    batch_keys([event])  # what jobs.fold.fold_batch computes for every batch
-    resolve(event, DonationIndex(by_reference={"RHCI-DN-1-1": 1}, ids={1, 2}))  # and how it resolves the donation
+                      fields.donation_hint, fields.transaction_ref, None, fields.parse_error, fields.status_raw, fields.msisdn, fields.operator)
+    assert lookup_keys(event) == claim.keys  # what jobs.fold.fold_batch computes for every batch
+    index = DonationIndex()
+    index.add(DonationFacts(1, "RHCI-DN-1-1", "tx-1", "255758285812", "Mpesa"))
+    index.add(DonationFacts(2, None, None, None, None))
+    assert decide(event, claim.keys, index) == decide(claim.event, claim.keys, index)  # and how both resolve the donation
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
