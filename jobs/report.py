@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.config import Config
 from pipeline.db import transaction
-from pipeline.fold import ANOMALY_KINDS, CANCELLED, COMPLETED, DONATION_STATUSES, FAILED, PENDING
+from pipeline.fold import ANOMALY_KINDS, ANOMALY_MEANINGS, CANCELLED, COMPLETED, DONATION_STATUSES, FAILED, PENDING
 from pipeline.models import Anomaly, Donation, FundingCredit, Patient, PaymentEvent
 from pipeline.store.snapshot import DONATION_FIELDS, Snapshot
 from pipeline.store.state import SqlFoldStore, fold_lag
@@ -147,7 +147,7 @@ def build_report(
         "anomalies": {
             "total": sum(facts.anomaly_counts.values()),
             "by_kind": {
-                kind: {"count": facts.anomaly_counts[kind], "latest": facts.anomaly_examples.get(kind, [])}
+                kind: {"count": facts.anomaly_counts[kind], "meaning": ANOMALY_MEANINGS.get(kind, ""), "latest": facts.anomaly_examples.get(kind, [])}
                 for kind in sorted(facts.anomaly_counts, key=lambda k: (ANOMALY_KINDS.index(k) if k in ANOMALY_KINDS else 99, k))
             },
         },

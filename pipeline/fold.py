@@ -23,17 +23,19 @@ SUCCESS, UNKNOWN = "SUCCESS", "UNKNOWN"
 DONATION_STATUSES = (PENDING, COMPLETED, FAILED, CANCELLED, EXPIRED, REVIEW)
 OPERATOR_STATUSES = (COMPLETED, FAILED, CANCELLED)
 
-ANOMALY_KINDS = (
-    "unknown_reference",
-    "amount_mismatch",
-    "conflicting_status",
-    "late_success",
-    "unauthenticated",
-    "unknown_status",
-    "invalid_payload",
-    "duplicate",
-    "reference_conflict",
-)
+# every anomaly kind and what it means; docs/fold.md has the full rules, and `report` prints these lines
+ANOMALY_MEANINGS = {
+    "unknown_reference": "no donation matches the event's references or ids; retried when one appears",
+    "amount_mismatch": "a trusted success states another amount than the charge, or none usable; REVIEW",
+    "conflicting_status": "a failure after COMPLETED or REVIEW, or disagreeing with an earlier failure",
+    "late_success": "a success after FAILED, CANCELLED or EXPIRED; it wins",
+    "unauthenticated": "an untrusted callback; the poller is asked to check",
+    "unknown_status": "a status the fold does not know; the poller is asked to check",
+    "invalid_payload": "the body could not be parsed",
+    "duplicate": "a second matching success; nothing more is credited",
+    "reference_conflict": "a donation named only by an id, and a stated fact disagrees (or two donations named); nothing moved",
+}
+ANOMALY_KINDS = tuple(ANOMALY_MEANINGS)
 
 CALLBACK_SOURCES = ("callback", "import")
 TRUSTED_SOURCES = ("poll", "checkout", "operator")

@@ -78,6 +78,10 @@ def test_1_a_foreign_callback_naming_a_donation_only_by_its_id_moves_no_money(ba
     detail = backend.scalar("SELECT detail FROM anomalies")
     assert "utilityref 'RHCI-DN-9-20251201000000' is not its reference" in detail and "msisdn differs" in detail
     assert check(backend.engine, config).differences == []
+    from jobs.report import build_report
+
+    entry = build_report(backend.engine, config, day=T0.date(), now=T0)["anomalies"]["by_kind"]["reference_conflict"]
+    assert entry["count"] == 1 and "nothing moved" in entry["meaning"] and entry["latest"][0]["donation_id"] == 9
 
 
 def test_1_a_foreign_callback_attaches_nothing_to_a_completed_donation(backend):

@@ -153,6 +153,7 @@ def _print_tables(data: dict) -> None:
             for position, example in enumerate(entry["latest"]):
                 rows.append([kind if position == 0 else "", entry["count"] if position == 0 else "", example["event_id"], example["donation_id"], example["detail"]])
         table("anomalies by kind (latest examples)", ["kind", "count", "event", "donation", "detail"], rows)
+        table("what each kind means", ["kind", "meaning"], [[kind, entry["meaning"]] for kind, entry in data["anomalies"]["by_kind"].items()])
     if invariants["violations"]:
         table("invariant violations", ["violation"], [[line] for line in invariants["violations"]])
 
