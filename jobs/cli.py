@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "jobs.commands.scheduler",
     "jobs.commands.report",
     "jobs.commands.demo",
+    "jobs.commands.privacy",
 ]
 
 

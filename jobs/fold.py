@@ -45,9 +45,8 @@ from pipeline.fold import (
 )
 from pipeline.logs import payments
 from pipeline.resolution import CONFLICT_KIND, DEFAULT_FORMAT, TRANSACTION, DonationIndex, ReferenceFormat, Resolution, decide, lookup_keys, wanted_values
-from pipeline.store.state import Checkpoint, SqlFoldStore, WaitingKeys, fold_lag, offered_keys
+from pipeline.store.state import CHECKPOINT, Checkpoint, SqlFoldStore, fold_lag, offered_keys
 
-CHECKPOINT = "main"
 MAX_GAP_SPAN = 10_000  # a jump wider than this is not an in-flight transaction; it is not waited for
 CONFLICT_ATTEMPTS = 3  # a batch ended by a MySQL lock conflict (StoreConflict) is run again, up to this many times in all
 
@@ -85,6 +84,9 @@ class FoldStore(Protocol):
     def write_donations(self, states) -> None: ...
     def add_anomalies(self, anomalies) -> None: ...
     def drop_anomalies(self, donation_ids=(), waiting_events=()) -> None: ...
+    def applied_events(self, donation_ids) -> dict[int, list[int]]: ...
+    def add_applied(self, pairs) -> None: ...
+    def set_waiting(self, dropped, added) -> None: ...
     def apply_credit_changes(self, changes) -> None: ...
     def patients(self, ids): ...
     def credits_of_patients(self, ids): ...
@@ -109,30 +111,32 @@ def fold_batch(
     """Apply new events (and waiting events retried against new donations) through `store`."""
     result = BatchResult(events=len(events))
     everything = sorted(events + retried)  # by id: ids are unique, so tuples compare on their first field
-    states, decisions = _resolve_all(store, everything, references)
+    states, decisions, keys = _resolve_all(store, everything, references)
 
     anomalies: list[AnomalyRecord] = []
     by_donation: dict[int, list[FoldEvent]] = {}
-    for event, decision in zip(everything, decisions):
+    waiting: list[tuple[FoldEvent, tuple]] = []
+    for event, decision, event_keys in zip(everything, decisions, keys):
         if event.parse_error:
             anomalies.append(AnomalyRecord(event.id, None, "invalid_payload", event.parse_error[:500]))
             continue
         donation_id = decision.donation_id
         if donation_id is None:
             anomalies.append(_waiting_anomaly(event, decision))
+            waiting.append((event, event_keys))
             continue
         if donation_id in by_donation:
             by_donation[donation_id].append(event)
         else:
             by_donation[donation_id] = [event]
 
-    replayed: list[int] = []
-    to_fetch: set[int] = set()
-    for donation_id, donation_events in by_donation.items():
-        state = states[donation_id]
-        if state.last_event_id is not None and donation_events[0].id <= state.last_event_id:
-            replayed.append(donation_id)
-            to_fetch.update(state.applied_ids())
+    replayed = [
+        donation_id
+        for donation_id, donation_events in by_donation.items()
+        if states[donation_id].last_event_id is not None and donation_events[0].id <= states[donation_id].last_event_id
+    ]
+    applied = store.applied_events(replayed) if replayed else {}
+    to_fetch = {event_id for ids in applied.values() for event_id in ids}
     earlier = {event.id: event for event in store.events_by_ids(to_fetch)} if to_fetch else {}
 
     changes: list[tuple[Credit | None, Credit | None]] = []
@@ -142,7 +146,7 @@ def fold_batch(
         state = states[donation_id]
         before_status, before_credit = state.status, credit_of(state)
         if donation_id in replay_set:
-            merged = {event_id: earlier[event_id] for event_id in state.applied_ids() if event_id in earlier}
+            merged = {event_id: earlier[event_id] for event_id in applied.get(donation_id, ()) if event_id in earlier}
             merged.update((event.id, event) for event in donation_events)
             donation_events = [merged[event_id] for event_id in sorted(merged)]
             state = states[donation_id] = state.reset()
@@ -159,6 +163,9 @@ def fold_batch(
 
     # a retried event's anomaly is raised again from what it resolves to now, as a rebuild would raise it
     store.drop_anomalies(donation_ids=replayed, waiting_events=[event.id for event in retried])
+    store.set_waiting([event.id for event in retried], waiting)
+    # new, gap-filled and retried events were never applied before: each gets its row once
+    store.add_applied([(event.id, donation_id) for donation_id, donation_events in by_donation.items() for event in donation_events])
     store.write_donations(changed_states)
     store.add_anomalies(anomalies)
     store.apply_credit_changes(changes)
@@ -177,8 +184,8 @@ def _waiting_anomaly(event: FoldEvent, decision: Resolution) -> AnomalyRecord:
     return AnomalyRecord(event.id, None, "unknown_reference", f"no donation for {detail}"[:500])
 
 
-def _resolve_all(store: FoldStore, events: list[FoldEvent], references: ReferenceFormat) -> tuple[dict[int, DonationState], list[Resolution]]:
-    """(the donation states the events name, each event's Resolution), as pipeline.resolution.decide over
+def _resolve_all(store: FoldStore, events: list[FoldEvent], references: ReferenceFormat) -> tuple[dict[int, DonationState], list[Resolution], list[tuple]]:
+    """(the donation states the events name, each event's Resolution, each event's keys), as pipeline.resolution.decide over
     every donation decides. References and ids are looked up first; transaction ids only for the events
     that no reference or own donation_id resolved: most events carry one, and the transaction lookups were
     a third of the reads. A strong key that matches wins, so what the first look-up resolved stays."""
@@ -198,7 +205,7 @@ def _resolve_all(store: FoldStore, events: list[FoldEvent], references: Referenc
                 index.add(state)
         for i in again:
             decisions[i] = decide(events[i], keys[i], index)
-    return states, decisions
+    return states, decisions, keys
 
 
 def _strong(decision: Resolution, keys, index: DonationIndex) -> bool:
@@ -235,8 +242,14 @@ def _update_patients(store: FoldStore, changes: list[tuple[Credit | None, Credit
     result.patient_required = {patient_id: patients[patient_id].funding_required for patient_id in totals}
 
 
-def next_events(store: SqlFoldStore, checkpoint: Checkpoint, batch_size: int, now: datetime, gap_timeout: float) -> tuple[list[FoldEvent], list[FoldEvent]]:
-    """(new events after the checkpoint, events that filled earlier gaps); updates checkpoint position and gaps."""
+def next_events(
+    store: SqlFoldStore, checkpoint: Checkpoint, batch_size: int, now: datetime, gap_timeout: float, max_gaps: int = 10_000
+) -> tuple[list[FoldEvent], list[FoldEvent]]:
+    """(new events after the checkpoint, events that filled earlier gaps); updates checkpoint position and gaps.
+
+    Missing ids are expected every `auto_increment_increment` (read, not assumed: Galera and
+    master-master setups use 2 or more). At most `max_gaps` are awaited; past it the oldest are given
+    up, so ids anyone can make skip (INSERT IGNORE of duplicates) never stop the fold."""
     filled = store.events_by_ids(checkpoint.gap_ids()) if checkpoint.gaps else []
     filled_ids = {event.id for event in filled}
     expiry = now - timedelta(seconds=gap_timeout)
@@ -245,23 +258,28 @@ def next_events(store: SqlFoldStore, checkpoint: Checkpoint, batch_size: int, no
     if dropped:
         logger.warning(f"fold: gave up waiting for {dropped} missing event id(s) after {gap_timeout:.0f}s")
     fresh = store.events_after(checkpoint.position, batch_size)
-    expected = checkpoint.position + 1
+    step = store.id_step() if fresh else 1
+    expected = checkpoint.position + (step if checkpoint.position else 1)
     for event in fresh:
         if event.id > expected and event.id - expected <= MAX_GAP_SPAN:
-            gaps.extend((gap_id, now) for gap_id in range(expected, event.id))
+            gaps.extend((gap_id, now) for gap_id in range(expected, event.id, step))
         elif event.id - expected > MAX_GAP_SPAN:
-            logger.warning(f"fold: event ids jump from {expected - 1} to {event.id}; ids in between are not waited for")
-        expected = event.id + 1
+            logger.warning(f"fold: event ids jump from {expected - step} to {event.id}; ids in between are not waited for")
+        expected = event.id + step
+    if len(gaps) > max_gaps:
+        gaps.sort()
+        logger.warning(f"fold: {len(gaps)} missing event ids awaited, more than fold.max_gaps={max_gaps}; the {len(gaps) - max_gaps} oldest are given up")
+        gaps = gaps[len(gaps) - max_gaps :]
     if fresh:
         checkpoint.position = fresh[-1].id
     checkpoint.gaps = gaps
     return fresh, filled
 
 
-def _waiting_to_retry(store: SqlFoldStore, checkpoint: Checkpoint, events: list[FoldEvent], waiting: WaitingKeys) -> tuple[list[int], int]:
-    """(unknown_reference events to retry, new donation_high). Waiting events are offered the donations
-    created since checkpoint.donation_high and the transaction ids that the batch's checkout answers
-    recorded.
+def _waiting_to_retry(store: SqlFoldStore, checkpoint: Checkpoint, events: list[FoldEvent]) -> tuple[list[int], int]:
+    """(waiting events to retry, new donation_high). Waiting events are offered the donations created since
+    checkpoint.donation_high and the transaction ids that the batch's checkout answers recorded, through
+    waiting_keys' index.
 
     A checkout sets its donation's transaction_id in the transaction that appends the checkout event, so
     only an event folded before that commit can be waiting for it. A rebuild reset after every checkout up
@@ -275,18 +293,12 @@ def _waiting_to_retry(store: SqlFoldStore, checkpoint: Checkpoint, events: list[
     }
     if high == donation_high and not checkout_ids:
         return [], high
-    waiting_ids = store.waiting_event_ids()
-    if not waiting_ids:
-        return [], high
     high, references, ids, transactions = store.donation_keys_above(donation_high)
     if checkout_ids:
         ids |= checkout_ids
         transactions |= store.transaction_ids_of(checkout_ids)
     offered = offered_keys(ids, references, transactions)
-    if not offered:
-        return [], high
-    waiting.sync(store, waiting_ids)
-    return waiting.matching(offered), high
+    return (store.waiting_matching(offered) if offered else []), high
 
 
 @dataclass
@@ -325,12 +337,12 @@ def run_fold(
     policy = trust_policy(config)
     batch_size = batch_size or config.fold.batch_size
     report = FoldReport()
-    waiting = WaitingKeys(reference_format(config))
+    references = reference_format(config)
     while max_batches is None or report.batches < max_batches:
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
             try:
                 with collector_paused():
-                    result, checkpoint, fresh, retried, quiet_until, max_id = _fold_one_batch(engine, config, policy, batch_size, now, waiting, progress)
+                    result, checkpoint, fresh, retried, quiet_until, max_id = _fold_one_batch(engine, config, policy, batch_size, now, references, progress)
                 break
             except StoreConflict as exc:
                 if attempt == CONFLICT_ATTEMPTS:
@@ -361,20 +373,23 @@ def run_fold(
     return report
 
 
-def _fold_one_batch(engine: Engine, config: Config, policy: TrustPolicy, batch_size: int, now: datetime, waiting: WaitingKeys, progress):
+def _fold_one_batch(engine: Engine, config: Config, policy: TrustPolicy, batch_size: int, now: datetime, references: ReferenceFormat, progress):
     """One batch in one transaction, under the fold lock: (result, checkpoint, fresh, retried, quiet_until, max_id),
     where quiet_until is the rebuild's refold position at the batch's start (None when no rebuild runs)."""
     with transaction(engine, immediate=True) as session:
         store = SqlFoldStore(session)
         checkpoint = store.lock_checkpoint(CHECKPOINT)
-        fresh, filled = next_events(store, checkpoint, batch_size, now, config.fold.gap_timeout_seconds)
-        retry_ids, checkpoint.donation_high = _waiting_to_retry(store, checkpoint, fresh + filled, waiting)
+        fresh, filled = next_events(store, checkpoint, batch_size, now, config.fold.gap_timeout_seconds, config.fold.max_gaps)
+        if fresh:  # by the log's own clock, so a replayed or imported log retires what it retired live
+            store.retire_waiting(fresh[-1].received_at - timedelta(days=config.fold.waiting_days))
+        retry_ids, checkpoint.donation_high = _waiting_to_retry(store, checkpoint, fresh + filled)
         fresh_ids = {e.id for e in fresh + filled}
         retried = store.events_by_ids([i for i in retry_ids if i not in fresh_ids]) if retry_ids else []
-        result = fold_batch(store, fresh + filled, retried, policy, waiting.references)
+        result = fold_batch(store, fresh + filled, retried, policy, references)
         problems = store.invariant_violations(patient_ids=result.patients.keys(), donation_ids=result.donations)
         if problems:
             raise InvariantViolation("fold invariant violated: " + "; ".join(problems[:5]))
+        store.count_events(fresh + filled)
         checkpoint.events_applied += len(fresh) + len(filled)
         quiet_until = checkpoint.rebuild_until
         if quiet_until is not None and checkpoint.position >= quiet_until:

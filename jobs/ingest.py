@@ -22,9 +22,12 @@ read into memory. Unreadable callbacks (truncated, garbled, not a dict) are coun
 logged by line number only: nothing from an imported body reaches a log, so no password does.
 
 Each event: source "import", typed fields from pipeline.events.extract_fields, auth decided as the
-receiver decides it (a '***' left by redaction counts as no credential), and dedupe_key
-"import:" + sha256(received_at, canonical JSON body, occurrence number of that pair in the file), so
-importing a file twice, or a longer copy of it, adds nothing new twice.
+receiver decides it (a '***' left by redaction, or a stored body's marker, counts as no credential),
+and dedupe_key "import:" + sha256(received_at, canonical JSON body, occurrence number of that pair in
+the file), so importing a file twice, or a longer copy of it, adds nothing new twice. The body is
+stored as the receiver stores one: its secrets (the legacy view logged the webhook password) replaced
+by markers after the credential was checked (pipeline.privacy), body_sha256 and the dedupe key still
+computed over the body as read.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
@@ -43,10 +47,11 @@ from sqlalchemy.engine import Engine
 
 from pipeline.config import Config
 from pipeline.db import transaction
-from pipeline.errors import InputError
-from pipeline.events import EventFields, extract_fields
+from pipeline.errors import InputError, StoreConflict
+from pipeline.events import EventFields, decode_json, extract_fields
 from pipeline.models import PaymentEvent
-from pipeline.redact import REDACTED
+from pipeline.privacy import BodyRedactor, redactor_for
+from pipeline.redact import is_redacted, log_value
 from pipeline.store.events import append_events, event_row
 from pipeline.store.driver import chunks
 from pipeline.times import parse_utc
@@ -254,7 +259,7 @@ def dedupe_key(received_at: datetime | None, canonical_body: str, occurrence: in
 
 
 class _Auth:
-    """The receiver's decision (receiver.auth.Authenticator), with a redacted '***' credential treated as absent."""
+    """The receiver's decision (receiver.auth.Authenticator), with a redacted credential ('***' or a marker) treated as absent."""
 
     def __init__(self, config: Config):
         from receiver.auth import Authenticator
@@ -264,11 +269,11 @@ class _Auth:
     def __call__(self, fields: EventFields, body: bytes) -> str:
         if fields.parse_error is not None:
             return self.authenticator.unchecked_auth()
-        if fields.password == REDACTED or fields.signature == REDACTED:
+        if is_redacted(fields.password) or is_redacted(fields.signature):
             fields = dataclasses.replace(
                 fields,
-                password=None if fields.password == REDACTED else fields.password,
-                signature=None if fields.signature == REDACTED else fields.signature,
+                password=None if is_redacted(fields.password) else fields.password,
+                signature=None if is_redacted(fields.signature) else fields.signature,
             )
         return self.authenticator.check(fields, body)
 
@@ -311,6 +316,7 @@ def ingest_file(
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
     auth = _Auth(config)
+    redactor = redactor_for(config)
     counts = {"read": 0, "imported": 0, "duplicates": 0, "skipped": 0, "errors": 0}
     occurrences: dict[tuple[str, str], int] = {}
     headers_of = lambda number: json.dumps({"import-file": path.name[:200], "import-line": number}, sort_keys=True)  # noqa: E731
@@ -331,7 +337,7 @@ def ingest_file(
                     counts["skipped"] += 1
                     logger.warning(f"import {path.name} line {number}: longer than {MAX_LINE_BYTES} bytes, skipped")
                 else:
-                    row = _row_for(line, number, now, naive_zone, auth, occurrences, headers_of, path.name, counts)
+                    row = _row_for(line, number, now, naive_zone, auth, redactor, occurrences, headers_of, path.name, counts)
                     if row is not None:
                         rows.append(row)
                 if lines_in_batch >= BATCH_LINES:
@@ -352,7 +358,8 @@ def ingest_file(
 
 
 def _row_for(
-    line: bytes, number: int, now: datetime, naive_zone: timezone, auth: _Auth, occurrences: dict, headers_of, name: str, counts: dict
+    line: bytes, number: int, now: datetime, naive_zone: timezone, auth: _Auth, redactor: BodyRedactor, occurrences: dict, headers_of, name: str,
+    counts: dict,
 ) -> dict | None:
     try:
         text = line.decode("utf-8")
@@ -368,7 +375,7 @@ def _row_for(
         parsed = parse_line(text, now, naive_zone)
     except LineError as exc:
         counts["errors"] += 1
-        logger.warning(f"import {name} line {number}: {exc}")
+        logger.warning(f"import {name} line {number}: {log_value(str(exc))}")
         return None
     if parsed is None:
         counts["skipped"] += 1
@@ -376,12 +383,15 @@ def _row_for(
     received_at, body, key, stamp = parsed
     occurrence = occurrences.get((stamp, key), 0)
     occurrences[(stamp, key)] = occurrence + 1
-    fields = extract_fields(body)
+    decoded = decode_json(body)
+    fields = extract_fields(body, decoded)
+    verdict = auth(fields, body)  # on the body as read, before its secrets go
     return event_row(
         source="import",
         body=body,
+        stored_body=redactor.stored_body(body, decoded),
         received_at=received_at,
-        auth=auth(fields, body),
+        auth=verdict,
         fields=fields,
         content_type="application/json",
         headers=headers_of(number),
@@ -389,14 +399,29 @@ def _row_for(
     )
 
 
+CONFLICT_ATTEMPTS = 3  # two imports of one file can deadlock on the dedupe index (MySQL 1213); the batch is run again
+
+
 def _flush(engine: Engine, rows: list[dict[str, Any]], counts: dict[str, int]) -> None:
     if not rows:
         return
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        try:
+            inserted = _append_new(engine, rows)
+            break
+        except StoreConflict:  # rolled back whole: running it again imports each row once
+            if attempt == CONFLICT_ATTEMPTS:
+                raise
+            time.sleep(0.05 * attempt)
+    # what the database inserted: a concurrent import of the same file may have added the rest meanwhile
+    counts["duplicates"] += len(rows) - inserted
+    counts["imported"] += inserted
+
+
+def _append_new(engine: Engine, rows: list[dict[str, Any]]) -> int:
     keys = [row["dedupe_key"] for row in rows]
     with transaction(engine, immediate=True) as session:
         existing: set[str] = set()
         for part in chunks(keys):
             existing.update(session.scalars(select(PaymentEvent.dedupe_key).where(PaymentEvent.dedupe_key.in_(part))))
-        append_events(session, [row for row in rows if row["dedupe_key"] not in existing])
-    counts["duplicates"] += len(existing)
-    counts["imported"] += len(rows) - len(existing)
+        return append_events(session, [row for row in rows if row["dedupe_key"] not in existing])

@@ -1,8 +1,8 @@
 """The scheduler daemon: registers the jobs with APScheduler 3.x and nothing else.
 
 Every job has an explicit id, max_instances=1, coalesce and a misfire grace time. Two daemons on one
-MySQL database are safe: the fold serialises on its checkpoint row lock, poll and the daily report
-take a lease lock, and spool ingest is idempotent (dedupe keys).
+MySQL database are safe: the fold serialises on its checkpoint row lock, poll, the daily report and
+privacy retain take a lease lock, and spool ingest is idempotent (dedupe keys).
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ class Jobs:
     def __init__(self, engine: Engine, config: Config, clock: Clock = utcnow):
         self.engine, self.config, self.clock = engine, config, clock
         self._client = None
+        self._redactor = None
 
     def client(self):
         if self._client is None:
@@ -36,6 +37,13 @@ class Jobs:
 
             self._client = AzamPayClient(self.config.azampay)
         return self._client
+
+    def redactor(self):
+        from pipeline.privacy import redactor_for
+
+        if self._redactor is None:
+            self._redactor = redactor_for(self.config)
+        return self._redactor
 
     def fold(self) -> None:
         # The fold runs every fraction of a second; only runs that did something (or failed) are
@@ -67,7 +75,17 @@ class Jobs:
 
         now = self.clock()
         with recorded_run(self.engine, "spool", now, clock=self.clock) as run:
-            run.counts = ingest_spool(self.engine, self.config.receiver.spool_dir, now)
+            run.counts = ingest_spool(self.engine, self.config.receiver.spool_dir, now, self.redactor())
+
+    def retain(self) -> None:
+        """privacy.msisdn_retention_days, once a day (jobs.privacy.retain; a lease: one daemon at a time)."""
+        from jobs.locks import lease
+        from jobs.privacy import retain
+
+        now = self.clock()
+        with recorded_run(self.engine, "privacy-retain", now, clock=self.clock) as run:
+            with lease(self.engine, "privacy-retain", now, lease_seconds=3600):
+                run.counts = retain(self.engine, self.config, now, clock=self.clock)
 
     def daily_report(self) -> None:
         from jobs.locks import lease
@@ -104,6 +122,9 @@ def build_scheduler(engine: Engine, config: Config, clock: Clock = utcnow) -> Bl
     scheduler.add_job(_guarded("spool", jobs.spool), "interval", seconds=settings.spool_interval_seconds, id="spool", name="spool")
     scheduler.add_job(
         _guarded("report", jobs.daily_report), CronTrigger.from_crontab(settings.report_cron, timezone="UTC"), id="daily_report", name="daily report"
+    )
+    scheduler.add_job(
+        _guarded("retain", jobs.retain), CronTrigger.from_crontab(config.privacy.retain_cron, timezone="UTC"), id="privacy_retain", name="privacy retain"
     )
     return scheduler
 

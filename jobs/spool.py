@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 
 from pipeline.db import transaction
 from pipeline.models import PaymentEvent
+from pipeline.privacy import BodyRedactor
 from pipeline.store.events import already_appended, append_events
 from pipeline.store.spool import CLAIMED_SUFFIX, SUFFIX, row_from_record
 
@@ -60,7 +61,7 @@ def _existing_keys(session, keys: list[str]) -> set[str]:
     return set(session.scalars(select(PaymentEvent.dedupe_key).where(PaymentEvent.dedupe_key.in_(keys))))
 
 
-def _ingest_file(engine: Engine, path: Path, counts: dict) -> None:
+def _ingest_file(engine: Engine, path: Path, counts: dict, redactor: BodyRedactor | None) -> None:
     data = path.read_bytes()
     lines = data.split(b"\n")
     torn = lines.pop()  # b"" when the file ends with a newline, else an incomplete last line
@@ -75,7 +76,7 @@ def _ingest_file(engine: Engine, path: Path, counts: dict) -> None:
             continue
         counts["lines"] += 1
         try:
-            rows.append(row_from_record(json.loads(line)))
+            rows.append(row_from_record(json.loads(line), redactor))
         except ValueError as exc:
             counts["invalid"] += 1
             keep = True
@@ -98,8 +99,10 @@ def _ingest_file(engine: Engine, path: Path, counts: dict) -> None:
         pass
 
 
-def ingest_spool(engine: Engine, spool_dir: str | Path, now: datetime) -> dict:
-    """Replay every spool file under `spool_dir` into the log; return counts. Idempotent."""
+def ingest_spool(engine: Engine, spool_dir: str | Path, now: datetime, redactor: BodyRedactor | None = None) -> dict:
+    """Replay every spool file under `spool_dir` into the log; return counts. Idempotent. `redactor` (the
+    scheduler and `events ingest-spool` pass it) takes the secrets out of lines spooled by a receiver
+    that did not yet (the receiver spools bodies without them)."""
     directory = Path(spool_dir)
     counts = {"files": 0, "lines": 0, "ingested": 0, "duplicates": 0, "torn": 0, "invalid": 0, "files_deleted": 0}
     if not directory.is_dir():
@@ -108,7 +111,7 @@ def ingest_spool(engine: Engine, spool_dir: str | Path, now: datetime) -> dict:
         claim(path)
     for path in sorted(directory.glob("*" + CLAIMED_SUFFIX)):
         counts["files"] += 1
-        _ingest_file(engine, path, counts)
+        _ingest_file(engine, path, counts, redactor)
     if counts["ingested"]:
         logger.info("spool ingest: {} callback(s) replayed into the log from {} file(s)", counts["ingested"], counts["files"])
     return counts

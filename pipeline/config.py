@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -41,6 +42,7 @@ ENV_OVERRIDES = {
     "AZAM_PAY_TIMEOUT_CONNECT": "azampay.timeout_connect",
     "AZAM_PAY_TIMEOUT_READ": "azampay.timeout_read",
     "AZAM_PAY_WEBHOOK_PASSWORD": "webhook.password",
+    "AZAM_PAY_WEBHOOK_PREVIOUS_PASSWORD": "webhook.previous_password",
 }
 
 DEFAULT_CONFIG_PATH = Path("config.yaml")
@@ -133,14 +135,30 @@ class WebhookConfig(_Section):
 
     mode: Literal["auto", "verify"] = "auto"
     password: SecretStr = SecretStr("")
+    # the password being replaced, accepted too during a rotation window (docs/deploy.md, "Rotate the
+    # webhook password"); empty once AzamPay sends the new one
+    previous_password: SecretStr = SecretStr("")
     signature_public_key_pem: str = ""  # PEM text, or a path to a PEM file
     allowed_ips: list[str] = []  # empty: any client; otherwise IPs or CIDR networks
     trusted_proxies: list[str] = []  # X-Forwarded-For is honoured only from these
     max_body_bytes: int = Field(64 * 1024, ge=1024)
 
+    @field_validator("previous_password")
+    @classmethod
+    def _previous_needs_current(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        current = info.data.get("password")
+        if value.get_secret_value() and not (current and current.get_secret_value()):
+            raise ValueError("set without webhook.password: a rotation needs the new password too")
+        return value
+
     @property
     def credential_configured(self) -> bool:
         return bool(self.password.get_secret_value() or self.signature_public_key_pem)
+
+    def passwords(self) -> tuple[tuple[str, str], ...]:
+        """(config key, password) of every password a callback may carry, current first."""
+        named = (("webhook.password", self.password), ("webhook.previous_password", self.previous_password))
+        return tuple((name, secret.get_secret_value()) for name, secret in named if secret.get_secret_value())
 
     def public_key_pem(self) -> bytes | None:
         text = self.signature_public_key_pem.strip()
@@ -157,10 +175,21 @@ class ReceiverConfig(_Section):
     workers: int = Field(1, ge=1)
     spool_dir: str = "spool"
     group_commit_max_batch: int = Field(256, ge=1)
-    checkout_api_key: SecretStr = SecretStr("")  # empty: the checkout endpoint is disabled
+    checkout_api_key: SecretStr = SecretStr("")  # the portal's key for checkout and status; empty: both disabled
     checkout_rate_limit_per_minute: int = Field(3, ge=1)  # per msisdn
     status_check_min_interval_seconds: float = Field(30.0, ge=0)  # per donation
     status_wait_seconds: float = Field(3.0, ge=0)  # read-your-writes wait for the fold
+    # AzamPay calls of the portal endpoints run on pools of their own, never on the threads that serve
+    # /healthz and callbacks; a full pool is answered at once (docs/deploy.md, "Timeouts")
+    status_workers: int = Field(4, ge=1)
+    status_check_timeout_seconds: float = Field(5.0, gt=0)  # then answered with "checking": true
+    checkout_workers: int = Field(4, ge=1)
+    # slow or idle clients (per connection) and the database wait; all below nginx's proxy_read_timeout
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    body_timeout_seconds: float = Field(10.0, gt=0)
+    keep_alive_timeout_seconds: float = Field(5.0, gt=0)
+    max_connections: int = Field(500, ge=2)  # per worker process; past it requests get 503 unread
+    database_timeout_seconds: float = Field(4.0, gt=0)  # MySQL connect, read and write
 
 
 class DonationsConfig(_Section):
@@ -181,6 +210,8 @@ class DonationsConfig(_Section):
 class FoldConfig(_Section):
     batch_size: int = Field(5_000, ge=1)
     gap_timeout_seconds: float = Field(300.0, ge=0)  # how long a missing event id is waited for
+    max_gaps: int = Field(10_000, ge=0)  # missing ids awaited at once; past it the oldest are given up
+    waiting_days: float = Field(7.0, gt=0)  # how long an unmatched event is offered new donations
 
 
 class PollConfig(_Section):
@@ -242,6 +273,26 @@ class LoggingConfig(_Section):
         return value
 
 
+class PrivacyConfig(_Section):
+    """Secrets and personal data at rest (docs/privacy.md)."""
+
+    # the installation's HMAC key (32 random bytes, hex); created 0600 by `azamrecon init`; never in the
+    # database. Relative paths are from the working directory, like logging.dir and receiver.spool_dir.
+    key_file: str = "azamrecon.key"
+    # phone numbers unused this long are replaced by a keyed hash and their last 3 digits, in the log,
+    # the donations and the log files: beyond AzamPay's dispute window, and a year of donor questions
+    msisdn_retention_days: int = Field(400, ge=1)
+    retain_cron: str = "20 0 * * *"  # when the scheduler runs `privacy retain`: crontab, UTC
+
+    @field_validator("retain_cron")
+    @classmethod
+    def _crontab(cls, value: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        CronTrigger.from_crontab(value, timezone="UTC")
+        return value
+
+
 class Config(_Section):
     database: DatabaseConfig = DatabaseConfig()
     azampay: AzamPayConfig = AzamPayConfig()
@@ -252,6 +303,7 @@ class Config(_Section):
     poll: PollConfig = PollConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     logging: LoggingConfig = LoggingConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @property
     def callbacks_trusted_without_credential(self) -> bool:

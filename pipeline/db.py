@@ -7,11 +7,12 @@ its single-writer lock there.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Iterator
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.config import DatabaseConfig
@@ -48,11 +49,36 @@ def make_engine(config: DatabaseConfig, *, sqlite_autocheckpoint: bool = True, *
 
 
 def _create_engine(url: str, **options) -> Engine:
-    # The config validated the backend; the driver named in the URL (mysql+mysqldb://) may still be missing.
+    # The config validated the backend; the driver named in the URL (mysql+mysqldb://) may still be missing,
+    # or unknown to SQLAlchemy (mysql+nodriver://: NoSuchModuleError, an ArgumentError). Messages name the
+    # scheme only: the URL may hold the password.
     try:
-        return create_engine(url, **options)
+        engine = create_engine(url, **options)
+        _check_driver_arguments(engine, options.get("connect_args", {}))
+        return engine
     except ImportError as exc:
         raise ConfigError(f"invalid config value for database.url: its driver is not installed: {exc}") from None
+    except NoSuchModuleError:
+        raise ConfigError(f"invalid config value for database.url: SQLAlchemy has no driver {_scheme(url)!r}") from None
+    except TypeError as exc:  # _check_driver_arguments: the message names the argument, never its value
+        raise ConfigError(f"invalid config value for database.url: the {_scheme(url)!r} driver {exc}") from None
+    except (ArgumentError, ValueError):  # e.g. ?connect_timeout=abc (the message would quote the value)
+        raise ConfigError(f"invalid config value for database.url: a {_scheme(url)!r} URL with an argument its driver cannot use") from None
+
+
+def _scheme(url: str) -> str:
+    return url.split(":", 1)[0][:40]
+
+
+def _check_driver_arguments(engine: Engine, connect_args: dict) -> None:
+    """A URL query argument the driver does not take (mysql+pymysql://...?bogus=1) raised TypeError at the
+    first connect, past the driver-error boundary: a traceback. Raised here instead, as a TypeError."""
+    try:
+        signature = inspect.signature(engine.dialect.loaded_dbapi.connect)
+    except (TypeError, ValueError):  # a builtin without one (sqlite3; pysqlite drops unknown arguments itself)
+        return
+    cargs, cparams = engine.dialect.create_connect_args(engine.url)
+    signature.bind(*cargs, **{**cparams, **connect_args})
 
 
 def _configure_sqlite(engine: Engine, config: DatabaseConfig, autocheckpoint: bool) -> None:

@@ -37,8 +37,11 @@ ANOMALY_MEANINGS = {
 }
 ANOMALY_KINDS = tuple(ANOMALY_MEANINGS)
 
-CALLBACK_SOURCES = ("callback", "import")
 TRUSTED_SOURCES = ("poll", "checkout", "operator")
+# a callback's auth: a matching password vouches for the whole body; an RSA signature only for the fields
+# it covers (utilityref, externalreference, transactionstatus, operator), so resolution reads only those
+VERIFIED, SIGNED, UNVERIFIED, AUTH_FAILED, NOT_APPLICABLE = "verified", "signed", "unverified", "failed", "n/a"
+AUTH_VALUES = (VERIFIED, SIGNED, UNVERIFIED, AUTH_FAILED, NOT_APPLICABLE)
 
 
 class FoldEvent(NamedTuple):
@@ -74,7 +77,7 @@ class TrustPolicy:
         if self.verify_only:
             return False
         if self.credential_configured:
-            return event.auth == "verified"
+            return event.auth in (VERIFIED, SIGNED)
         return True
 
 
@@ -96,7 +99,6 @@ class DonationState:
     credit_event_id: int | None = None
     last_event_id: int | None = None
     events_applied: int = 0
-    event_ids: str | None = None
     needs_check: bool = False
     success_event_id: int | None = None
     success_at: datetime | None = None
@@ -118,9 +120,6 @@ class DonationState:
     def copy(self) -> "DonationState":
         # dataclasses.replace walks the fields in Python each call: 6x slower, and rebuild --check copies every touched state
         return DonationState(*_ALL_FIELDS(self))
-
-    def applied_ids(self) -> list[int]:
-        return [int(part) for part in self.event_ids.split(",")] if self.event_ids else []
 
 
 STATIC_FIELDS = tuple(f.name for f in fields(DonationState))[:8]
@@ -207,7 +206,6 @@ def apply(state: DonationState, event: FoldEvent, policy: TrustPolicy) -> tuple[
     event_id = event.id
 
     state.events_applied += 1
-    state.event_ids = f"{state.event_ids},{event_id}" if state.event_ids else str(event_id)
     if state.last_event_id is None or event_id > state.last_event_id:
         state.last_event_id = event_id
     status = event.status

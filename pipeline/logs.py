@@ -3,7 +3,9 @@
 logs/payments.log  payment lines (the webhook guide's greps run against this file)
 logs/errors.log    every ERROR and above
 logs/app.log       everything
-Every record's message passes through pipeline.redact before any sink sees it.
+Every record's message passes through pipeline.redact before any sink sees it. Files are created 0640
+(the payment lines hold donors' phone numbers: docs/privacy.md) and start anew each UTC day as well as
+at the size limit, so a file's age is the age of its newest line and `privacy retain` can delete by it.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from loguru import logger
 
 from pipeline.config import Config, LoggingConfig
 from pipeline.errors import ConfigError
-from pipeline.redact import REDACTED, redact_body, redact_text
+from pipeline.redact import REDACTED, escape_controls, redact_body, redact_text
 
 # Library code logs payment lines through this; the sink filter routes them to payments.log.
 payments = logger.bind(channel="payments")
@@ -50,9 +52,32 @@ class _UtcStamp:
         return f"{self._prefix}.{moment.microsecond // 1000:03d}"
 
 
+PAYMENTS_LOG, ERRORS_LOG, APP_LOG = "payments.log", "errors.log", "app.log"
+LOG_FILES = (PAYMENTS_LOG, ERRORS_LOG, APP_LOG)
+LOG_FILE_MODE = 0o640
+DAY_SECONDS = 86400
+
+
+def open_log_file(path: str, flags: int) -> int:
+    """open()'s opener for the log files: created 0640 whatever the umask, and a file left 0644 by an
+    older version is narrowed when it is opened again (chmod fails quietly on a file we do not own)."""
+    fd = os.open(path, flags, LOG_FILE_MODE)
+    try:
+        mode = os.fstat(fd).st_mode & 0o777
+        if mode & ~LOG_FILE_MODE:
+            os.fchmod(fd, mode & LOG_FILE_MODE)
+    except OSError:
+        pass
+    return fd
+
+
 class SizeRotation:
     """loguru rotation by size, without loguru's per-message seek()+tell() on the text file (a flush and
     two syscalls for every line on every sink: the receiver's biggest cost per callback).
+
+    Also rotates at the first line of a new UTC day when the file was last written on an earlier one, so
+    that no file mixes days: `privacy retain` deletes a file by its age (its newest line), and a file kept
+    open for months by a quiet installation would otherwise hold phone numbers past their retention.
 
     Counts the characters written since the real size was last read, and reads the real size
     (os.fstat; the sink is line-buffered, so it is current) when that estimate reaches the limit or every
@@ -60,21 +85,28 @@ class SizeRotation:
     near the limit. Rotates when the real size plus the message would pass the limit, as loguru does
     (except that an empty file is kept: a batch larger than the limit goes into one file)."""
 
-    def __init__(self, limit_bytes: float, check_every: int = 256):
+    def __init__(self, limit_bytes: float, check_every: int = 256, clock=time.time):
         self.limit = limit_bytes
         self.check_every = check_every
+        self.clock = clock
         self._file = None
         self._size = 0
         self._countdown = 0
+        self._day_end = 0.0
 
     def __call__(self, message, file) -> bool:
         length = len(message)
-        if file is not self._file or self._countdown <= 0 or self._size + length > self.limit:
+        now = self.clock()
+        if file is not self._file or self._countdown <= 0 or self._size + length > self.limit or now >= self._day_end:
             self._file = file
             file.flush()
-            self._size = os.fstat(file.fileno()).st_size
+            status = os.fstat(file.fileno())
+            self._size = status.st_size
             self._countdown = self.check_every
-            if self._size and self._size + length > self.limit:  # an empty file is never rotated away
+            day_start = now - now % DAY_SECONDS
+            self._day_end = day_start + DAY_SECONDS
+            # an empty file is never rotated away
+            if self._size and (self._size + length > self.limit or status.st_mtime < day_start):
                 self._file = None  # the next message goes to a new file: measure it then
                 return True
         self._size += length * 2 if not message.isascii() else length  # UTF-8 is at most ~2x here; over-estimate
@@ -83,7 +115,7 @@ class SizeRotation:
 
 
 def _rotation(setting):
-    """A size setting ("10 MB") becomes a SizeRotation; anything else is loguru's own."""
+    """A size setting ("10 MB") becomes a SizeRotation (size and UTC day); anything else is loguru's own."""
     if isinstance(setting, str):
         from loguru._string_parsers import parse_size
 
@@ -100,6 +132,7 @@ def secrets_of(config: Config) -> tuple[str, ...]:
     """Literal secret values to scrub from any log text, whatever key they hide behind."""
     values = (
         config.webhook.password.get_secret_value(),
+        config.webhook.previous_password.get_secret_value(),
         config.azampay.client_secret.get_secret_value(),
         config.azampay.api_key.get_secret_value(),
         config.receiver.checkout_api_key.get_secret_value(),
@@ -133,9 +166,9 @@ def configure_logging(
             for secret in secrets:
                 if secret and len(secret) >= 4:
                     message = message.replace(secret, REDACTED)
-            record["message"] = message
+            record["message"] = escape_controls(message)
         else:
-            record["message"] = redact_text(record["message"], secrets)
+            record["message"] = escape_controls(redact_text(record["message"], secrets))
         record["extra"].setdefault("component", component)
 
     global _received_line
@@ -144,7 +177,10 @@ def configure_logging(
     logger.configure(patcher=scrub, extra={"component": component})
     def add_file(name: str, **options):
         # one rotation object per file: each counts its own file's size
-        file_options = {"rotation": _rotation(config.rotation), "retention": config.retention, "encoding": "utf-8"}
+        # watch: a file another process rotated (several `serve` workers, the scheduler and the CLI share
+        # them) is reopened by name at the next write instead of written on under its rotated name; one
+        # stat per write, per batch in the receiver
+        file_options = {"rotation": _rotation(config.rotation), "retention": config.retention, "encoding": "utf-8", "opener": open_log_file, "watch": True}
         if batched:
             sink = BatchedFileSink(directory / name, **file_options)
             logger.add(sink, format=_FORMAT, enqueue=False, **_SAFE_TRACEBACKS, **options)
@@ -152,9 +188,9 @@ def configure_logging(
         logger.add(directory / name, format=_FORMAT, enqueue=False, **_SAFE_TRACEBACKS, **file_options, **options)
         return None
 
-    payments_sink = add_file("payments.log", level="INFO", filter=_payments_only)
-    add_file("errors.log", level="ERROR")
-    app_sink = add_file("app.log", level=config.level)
+    payments_sink = add_file(PAYMENTS_LOG, level="INFO", filter=_payments_only)
+    add_file(ERRORS_LOG, level="ERROR")
+    app_sink = add_file(APP_LOG, level=config.level)
     if stderr_level:
         logger.add(sys.stderr, level=stderr_level, format="{level}: {message}", **_SAFE_TRACEBACKS)
     if batched:
@@ -197,6 +233,14 @@ class _Deferred:
         self.owner = owner
         self.text = None
 
+    def render_safely(self) -> str:
+        """The line, or a line saying it could not be rendered: one bad body never drops its batch."""
+        try:
+            return self.render()
+        except Exception as exc:  # noqa: BLE001 - the other lines of the batch must still be written
+            stamp = self.owner.stamp_of(self.moment)
+            return f"{stamp}{self.owner.prefix}Received Azam Pay callback: [body not rendered: {type(exc).__name__}]\n"
+
     def render(self) -> str:
         text = self.text
         if text is None:
@@ -232,9 +276,11 @@ class _ReceivedLine:
         message = "Received Azam Pay callback: " + redact_body(item.body, decoded=item.decoded)
         for secret in self.secrets:  # as the scrub patcher does for text already redacted
             message = message.replace(secret, REDACTED)
+        return self.stamp_of(item.moment) + self.prefix + message + "\n"
+
+    def stamp_of(self, moment: float) -> str:
         with self.lock:  # the stamp's cache is shared by the sinks' threads
-            stamp = self.stamp(item.moment)
-        return stamp + self.prefix + message + "\n"
+            return self.stamp(moment)
 
     def submit(self, body: bytes, decoded) -> None:
         item = _Deferred(body, decoded, time.time(), self)
@@ -312,7 +358,7 @@ class BatchedFileSink:
 
     def _write(self, pending: list) -> None:
         try:
-            data = "".join([line.render() if line.__class__ is _Deferred else line for line in pending])
+            data = "".join([line.render_safely() if line.__class__ is _Deferred else line for line in pending])
             self._file.write(data)
         except Exception as exc:  # a full disk must not take the receiver down; say it once
             if not self._failed:

@@ -129,7 +129,8 @@ class Donation(Base):
     support_amount: Mapped[Decimal] = mapped_column(Money(), default=Decimal("0"), server_default="0")
     charge_amount: Mapped[Decimal] = mapped_column(Money())
     charge_currency: Mapped[str] = mapped_column(String(3))
-    msisdn: Mapped[str | None] = mapped_column(String(12), nullable=True)
+    # 255XXXXXXXXX, or past its retention hmac:<16 hex>:<last 3 digits> (pipeline.privacy)
+    msisdn: Mapped[str | None] = mapped_column(String(64), nullable=True)
     provider: Mapped[str | None] = mapped_column(String(16), nullable=True)
     external_reference: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
     transaction_id: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
@@ -140,7 +141,6 @@ class Donation(Base):
     credit_event_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     last_event_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     events_applied: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    event_ids: Mapped[str | None] = mapped_column(Text, nullable=True)  # applied ids, comma-separated, for an exact replay
     needs_check: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     success_event_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # earliest trusted matching success
     success_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -157,7 +157,8 @@ class Donation(Base):
 
 
 class PaymentEvent(Base):
-    """The log. Append-only: triggers refuse UPDATE and DELETE (see migrations)."""
+    """The log. Append-only: triggers refuse UPDATE and DELETE (see migrations), except the sanctioned
+    rewrite of `body` and `msisdn` by jobs/privacy.py (PrivacyControl)."""
 
     __tablename__ = "payment_events"
 
@@ -213,6 +214,75 @@ class Anomaly(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
 
 
+class DonationEvent(Base):
+    """Derived: which events the fold applied to which donation, for an exact replay. A row per event, not a
+    list in the donation row: anyone can send events naming one donation, and no column may overflow."""
+
+    __tablename__ = "donation_events"
+
+    event_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    donation_id: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class WaitingKey(Base):
+    """Derived: the lookup keys (pipeline.resolution.lookup_keys) of events that resolved to no donation, so a
+    new donation finds the events it may resolve through an index, whatever the number waiting."""
+
+    __tablename__ = "waiting_keys"
+    __table_args__ = (Index("ix_waiting_keys_key", "key_column", "key_value"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    key_column: Mapped[str] = mapped_column(String(32))
+    key_value: Mapped[str] = mapped_column(String(255))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class PrivacyControl(Base):
+    """One row, id 1. The payment_events UPDATE trigger lets `body` and `msisdn` change only while
+    rewrite_allowed is 1, which jobs/privacy.py sets and resets inside its own transaction (migration
+    0004 says why a row and not a session variable). key_fingerprint names the key the stored hashes
+    were made with (never the key); bodies_retained_through is `privacy retain`'s position in the log."""
+
+    __tablename__ = "privacy_control"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    rewrite_allowed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    key_fingerprint: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    bodies_retained_through: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class PrivacyRewrite(Base):
+    """A sanctioned rewrite of stored events and donations (privacy scrub, retain, erase), recorded in the
+    transaction that made it: the fact that the log was changed, by whom, how much and up to which event."""
+
+    __tablename__ = "privacy_rewrites"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    operation: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    os_user: Mapped[str] = mapped_column(String(128))
+    sudo_user: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    key_fingerprint: Mapped[str] = mapped_column(String(32))
+    cutoff: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    events_rewritten: Mapped[int] = mapped_column(BigInteger)
+    donations_rewritten: Mapped[int] = mapped_column(BigInteger)
+    first_event_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_event_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class EventCount(Base):
+    """Derived: folded events by source and auth, kept by the fold, so /metrics never counts the whole log."""
+
+    __tablename__ = "event_counts"
+
+    source: Mapped[str] = mapped_column(String(16), primary_key=True)
+    auth: Mapped[str] = mapped_column(String(16), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class FoldCheckpoint(Base):
     """The fold's position, written in the same transaction as the state it produced."""
 
@@ -220,7 +290,8 @@ class FoldCheckpoint(Base):
 
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     position: Mapped[int] = mapped_column(BigInteger, default=0)  # every id <= position is applied or a known gap
-    gaps: Mapped[str] = mapped_column(Text, default="[]")  # JSON [[id, first_seen_iso], ...] still awaited
+    # JSON [[first id, last id, first_seen_iso], ...] of ids still awaited (capped: jobs/fold.py MAX_GAPS)
+    gaps: Mapped[str] = mapped_column(Text().with_variant(mysql.MEDIUMTEXT(), "mysql"), default="[]")
     events_applied: Mapped[int] = mapped_column(BigInteger, default=0)
     donation_high: Mapped[int] = mapped_column(BigInteger, default=0)  # donations up to this id were offered to unknown-reference events
     # set by a rebuild to the newest event id when it began; cleared by the fold that passes it. Meanwhile

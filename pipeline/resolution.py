@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Iterable, NamedTuple
 
 from pipeline.events import normalise_msisdn
+from pipeline.fold import SIGNED
 
 REFERENCE, TRANSACTION, ID = "external_reference", "transaction_id", "id"  # donation columns
 CONFLICT_KIND = "reference_conflict"
@@ -48,27 +50,44 @@ def as_id(text: str | None) -> int | None:
 
 @dataclass(frozen=True, slots=True)
 class ReferenceFormat:
-    """Our external references: `{prefix}-{donation id}-{anything}` (donations.reference_prefix)."""
+    """Our external references, `{prefix}-{donation id}-{YYYYmmddHHMMSS}` (donations.reference_prefix):
+    the one place that writes them and reads a donation id back out of them."""
 
     prefix: str = "RHCI-DN"
 
+    def reference(self, donation_id: int, created_at: datetime) -> str:
+        return f"{self.prefix}-{donation_id}-{created_at:%Y%m%d%H%M%S}"
+
     def donation_id(self, reference: str | None) -> int | None:
+        """The id in a reference of exactly our form, else None. Exactly: a signature covers utilityref and
+        externalreference joined, so a re-split must not read as a reference we issued."""
         head = self.prefix + "-"
         if not reference or not reference.startswith(head):
             return None
-        number, dash, tail = reference[len(head) :].partition("-")
-        return as_id(number) if dash and tail else None
+        number, dash, stamp = reference[len(head) :].partition("-")
+        if not (dash and len(stamp) == 14 and stamp.isascii() and stamp.isdigit()):
+            return None
+        return as_id(number)
 
 
 DEFAULT_FORMAT = ReferenceFormat()
 
 
-def lookup_keys(event: Any, references: ReferenceFormat = DEFAULT_FORMAT) -> tuple[Key, ...]:
-    """The keys of an event (a FoldEvent, or the receiver's EventFields), strong ones first, in order."""
+def lookup_keys(event: Any, references: ReferenceFormat = DEFAULT_FORMAT, signed: bool | None = None) -> tuple[Key, ...]:
+    """The keys of an event (a FoldEvent, or the receiver's EventFields), strong ones first, in order.
+
+    A callback verified by its RSA signature (auth `signed`, or signed=True) names its donation only
+    through the fields the signature covers: utilityref and externalreference, as our exact stored
+    reference or as `{prefix}-{id}-...` of a donation that stores none. The signature covers their
+    concatenation only, so a re-split of the two must still reproduce a reference we issued; the
+    unsigned transaction ids and additionalProperties.donation_id could name any donation."""
     donation_id = getattr(event, "donation_id", None)
     if donation_id is not None:  # poll, checkout and operator events name their donation themselves
         return (Key("donation_id", ID, donation_id, True),)
-    utilityref, externalreference, transaction_ref = event.utilityref or None, event.externalreference or None, event.transaction_ref or None
+    if signed is None:
+        signed = getattr(event, "auth", None) == SIGNED
+    utilityref, externalreference = event.utilityref or None, event.externalreference or None
+    transaction_ref = None if signed else event.transaction_ref or None
     keys = []
     if utilityref:
         keys.append(Key("utilityref", REFERENCE, utilityref, True))
@@ -76,9 +95,9 @@ def lookup_keys(event: Any, references: ReferenceFormat = DEFAULT_FORMAT) -> tup
         keys.append(Key("externalreference", REFERENCE, externalreference, True))
     if transaction_ref:
         keys.append(Key("transaction_ref", TRANSACTION, transaction_ref, True))
-    if externalreference:
+    if externalreference and not signed:
         keys.append(Key("externalreference", TRANSACTION, externalreference, True))
-    hint = as_id(event.donation_hint)
+    hint = None if signed else as_id(event.donation_hint)
     if hint is not None:
         keys.append(Key("donation_hint", ID, hint, False))
     for name, reference in (("utilityref", utilityref), ("externalreference", externalreference)):

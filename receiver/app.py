@@ -33,12 +33,15 @@ from pipeline.config import Config, DatabaseConfig, load_config
 from pipeline.db import is_sqlite, make_engine
 from pipeline.events import EventFields, decode_json, extract_fields
 from pipeline.logs import configure_logging, flush_logs, log_received_callback, payments, secrets_of, warn_if_open
+from pipeline.privacy import BodyRedactor, redactor_for
+from pipeline.redact import log_value
 from pipeline.resolution import ReferenceFormat
 from pipeline.store.events import Claim, event_row, select_headers
 from pipeline.wal import WalCheckpointer
 from receiver import metrics, portal
 from receiver import writer as outcomes
 from receiver.auth import FAILED, UNVERIFIED, Authenticator
+from receiver.http import READ_TIMEOUTS_KEY, ReadTimeouts
 from receiver.spool import Spool
 from receiver.writer import GroupCommitWriter
 
@@ -100,8 +103,9 @@ async def _send(send, answer: tuple[int, bytes], extra_headers: tuple = ()) -> N
 class CallbackEndpoint:
     """A raw ASGI endpoint (no Request/Response objects in the hot path)."""
 
-    def __init__(self, config: Config, authenticator: Authenticator, writer: GroupCommitWriter):
+    def __init__(self, config: Config, authenticator: Authenticator, writer: GroupCommitWriter, redactor: BodyRedactor):
         self.limit = config.webhook.max_body_bytes
+        self.redactor = redactor
         self.references = ReferenceFormat(config.donations.reference_prefix)
         self.auth = authenticator
         self.writer = writer
@@ -140,14 +144,15 @@ class CallbackEndpoint:
         content_type = headers.get("content-type", "")
         declared = headers.get("content-length", "")
         body, over, disconnected = await self._read_body(receive, declared.isascii() and declared.isdigit() and int(declared) > self.limit)
+        if disconnected:
+            # gone, or cut by receiver.body_timeout_seconds: no callback AzamPay delivered, and nobody awaits an
+            # answer; storing it let anyone add rows without ever sending a whole request (docs/deploy.md)
+            return
 
         typed = False
         decoded = None  # the body's JSON, decoded once for the typed fields and the log line
         fields: EventFields
-        if disconnected:
-            fields = EventFields(parse_error="client disconnected before the body was complete")
-            answer = None
-        elif over:
+        if over:
             fields = EventFields(parse_error=f"body over the limit of {self.limit} bytes (webhook.max_body_bytes); only the first {self.limit} bytes are stored")
             answer = _answer(413, {"status": "too_large", "detail": f"body over {self.limit} bytes; the prefix is stored"})
         elif not _is_json(content_type):
@@ -172,13 +177,15 @@ class CallbackEndpoint:
             elif auth_value == UNVERIFIED:
                 answer = ANSWER_UNVERIFIED
             else:
-                keys = Claim.of(fields, self.references)
+                keys = Claim.of(fields, self.references, auth_value)
         else:
             auth_value = auth.unchecked_auth()
 
         row = event_row(
             source="callback",
             body=body,
+            # verified above on the bytes received; stored (and spooled) without their secrets
+            stored_body=self.redactor.stored_body(body, decoded),
             received_at=received_at,
             auth=auth_value,
             fields=fields,
@@ -195,7 +202,7 @@ class CallbackEndpoint:
             answer = ANSWER_UNKNOWN
             payments.warning(  # the legacy view's level: the guide's users filter on it
                 "Could not find donation from external_id: {} (callback stored)",
-                fields.utilityref or fields.externalreference or fields.donation_hint or fields.transaction_ref,
+                log_value(str(fields.utilityref or fields.externalreference or fields.donation_hint or fields.transaction_ref)),
             )
         elif outcome == outcomes.SPOOLED:
             answer = ANSWER_SPOOLED
@@ -204,9 +211,7 @@ class CallbackEndpoint:
         elif outcome == outcomes.FAILED:
             answer = ANSWER_FAILED
         elif answer is not None and answer[0] != 202:
-            payments.warning("Azam Pay callback answered {}: {} (stored, auth={})", answer[0], fields.parse_error or "credentials rejected", auth_value)
-        if disconnected:  # the client is gone; its body is stored anyway
-            return
+            payments.warning("Azam Pay callback answered {}: {} (stored, auth={})", answer[0], log_value(fields.parse_error or "credentials rejected"), auth_value)
         extra = ((b"retry-after", b"30"),) if answer[0] == 503 else ()
         await _send(send, answer, extra)
 
@@ -236,14 +241,18 @@ class ReceiverApp(Starlette):
 _CALLBACK_PATHS = frozenset((CALLBACK_PATH, CALLBACK_PATH.rstrip("/")))
 
 
-def make_receiver_engine(database: DatabaseConfig):
-    """The receiver's engine: like every other, plus read/write timeouts on MySQL so a hung server
+def make_receiver_engine(database: DatabaseConfig, timeout_seconds: float = 4.0):
+    """The receiver's engine: like every other, plus connect/read/write timeouts on MySQL so a hung server
     turns into StoreUnavailable (and a spooled 503) instead of a hung writer, and on SQLite no WAL copy
-    inside a group commit (create_app gives the writer a pipeline.wal.WalCheckpointer instead)."""
+    inside a group commit (create_app gives the writer a pipeline.wal.WalCheckpointer instead).
+
+    A callback waits for at most two timeouts (a hung ping, then the reconnect's handshake), so
+    receiver.database_timeout_seconds (4 s) keeps it well below nginx's proxy_read_timeout (60 s): at 30 s
+    nginx answered 504 while the receiver was still spooling."""
     if database.url.startswith("mysql"):
         return make_engine(
             database,
-            connect_args={"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30, "charset": "utf8mb4"},
+            connect_args={"connect_timeout": timeout_seconds, "read_timeout": timeout_seconds, "write_timeout": timeout_seconds, "charset": "utf8mb4"},
         )
     return make_engine(database, sqlite_autocheckpoint=False)
 
@@ -253,12 +262,12 @@ def create_app(config: Config, engine=None, client_factory=None) -> Starlette:
     AzamPay client for the checkout and status endpoints (default: from config.azampay)."""
     owns_engine = engine is None
     if engine is None:
-        engine = make_receiver_engine(config.database)
+        engine = make_receiver_engine(config.database, config.receiver.database_timeout_seconds)
     authenticator = Authenticator.from_config(config.webhook)
     spool = Spool(config.receiver.spool_dir)
     checkpointer = WalCheckpointer(engine) if is_sqlite(engine) else None
     writer = GroupCommitWriter(engine, spool, max_batch=config.receiver.group_commit_max_batch, checkpointer=checkpointer)
-    endpoint = CallbackEndpoint(config, authenticator, writer)
+    endpoint = CallbackEndpoint(config, authenticator, writer, redactor_for(config))
     portal_endpoints = portal.Portal(config, engine, client_factory)
 
     def database_ok() -> bool:
@@ -284,8 +293,9 @@ def create_app(config: Config, engine=None, client_factory=None) -> Starlette:
         gc.freeze()
         logger.info("receiver started: callbacks at {} (group commit up to {} rows)", CALLBACK_PATH, writer.max_batch)
         try:
-            yield
+            yield {READ_TIMEOUTS_KEY: ReadTimeouts(config.receiver.header_timeout_seconds, config.receiver.body_timeout_seconds)}  # for receiver.http
         finally:
+            portal_endpoints.close()
             await run_in_threadpool(writer.stop)
             spool.close()
             if owns_engine:

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from pipeline.config import WebhookConfig
 from pipeline.errors import ConfigError
 from pipeline.events import EventFields, signed_message
-
-VERIFIED, UNVERIFIED, FAILED, NOT_APPLICABLE = "verified", "unverified", "failed", "n/a"
+from pipeline.fold import AUTH_FAILED as FAILED
+from pipeline.fold import NOT_APPLICABLE, SIGNED, UNVERIFIED, VERIFIED
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -58,8 +58,11 @@ class Authenticator:
         public_key: rsa.RSAPublicKey | None = None,
         allowed: tuple[_Network, ...] = (),
         trusted_proxies: tuple[_Network, ...] = (),
+        previous_password: str = "",
     ):
         self._password = password.encode("utf-8") if password else b""
+        # during a rotation the old password is accepted too (docs/deploy.md); never without a current one
+        self._previous = previous_password.encode("utf-8") if previous_password and password else b""
         self._public_key = public_key
         self._allowed = allowed
         self._trusted = trusted_proxies
@@ -80,6 +83,7 @@ class Authenticator:
                 raise ConfigError("invalid config value for webhook.signature_public_key_pem: not an RSA public key")
         return cls(
             password=webhook.password.get_secret_value(),
+            previous_password=webhook.previous_password.get_secret_value(),
             public_key=public_key,
             allowed=_networks(webhook.allowed_ips, "allowed_ips"),
             trusted_proxies=_networks(webhook.trusted_proxies, "trusted_proxies"),
@@ -117,17 +121,26 @@ class Authenticator:
         presented = failed = False
         if self._password and fields.password:
             presented = True
-            if hmac.compare_digest(fields.password.encode("utf-8", errors="surrogatepass"), self._password):
+            if self._password_matches(fields.password.encode("utf-8", errors="surrogatepass")):
                 return VERIFIED
             failed = True
         if self._public_key is not None and fields.signature:
             presented = True
             if self._signature_valid(fields.signature, body):
-                return VERIFIED
+                return SIGNED  # vouches only for the signed fields (pipeline.resolution reads only those)
             failed = True
         if failed:
             return FAILED
         return UNVERIFIED if not presented else FAILED
+
+    def _password_matches(self, presented: bytes) -> bool:
+        """Constant time; during a rotation both comparisons are always made (no short cut), so the answer's
+        timing tells neither the password nor which of the two matched."""
+        current = hmac.compare_digest(presented, self._password)
+        if not self._previous:
+            return current
+        previous = hmac.compare_digest(presented, self._previous)
+        return current or previous
 
     def _signature_valid(self, signature: str, body: bytes) -> bool:
         message = signed_message(body)

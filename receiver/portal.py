@@ -1,11 +1,21 @@
 """The portal's two endpoints: start a checkout (API key, per-msisdn rate limit) and read a donation's status.
 
+Both need the portal's key, receiver.checkout_api_key, in X-API-Key (or `Authorization: Bearer`); with
+no key configured both answer 404 (disabled). The status endpoint tells a donation's reference and amount,
+so it is no more public than the checkout.
+
 POST /api/v1.0/donors/payment/azampay/checkout/   creates the PENDING donation and asks AzamPay (jobs.checkout)
 GET  /api/v1.0/donors/payment/azampay/status/?donation_id=N
      returns the folded state. For a PENDING donation it may ask AzamPay first (at most once per
      receiver.status_check_min_interval_seconds per donation); the answer is appended as a `poll` event,
      then the endpoint waits, up to receiver.status_wait_seconds, for the scheduled fold's checkpoint to
      pass that event, and answers with the fresh state. The receiver never folds.
+
+AzamPay calls run on pools of their own (receiver.status_workers, receiver.checkout_workers), never on
+Starlette's threadpool, which /healthz shares. A status request waits for AzamPay at most
+receiver.status_check_timeout_seconds; then, or at once when the pool is full, it answers with the
+current state and "checking": true (the call goes on and its answer is appended). A checkout finding its
+pool full gets 503 at once, before anything is created.
 
 Rate limits are per receiver process (in memory); with several workers the effective limit is
 workers times the configured one.
@@ -15,16 +25,18 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import re
 import threading
 import time
 from collections import defaultdict, deque
+from concurrent.futures import Future
 from datetime import datetime, timezone
 from decimal import Decimal
 
 from loguru import logger
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from pipeline.config import Config
@@ -39,14 +51,22 @@ from pipeline.errors import (
 from pipeline.events import normalise_msisdn
 from pipeline.models import Donation, FoldCheckpoint, PaymentEvent
 from pipeline.store.donations import PROVIDERS
+from receiver.pool import BoundedPool
 
 CHECKOUT_PATH = "/api/v1.0/donors/payment/azampay/checkout/"
 STATUS_PATH = "/api/v1.0/donors/payment/azampay/status/"
 MAX_CHECKOUT_BODY = 8 * 1024
+MAX_ID = 2**63 - 1  # BIGINT: a larger id overflowed the driver (an OverflowError, answered 500)
+# the one amount grammar: ASCII digits, an optional single ".", at most 2 decimals (no "1e3", "1_000", "1,000")
+AMOUNT = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,2})?")
 
 
 def _error(status: int, detail: str) -> JSONResponse:
     return JSONResponse({"status": "error", "detail": detail}, status_code=status)
+
+
+def _busy(why: str) -> JSONResponse:
+    return JSONResponse({"status": "error", "detail": f"busy: {why}; nothing was created, try again"}, status_code=503, headers={"retry-after": "5"})
 
 
 class RateLimiter:
@@ -75,15 +95,26 @@ def _decimal(data: dict, name: str, required: bool = True) -> Decimal | None:
         if required:
             raise InputError(f"{name} is required")
         return None
-    if isinstance(value, float) or isinstance(value, bool):
-        raise InputError(f"{name} must be a decimal string or integer, e.g. \"1000.00\"")
-    try:
-        amount = Decimal(str(value))
-    except Exception:
-        raise InputError(f"{name} is not a number") from None
-    if not amount.is_finite() or amount <= 0 or amount.as_tuple().exponent < -2 or amount >= Decimal("1e12"):
-        raise InputError(f"{name} must be positive with at most 2 decimal places")
+    if isinstance(value, int) and not isinstance(value, bool):
+        amount = Decimal(value)
+    elif isinstance(value, str) and AMOUNT.fullmatch(value):
+        amount = Decimal(value)
+    else:
+        raise InputError(f"{name} must be a decimal string of ASCII digits with at most 2 decimal places, or an integer, e.g. \"1000.00\"")
+    if amount <= 0 or amount >= Decimal("1e12"):
+        raise InputError(f"{name} must be positive and below 1000000000000")
     return amount
+
+
+async def _read_capped(request: Request, limit: int) -> bytes | None:
+    """The body, or None past `limit` bytes: read as it streams in, never whole into memory first."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class Portal:
@@ -92,20 +123,29 @@ class Portal:
         self.api_key = config.receiver.checkout_api_key.get_secret_value()
         self.checkout_limiter = RateLimiter(config.receiver.checkout_rate_limit_per_minute, 60.0)
         self.status_limiter = RateLimiter(1, config.receiver.status_check_min_interval_seconds) if config.receiver.status_check_min_interval_seconds else None
+        self.status_pool = BoundedPool(config.receiver.status_workers, "azamrecon-status")
+        self.checkout_pool = BoundedPool(config.receiver.checkout_workers, "azamrecon-checkout")
+        self._checks: dict[int, Future] = {}  # donation id -> its AzamPay check in flight
         self._client_factory = client_factory
         self._client = None
+        self._client_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.status_pool.close()
+        self.checkout_pool.close()
 
     def client(self):
-        if self._client is None:
-            if self._client_factory is not None:
-                self._client = self._client_factory()
-            else:
-                from pipeline.azampay import AzamPayClient
+        with self._client_lock:  # the pools' threads ask at once: one client (and one token cache) for all
+            if self._client is None:
+                if self._client_factory is not None:
+                    self._client = self._client_factory()
+                else:
+                    from pipeline.azampay import AzamPayClient
 
-                self._client = AzamPayClient(self.config.azampay)
-        return self._client
+                    self._client = AzamPayClient(self.config.azampay)
+            return self._client
 
-    # -- POST checkout -------------------------------------------------------------------------
+    # -- credentials ---------------------------------------------------------------------------
     def _authorised(self, request: Request) -> bool:
         given = request.headers.get("x-api-key") or ""
         bearer = request.headers.get("authorization") or ""
@@ -113,34 +153,55 @@ class Portal:
             given = bearer[7:].strip()
         return bool(given) and hmac.compare_digest(given.encode(), self.api_key.encode())
 
-    async def checkout(self, request: Request) -> JSONResponse:
+    def _refusal(self, request: Request, endpoint: str) -> JSONResponse | None:
         if not self.api_key:
-            return _error(404, "checkout endpoint disabled: set receiver.checkout_api_key")
+            return _error(404, f"{endpoint} endpoint disabled: set receiver.checkout_api_key")
         if not self._authorised(request):
             return _error(401, "missing or wrong API key (X-API-Key header)")
+        return None
+
+    # -- POST checkout -------------------------------------------------------------------------
+    async def _checkout_fields(self, request: Request) -> dict | JSONResponse:
+        """The validated checkout fields, or the 4xx answer: every input fault is a 4xx, never a 500."""
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
             return _error(415, "send application/json")
-        body = await request.body()
-        if len(body) > MAX_CHECKOUT_BODY:
+        try:
+            body = await _read_capped(request, MAX_CHECKOUT_BODY)
+        except ClientDisconnect:  # gone (or cut by receiver.body_timeout_seconds): nobody reads the answer
+            return _error(400, "the request body was not complete")
+        if body is None:
             return _error(413, "body too large")
         try:
             data = json.loads(body)
             if not isinstance(data, dict):
                 raise ValueError("expected a JSON object")
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
             return _error(400, f"invalid JSON: {str(exc)[:100]}")
         try:
-            request_fields = self._validate(data)
+            return self._validate(data)
         except InputError as exc:
             return _error(400, str(exc))
+
+    async def checkout(self, request: Request) -> JSONResponse:
+        refusal = self._refusal(request, "checkout")
+        if refusal is not None:
+            return refusal
+        request_fields = await self._checkout_fields(request)
+        if isinstance(request_fields, JSONResponse):
+            return request_fields
+        if self.checkout_pool.busy >= self.checkout_pool.workers:  # before the rate limit: a refused try must not count
+            return _busy(f"{self.checkout_pool.workers} checkouts are in progress")
         if not self.checkout_limiter.allow(request_fields["msisdn"]):
             return JSONResponse(
                 {"status": "error", "detail": f"too many checkouts for this number; at most {self.checkout_limiter.limit} per minute"},
                 status_code=429,
                 headers={"retry-after": "60"},
             )
+        future = self.checkout_pool.try_submit(self._initiate, request_fields)
+        if future is None:
+            return _busy(f"{self.checkout_pool.workers} checkouts are in progress")
         try:
-            result = await run_in_threadpool(self._initiate, request_fields)
+            result = await asyncio.wrap_future(future)
         except NotFound as exc:
             return _error(404, str(exc))
         except InputError as exc:
@@ -170,8 +231,8 @@ class Portal:
 
     def _validate(self, data: dict) -> dict:
         patient_id = data.get("patient_id")
-        if patient_id is not None and (not isinstance(patient_id, int) or isinstance(patient_id, bool) or patient_id < 1):
-            raise InputError("patient_id must be a positive integer (or null for a general donation)")
+        if patient_id is not None and (not isinstance(patient_id, int) or isinstance(patient_id, bool) or not 1 <= patient_id <= MAX_ID):
+            raise InputError(f"patient_id must be a positive integer up to {MAX_ID} (or null for a general donation)")
         msisdn = normalise_msisdn(data.get("msisdn")) if isinstance(data.get("msisdn"), str) else None
         if msisdn is None:
             raise InputError("msisdn must be a Tanzanian mobile number: 0XXXXXXXXX, 255XXXXXXXXX or +255XXXXXXXXX")
@@ -199,6 +260,9 @@ class Portal:
 
     # -- GET status ----------------------------------------------------------------------------
     async def status(self, request: Request) -> JSONResponse:
+        refusal = self._refusal(request, "status")
+        if refusal is not None:
+            return refusal
         raw = request.query_params.get("donation_id", "")
         if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) < 1:
             return _error(400, "donation_id must be a positive integer")
@@ -207,9 +271,9 @@ class Portal:
             state = await run_in_threadpool(self._state, donation_id)
             if state is None:
                 return _error(404, f"donation {donation_id} not found")
-            checked = False
-            if state["status"] == "PENDING" and state["transaction_id"] and self._may_check(donation_id):
-                event_id = await run_in_threadpool(self._ask_azampay, donation_id)
+            checked = checking = False
+            if state["status"] == "PENDING" and state["transaction_id"]:
+                event_id, checking = await self._check(donation_id)
                 checked = event_id is not None
                 if checked:
                     await self._wait_for_fold(event_id)
@@ -218,7 +282,28 @@ class Portal:
             return _error(503, "database unavailable; try again")
         state.pop("transaction_id")
         state["checked_with_azampay"] = checked
+        state["checking"] = checking
         return JSONResponse(state)
+
+    async def _check(self, donation_id: int) -> tuple[int | None, bool]:
+        """(id of the poll event AzamPay's answer was appended as, still checking). Waits at most
+        receiver.status_check_timeout_seconds, and not at all when the pool is full."""
+        future = self._checks.get(donation_id)  # another request's check of this donation: wait for it too
+        if future is None:
+            if self.status_pool.busy >= self.status_pool.workers:
+                return None, True  # busy: answer now; the scheduler's poller asks about it as well
+            if not self._may_check(donation_id):
+                return None, False
+            future = self.status_pool.try_submit(self._ask_azampay, donation_id)
+            if future is None:
+                return None, True
+            self._checks[donation_id] = future
+            future.add_done_callback(lambda done: self._checks.pop(donation_id, None) if self._checks.get(donation_id) is done else None)
+        try:
+            event_id = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), self.config.receiver.status_check_timeout_seconds)
+        except asyncio.TimeoutError:
+            return None, True  # the call goes on in the pool; its answer is appended when it comes
+        return event_id, False
 
     def _may_check(self, donation_id: int) -> bool:
         return self.status_limiter is None or self.status_limiter.allow(str(donation_id))

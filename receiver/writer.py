@@ -25,6 +25,7 @@ from loguru import logger
 from pipeline.db import transaction
 from pipeline.errors import StoreError, StoreUnavailable
 from pipeline.logs import payments
+from pipeline.redact import log_value
 from pipeline.store.events import (
     Claim,
     already_appended,
@@ -44,6 +45,7 @@ FAILED = "failed"  # database and spool both failed
 NO_SPACE = "no_space"  # ... and the spool failed for lack of space
 
 _STOP = object()
+QUICK_FAILURE_SECONDS = 1.0  # a group failing faster than this is retried row by row; slower, it is spooled
 
 
 class Result(NamedTuple):
@@ -182,13 +184,17 @@ class GroupCommitWriter:
         if time.monotonic() < self._down_until:
             self._spool(batch, "database unavailable (recent failure, not retried yet)")
             return
+        started = time.monotonic()
         try:
             self._commit(batch, after_failure)
         except StoreUnavailable as exc:
             self._down_until = time.monotonic() + self.outage_backoff_seconds
             self._spool(batch, str(exc))
         except StoreError as exc:
-            if len(batch) > 1:  # one bad row must not fail its neighbours: retry them one by one
+            # one bad row must not fail its neighbours: retry them one by one. A bad row fails at once; a
+            # failure that came after a wait (SQLite's lock held past busy_timeout) would wait again per row,
+            # holding the group's callbacks n times longer than nginx waits: spool those at once
+            if len(batch) > 1 and time.monotonic() - started < QUICK_FAILURE_SECONDS:
                 for item in batch:
                     self._process([item], after_failure=True)
                 return
@@ -238,4 +244,4 @@ class GroupCommitWriter:
         for item in batch:
             item.outcome = SPOOLED
         self.rows_spooled += len(batch)
-        payments.error("Error processing Azam Pay callback: {}; {} callback(s) spooled to {}", reason, len(batch), path)
+        payments.error("Error processing Azam Pay callback: {}; {} callback(s) spooled to {}", log_value(reason), len(batch), path)

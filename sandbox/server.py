@@ -8,7 +8,7 @@ Control endpoints (no auth: the sandbox only listens where you put it):
   POST /_sandbox/outcomes {msisdn: outcome}       POST /_sandbox/transactions {seed one, no callback} or [{...}, ...]
   POST /_sandbox/transactions/{id}/status {"data": text}
   POST /_sandbox/reject-token {"times": n}        POST /_sandbox/fail-next {"times": n, "status": 503}
-  POST /_sandbox/config {callback_url, webhook_password, latency, delay_seconds, default_outcome}
+  POST /_sandbox/config {callback_url, webhook_password, latency, status_latency, delay_seconds, default_outcome}
 """
 from __future__ import annotations
 
@@ -156,14 +156,14 @@ class Sandbox:
         return 404, {"message": "unknown control endpoint"}
 
     def configure(self, **changes: Any) -> None:
-        allowed = {"callback_url", "webhook_password", "latency", "delay_seconds", "default_outcome"}
+        allowed = {"callback_url", "webhook_password", "latency", "status_latency", "delay_seconds", "default_outcome"}
         unknown = set(changes) - allowed
         if unknown:
             raise ValueError(f"cannot configure {', '.join(sorted(unknown))}")
         if "default_outcome" in changes:
             check_outcome(changes["default_outcome"])
         for key, value in changes.items():
-            setattr(self.settings, key, float(value) if key in ("latency", "delay_seconds") else value)
+            setattr(self.settings, key, float(value) if key in ("latency", "status_latency", "delay_seconds") else value)
 
     # --- routing ---
 
@@ -179,8 +179,9 @@ class Sandbox:
         route = routes.get((method, path))
         if route is None:
             return 404, {"message": "Not found", "status": "Error"}
-        if self.settings.latency > 0:
-            time.sleep(self.settings.latency)
+        delay = self.settings.latency + (self.settings.status_latency if path == self.settings.status_path else 0.0)
+        if delay > 0:
+            time.sleep(delay)
         failure = self.state.injected_failure()
         if failure is not None:
             return failure, {"message": "Injected failure", "status": "Error"}
@@ -247,6 +248,13 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # benchmarks open many connections at once
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the client left before a (slow) answer: its problem, not a sandbox error worth a traceback
+        super().handle_error(request, client_address)
 
 
 class SandboxServer:

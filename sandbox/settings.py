@@ -19,6 +19,7 @@ class SandboxSettings:
     outcomes: dict[str, str] = field(default_factory=dict)  # msisdn (any accepted form) -> outcome
     default_outcome: str = "success"
     latency: float = 0.0  # seconds added before every AzamPay answer (not control endpoints)
+    status_latency: float = 0.0  # seconds added before transaction-status answers only (a slow status API)
     token_ttl_seconds: int = 3600
     delay_seconds: float = 2.0  # the `delayed` outcome's callback delay
     duplicate_gap_seconds: float = 0.05  # between the two identical callbacks of `duplicate`

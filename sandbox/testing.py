@@ -123,11 +123,15 @@ class SandboxHandle:
         self._app.state.set_outcomes(rules)
 
     def configure(self, **changes: Any) -> None:
-        """callback_url, webhook_password, latency, delay_seconds, default_outcome."""
+        """callback_url, webhook_password, latency, status_latency, delay_seconds, default_outcome."""
         self._app.configure(**changes)
 
     def set_latency(self, seconds: float) -> None:
         self._app.configure(latency=seconds)
+
+    def set_status_latency(self, seconds: float) -> None:
+        """Only the transaction-status call answers `seconds` late; token and checkout stay fast."""
+        self._app.configure(status_latency=seconds)
 
     def set_callback_url(self, url: str | None) -> None:
         self._app.configure(callback_url=url)

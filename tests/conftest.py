@@ -26,7 +26,10 @@ MYSQL_SERVER = os.environ.get("AZAMRECON_TEST_MYSQL_URL", "mysql+pymysql://root@
 MYSQL_DB = os.environ.get("AZAMRECON_TEST_MYSQL_DB", "azamrecon_test")
 MYSQL_REQUIRED = os.environ.get("CI", "").lower() == "true" or os.environ.get("AZAMRECON_REQUIRE_MYSQL") == "1"
 
-TABLES = ("funding_credits", "anomalies", "payment_events", "donations", "patients", "fold_checkpoints", "job_runs", "job_locks")
+TABLES = (
+    "funding_credits", "anomalies", "payment_events", "donations", "patients", "fold_checkpoints", "job_runs", "job_locks", "donation_events",
+    "waiting_keys", "event_counts", "privacy_control", "privacy_rewrites",
+)
 
 
 def fixture_bytes(name: str) -> bytes:
@@ -47,7 +50,12 @@ class Backend:
 
     def config(self, **overrides) -> Config:
         """A Config for this backend; overrides are dotted keys, e.g. {"webhook.password": "pw"}."""
-        values = {"database.url": self.url, "logging.dir": str(self.tmp_path / "logs"), "receiver.spool_dir": str(self.tmp_path / "spool")}
+        values = {
+            "database.url": self.url,
+            "logging.dir": str(self.tmp_path / "logs"),
+            "receiver.spool_dir": str(self.tmp_path / "spool"),
+            "privacy.key_file": str(self.tmp_path / "azamrecon.key"),
+        }
         values.update(self.overrides)
         values.update(overrides)
         path = self.tmp_path / "config.yaml"

@@ -24,6 +24,7 @@ def config_settings(backend, **overrides) -> dict[str, Any]:
         "database.url": backend.url,
         "logging.dir": str(backend.tmp_path / "logs"),
         "receiver.spool_dir": str(backend.tmp_path / "spool"),
+        "privacy.key_file": str(backend.tmp_path / "azamrecon.key"),
     }
     settings.update(overrides)
     return settings

@@ -4,6 +4,7 @@ closed, every connection dropped) to simulate an outage, and start it again on t
     with TcpProxy("127.0.0.1", 3306) as proxy:
         url = f"mysql+pymysql://root@127.0.0.1:{proxy.port}/db"
         proxy.stop(); ...; proxy.start()
+        proxy.freeze(); ...; proxy.thaw()     # a hung server: connections stay open, nothing moves
 
 Listens on 127.0.0.1 only; every thread is a daemon and every blocking call has a timeout.
 """
@@ -13,6 +14,7 @@ import contextlib
 import select
 import socket
 import threading
+import time
 
 
 class TcpProxy:
@@ -27,6 +29,8 @@ class TcpProxy:
         self._sockets: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
         self._running = threading.Event()
+        self._frozen = threading.Event()
+        self._parked: list[socket.socket] = []  # accepted while frozen: held open, never answered
         self.connections_accepted = 0
 
     # --- control --------------------------------------------------------------------------------
@@ -51,6 +55,7 @@ class TcpProxy:
     def stop(self) -> None:
         """Close the listener and drop every open connection (both sides see a reset/EOF)."""
         self._running.clear()
+        self.thaw()
         listener, self._listener = self._listener, None
         if listener is not None:
             with contextlib.suppress(OSError):
@@ -65,6 +70,21 @@ class TcpProxy:
         for thread in self._threads:
             thread.join(2.0)
         self._threads = [t for t in self._threads if t.is_alive()]
+
+    def freeze(self) -> None:
+        """Stop moving bytes, keep every connection open, and hold new ones without an answer: a server
+        that hangs (both sides wait for their read timeouts)."""
+        self._frozen.set()
+
+    def thaw(self) -> None:
+        """Move bytes again; the connections accepted while frozen are dropped (a real server would have
+        timed them out)."""
+        self._frozen.clear()
+        with self._lock:
+            parked, self._parked = self._parked, []
+        for sock in parked:
+            with contextlib.suppress(OSError):
+                sock.close()
 
     def restart(self) -> "TcpProxy":
         self.stop()
@@ -86,6 +106,10 @@ class TcpProxy:
                 continue
             except OSError:
                 return
+            if self._frozen.is_set():
+                with self._lock:
+                    self._parked.append(client)
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=self.connect_timeout)
             except OSError:
@@ -109,6 +133,9 @@ class TcpProxy:
                 sock.settimeout(10.0)
         try:
             while self._running.is_set():
+                if self._frozen.is_set():
+                    time.sleep(0.05)  # re-checked every 50 ms; stop() ends the loop
+                    continue
                 try:
                     readable, _, _ = select.select([a, b], [], [], 0.2)
                 except (OSError, ValueError):

@@ -217,7 +217,7 @@ def test_batched_resolution_equals_decide_against_every_donation(donations, even
         FoldEvent(event_id, T0, "callback", "n/a", "SUCCESS", CHARGE, utilityref, externalreference, hint, transaction_ref, donation_id, msisdn=msisdn)
         for event_id, (utilityref, externalreference, hint, transaction_ref, donation_id, msisdn) in enumerate(events, start=1)
     ]
-    loaded, decisions = _resolve_all(_DonationsByKey(states), folded, DEFAULT_FORMAT)
+    loaded, decisions, _ = _resolve_all(_DonationsByKey(states), folded, DEFAULT_FORMAT)
     assert decisions == [decide(event, lookup_keys(event), everything) for event in folded]
     assert {decision.donation_id for decision in decisions if decision.donation_id is not None} <= set(loaded)
 

@@ -259,7 +259,7 @@ def test_cli_ingest_naive_offset_moves_received_at(backend):
 
 
 def _cli_config(backend, **extra) -> Path:
-    settings = {"database.url": backend.url, "logging.dir": str(backend.tmp_path / "logs")}
+    settings = {"database.url": backend.url, "logging.dir": str(backend.tmp_path / "logs"), "privacy.key_file": str(backend.tmp_path / "azamrecon.key")}
     settings.update(extra)
     return write_config(backend.tmp_path / "cli.yaml", settings)
 

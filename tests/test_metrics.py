@@ -67,3 +67,37 @@ def test_metrics_answer_503_when_the_database_is_down(sqlite_backend, tmp_path):
         health = client.get("/healthz")
     assert response.status_code == 503 and "database unavailable" in response.text
     assert health.status_code == 503
+
+
+def test_metrics_never_scan_the_whole_log(backend):
+    """Hostile traffic, fault 8: each /metrics call counted every event (0.3 s at 496,000). The counts come
+    from the fold's running totals plus the events after its position, and equal a full count."""
+    from sqlalchemy import event as sa_event
+
+    from receiver.metrics import render
+
+    config = backend.config()
+    _, reference = add_donation(backend.engine, datetime(2026, 1, 14, tzinfo=timezone.utc))
+    at = datetime(2026, 1, 14, 9, 30, tzinfo=timezone.utc)
+    for n in range(30):
+        append(backend.engine, callback_body(reference, transaction_id=f"tx-{n}"), at + timedelta(seconds=n), auth="n/a")
+    append(backend.engine, b"{}", at, source="poll", status="PENDING", donation_id=1)
+    run_fold(backend.engine, config, at + timedelta(minutes=1))
+    append(backend.engine, callback_body(reference, transaction_id="tx-late"), at + timedelta(minutes=2), auth="unverified")  # not folded yet
+    statements: list[str] = []
+    listener = lambda conn, cursor, statement, params, context, many: statements.append(statement)  # noqa: E731
+    sa_event.listen(backend.engine, "before_cursor_execute", listener)
+    try:
+        metrics = parse(render(backend.engine, config, None, at + timedelta(minutes=3)))
+    finally:
+        sa_event.remove(backend.engine, "before_cursor_execute", listener)
+    full = {(row[0], row[1]): row[2] for row in backend.rows("SELECT source, auth, COUNT(*) FROM payment_events GROUP BY source, auth")}
+    assert {key: int(metrics[f'azamrecon_events_appended_total{{source="{key[0]}",auth="{key[1]}"}}']) for key in full} == full
+    explain = "EXPLAIN QUERY PLAN " if backend.name == "sqlite" else "EXPLAIN "
+    with backend.engine.connect() as connection:
+        for statement in statements:
+            if "payment_events" not in statement:
+                continue
+            literal = re.sub(r"%\(\w+\)s|%s|\?", "0", statement)  # every parameter as 0: the plan is what matters
+            plan = " ".join(str(cell) for row in connection.exec_driver_sql(explain + literal) for cell in row)
+            assert "SCAN payment_events" not in plan and " ALL " not in f" {plan} ", (statement, plan)

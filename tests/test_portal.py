@@ -97,8 +97,8 @@ def test_rate_limiter_window_slides():
 
 def test_status_endpoint_validates_and_404s(backend):
     with running_sandbox() as sandbox, portal(backend, sandbox) as (client, _):
-        assert client.get(STATUS_PATH, params={"donation_id": "abc"}).status_code == 400
-        assert client.get(STATUS_PATH, params={"donation_id": "999"}).status_code == 404
+        assert client.get(STATUS_PATH, params={"donation_id": "abc"}, headers={"x-api-key": KEY}).status_code == 400
+        assert client.get(STATUS_PATH, params={"donation_id": "999"}, headers={"x-api-key": KEY}).status_code == 404
 
 
 def test_status_asks_azampay_and_waits_for_the_scheduled_fold(backend):
@@ -117,8 +117,8 @@ def test_status_asks_azampay_and_waits_for_the_scheduled_fold(backend):
         folder = threading.Thread(target=scheduler, daemon=True)
         folder.start()
         try:
-            first = client.get(STATUS_PATH, params={"donation_id": donation_id}).json()
-            second = client.get(STATUS_PATH, params={"donation_id": donation_id}).json()
+            first = client.get(STATUS_PATH, params={"donation_id": donation_id}, headers={"x-api-key": KEY}).json()
+            second = client.get(STATUS_PATH, params={"donation_id": donation_id}, headers={"x-api-key": KEY}).json()
         finally:
             stop.set()
             folder.join(10)
@@ -134,7 +134,7 @@ def test_status_check_is_rate_limited_per_donation(backend):
         backend, sandbox, **{"receiver.status_wait_seconds": 0.0, "receiver.status_check_min_interval_seconds": 60.0}
     ) as (client, config):
         donation_id = checkout(client).json()["donation_id"]
-        answers = [client.get(STATUS_PATH, params={"donation_id": donation_id}).json() for _ in range(3)]
+        answers = [client.get(STATUS_PATH, params={"donation_id": donation_id}, headers={"x-api-key": KEY}).json() for _ in range(3)]
     assert [a["checked_with_azampay"] for a in answers] == [True, False, False]
     assert all(a["status"] == "PENDING" for a in answers)
     assert backend.scalar(f"SELECT COUNT(*) FROM payment_events WHERE source='poll' AND donation_id={donation_id}") == 1

@@ -220,7 +220,7 @@ def test_rsa_signature_valid_invalid_absent(backend, rsa_keys, tmp_path):
         garbage = client.post(CALLBACK_PATH, content=callback(signature="not base64!!"), headers=JSON)
         absent = client.post(CALLBACK_PATH, content=fixture_bytes(GUIDE), headers=JSON)
     assert [a.status_code for a in (valid, wrong_key, altered, garbage, absent)] == [404, 403, 403, 403, 202]
-    assert [r.auth for r in event_rows(backend.engine)] == ["verified", "failed", "failed", "failed", "unverified"]
+    assert [r.auth for r in event_rows(backend.engine)] == ["signed", "failed", "failed", "failed", "unverified"]
 
 
 def test_either_configured_credential_verifies(backend, rsa_keys):
@@ -230,7 +230,7 @@ def test_either_configured_credential_verifies(backend, rsa_keys):
         by_signature = client.post(CALLBACK_PATH, content=_signed(key, password="wrong"), headers=JSON)
         neither = client.post(CALLBACK_PATH, content=_signed(other, password="wrong"), headers=JSON)
     assert [a.status_code for a in (by_password, by_signature, neither)] == [404, 404, 403]
-    assert [r.auth for r in event_rows(backend.engine)] == ["verified", "verified", "failed"]
+    assert [r.auth for r in event_rows(backend.engine)] == ["verified", "signed", "failed"]
 
 
 def test_bad_public_key_is_a_config_error(backend):

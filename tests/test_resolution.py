@@ -207,8 +207,8 @@ def _property(backend):
         with transaction(backend.engine) as session:
             facts = _store_donations(session, donations)
             answered = resolve_claims(session, [Claim.of(fields)])[0]  # the receiver's 200/404
-            _, (by_fold,) = _resolve_all(SqlFoldStore(session), [folded], DEFAULT_FORMAT)  # the fold, on the database
-            _, (by_check,) = _resolve_all(MemoryFoldStore(session), [folded], DEFAULT_FORMAT)  # rebuild --check, in memory
+            _, (by_fold,), _ = _resolve_all(SqlFoldStore(session), [folded], DEFAULT_FORMAT)  # the fold, on the database
+            _, (by_check,), _ = _resolve_all(MemoryFoldStore(session), [folded], DEFAULT_FORMAT)  # rebuild --check, in memory
             session.rollback()
         everything = DonationIndex()
         for donation in facts:

@@ -217,7 +217,10 @@ def test_ingest_spool_command(sqlite_backend):
     spool = Spool(spool_dir)
     spool.write([spool_record(event_row(source="callback", body=_body(1), received_at=datetime.now(timezone.utc), auth="n/a"), typed=True)])
     spool.close()
-    config = write_config(sqlite_backend.tmp_path / "cli.yaml", {"database.url": sqlite_backend.url, "receiver.spool_dir": str(spool_dir), "logging.dir": str(sqlite_backend.tmp_path / "logs")})
+    config = write_config(sqlite_backend.tmp_path / "cli.yaml", {
+        "database.url": sqlite_backend.url, "receiver.spool_dir": str(spool_dir), "logging.dir": str(sqlite_backend.tmp_path / "logs"),
+        "privacy.key_file": str(sqlite_backend.tmp_path / "azamrecon.key"),
+    })
     runner = CliRunner()
     result = runner.invoke(cli, ["events", "ingest-spool", "--config", str(config)])
     assert result.exit_code == 0, result.output

@@ -18,7 +18,7 @@ def donations() -> None:
 
 def donation_dict(session, donation) -> dict:
     from jobs.operator import decisions
-    from pipeline.models import Anomaly, FundingCredit
+    from pipeline.models import Anomaly, DonationEvent, FundingCredit
 
     credit = session.scalar(select(FundingCredit).where(FundingCredit.donation_id == donation.id))
     anomalies = session.scalars(select(Anomaly).where(Anomaly.donation_id == donation.id).order_by(Anomaly.event_id)).all()
@@ -41,7 +41,9 @@ def donation_dict(session, donation) -> dict:
         "review_reason": donation.review_reason,
         "needs_check": bool(donation.needs_check),
         "last_event_id": donation.last_event_id,
-        "events": donation.event_ids or "",
+        "events": ",".join(str(event_id) for event_id in session.scalars(
+            select(DonationEvent.event_id).where(DonationEvent.donation_id == donation.id).order_by(DonationEvent.event_id)
+        )),
         "credit": None if credit is None else {"amount": credit.amount, "patient_id": credit.patient_id, "event_id": credit.event_id, "credited_at": credit.credited_at},
         "anomalies": [{"event_id": a.event_id, "kind": a.kind, "detail": a.detail} for a in anomalies],
         "decisions": decisions(session, donation.id),

@@ -6,7 +6,7 @@ import click
 from jobs.commands.common import Context, emit_object, emit_result, emit_rows, format_option, pass_context, result_format_option
 from pipeline.db import transaction
 from pipeline.errors import NotFound
-from pipeline.redact import redact_body
+from pipeline.redact import SECRET_MARKER, redact_body
 
 
 @click.group()
@@ -50,7 +50,9 @@ def list_events(ctx: Context, limit, before_id, source, donation_id, output_form
 @format_option
 @pass_context
 def show_event(ctx: Context, event_id: int, output_format) -> None:
-    """Show one event with its body (secrets redacted)."""
+    """Show one event with its body (secrets redacted). A stored body keeps a
+    keyed hash of its password; password_used names the configured password
+    it matches (webhook.password, webhook.previous_password) or says none."""
     from pipeline.store.events import get_event
 
     with transaction(ctx.engine) as session:
@@ -67,9 +69,28 @@ def show_event(ctx: Context, event_id: int, output_format) -> None:
             "externalreference": event.externalreference,
             "donation_hint": event.donation_hint,
             "body_sha256": event.body_sha256,
+            "password_used": _password_used(ctx, event.body),
             "body": redact_body(event.body),
         }
     emit_object(data, output_format, title=f"event {event_id}")
+
+
+def _password_used(ctx: Context, body: bytes) -> str | None:
+    """Which configured password a stored body's marker proves was sent; None when the body has no marker
+    (or no key file exists to tell)."""
+    from pipeline.errors import ConfigError
+    from pipeline.events import decode_json
+    from pipeline.privacy import load_key, which_secret
+
+    decoded = decode_json(body)
+    marker = decoded.data.get("password") if decoded.error is None and isinstance(decoded.data, dict) else None
+    if not isinstance(marker, str) or not marker.startswith(SECRET_MARKER):
+        return None
+    try:
+        key = load_key(ctx.config.privacy.key_file, create=False)
+    except ConfigError:
+        return "unknown (no key file)"
+    return which_secret(key, marker, ctx.config.webhook.passwords()) or "none configured now"
 
 
 @events.command("ingest-spool")
@@ -80,11 +101,12 @@ def ingest_spool_command(ctx: Context, spool_dir: str | None, output_format: str
     """Replay callbacks spooled during a database outage into the log (idempotent)."""
     from jobs.runs import recorded_run, utcnow
     from jobs.spool import ingest_spool
+    from pipeline.privacy import redactor_for
 
     ctx.setup_logging("spool")
     now = utcnow()
     with recorded_run(ctx.engine, "spool", now) as run:
-        counts = run.counts = ingest_spool(ctx.engine, spool_dir or ctx.config.receiver.spool_dir, now)
+        counts = run.counts = ingest_spool(ctx.engine, spool_dir or ctx.config.receiver.spool_dir, now, redactor_for(ctx.config))
     emit_result(counts, output_format, [" ".join(f"{key}={value}" for key, value in counts.items())], title="ingest-spool")
 
 

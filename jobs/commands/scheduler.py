@@ -9,7 +9,7 @@ from jobs.commands.common import Context, pass_context
 @click.command()
 @pass_context
 def scheduler(ctx: Context) -> None:
-    """Run the scheduler daemon: fold, poll, spool ingest and the daily report, until SIGTERM."""
+    """Run the scheduler daemon: fold, poll, spool ingest, the daily report and privacy retain, until SIGTERM."""
     from jobs.scheduler import run_scheduler
     from pipeline.logs import warn_if_open
 

@@ -79,9 +79,14 @@ def serve(ctx: Context, host: str | None, port: int | None, workers: int | None)
         # handling would otherwise believe it from any 127.0.0.1 peer, bypassing webhook.allowed_ips
         proxy_headers=False,
         log_level="warning",
-        lifespan="on",
+        lifespan="on",  # also hands receiver.http its read timeouts (receiver/http.py)
         timeout_graceful_shutdown=15,
         server_header=False,
+        ws="none",  # no WebSocket endpoint: an upgrade request is plain HTTP
+        timeout_keep_alive=config.receiver.keep_alive_timeout_seconds,
+        # open connections (and requests in progress) per worker; past it uvicorn answers 503 without
+        # reading the request: slow clients are cut by the read timeouts long before that
+        limit_concurrency=config.receiver.max_connections,
     )
 
 

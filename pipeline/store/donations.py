@@ -6,6 +6,7 @@ from decimal import Decimal
 
 from sqlalchemy.orm import Session
 
+from pipeline.resolution import ReferenceFormat
 from pipeline.errors import InputError, NotFound
 from pipeline.events import normalise_msisdn
 from pipeline.models import Donation, Patient
@@ -39,8 +40,8 @@ def get_donation(session: Session, donation_id: int) -> Donation:
 
 
 def make_reference(prefix: str, donation_id: int, created_at: datetime) -> str:
-    """`{prefix}-{id}-{YYYYmmddHHMMSS}`, e.g. RHCI-DN-123-20251219120000."""
-    return f"{prefix}-{donation_id}-{created_at:%Y%m%d%H%M%S}"
+    """`{prefix}-{id}-{YYYYmmddHHMMSS}`, e.g. RHCI-DN-123-20251219120000 (pipeline.resolution reads it back)."""
+    return ReferenceFormat(prefix).reference(donation_id, created_at)
 
 
 def normalise_provider(provider: str) -> str:

@@ -57,12 +57,14 @@ class Driver:
         finally:
             cursor.close()
 
-    def many(self, sql: str, rows: Sequence[Sequence]) -> None:
+    def many(self, sql: str, rows: Sequence[Sequence]) -> int:
+        """executemany; how many rows it changed (an INSERT IGNORE counts only what it inserted)."""
         if not rows:
-            return
+            return 0
         cursor = self._cursor()
         try:
             cursor.executemany(sql, rows)
+            return cursor.rowcount
         except self.dialect.loaded_dbapi.Error as exc:
             raise self._fail(exc, sql, rows, True) from exc
         finally:
@@ -70,6 +72,17 @@ class Driver:
 
     def execute(self, sql: str, params: Sequence = ()) -> None:
         self.fetch(sql, params)
+
+    def run(self, sql: str, params: Sequence = ()) -> int:
+        """A statement that changes rows; how many it changed."""
+        cursor = self._cursor()
+        try:
+            cursor.execute(sql, tuple(params))
+            return cursor.rowcount
+        except self.dialect.loaded_dbapi.Error as exc:
+            raise self._fail(exc, sql, params, False) from exc
+        finally:
+            cursor.close()
 
     def update_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence], key: str = "id") -> None:
         """`UPDATE table SET columns WHERE key = ...` for each row (its values in `columns` order, then its key;

@@ -12,21 +12,33 @@ from sqlalchemy.orm import Session
 
 from pipeline.errors import StoreError
 from pipeline.events import EventFields
+from pipeline.fold import AUTH_VALUES, SIGNED
 from pipeline.models import Money, PaymentEvent, UTCDateTime
 from pipeline.resolution import DEFAULT_FORMAT, DonationFacts, DonationIndex, Key, ReferenceFormat, Resolution, decide, lookup_keys, wanted_values
 from pipeline.store.driver import Driver, chunks
 
 SOURCES = ("callback", "poll", "checkout", "operator", "import")
-AUTH_VALUES = ("verified", "unverified", "failed", "n/a")
 # headers worth keeping with the raw body; everything else (cookies, auth) is dropped
 KEPT_HEADERS = ("content-type", "content-length", "user-agent", "x-forwarded-for", "x-real-ip", "x-request-id", "host")
 _KEPT_IN_ORDER = tuple((name, encode_basestring(name)) for name in sorted(KEPT_HEADERS))
 
 
+# each kept value is cut to this many characters, plus a marker with its size: seven values, even all
+# escaped (6 bytes a character), fit MySQL's 64 KiB TEXT column; a 70,000-byte User-Agent overflowed it
+HEADER_VALUE_CHARS = 512
+
+
+def _capped(value: str) -> str:
+    if len(value) <= HEADER_VALUE_CHARS:
+        return value
+    return f"{value[:HEADER_VALUE_CHARS]}...[truncated: {len(value)} bytes]"  # headers are decoded latin-1: 1 byte each
+
+
 def select_headers(headers: Mapping[str, str]) -> str:
     """The kept headers as json.dumps(kept, ensure_ascii=False, sort_keys=True) writes them, built from
-    json's own C string encoder: dumps' per-call encoder set-up was 5% of the receiver's CPU."""
-    return "{" + ", ".join(f"{key}: {encode_basestring(headers[name])}" for name, key in _KEPT_IN_ORDER if name in headers) + "}"
+    json's own C string encoder: dumps' per-call encoder set-up was 5% of the receiver's CPU. Each value
+    is capped at HEADER_VALUE_CHARS characters, with a marker naming its full size."""
+    return "{" + ", ".join(f"{key}: {encode_basestring(_capped(headers[name]))}" for name, key in _KEPT_IN_ORDER if name in headers) + "}"
 
 
 def event_row(
@@ -41,8 +53,15 @@ def event_row(
     headers: str | None = None,
     donation_id: int | None = None,
     dedupe_key: str | None = None,
+    stored_body: bytes | None = None,
+    body_sha256: str | None = None,
 ) -> dict[str, Any]:
-    """One payment_events row as a dict for executemany. `fields` are the typed columns (pipeline.events)."""
+    """One payment_events row as a dict for executemany. `fields` are the typed columns (pipeline.events).
+
+    `stored_body`: what is stored instead of `body` when that held a secret (pipeline.privacy.BodyRedactor);
+    body_sha256 stays the hash of `body`, the bytes as received, so a body can still be matched against
+    the sender's copy. `body_sha256` given: `body` is already the stored form (a spool line) and this is
+    the hash of the bytes received."""
     if source not in SOURCES:
         raise ValueError(f"unknown event source {source!r}")
     if auth not in AUTH_VALUES:
@@ -50,8 +69,8 @@ def event_row(
     row = {
         "received_at": received_at,
         "source": source,
-        "body": bytes(body),
-        "body_sha256": hashlib.sha256(body).hexdigest(),
+        "body": bytes(body if stored_body is None else stored_body),
+        "body_sha256": body_sha256 or hashlib.sha256(body).hexdigest(),
         "content_type": (content_type or None) and content_type[:255],
         "remote_addr": (remote_addr or None) and remote_addr[:64],
         "headers": headers,
@@ -64,34 +83,37 @@ def event_row(
 
 
 _EVENTS = PaymentEvent.__table__
-_INSERT_IGNORE = insert(_EVENTS).prefix_with("OR IGNORE", dialect="sqlite").prefix_with("IGNORE", dialect="mysql")
 _TIME_COLUMNS = frozenset(column.key for column in _EVENTS.columns if isinstance(column.type, UTCDateTime))
 _MONEY_COLUMNS = frozenset(column.key for column in _EVENTS.columns if isinstance(column.type, Money))
 
 
-def append_events(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """Append rows with executemany, in their order. Rows whose dedupe_key is already in the log are skipped.
+def append_events(session: Session, rows: Sequence[dict[str, Any]]) -> int:
+    """Append rows with executemany, in their order, and return how many were inserted. Rows whose
+    dedupe_key is already in the log are skipped (INSERT IGNORE), and the count comes from the database:
+    two imports of one file may race, and each must report what it added.
 
-    Rows without a dedupe_key (every callback the receiver takes) go through the raw driver on the
-    session's connection: building and compiling a Core insert per group commit was a tenth of the
-    receiver's CPU. Keyed rows (spool ingest, log import) keep Core's INSERT OR IGNORE.
+    Everything goes through the raw driver on the session's connection: building and compiling a Core
+    insert per group commit was a tenth of the receiver's CPU.
 
     A value the column cannot store (a naive datetime, a float amount, a key that names no column) raises
     StoreError, as Core's own conversion failures do, so that the receiver's writer retries the rows of
     a group one by one and only the bad one is spooled."""
     if not rows:
-        return
-    plain = [row for row in rows if row.get("dedupe_key") is None]
-    keyed = [row for row in rows if row.get("dedupe_key") is not None]
-    if plain:
-        raw = Driver(session.connection())
-        start = 0
-        for end in range(1, len(plain) + 1):  # one executemany per run of rows with the same keys
-            if end == len(plain) or plain[end].keys() != plain[start].keys():
-                raw.many(*_plain_insert(raw, plain[start:end]))
-                start = end
-    if keyed:
-        session.connection().execute(_INSERT_IGNORE, keyed)
+        return 0
+    raw = Driver(session.connection())
+    ignore = "INSERT OR IGNORE INTO" if raw.sqlite else "INSERT IGNORE INTO"
+    inserted = 0
+    start = 0
+    for end in range(1, len(rows) + 1):  # one executemany per run of rows with the same keys
+        if end == len(rows) or rows[end].keys() != rows[start].keys():
+            sql, values = _plain_insert(raw, rows[start:end])
+            if rows[start].get("dedupe_key") is not None:
+                inserted += raw.many(sql.replace("INSERT INTO", ignore, 1), values)
+            else:
+                raw.many(sql, values)
+                inserted += end - start
+            start = end
+    return inserted
 
 
 def _plain_insert(raw: Driver, rows: Sequence[dict[str, Any]]) -> tuple[str, list[list[Any]]]:
@@ -134,8 +156,8 @@ class Claim(NamedTuple):
     keys: tuple[Key, ...]
 
     @classmethod
-    def of(cls, fields: EventFields, references: ReferenceFormat = DEFAULT_FORMAT) -> "Claim":
-        return cls(fields, lookup_keys(fields, references))
+    def of(cls, fields: EventFields, references: ReferenceFormat = DEFAULT_FORMAT, auth: str | None = None) -> "Claim":
+        return cls(fields, lookup_keys(fields, references, signed=auth == SIGNED))
 
 
 def resolve_claims(session: Session, claims: Sequence[Claim]) -> list[Resolution]:

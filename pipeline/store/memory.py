@@ -43,6 +43,7 @@ class MemoryFoldStore:
         self.credits: dict[int, Credit] = {}
         self.anomalies: dict[int | None, list[AnomalyRecord]] = defaultdict(list)
         self.waiting: dict[int, AnomalyRecord] = {}  # unknown_reference and reference_conflict, by event
+        self.applied: dict[int, list[int]] = defaultdict(list)  # donation -> events applied to it
 
     # -- reading the log --------------------------------------------------------------------
     def events_after(self, position: int, limit: int, until_id: int | None = None):
@@ -60,6 +61,16 @@ class MemoryFoldStore:
                 if donation_id is not None and donation_id not in found:
                     found[donation_id] = self.states[donation_id].copy()
         return found
+
+    def applied_events(self, donation_ids: Iterable[int]) -> dict[int, list[int]]:
+        return {donation_id: sorted(self.applied[donation_id]) for donation_id in donation_ids if donation_id in self.applied}
+
+    def add_applied(self, pairs: Sequence[tuple[int, int]]) -> None:
+        for event_id, donation_id in pairs:
+            self.applied[donation_id].append(event_id)
+
+    def set_waiting(self, dropped, added) -> None:
+        """Nothing to keep: in memory every donation exists from the start, so no event waits for one."""
 
     def write_donations(self, states: Iterable[DonationState]) -> None:
         for state in states:

@@ -6,13 +6,19 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from pipeline.models import Donation, JobRun, PaymentEvent
-from pipeline.store.state import fold_lag
+from pipeline.models import Donation, EventCount, FoldCheckpoint, JobRun, PaymentEvent
+from pipeline.store.state import CHECKPOINT, fold_lag
 
 
 def events_by_source_and_auth(session: Session) -> dict[tuple[str, str], int]:
-    query = select(PaymentEvent.source, PaymentEvent.auth, func.count()).group_by(PaymentEvent.source, PaymentEvent.auth)
-    return {(source, auth): count for source, auth, count in session.execute(query)}
+    """Events in the log by (source, auth): the fold's running counts plus the events after its position
+    (a primary-key range, as short as the fold lag). Counting the whole log took 0.3 s at 496,000 events."""
+    counts = {(source, auth): count for source, auth, count in session.execute(select(EventCount.source, EventCount.auth, EventCount.count))}
+    position = session.scalar(select(FoldCheckpoint.position).where(FoldCheckpoint.name == CHECKPOINT)) or 0
+    query = select(PaymentEvent.source, PaymentEvent.auth, func.count()).where(PaymentEvent.id > position).group_by(PaymentEvent.source, PaymentEvent.auth)
+    for source, auth, count in session.execute(query):
+        counts[(source, auth)] = counts.get((source, auth), 0) + count
+    return counts
 
 
 def donations_by_status(session: Session) -> dict[str, int]:

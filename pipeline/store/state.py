@@ -16,9 +16,11 @@ from sqlalchemy import Boolean, and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.fold import DERIVED_FIELDS, STATIC_FIELDS, AnomalyRecord, Credit, DonationState, FoldEvent, PatientTotals
-from pipeline.resolution import ID, REFERENCE, TRANSACTION, WAITING_KINDS, ReferenceFormat, lookup_keys
-from pipeline.models import Anomaly, Donation, FoldCheckpoint, FundingCredit, Money, Patient, PaymentEvent, UTCDateTime
+from pipeline.resolution import ID, REFERENCE, TRANSACTION, WAITING_KINDS, Key
+from pipeline.models import Anomaly, Donation, DonationEvent, EventCount, FoldCheckpoint, FundingCredit, Money, Patient, PaymentEvent, UTCDateTime, WaitingKey
 from pipeline.store.driver import UTC, Driver, chunks
+
+CHECKPOINT = "main"  # the fold's checkpoint row; its lock is the fold's lock
 
 EVENT_COLUMNS = (
     PaymentEvent.id,
@@ -108,8 +110,25 @@ class Checkpoint:
 
 
 def _checkpoint_of(row: FoldCheckpoint) -> Checkpoint:
-    gaps = [(int(gap_id), datetime.fromisoformat(seen)) for gap_id, seen in json.loads(row.gaps or "[]")]
+    gaps = [
+        (gap_id, seen)
+        for first, last, stamp in json.loads(row.gaps or "[]")
+        for seen in (datetime.fromisoformat(stamp),)
+        for gap_id in range(int(first), int(last) + 1)
+    ]
     return Checkpoint(row.name, row.position, gaps, row.events_applied, row.donation_high, row.rebuild_until)
+
+
+def gap_ranges(gaps: list[tuple[int, datetime]]) -> list[list]:
+    """Gaps as [[first id, last id, first seen], ...]: a run of missing ids seen together is one entry."""
+    ranges: list[list] = []
+    for gap_id, seen in sorted(gaps):
+        stamp = seen.isoformat()
+        if ranges and ranges[-1][1] == gap_id - 1 and ranges[-1][2] == stamp:
+            ranges[-1][1] = gap_id
+        else:
+            ranges.append([gap_id, gap_id, stamp])
+    return ranges
 
 
 @dataclass
@@ -157,7 +176,7 @@ class SqlFoldStore:
         return Checkpoint(name) if row is None else _checkpoint_of(row)
 
     def save_checkpoint(self, checkpoint: Checkpoint, now: datetime) -> None:
-        gaps = json.dumps([[gap_id, seen.isoformat()] for gap_id, seen in checkpoint.gaps])
+        gaps = json.dumps(gap_ranges(checkpoint.gaps))
         self.session.execute(
             update(FoldCheckpoint)
             .where(FoldCheckpoint.name == checkpoint.name)
@@ -191,6 +210,12 @@ class SqlFoldStore:
         ids = sorted(set(ids))
         found = self.raw.events(self.raw.fetch_in(f"{_EVENT_SELECT} WHERE id IN ", ids))
         return sorted(found, key=lambda event: event.id)
+
+    def id_step(self) -> int:
+        """How far apart consecutive auto-increment ids are (MySQL's auto_increment_increment; 1 on SQLite)."""
+        if self.raw.sqlite:
+            return 1
+        return max(1, int(self.raw.fetch("SELECT @@auto_increment_increment")[0][0]))
 
     def max_event_id(self) -> int:
         return self.session.scalar(select(func.max(PaymentEvent.id))) or 0
@@ -247,10 +272,59 @@ class SqlFoldStore:
         raw.update_rows("donations", DERIVED_FIELDS, rows)
 
     # -- anomalies --------------------------------------------------------------------------
-    def waiting_event_ids(self) -> set[int]:
-        """Events waiting for a donation to match: unknown_reference and reference_conflict (an index-only read)."""
-        kinds = ", ".join(f"'{kind}'" for kind in WAITING_KINDS)
-        return {row[0] for row in self.raw.fetch(f"SELECT event_id FROM anomalies WHERE kind IN ({kinds})")}
+    def waiting_matching(self, offered: set[tuple[str, Any]]) -> list[int]:
+        """The waiting events with a key among the offered (column, value) pairs, through waiting_keys'
+        index: the cost follows what is offered, not how many events wait."""
+        raw = self.raw
+        by_column: dict[str, set[str]] = {}
+        for column, value in offered:
+            by_column.setdefault(column, set()).add(str(value))
+        found: set[int] = set()
+        for column, values in by_column.items():
+            for part in chunks(sorted(values)):
+                sql = f"SELECT event_id FROM waiting_keys WHERE key_column = {raw.mark} AND key_value IN {raw.marks(len(part))}"
+                found.update(row[0] for row in raw.fetch(sql, [column, *part]))
+        return sorted(found)
+
+    def set_waiting(self, dropped: Iterable[int], added: Sequence[tuple[FoldEvent, tuple[Key, ...]]]) -> None:
+        """Events no longer waiting (retried), then events now waiting with their lookup keys."""
+        raw = self.raw
+        for part in chunks(sorted(set(dropped))):
+            raw.run(f"DELETE FROM waiting_keys WHERE event_id IN {raw.marks(len(part))}", part)
+        rows = [
+            (event.id, column, value[:255], raw.bind_when(event.received_at))
+            for event, keys in added
+            for column, value in sorted({(key.column, str(key.value)) for key in keys})
+        ]
+        raw.many(f"INSERT INTO waiting_keys (event_id, key_column, key_value, received_at) VALUES {raw.marks(4)}", rows)
+
+    def retire_waiting(self, received_before: datetime) -> int:
+        """Stop offering new donations to events that have waited since before `received_before`; their
+        anomaly stays, and a rebuild reconsiders them."""
+        return self.raw.run("DELETE FROM waiting_keys WHERE received_at < " + self.raw.mark, [self.raw.bind_when(received_before)])
+
+    def count_events(self, events: Iterable[FoldEvent]) -> None:
+        """Add a batch's events to event_counts (source, auth), under the fold lock like the rest of the batch."""
+        raw = self.raw
+        counts: dict[tuple[str, str], int] = {}
+        for event in events:
+            counts[(event.source, event.auth)] = counts.get((event.source, event.auth), 0) + 1
+        for (source, auth), count in counts.items():
+            if not raw.run(f"UPDATE event_counts SET count = count + {raw.mark} WHERE source = {raw.mark} AND auth = {raw.mark}", [count, source, auth]):
+                raw.execute(f"INSERT INTO event_counts (source, auth, count) VALUES {raw.marks(3)}", [source, auth, count])
+
+    def applied_events(self, donation_ids: Iterable[int]) -> dict[int, list[int]]:
+        """The events applied to each of these donations, in id order (an exact replay refolds them)."""
+        found: dict[int, list[int]] = {}
+        for donation_id, event_id in self.raw.fetch_in("SELECT donation_id, event_id FROM donation_events WHERE donation_id IN ", sorted(set(donation_ids))):
+            found.setdefault(donation_id, []).append(event_id)
+        for ids in found.values():
+            ids.sort()
+        return found
+
+    def add_applied(self, pairs: Sequence[tuple[int, int]]) -> None:
+        """(event id, donation id) of the events a batch applied."""
+        self.raw.many(f"INSERT INTO donation_events (event_id, donation_id) VALUES {self.raw.marks(2)}", pairs)
 
     def add_anomalies(self, anomalies: Sequence[AnomalyRecord]) -> None:
         if anomalies:
@@ -371,51 +445,12 @@ class SqlFoldStore:
         session = self.session
         session.execute(delete(FundingCredit))
         session.execute(delete(Anomaly))
+        session.execute(delete(DonationEvent))
+        session.execute(delete(WaitingKey))
+        session.execute(delete(EventCount))
         session.execute(update(Donation).values(**{name: default for name, default in _DERIVED_DEFAULTS.items()}))
         session.execute(update(Patient).values(funding_received=Decimal("0"), status="FUNDING", fully_funded_at=None))
         session.execute(delete(FoldCheckpoint).where(FoldCheckpoint.name == checkpoint_name))
-
-
-class WaitingKeys:
-    """The lookup keys (pipeline.resolution.lookup_keys) of the events waiting for a donation to match:
-    (column, value) -> event ids.
-
-    Kept across one fold run's batches, so each batch reads only the waiting ids (index-only) and fetches
-    the events it has not seen; joining every waiting event's row again read most of payment_events
-    per batch (a rebuild's checkout events offer keys in every batch). An event's keys never change (the
-    log is append-only), so keys computed once stay true; which events still wait is read again in every
-    batch, under the fold lock, so a fold elsewhere cannot make this stale."""
-
-    def __init__(self, references: ReferenceFormat | None = None) -> None:
-        self.references = references or ReferenceFormat()
-        self.keys: dict[int, tuple[tuple[str, Any], ...]] = {}
-        self.by_value: dict[tuple[str, Any], set[int]] = {}
-
-    def sync(self, store: SqlFoldStore, waiting: set[int]) -> None:
-        for event_id in [event_id for event_id in self.keys if event_id not in waiting]:
-            for value in self.keys.pop(event_id):
-                holders = self.by_value[value]
-                holders.discard(event_id)
-                if not holders:
-                    del self.by_value[value]
-        unseen = [event_id for event_id in waiting if event_id not in self.keys]
-        for event in store.events_by_ids(unseen) if unseen else ():
-            values = tuple({(key.column, key.value) for key in lookup_keys(event, self.references)})
-            self.keys[event.id] = values
-            for value in values:
-                self.by_value.setdefault(value, set()).add(event.id)
-
-    def matching(self, offered: set[tuple[str, Any]]) -> list[int]:
-        """The waiting events with a key among the offered (column, value) pairs."""
-        found: set[int] = set()
-        held = self.by_value
-        if len(offered) > len(held):
-            found.update(event_id for value, event_ids in held.items() if value in offered for event_id in event_ids)
-        else:
-            for value in offered:
-                if value in held:
-                    found.update(held[value])
-        return sorted(found)
 
 
 def offered_keys(ids: Iterable[int] = (), references: Iterable[str] = (), transactions: Iterable[str] = ()) -> set[tuple[str, Any]]:
@@ -429,7 +464,7 @@ def offered_keys(ids: Iterable[int] = (), references: Iterable[str] = (), transa
 _DERIVED_DEFAULTS = {name: getattr(DonationState(0, None, Decimal(0), Decimal(0)), name) for name in DERIVED_FIELDS}
 
 
-def fold_lag(session: Session, name: str = "main") -> tuple[int, datetime | None]:
+def fold_lag(session: Session, name: str = CHECKPOINT) -> tuple[int, datetime | None]:
     """(events not yet folded, received_at of the oldest of them) for reports and metrics."""
     position = session.scalar(select(FoldCheckpoint.position).where(FoldCheckpoint.name == name)) or 0
     count, oldest = session.execute(

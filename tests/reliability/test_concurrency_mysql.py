@@ -92,10 +92,11 @@ def test_two_schedulers_two_folds_three_receivers(mysql_backend, tmp_path, long_
         events = list(session.execute(select(PaymentEvent.id, PaymentEvent.utilityref).where(PaymentEvent.source == "callback")))
         states = {d.id: d for d in session.scalars(select(Donation))}
         problems = SqlFoldStore(session).invariant_violations()
+        applied_by_donation = SqlFoldStore(session).applied_events(states)
     applied: Counter = Counter()
     twice = []
     for donation in states.values():
-        ids = [int(x) for x in donation.event_ids.split(",")] if donation.event_ids else []
+        ids = applied_by_donation.get(donation.id, [])
         applied.update(ids)
         if len(ids) != len(set(ids)) or donation.events_applied != len(ids):
             twice.append(donation.id)

@@ -128,7 +128,7 @@ def test_signature_forgeries_never_credit(tmp_path, sqlite_backend, now, figures
             append_event(session, event_row(source="callback", body=body, received_at=now, auth=auths[name], fields=fields))
     run_fold(sqlite_backend.engine, config, now)
     credits = credits_per_donation(sqlite_backend.engine)
-    assert auths == {"genuine": "verified", "signature of another donation": "failed", "signature not base64": "failed",
+    assert auths == {"genuine": "signed", "signature of another donation": "failed", "signature not base64": "failed",
                      "truncated signature": "failed", "status changed after signing": "failed"}
     assert set(credits) == {ids[0]}
     figures.record("7b. forged signatures", "RSA signatures: another donation's, not base64, truncated, message changed after signing", len(bodies) - 1,
@@ -199,7 +199,7 @@ def test_injection_and_control_characters_are_stored_verbatim(db, request, tmp_p
     backend = request.getfixturevalue("sqlite_backend" if db == "sqlite" else "mysql_backend")
     reference = "RHCI-DN-1-20260114093000"
     add_donation_row(backend.engine, reference, add_patient_row(backend.engine))
-    config = write_config(tmp_path / "serve.yaml", config_settings(backend))
+    config = write_config(tmp_path / "serve.yaml", config_settings(backend, **{"receiver.checkout_api_key": CHECKOUT_KEY}))
     tables_before = sorted(sa_inspect(backend.engine).get_table_names())
     sent = []
     with ServerProcess(config, log_dir=tmp_path / "server") as server:
@@ -214,7 +214,7 @@ def test_injection_and_control_characters_are_stored_verbatim(db, request, tmp_p
                 assert answer.status_code in (200, 400, 404), (field, hostile, answer.status_code, answer.text)
                 sent.append((raw, field, hostile, answer.status_code))
             # and through the portal's endpoints: refused, nothing breaks
-            assert httpx.get(server.url + STATUS, params={"donation_id": hostile}, timeout=10).status_code in (400, 404)
+            assert httpx.get(server.url + STATUS, params={"donation_id": hostile}, headers={"x-api-key": CHECKOUT_KEY}, timeout=10).status_code in (400, 404)
     rows = {bytes(row.body): row for row in event_rows(backend.engine)}
     limits = {"utilityref": 255, "externalreference": 255, "reference": 255, "transid": 255, "transactionstatus": 255, "operator": 64}
     column = {"reference": "transaction_ref", "transid": "transaction_ref", "transactionstatus": "status_raw"}
@@ -277,7 +277,7 @@ def test_checkout_key_and_rate_limit(world, figures):
     assert post(url, body.replace(b"0712345678", b"0712345679"), {"x-api-key": CHECKOUT_KEY}).status_code == 201  # per number
     # the status endpoint asks AzamPay (the token is used)
     donation = json.loads(post(url, body.replace(b"0712345678", b"0712345670"), {"x-api-key": CHECKOUT_KEY}).text)["donation_id"]
-    status = httpx.get(world["server"].url + STATUS, params={"donation_id": donation}, timeout=15)
+    status = httpx.get(world["server"].url + STATUS, params={"donation_id": donation}, headers={"x-api-key": CHECKOUT_KEY}, timeout=15)
     ANSWERS.append(status.text)
     assert status.status_code == 200
     figures.record("7g. checkout API key and rate limit", "no key, wrong key, wrong bearer, empty key; 5 checkouts for one number in a minute", 9,

@@ -117,8 +117,7 @@ class Ledger(RuleBasedStateMachine):
             store = SqlFoldStore(session)
             rows = list(session.scalars(select(Donation)))
             for row in rows:
-                ids = [int(x) for x in row.event_ids.split(",")] if row.event_ids else []
-                events = store.events_by_ids(ids)
+                events = store.events_by_ids(store.applied_events([row.id]).get(row.id, []))
                 fresh = lambda: DonationState(row.id, row.patient_id, row.charge_amount, row.patient_amount, row.external_reference, row.transaction_id)
                 for order in (list(reversed(events)), random.Random(row.id).sample(events, len(events)), events + events):
                     state = fresh()
