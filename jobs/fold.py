@@ -259,13 +259,16 @@ def next_events(
         logger.warning(f"fold: gave up waiting for {dropped} missing event id(s) after {gap_timeout:.0f}s")
     fresh = store.events_after(checkpoint.position, batch_size)
     step = store.id_step() if fresh else 1
-    expected = checkpoint.position + (step if checkpoint.position else 1)
+    # with a step of k, each writer's ids share one remainder mod k (its auto_increment_offset): await the
+    # ids of every remainder seen in this batch, so a second writer's in-flight id is awaited as well
+    residues = {event.id % step for event in fresh} | ({checkpoint.position % step} if checkpoint.position else set())
+    expected = checkpoint.position + 1
     for event in fresh:
         if event.id > expected and event.id - expected <= MAX_GAP_SPAN:
-            gaps.extend((gap_id, now) for gap_id in range(expected, event.id, step))
+            gaps.extend((gap_id, now) for gap_id in range(expected, event.id) if step == 1 or gap_id % step in residues)
         elif event.id - expected > MAX_GAP_SPAN:
-            logger.warning(f"fold: event ids jump from {expected - step} to {event.id}; ids in between are not waited for")
-        expected = event.id + step
+            logger.warning(f"fold: event ids jump from {expected - 1} to {event.id}; ids in between are not waited for")
+        expected = event.id + 1
     if len(gaps) > max_gaps:
         gaps.sort()
         logger.warning(f"fold: {len(gaps)} missing event ids awaited, more than fold.max_gaps={max_gaps}; the {len(gaps) - max_gaps} oldest are given up")
@@ -380,8 +383,9 @@ def _fold_one_batch(engine: Engine, config: Config, policy: TrustPolicy, batch_s
         store = SqlFoldStore(session)
         checkpoint = store.lock_checkpoint(CHECKPOINT)
         fresh, filled = next_events(store, checkpoint, batch_size, now, config.fold.gap_timeout_seconds, config.fold.max_gaps)
-        if fresh:  # by the log's own clock, so a replayed or imported log retires what it retired live
-            store.retire_waiting(fresh[-1].received_at - timedelta(days=config.fold.waiting_days))
+        if fresh:  # by the log's own clock, so a replayed log retires what it retired live; never past `now`
+            # (an imported line dated 2099 must not retire everything that waits)
+            store.retire_waiting(min(fresh[-1].received_at, now) - timedelta(days=config.fold.waiting_days))
         retry_ids, checkpoint.donation_high = _waiting_to_retry(store, checkpoint, fresh + filled)
         fresh_ids = {e.id for e in fresh + filled}
         retried = store.events_by_ids([i for i in retry_ids if i not in fresh_ids]) if retry_ids else []

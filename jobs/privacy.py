@@ -12,9 +12,8 @@ batch never reads half of a change.
   - in stored bodies, per event, once it was received before the cutoff;
   - in the typed columns the fold compares (payment_events.msisdn, donations.msisdn), per number: a
     number changes everywhere at once, in one transaction, once no event received and no donation
-    created after the cutoff still holds it. The fold resolves a weak key only when the event's msisdn
-    equals its donation's; changing some rows of a number and not others would change what a rebuild
-    decides (`rebuild --check` would differ), changing all of them keeps every comparison as it was.
+    created after the cutoff still holds it (pipeline.resolution does not compare a retained number, so
+    no rewrite changes which callbacks resolve; docs/privacy.md).
   - in the log files: rotated files last written before the cutoff are deleted, live files last written
     before it emptied in place (their writers append, so they go on at the new end).
 - erase: one donor's number, now, everywhere (a donor's request; docs/privacy.md).

@@ -210,7 +210,7 @@ class DonationsConfig(_Section):
 class FoldConfig(_Section):
     batch_size: int = Field(5_000, ge=1)
     gap_timeout_seconds: float = Field(300.0, ge=0)  # how long a missing event id is waited for
-    max_gaps: int = Field(10_000, ge=0)  # missing ids awaited at once; past it the oldest are given up
+    max_gaps: int = Field(10_000, ge=1)  # missing ids awaited at once; past it the oldest are given up
     waiting_days: float = Field(7.0, gt=0)  # how long an unmatched event is offered new donations
 
 

@@ -57,12 +57,13 @@ MAX_AMOUNT = Decimal("1e12")
 def parse_amount(raw: Any) -> Decimal | None:
     """The one money grammar for amounts we are sent: ASCII digits, an optional single `.` and at most two
     decimals ("25000", "25000.50"; a JSON integer too). None when absent; ParseError for anything else:
-    a sign, an exponent, commas, underscores, other digits, fractions of a cent, 10^12 or more."""
+    a sign, an exponent, commas, underscores, spaces, other digits, fractions of a cent, 10^12 or more.
+    Callbacks and the portal's checkout both read amounts here."""
     if raw is None or raw == "":
         return None
     if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
         raise ParseError(f"amount is not a number: {str(raw)[:40]!r}")
-    text = (raw.text if isinstance(raw, JsonNumber) else str(raw)).strip()
+    text = raw.text if isinstance(raw, JsonNumber) else str(raw)
     if not _AMOUNT.fullmatch(text):
         raise ParseError(f"amount is not in the form 12345 or 12345.67: {text[:40]!r}")
     amount = Decimal(text)

@@ -100,6 +100,12 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         super().on_message_complete()
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        cycle = self.cycle  # a request queued behind the one just answered starts now: its body is due
+        if cycle is not None and getattr(cycle, "more_body", False) and self._read_deadline is None and not self.transport.is_closing():
+            self._arm(self.read_timeouts.body, "body")
+
     def _arm(self, seconds: float, reading: str) -> None:
         self._disarm()
         self._reading = reading

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import re
 import threading
 import time
 from collections import defaultdict, deque
@@ -46,9 +45,10 @@ from pipeline.errors import (
     CheckoutNotRecorded,
     InputError,
     NotFound,
+    ParseError,
     StoreError,
 )
-from pipeline.events import normalise_msisdn
+from pipeline.events import normalise_msisdn, parse_amount
 from pipeline.models import Donation, FoldCheckpoint, PaymentEvent
 from pipeline.store.donations import PROVIDERS
 from receiver.pool import BoundedPool
@@ -58,7 +58,6 @@ STATUS_PATH = "/api/v1.0/donors/payment/azampay/status/"
 MAX_CHECKOUT_BODY = 8 * 1024
 MAX_ID = 2**63 - 1  # BIGINT: a larger id overflowed the driver (an OverflowError, answered 500)
 # the one amount grammar: ASCII digits, an optional single ".", at most 2 decimals (no "1e3", "1_000", "1,000")
-AMOUNT = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,2})?")
 
 
 def _error(status: int, detail: str) -> JSONResponse:
@@ -95,14 +94,14 @@ def _decimal(data: dict, name: str, required: bool = True) -> Decimal | None:
         if required:
             raise InputError(f"{name} is required")
         return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        amount = Decimal(value)
-    elif isinstance(value, str) and AMOUNT.fullmatch(value):
-        amount = Decimal(value)
-    else:
-        raise InputError(f"{name} must be a decimal string of ASCII digits with at most 2 decimal places, or an integer, e.g. \"1000.00\"")
-    if amount <= 0 or amount >= Decimal("1e12"):
-        raise InputError(f"{name} must be positive and below 1000000000000")
+    try:  # the one money grammar (pipeline.events.parse_amount), as callbacks are read
+        amount = parse_amount(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+    except ParseError:
+        amount = None
+    if amount is None:
+        raise InputError(f"{name} must be a decimal string of ASCII digits with at most 2 decimal places, or an integer, below 1000000000000, e.g. \"1000.00\"")
+    if amount <= 0:
+        raise InputError(f"{name} must be positive")
     return amount
 
 

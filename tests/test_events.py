@@ -45,11 +45,10 @@ def test_amounts_are_decimal_never_float():
     assert parse_amount("25000") == Decimal("25000.00")
     assert parse_amount(25000) == Decimal("25000.00")
     assert parse_amount("1000.5") == Decimal("1000.50")
-    assert parse_amount(" 25000.00 ") == Decimal("25000.00")
     assert parse_amount(None) is None and parse_amount("") is None
     # one grammar: ASCII digits, an optional single ".", at most two decimals
     for bad in ("abc", "NaN", "-5", "+5", "1e20", "1e3", True, "1000.004", "1000.005", "1000.000", 1000.004, "1,000.5", "10,00",
-                "1_000", "１０００", "٣", "1.2.3", ".5", "5.", "Infinity", "1000000000000", [1], {"a": 1}):
+                "1_000", "１０００", "٣", "1.2.3", ".5", "5.", "Infinity", "1000000000000", " 1000", "1000 ", [1], {"a": 1}):
         with pytest.raises(ParseError):
             parse_amount(bad)
 

@@ -430,7 +430,7 @@ def test_a_zero_padded_donation_hint_is_retried_as_resolve_reads_it(backend, now
     retry must see it as a rebuild does, or the two would disagree. The callback states no reference, and
     its other facts (msisdn, operator) agree with the donation, so the weak key is accepted."""
     config = backend.config()
-    early = success(backend.engine, "", at(now, 10), transaction_id="tx-hint", additionalProperties={"donation_id": "01"})
+    early = append(backend.engine, callback_body("", transaction_id=None, additionalProperties={"donation_id": "01"}), at(now, 10))
     run_fold(backend.engine, config, at(now, 12))
     assert anomaly_kinds(backend) == ["unknown_reference"]
     donation, _ = add_donation(backend.engine, at(now, 30), amount="25000")

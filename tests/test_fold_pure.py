@@ -476,7 +476,10 @@ def test_resolve_follows_the_reference_order():
     hinted = donation(FAILED_FIXTURE)
     hinted.external_reference, hinted.transaction_id = None, None
     index.add(hinted)
-    assert resolve(callback(FAILED_FIXTURE, 1), index) == 45
+    no_transaction = dict(reference=None, transid=None, externalreference=None)
+    assert resolve(callback(FAILED_FIXTURE, 1, **no_transaction), index) == 45
+    # ... but a transaction id it states cannot be checked before the checkout stores one: it waits
+    assert resolve(callback(FAILED_FIXTURE, 1), index) is None
     # nothing matches
     assert resolve(callback(GUIDE_FIXTURE, 1), index) is None
     # our own events name the donation and only that

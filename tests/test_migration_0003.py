@@ -52,6 +52,8 @@ def test_0003_carries_applied_ids_waiting_keys_and_gaps_over(old_database, tmp_p
                 "VALUES (:id, :now, 'callback', :body, 'x', :ref, :tx, :tx, 'SUCCESS', 'n/a')"
             ), {"id": event_id, "now": NOW, "body": raw, "ref": ref, "tx": tx})
         connection.execute(text("INSERT INTO anomalies (event_id, donation_id, kind, detail) VALUES (2, NULL, 'unknown_reference', 'no donation for x')"))
+        # a credited donation: a batch copy of `donations` is refused by this row's foreign key on SQLite
+        connection.execute(text("INSERT INTO funding_credits (donation_id, patient_id, amount, event_id, credited_at) VALUES (7, NULL, 25000, 1, :now)"), {"now": NOW})
         connection.execute(text(
             "INSERT INTO fold_checkpoints (name, position, gaps, events_applied, donation_high) VALUES ('main', 3, :gaps, 3, 7)"
         ), {"gaps": json.dumps([[10, "2026-01-14T09:30:00+00:00"], [11, "2026-01-14T09:30:00+00:00"]])})
@@ -64,3 +66,6 @@ def test_0003_carries_applied_ids_waiting_keys_and_gaps_over(old_database, tmp_p
         gaps = json.loads(connection.execute(text("SELECT gaps FROM fold_checkpoints")).scalar())
     assert (2, "external_reference", "RHCI-DN-99-20260114093000") in keys and (2, "id", "99") in keys and (2, "transaction_id", "tx-99") in keys
     assert gaps == [[10, 10, "2026-01-14T09:30:00+00:00"], [11, 11, "2026-01-14T09:30:00+00:00"]]
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT COUNT(*) FROM funding_credits")).scalar() == 1
+        assert [tuple(r) for r in connection.execute(text("SELECT source, auth, count FROM event_counts"))] == [("callback", "n/a", 3)]

@@ -386,7 +386,7 @@ def _retention_scene(backend, log_dir: Path):
     live = json.loads(fixture_bytes("callback_live_shape_success.json"))
     live.update(msisdn=DONOR, user="+255758285812", password=CURRENT)
     weak = json.loads(fixture_bytes("callback_failed_spelling.json"))
-    weak.update(utilityref=None, externalreference=None, transactionstatus="success", password=CURRENT)
+    weak.update(utilityref=None, externalreference=None, reference=None, transid=None, transactionstatus="success", password=CURRENT)
     with logging_to(config), TestClient(create_app(config)) as client:
         answers = [client.post(CALLBACK_PATH, content=json.dumps(body).encode(), headers=JSON).status_code
                    for body in (live, weak, json.loads(callback(password=CURRENT)))]

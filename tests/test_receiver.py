@@ -118,8 +118,11 @@ def test_known_by_each_resolution_key(backend, how):
     else:
         add_donation(backend.engine, "RHCI-DN-7-x", transaction_id="4f1c0d9a7be2443c9e51a0d6c2b8e317")
     name = "callback_failed_spelling.json" if how == "donation_hint" else "callback_live_shape_success.json"
+    raw = fixture_bytes(name)
+    if how == "donation_hint":  # a transaction id it stated could not be checked before a checkout stored one
+        raw = json.dumps({**json.loads(raw), "reference": None, "externalreference": None, "transid": None}).encode()
     with receiver(backend) as client:
-        assert client.post(CALLBACK_PATH, content=fixture_bytes(name), headers=JSON).status_code == 200
+        assert client.post(CALLBACK_PATH, content=raw, headers=JSON).status_code == 200
 
 
 def test_path_without_trailing_slash_no_redirect(backend):

@@ -105,6 +105,7 @@ def test_1_a_foreign_callback_attaches_nothing_to_a_completed_donation(backend):
     "changes, agrees",
     [
         ({}, True),  # no reference stated, phone and operator agree: the weak key is accepted
+        ({"transaction": "tx-12"}, False),  # a transaction id it has none of yet: waits for the checkout's
         ({"utilityref": "RHCI-DN-12-20260101080000"}, True),  # the id inside our reference is the hint's
         ({"utilityref": "RHCI-DN-13-20260101080000"}, False),  # ... or names another donation
         ({"utilityref": "ORDER-55"}, False),  # not a reference we issued
@@ -117,7 +118,7 @@ def test_1_a_foreign_callback_attaches_nothing_to_a_completed_donation(backend):
 def test_1_a_weak_key_resolves_only_when_every_stated_fact_agrees(backend, changes, agrees):
     config = backend.config()
     add_donation(backend.engine, None, donation_id=12, msisdn="255758285812", provider="Mpesa")  # stores no reference (the portal's case)
-    data = dict(utilityref=None, hint=12, transaction="tx-12", msisdn="255758285812", operator="Mpesa")
+    data = dict(utilityref=None, hint=12, transaction=None, msisdn="255758285812", operator="Mpesa")
     data.update(changes)
     raw = body(**data)
     with receiver(backend) as client:
@@ -142,7 +143,7 @@ def test_1_facts_that_point_at_two_donations_move_no_money(backend):
     config = backend.config()
     add_donation(backend.engine, None, donation_id=12, msisdn="255758285812", provider="Mpesa")
     add_donation(backend.engine, None, donation_id=13, msisdn="255758285812", provider="Mpesa")
-    raw = body("RHCI-DN-13-20260101080000", hint=12, transaction="tx-x", msisdn="255758285812", operator="Mpesa")
+    raw = body("RHCI-DN-13-20260101080000", hint=12, transaction=None, msisdn="255758285812", operator="Mpesa")
     with receiver(backend) as client:
         assert client.post(CALLBACK_PATH, content=raw, headers=JSON).status_code == 404
     run_fold(backend.engine, config, T0)
@@ -269,3 +270,38 @@ def test_5_polling_a_decided_donation_twice_adds_no_anomaly(backend, status, pol
     assert backend.scalar("SELECT status FROM donations WHERE id = 51") == decided
     assert anomalies(backend) == []
     assert check(backend.engine, config).differences == []
+
+
+@pytest.mark.parametrize("stated, agrees", [("AZ-REAL", True), ("AZ-OTHER", False)])
+def test_1_a_transaction_id_stated_before_the_checkout_stored_one_waits_for_it(backend, stated, agrees):
+    """A weak-key callback folded before its donation's checkout committed AzamPay's id used to be judged
+    without that fact (and credited), while a rebuild, which sees the id, refused it. Now it waits, and is
+    decided again when the checkout offers the id: live and rebuild agree either way."""
+    config = backend.config()
+    add_donation(backend.engine, None, donation_id=12, msisdn="255758285812", provider="Mpesa")
+    append(backend.engine, body(None, hint=12, transaction=stated, msisdn="255758285812", operator="Mpesa"), T0)
+    run_fold(backend.engine, config, T0)
+    assert backend.scalar("SELECT status FROM donations WHERE id = 12") == "PENDING"
+    assert "cannot be checked yet" in backend.scalar("SELECT detail FROM anomalies WHERE kind = 'reference_conflict'")
+    with transaction(backend.engine) as session:  # the checkout's answer: AzamPay's id, stored with its event
+        session.get(Donation, 12).transaction_id = "AZ-REAL"
+    append(backend.engine, b'{"success": true, "transactionId": "AZ-REAL"}', T0 + timedelta(seconds=1), source="checkout", donation_id=12, status="PENDING")
+    run_fold(backend.engine, config, T0 + timedelta(seconds=2))
+    assert backend.scalar("SELECT status FROM donations WHERE id = 12") == ("COMPLETED" if agrees else "PENDING")
+    assert check(backend.engine, config).differences == []
+
+
+def test_1_a_number_past_its_retention_is_not_compared():
+    """pipeline.privacy replaces an old number by `hmac:<hex>:<last 3>`; comparing it with a clear one
+    would refuse a callback live that a rebuild, after the event's own number is retained, accepts."""
+    donation = DonationFacts(12, None, None, "hmac:0123456789abcdef:812", "Mpesa")
+    index = DonationIndex()
+    index.add(donation)
+    for msisdn in ("255758285812", "255700000000", "hmac:0123456789abcdef:812", "hmac:fedcba9876543210:000"):
+        event = FoldEvent(1, T0, "callback", "n/a", "SUCCESS", Decimal(1000), donation_hint="12", msisdn=msisdn, operator="Mpesa")
+        assert decide(event, lookup_keys(event), index).donation_id == 12, msisdn
+    clear = DonationFacts(12, None, None, "255758285812", "Mpesa")
+    index = DonationIndex()
+    index.add(clear)
+    event = FoldEvent(1, T0, "callback", "n/a", "SUCCESS", Decimal(1000), donation_hint="12", msisdn="255700000000", operator="Mpesa")
+    assert decide(event, lookup_keys(event), index).conflict == "donation 12 named by donation_hint, but msisdn differs"

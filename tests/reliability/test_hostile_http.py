@@ -422,3 +422,38 @@ def test_a_bad_database_url_is_one_error_line(tmp_path, figures):
         assert done.returncode == 2 and "Traceback" not in done.stderr, (key, done.stderr[-500:])
         assert len(lines[key]) == 1 and lines[key][0].startswith("error: invalid config value for database.url"), (key, lines[key])
         assert "secret" not in lines[key][0]
+
+
+def test_a_pipelined_request_cannot_drip_its_body_forever(sqlite_backend, tmp_path):
+    """A request queued behind another on one connection had no body deadline once its turn came: a client
+    could send a quick callback, then a second request's head, then drip that body for ever."""
+    backend = sqlite_backend
+    config = write_config(tmp_path / "serve.yaml", config_settings(backend, **{
+        "receiver.header_timeout_seconds": 1.0, "receiver.body_timeout_seconds": 1.0, "receiver.keep_alive_timeout_seconds": 5.0}))
+    quick = callback_json("RHCI-DN-1-20260114093000", "pipelined-first")
+    first = f"POST {CALLBACK} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(quick)}\r\n\r\n".encode() + quick
+    second = f"POST {CALLBACK} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n".encode() + b'{"transactionstatus": '
+    with ServerProcess(config, log_dir=tmp_path / "server") as server:
+        started = time.monotonic()
+        sock = _open(server.port, first + second)
+        stop = threading.Event()
+
+        def drip() -> None:  # a byte every 0.2 s to the queued body: never idle, never done (bounded: 8 s)
+            for _ in range(40):
+                try:
+                    sock.send(b" ")
+                except OSError:
+                    return
+                if stop.wait(0.2):
+                    return
+
+        dripper = threading.Thread(target=drip, daemon=True)
+        dripper.start()
+        outcome = _until_closed({"pipelined": [sock]}, started, bound=8.0)
+        stop.set()
+        dripper.join(5)
+        sock.close()
+    closed_after, answer = outcome[sock]
+    assert closed_after is not None and closed_after < 4.0, outcome
+    assert answer.startswith(b"HTTP/1.1 404")  # the first request was answered
+    assert [json.loads(row.body).get("mnoreference") for row in event_rows(backend.engine)] == ["pipelined-first"]  # the dripped one was not stored
