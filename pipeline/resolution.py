@@ -168,7 +168,8 @@ def decide(event: Any, keys: tuple[Key, ...], index: DonationIndex) -> Resolutio
 
 
 def disagreements(event: Any, keys: Iterable[Key], donation: Any) -> list[str]:
-    """The facts an event states that contradict what `donation` stores (only facts both have count)."""
+    """The facts an event states that contradict what `donation` stores. Only facts both have count, except
+    a stated transaction id, which waits for the donation's checkout to store one (_transaction_problem)."""
     problems = []
     ours = {key.field for key in keys if not key.strong and key.field != "donation_hint"}
     for name in ("utilityref", "externalreference"):
