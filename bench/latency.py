@@ -67,8 +67,7 @@ def fill_waiting(url: str, count: int) -> None:
     from pipeline.config import Config
     from pipeline.db import transaction
     from pipeline.events import extract_fields
-    from pipeline.store.driver import Driver
-    from pipeline.store.events import _plain_insert, event_row
+    from pipeline.store.events import append_events, event_row
 
     engine = common.engine_for(url)
     now = datetime.now(timezone.utc)
@@ -79,8 +78,7 @@ def fill_waiting(url: str, count: int) -> None:
                 body = common.callback_body(f"RHCI-DN-{9_000_000 + n}-{common.REFERENCE_STAMP}", f"wait{n:08d}")
                 rows.append(event_row(source="callback", body=body, received_at=now, auth="n/a", fields=extract_fields(body)))
             with transaction(engine) as session:
-                raw = Driver(session.connection())
-                raw.many(*_plain_insert(raw, rows))
+                append_events(session, rows)
         config = Config().model_copy(update={"database": common.database_config(url)})
         run_fold(engine, config, now, batch_size=50_000, announce=False)
     finally:

@@ -259,10 +259,10 @@ def dedupe_key(received_at: datetime | None, canonical_body: str, occurrence: in
 
 
 class _Auth:
-    """The receiver's decision (receiver.auth.Authenticator), with a redacted credential ('***' or a marker) treated as absent."""
+    """The receiver's decision (pipeline.auth.Authenticator), with a redacted credential ('***' or a marker) treated as absent."""
 
     def __init__(self, config: Config):
-        from receiver.auth import Authenticator
+        from pipeline.auth import Authenticator
 
         self.authenticator = Authenticator.from_config(config.webhook)
 

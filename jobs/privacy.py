@@ -33,7 +33,7 @@ from sqlalchemy import String, bindparam, cast, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from jobs.fold import CHECKPOINT  # the fold's lock is this checkpoint row's
+from pipeline.store.state import CHECKPOINT  # the fold's lock is this checkpoint row's
 from jobs.operator import os_user, sudo_user
 from jobs.runs import utcnow
 from pipeline.config import Config

@@ -105,7 +105,7 @@ def _create_key(path: Path) -> PrivacyKey:
 # --- secrets ------------------------------------------------------------------------------------
 
 def secret_text(value: Any) -> str:
-    """The text a secret's marker is computed over: a string as it is (as receiver.auth compares it), any
+    """The text a secret's marker is computed over: a string as it is (as pipeline.auth compares it), any
     other JSON value as compact JSON."""
     if isinstance(value, str):
         return value

@@ -41,33 +41,27 @@ def may_hold_secret(text: str) -> bool:
     return _ANY_HINT.search(text) is not None
 
 
-_KEY_CACHE: dict[str, bool] = {}  # callbacks repeat the same few keys; the cache is bounded below
+def _key_matcher(pattern: re.Pattern):
+    """pattern.search(key) for dict keys, cached: callbacks repeat the same few keys, and the receiver asks
+    for every key of every callback. The cache is bounded (4,096 keys of up to 128 characters)."""
+    cache: dict[str, bool] = {}
+
+    def matches(key: Any) -> bool:
+        if not isinstance(key, str):
+            return False
+        known = cache.get(key)
+        if known is None:
+            known = bool(pattern.search(key))
+            if len(cache) < 4096 and len(key) <= 128:
+                cache[key] = known
+        return known
+
+    return matches
 
 
-def is_sensitive_key(key: Any) -> bool:
-    if not isinstance(key, str):
-        return False
-    known = _KEY_CACHE.get(key)
-    if known is None:
-        known = bool(_SENSITIVE.search(key))
-        if len(_KEY_CACHE) < 4096 and len(key) <= 128:
-            _KEY_CACHE[key] = known
-    return known
-
-
-_SECRET_CACHE: dict[str, bool] = {}  # as _KEY_CACHE: the receiver asks this for every key of every callback
-
-
-def is_secret_key(key: Any) -> bool:
-    """A field whose value never reaches storage (pipeline.privacy): every sensitive key but a signature."""
-    if not isinstance(key, str):
-        return False
-    known = _SECRET_CACHE.get(key)
-    if known is None:
-        known = bool(_SECRET.search(key))
-        if len(_SECRET_CACHE) < 4096 and len(key) <= 128:
-            _SECRET_CACHE[key] = known
-    return known
+is_sensitive_key = _key_matcher(_SENSITIVE)
+# a field whose value never reaches storage (pipeline.privacy): every sensitive key but a signature
+is_secret_key = _key_matcher(_SECRET)
 
 
 def is_redacted(value: Any) -> bool:

@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from pipeline.auth import FAILED, UNVERIFIED, Authenticator
 from pipeline.config import Config, DatabaseConfig, load_config
 from pipeline.db import is_sqlite, make_engine
 from pipeline.events import EventFields, decode_json, extract_fields
@@ -40,7 +41,6 @@ from pipeline.store.events import Claim, event_row, select_headers
 from pipeline.wal import WalCheckpointer
 from receiver import metrics, portal
 from receiver import writer as outcomes
-from receiver.auth import FAILED, UNVERIFIED, Authenticator
 from receiver.http import READ_TIMEOUTS_KEY, ReadTimeouts
 from receiver.spool import Spool
 from receiver.writer import GroupCommitWriter

@@ -50,7 +50,9 @@ from pipeline.errors import (
 )
 from pipeline.events import normalise_msisdn, parse_amount
 from pipeline.models import Donation, FoldCheckpoint, PaymentEvent
+from pipeline.resolution import as_id
 from pipeline.store.donations import PROVIDERS
+from pipeline.store.state import CHECKPOINT
 from receiver.pool import BoundedPool
 
 CHECKOUT_PATH = "/api/v1.0/donors/payment/azampay/checkout/"
@@ -262,10 +264,9 @@ class Portal:
         refusal = self._refusal(request, "status")
         if refusal is not None:
             return refusal
-        raw = request.query_params.get("donation_id", "")
-        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) < 1:
+        donation_id = as_id(request.query_params.get("donation_id", ""))  # the rule's reading of a stated id
+        if not donation_id:
             return _error(400, "donation_id must be a positive integer")
-        donation_id = int(raw)
         try:
             state = await run_in_threadpool(self._state, donation_id)
             if state is None:
@@ -349,4 +350,4 @@ class Portal:
 
     def _fold_position(self) -> int:
         with transaction(self.engine) as session:
-            return session.scalar(select(FoldCheckpoint.position).where(FoldCheckpoint.name == "main")) or 0
+            return session.scalar(select(FoldCheckpoint.position).where(FoldCheckpoint.name == CHECKPOINT)) or 0

@@ -40,7 +40,7 @@ from pipeline.privacy import BodyRedactor, PrivacyKey, load_key, retained_msisdn
 from pipeline.store.events import append_event, event_row
 from pipeline.store.spool import spool_record
 from receiver.app import CALLBACK_PATH, create_app
-from receiver.auth import Authenticator
+from pipeline.auth import Authenticator
 from receiver.spool import Spool
 from tests.conftest import fixture_bytes
 from tests.servers import add_donation, event_rows, write_config
@@ -577,7 +577,7 @@ def test_migration_0004_keeps_credited_donations_and_widens_their_number(backend
 def test_during_a_rotation_both_passwords_are_always_compared_in_constant_time(monkeypatch):
     import hmac
 
-    import receiver.auth as auth_module
+    import pipeline.auth as auth_module
 
     calls = []
     real = hmac.compare_digest

@@ -26,7 +26,7 @@ from pipeline.events import extract_fields, signed_message
 from pipeline.fold import SIGNED, FoldEvent
 from pipeline.resolution import DonationFacts, DonationIndex, decide, lookup_keys
 from receiver.app import CALLBACK_PATH, create_app
-from receiver.auth import Authenticator
+from pipeline.auth import Authenticator
 from tests.servers import add_donation
 
 JSON = {"content-type": "application/json"}

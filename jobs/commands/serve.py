@@ -39,7 +39,7 @@ def serve(ctx: Context, host: str | None, port: int | None, workers: int | None)
     import uvicorn
 
     from pipeline.logs import configure_logging, secrets_of
-    from receiver.auth import Authenticator
+    from pipeline.auth import Authenticator
 
     config = ctx.config
     host = host or config.receiver.host
@@ -75,7 +75,7 @@ def serve(ctx: Context, host: str | None, port: int | None, workers: int | None)
         http="receiver.http:CoalescingHttpToolsProtocol" if importlib.util.find_spec("httptools") else "h11",
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         access_log=False,
-        # X-Forwarded-For is believed only from webhook.trusted_proxies (receiver.auth); uvicorn's own proxy
+        # X-Forwarded-For is believed only from webhook.trusted_proxies (pipeline.auth); uvicorn's own proxy
         # handling would otherwise believe it from any 127.0.0.1 peer, bypassing webhook.allowed_ips
         proxy_headers=False,
         log_level="warning",

@@ -6,6 +6,7 @@ offers the same methods over dicts, for `rebuild --check` and `--as-of`, which m
 from __future__ import annotations
 
 import json
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -21,6 +22,7 @@ from pipeline.models import Anomaly, Donation, DonationEvent, EventCount, FoldCh
 from pipeline.store.driver import UTC, Driver, chunks
 
 CHECKPOINT = "main"  # the fold's checkpoint row; its lock is the fold's lock
+_ID_STEPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # engine -> auto_increment_increment
 
 EVENT_COLUMNS = (
     PaymentEvent.id,
@@ -212,10 +214,15 @@ class SqlFoldStore:
         return sorted(found, key=lambda event: event.id)
 
     def id_step(self) -> int:
-        """How far apart consecutive auto-increment ids are (MySQL's auto_increment_increment; 1 on SQLite)."""
+        """How far apart consecutive auto-increment ids are (MySQL's auto_increment_increment; 1 on SQLite).
+        Read once per engine: a server setting, and the scheduler folds twice a second."""
         if self.raw.sqlite:
             return 1
-        return max(1, int(self.raw.fetch("SELECT @@auto_increment_increment")[0][0]))
+        engine = self.connection.engine
+        step = _ID_STEPS.get(engine)
+        if step is None:
+            step = _ID_STEPS[engine] = max(1, int(self.raw.fetch("SELECT @@auto_increment_increment")[0][0]))
+        return step
 
     def max_event_id(self) -> int:
         return self.session.scalar(select(func.max(PaymentEvent.id))) or 0
@@ -454,7 +461,7 @@ class SqlFoldStore:
 
 
 def offered_keys(ids: Iterable[int] = (), references: Iterable[str] = (), transactions: Iterable[str] = ()) -> set[tuple[str, Any]]:
-    """Donation facts as the (column, value) pairs WaitingKeys.matching takes."""
+    """Donation facts as the (column, value) pairs SqlFoldStore.waiting_matching takes."""
     offered = {(ID, donation_id) for donation_id in ids}
     offered.update((REFERENCE, reference) for reference in references)
     offered.update((TRANSACTION, transaction) for transaction in transactions)

@@ -20,8 +20,8 @@ from jobs.rebuild import check
 from pipeline.db import transaction
 from pipeline.events import extract_fields
 from pipeline.store.events import append_event, event_row
-from receiver import auth as auth_module
-from receiver.auth import Authenticator
+from pipeline import auth as auth_module
+from pipeline.auth import Authenticator
 from sandbox.testing import running_sandbox
 from tests.reliability.helpers import add_donation_row, add_patient_row, callback_json, credits_per_donation
 from tests.servers import ServerProcess, config_settings, event_rows, run_cli, write_config

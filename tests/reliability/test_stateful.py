@@ -33,7 +33,7 @@ from pipeline.models import Donation, FundingCredit, Patient
 from pipeline.schema import upgrade
 from pipeline.store.events import append_event, event_row
 from pipeline.store.state import SqlFoldStore
-from receiver.auth import Authenticator
+from pipeline.auth import Authenticator
 from tests.reliability.helpers import T0, add_donation_row, add_patient_row, callback_json
 from sqlalchemy import func, select
 
