@@ -6,6 +6,7 @@ The Python load generator runs in its own process (`python -m bench.common loadg
 JSON result on stdout) so it never shares the server's GIL. `wrk` is used instead when installed and
 asked for (a generated Lua script posts realistic callback bodies, varying utilityref).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -208,7 +209,18 @@ class HttpServer(Process):
 
 def serve_process(config_path: Path, log_dir: Path, workers: int | None = None, name: str = "serve") -> HttpServer:
     port = free_port()
-    command = [sys.executable, "-m", "jobs.cli", "serve", "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "serve",
+        "--config",
+        str(config_path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     if workers:
         command += ["--workers", str(workers)]
     return HttpServer(command, port, log_dir, name)
@@ -352,9 +364,18 @@ def seed_donations(url: str, count: int, status: str = "PENDING", created_now: b
     created = datetime.now(timezone.utc) if created_now else datetime(2026, 1, 14, 9, 30, tzinfo=timezone.utc)
     rows = [
         dict(
-            id=i, amount=DONATION_AMOUNT, currency="TZS", patient_amount=DONATION_AMOUNT, support_amount=Decimal("0"),
-            charge_amount=DONATION_AMOUNT, charge_currency="TZS", msisdn="255628630936", provider="Halopesa",
-            external_reference=donation_reference(i), created_at=created, status=status,
+            id=i,
+            amount=DONATION_AMOUNT,
+            currency="TZS",
+            patient_amount=DONATION_AMOUNT,
+            support_amount=Decimal("0"),
+            charge_amount=DONATION_AMOUNT,
+            charge_currency="TZS",
+            msisdn="255628630936",
+            provider="Halopesa",
+            external_reference=donation_reference(i),
+            created_at=created,
+            status=status,
         )
         for i in range(1, count + 1)
     ]
@@ -403,10 +424,29 @@ def storage_ceiling(url: str, seconds: float, max_rows: int = 200_000) -> dict[s
     marker = "?" if sqlite else "%s"
     sql = (
         "INSERT INTO payment_events (received_at, source, body, body_sha256, content_type, remote_addr, headers, utilityref, "
-        "externalreference, transaction_ref, status_raw, status, amount, operator, msisdn, auth) VALUES (" + ", ".join([marker] * 16) + ")"
+        "externalreference, transaction_ref, status_raw, status, amount, operator, msisdn, auth) VALUES ("
+        + ", ".join([marker] * 16)
+        + ")"
     )
     amount = 2500000 if sqlite else "25000.00"  # Money: integer cents on SQLite, DECIMAL on MariaDB
-    params = (received, "callback", body, digest, "application/json", "127.0.0.1", "{}", donation_reference(1), "c", "c", "success", "SUCCESS", amount, "Halopesa", "255628630936", "n/a")
+    params = (
+        received,
+        "callback",
+        body,
+        digest,
+        "application/json",
+        "127.0.0.1",
+        "{}",
+        donation_reference(1),
+        "c",
+        "c",
+        "success",
+        "SUCCESS",
+        amount,
+        "Halopesa",
+        "255628630936",
+        "n/a",
+    )
     raw = engine.raw_connection()
     try:
         cursor = raw.cursor()
@@ -481,7 +521,13 @@ def run_load(
     }
     timeout = seconds + 60
     done = subprocess.run(
-        [sys.executable, "-m", "bench.common", "loadgen"], input=json.dumps(spec), capture_output=True, text=True, cwd=REPO, timeout=timeout, env=_env()
+        [sys.executable, "-m", "bench.common", "loadgen"],
+        input=json.dumps(spec),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+        env=_env(),
     )
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed ({done.returncode}): {done.stderr[-2000:]}")
@@ -495,7 +541,9 @@ async def _loadgen(spec: dict[str, Any]) -> dict[str, Any]:
     New requests stop at the deadline or at max_requests; answers in flight are awaited (bounded)."""
     port, path, template, refs, tag = spec["port"], spec["path"], spec["template"], spec["references"], spec["tag"]
     max_requests = int(spec["max_requests"])
-    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nUser-Agent: azamrecon-bench\r\nContent-Length: ").encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nUser-Agent: azamrecon-bench\r\nContent-Length: "
+    ).encode()
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     state = {"sent": 0, "errors": 0, "last": 0.0}
@@ -606,7 +654,9 @@ def _lua_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def _run_wrk(port: int, *, connections: int, seconds: float, references: Sequence[str], tag: str, workdir: Path | None) -> LoadResult:
+def _run_wrk(
+    port: int, *, connections: int, seconds: float, references: Sequence[str], tag: str, workdir: Path | None
+) -> LoadResult:
     workdir = Path(workdir or tempfile.mkdtemp(prefix="azamrecon-wrk-"))
     script = workdir / f"wrk-{tag}.lua"
     script.write_text(
@@ -619,7 +669,20 @@ def _run_wrk(port: int, *, connections: int, seconds: float, references: Sequenc
         }
     )
     threads = 1 if connections < 8 else 2
-    command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--timeout", "30s", "-s", str(script), f"http://127.0.0.1:{port}"]
+    command = [
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(connections),
+        "-d",
+        f"{max(1, round(seconds))}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{port}",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
     line = next((l for l in done.stdout.splitlines() if l.startswith("BENCHJSON ")), None)
     if done.returncode != 0 or line is None:

@@ -22,6 +22,7 @@ peak RSS):
 It prints one table with the ratios rebuild/ceiling, rebuild/storage floor, rebuild/serial floor and rebuild/naive from this run. `--json PATH`
 also writes the figures (the CI smoke test reads them and asserts invariants, never times).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,13 +47,41 @@ START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 DEFAULT_MYSQL_BENCH = "mysql+pymysql://root@127.0.0.1:3306/azamrecon_benchfold_run"
 
 EVENT_INSERT_COLUMNS = (
-    "id", "received_at", "source", "body", "body_sha256", "content_type", "remote_addr", "headers",
-    "utilityref", "externalreference", "donation_hint", "transaction_ref", "status_raw", "status",
-    "amount", "operator", "msisdn", "donation_id", "parse_error", "auth",
+    "id",
+    "received_at",
+    "source",
+    "body",
+    "body_sha256",
+    "content_type",
+    "remote_addr",
+    "headers",
+    "utilityref",
+    "externalreference",
+    "donation_hint",
+    "transaction_ref",
+    "status_raw",
+    "status",
+    "amount",
+    "operator",
+    "msisdn",
+    "donation_id",
+    "parse_error",
+    "auth",
 )
 FOLD_COLUMNS = (
-    "id", "received_at", "source", "auth", "status", "amount", "utilityref", "externalreference",
-    "donation_hint", "transaction_ref", "donation_id", "parse_error", "status_raw",
+    "id",
+    "received_at",
+    "source",
+    "auth",
+    "status",
+    "amount",
+    "utilityref",
+    "externalreference",
+    "donation_hint",
+    "transaction_ref",
+    "donation_id",
+    "parse_error",
+    "status_raw",
 )
 PROVIDERS = ("Mpesa", "Airtel", "Tigo", "Halopesa", "Azampesa")
 
@@ -61,7 +90,9 @@ CALLBACK = (
     '"reference":"%s","externalreference":"%s","utilityref":"%s","amount":"%s","transid":"%s",'
     '"msisdn":"%s","mnoreference":"%s","submerchantAcc":null,"additionalProperties":{}}'
 )
-POLL_ANSWER = '{"data":"%s","message":"Transaction status retrieved","success":true,"statusCode":200,"transactionId":"%s"}'
+POLL_ANSWER = (
+    '{"data":"%s","message":"Transaction status retrieved","success":true,"statusCode":200,"transactionId":"%s"}'
+)
 CHECKOUT_ANSWER = '{"success":true,"transactionId":"%s","message":"Request in progress. You will receive a callback shortly","messageCode":0}'
 
 
@@ -97,7 +128,9 @@ def generate(events: int, donations: int, patients: int, sqlite: bool, seed: int
     raise SystemExit(f"generator produced {produced} events for {events} asked; lower --events or raise --donations")
 
 
-def _generate(events: int, donations: int, patients: int, sqlite: bool, seed: int, scale: float) -> tuple[Log | None, int]:
+def _generate(
+    events: int, donations: int, patients: int, sqlite: bool, seed: int, scale: float
+) -> tuple[Log | None, int]:
     rng = random.Random(seed)
     log = Log(sqlite)
     span = timedelta(days=45)
@@ -125,25 +158,91 @@ def _generate(events: int, donations: int, patients: int, sqlite: bool, seed: in
         checkout_ok = rng.random() < 0.97
         tid = f"{rng.getrandbits(64):016x}-{did:08x}-azam" if checkout_ok else None
         log.donations.append(
-            (did, patient, log.money(amount), "TZS", log.money(patient_amount), log.money(amount - patient_amount),
-             log.money(amount), "TZS", msisdn, provider, ref, tid, log.when(created))
+            (
+                did,
+                patient,
+                log.money(amount),
+                "TZS",
+                log.money(patient_amount),
+                log.money(amount - patient_amount),
+                log.money(amount),
+                "TZS",
+                msisdn,
+                provider,
+                ref,
+                tid,
+                log.when(created),
+            )
         )
         t = created + timedelta(seconds=1 + rng.random() * 2)
         if not checkout_ok:
             body = '{"success":false,"message":"Invalid Vendor"}'
-            raw.append((t, _row("checkout", body, status_raw="checkout rejected: Invalid Vendor", status="FAILED", donation_id=did)))
+            raw.append(
+                (
+                    t,
+                    _row(
+                        "checkout",
+                        body,
+                        status_raw="checkout rejected: Invalid Vendor",
+                        status="FAILED",
+                        donation_id=did,
+                    ),
+                )
+            )
             continue
-        raw.append((t, _row("checkout", CHECKOUT_ANSWER % tid, transaction_ref=tid, status_raw="Request in progress", status="PENDING", operator=provider, donation_id=did)))
+        raw.append(
+            (
+                t,
+                _row(
+                    "checkout",
+                    CHECKOUT_ANSWER % tid,
+                    transaction_ref=tid,
+                    status_raw="Request in progress",
+                    status="PENDING",
+                    operator=provider,
+                    donation_id=did,
+                ),
+            )
+        )
 
         def callback(at: datetime, status: str, paid: int) -> None:
             word = {"SUCCESS": "success", "FAILED": "failed"}[status]
             body = CALLBACK % (status, word, provider, tid, tid, ref, paid, tid, msisdn, tid[:12])
-            raw.append((at, _row("callback", body, remote_addr="127.0.0.1", utilityref=ref, externalreference=tid, transaction_ref=tid, status_raw=word,
-                                 status=status, amount=log.money(paid), operator=provider, msisdn=msisdn)))
+            raw.append(
+                (
+                    at,
+                    _row(
+                        "callback",
+                        body,
+                        remote_addr="127.0.0.1",
+                        utilityref=ref,
+                        externalreference=tid,
+                        transaction_ref=tid,
+                        status_raw=word,
+                        status=status,
+                        amount=log.money(paid),
+                        operator=provider,
+                        msisdn=msisdn,
+                    ),
+                )
+            )
 
         def poll(at: datetime, status: str) -> None:
             text = {"SUCCESS": "success", "FAILED": "failed", "PENDING": "pending"}[status]
-            raw.append((at, _row("poll", POLL_ANSWER % (text, tid), transaction_ref=tid, status_raw=text, status=status, operator=provider, donation_id=did)))
+            raw.append(
+                (
+                    at,
+                    _row(
+                        "poll",
+                        POLL_ANSWER % (text, tid),
+                        transaction_ref=tid,
+                        status_raw=text,
+                        status=status,
+                        operator=provider,
+                        donation_id=did,
+                    ),
+                )
+            )
 
         roll = rng.random()
         delay = timedelta(seconds=5 + rng.expovariate(1 / 40))
@@ -165,18 +264,49 @@ def _generate(events: int, donations: int, patients: int, sqlite: bool, seed: in
         at = created + timedelta(minutes=10)
         for k in range(polls):
             last = k == polls - 1
-            status = ("SUCCESS" if rng.random() < 0.7 else "FAILED") if last and not outcome else "PENDING" if not outcome else outcome[0]
+            status = (
+                ("SUCCESS" if rng.random() < 0.7 else "FAILED")
+                if last and not outcome
+                else "PENDING"
+                if not outcome
+                else outcome[0]
+            )
             poll(at + timedelta(seconds=rng.random() * 60), status)
             at += timedelta(minutes=10 * 2**k)
         for _ in range(_poisson(rng, unknown_rate)):
             other = f"RHCI-DN-{donations + 10_000_000 + rng.randrange(10**6)}-20251231120000"
             fake = f"{rng.getrandbits(64):016x}-unknown"
             body = CALLBACK % ("SUCCESS", "success", provider, fake, fake, other, amount, fake, msisdn, fake[:12])
-            raw.append((created + timedelta(seconds=rng.random() * 600), _row("callback", body, remote_addr="127.0.0.1", utilityref=other, externalreference=fake,
-                        transaction_ref=fake, status_raw="success", status="SUCCESS", amount=log.money(amount), operator=provider, msisdn=msisdn)))
+            raw.append(
+                (
+                    created + timedelta(seconds=rng.random() * 600),
+                    _row(
+                        "callback",
+                        body,
+                        remote_addr="127.0.0.1",
+                        utilityref=other,
+                        externalreference=fake,
+                        transaction_ref=fake,
+                        status_raw="success",
+                        status="SUCCESS",
+                        amount=log.money(amount),
+                        operator=provider,
+                        msisdn=msisdn,
+                    ),
+                )
+            )
         for _ in range(_poisson(rng, invalid_rate)):
-            raw.append((created + timedelta(seconds=rng.random() * 600), _row("callback", '{"transactionstatus": "success", "utilityref": ', remote_addr="127.0.0.1",
-                        parse_error="invalid JSON: Expecting value: line 1 column 47")))
+            raw.append(
+                (
+                    created + timedelta(seconds=rng.random() * 600),
+                    _row(
+                        "callback",
+                        '{"transactionstatus": "success", "utilityref": ',
+                        remote_addr="127.0.0.1",
+                        parse_error="invalid JSON: Expecting value: line 1 column 47",
+                    ),
+                )
+            )
     raw.sort(key=lambda item: item[0])
     if len(raw) < events:
         return None, len(raw)
@@ -229,8 +359,21 @@ def load(url: str, log: Log) -> None:
         insert("patients", ("id", "name", "funding_required", "created_at", "funding_received", "status"), log.patients)
         insert(
             "donations",
-            ("id", "patient_id", "amount", "currency", "patient_amount", "support_amount", "charge_amount", "charge_currency",
-             "msisdn", "provider", "external_reference", "transaction_id", "created_at"),
+            (
+                "id",
+                "patient_id",
+                "amount",
+                "currency",
+                "patient_amount",
+                "support_amount",
+                "charge_amount",
+                "charge_currency",
+                "msisdn",
+                "provider",
+                "external_reference",
+                "transaction_id",
+                "created_at",
+            ),
             log.donations,
         )
         insert("payment_events", EVENT_INSERT_COLUMNS, log.events, chunk=5_000)
@@ -299,16 +442,27 @@ def phase_writes(url: str, workdir: str, limit: int | None) -> dict:
         raw = Driver(connection)
         anomalies = raw.fetch("SELECT event_id, donation_id, kind, detail FROM anomalies ORDER BY id")
         donations = raw.fetch(f"SELECT {', '.join(DERIVED_FIELDS)}, id FROM donations ORDER BY id")
-        credits = raw.fetch("SELECT donation_id, patient_id, amount, event_id, credited_at FROM funding_credits ORDER BY id")
+        credits = raw.fetch(
+            "SELECT donation_id, patient_id, amount, event_id, credited_at FROM funding_credits ORDER BY id"
+        )
         raw.execute("DELETE FROM anomalies")
         raw.execute("DELETE FROM funding_credits")
         started = time.perf_counter()
         raw.many(f"INSERT INTO anomalies (event_id, donation_id, kind, detail) VALUES {raw.marks(4)}", anomalies)
         raw.update_rows("donations", DERIVED_FIELDS, donations)
-        raw.many(f"INSERT INTO funding_credits (donation_id, patient_id, amount, event_id, credited_at) VALUES {raw.marks(5)}", credits)
+        raw.many(
+            f"INSERT INTO funding_credits (donation_id, patient_id, amount, event_id, credited_at) VALUES {raw.marks(5)}",
+            credits,
+        )
     seconds = time.perf_counter() - started  # the commit included
     engine.dispose()
-    return {"rows": len(anomalies) + len(donations) + len(credits), "anomalies": len(anomalies), "donations": len(donations), "credits": len(credits), "seconds": seconds}
+    return {
+        "rows": len(anomalies) + len(donations) + len(credits),
+        "anomalies": len(anomalies),
+        "donations": len(donations),
+        "credits": len(credits),
+        "seconds": seconds,
+    }
 
 
 def phase_rebuild(url: str, workdir: str, limit: int | None) -> dict:
@@ -322,7 +476,13 @@ def phase_rebuild(url: str, workdir: str, limit: int | None) -> dict:
     report = rebuild(engine, config, NOW)
     seconds = time.perf_counter() - started
     engine.dispose()
-    return {"events": report.events, "batches": report.batches, "seconds": seconds, "credits": report.credits_added, "anomalies": report.anomalies}
+    return {
+        "events": report.events,
+        "batches": report.batches,
+        "seconds": seconds,
+        "credits": report.credits_added,
+        "anomalies": report.anomalies,
+    }
 
 
 def phase_profile(url: str, workdir: str, limit: int | None) -> dict:
@@ -363,7 +523,12 @@ def phase_incremental(url: str, workdir: str, limit: int | None) -> dict:
     report = run_fold(engine, config, NOW)
     seconds = time.perf_counter() - started
     engine.dispose()
-    return {"events": report.events, "batches": report.batches, "seconds": seconds, "batch_size": config.fold.batch_size}
+    return {
+        "events": report.events,
+        "batches": report.batches,
+        "seconds": seconds,
+        "batch_size": config.fold.batch_size,
+    }
 
 
 def phase_naive(url: str, workdir: str, limit: int | None) -> dict:
@@ -390,7 +555,9 @@ def phase_naive(url: str, workdir: str, limit: int | None) -> dict:
             row = session.get(PaymentEvent, event_id)
             event = FoldEvent(*(getattr(row, name) for name in FoldEvent._fields))
             if event.parse_error:
-                session.add(Anomaly(event_id=event.id, donation_id=None, kind="invalid_payload", detail=event.parse_error[:500]))
+                session.add(
+                    Anomaly(event_id=event.id, donation_id=None, kind="invalid_payload", detail=event.parse_error[:500])
+                )
                 continue
             conditions = []
             if event.donation_id is not None:
@@ -401,9 +568,13 @@ def phase_naive(url: str, workdir: str, limit: int | None) -> dict:
             for reference in (event.transaction_ref, event.externalreference):
                 if reference:
                     conditions.append(Donation.transaction_id == reference)
-            donation = session.scalars(select(Donation).where(or_(*conditions)).limit(1)).first() if conditions else None
+            donation = (
+                session.scalars(select(Donation).where(or_(*conditions)).limit(1)).first() if conditions else None
+            )
             if donation is None:
-                session.add(Anomaly(event_id=event.id, donation_id=None, kind="unknown_reference", detail="no donation"))
+                session.add(
+                    Anomaly(event_id=event.id, donation_id=None, kind="unknown_reference", detail="no donation")
+                )
                 continue
             state = DonationState(*(getattr(donation, name) for name in STATIC_FIELDS + DERIVED_FIELDS))
             before = credit_of(state)
@@ -415,7 +586,9 @@ def phase_naive(url: str, workdir: str, limit: int | None) -> dict:
             after = credit_of(state)
             if after != before:
                 if before is not None:
-                    session.delete(session.scalars(select(FundingCredit).where(FundingCredit.donation_id == donation.id)).one())
+                    session.delete(
+                        session.scalars(select(FundingCredit).where(FundingCredit.donation_id == donation.id)).one()
+                    )
                 if after is not None:
                     session.add(FundingCredit(**after._asdict()))
                 if donation.patient_id is not None:
@@ -542,7 +715,9 @@ def sqlite_settings(url: str) -> str:
     engine = make_engine(DatabaseConfig(url=url))
     with engine.connect() as connection:
         journal = connection.exec_driver_sql("PRAGMA journal_mode").scalar()
-        sync = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(connection.exec_driver_sql("PRAGMA synchronous").scalar())
+        sync = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(
+            connection.exec_driver_sql("PRAGMA synchronous").scalar()
+        )
     engine.dispose()
     return f"journal_mode={journal}, synchronous={sync}"
 
@@ -563,7 +738,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive", type=int, help="events folded by the naive baseline (default 50,000)")
     parser.add_argument("--workdir", help="where the SQLite files and logs go (default: a temporary directory)")
     parser.add_argument("--json", help="also write the figures to this file")
-    parser.add_argument("--profile", help="after the table, profile one more rebuild with pyinstrument and write its report here")
+    parser.add_argument(
+        "--profile", help="after the table, profile one more rebuild with pyinstrument and write its report here"
+    )
     args = parser.parse_args(argv)
 
     if args.command == "_phase":
@@ -576,7 +753,9 @@ def main(argv: list[str] | None = None) -> int:
         reason = mysql_reachable(os.environ.get("AZAMRECON_BENCH_FOLD_MYSQL_URL", DEFAULT_MYSQL_BENCH))
         if reason:
             raise SystemExit(f"MariaDB not reachable: {reason}")
-    default_events = (100_000 if args.quick else 1_000_000) if args.db == "sqlite" else (50_000 if args.quick else 200_000)
+    default_events = (
+        (100_000 if args.quick else 1_000_000) if args.db == "sqlite" else (50_000 if args.quick else 200_000)
+    )
     events = args.events or default_events
     donations = args.donations or max(1, events // 5)
     patients = args.patients or max(1, donations // 40)
@@ -591,10 +770,21 @@ def main(argv: list[str] | None = None) -> int:
         temp = tempfile.TemporaryDirectory(prefix="bench-fold-")
         workdir = Path(temp.name)
     try:
-        print(f"bench.fold: {args.db}, generating {events:,} events / {donations:,} donations / {patients:,} patients "
-              f"(+ a {small:,}-event log for RSS) ...", file=sys.stderr, flush=True)
+        print(
+            f"bench.fold: {args.db}, generating {events:,} events / {donations:,} donations / {patients:,} patients "
+            f"(+ a {small:,}-event log for RSS) ...",
+            file=sys.stderr,
+            flush=True,
+        )
         url, generation = prepare(args.db, workdir, "full", events, donations, patients)
-        small_url, _ = prepare(args.db, workdir, "small", small, max(1, small // 5 if not args.donations else donations * small // events), max(1, patients // 10 if not args.patients else patients))
+        small_url, _ = prepare(
+            args.db,
+            workdir,
+            "small",
+            small,
+            max(1, small // 5 if not args.donations else donations * small // events),
+            max(1, patients // 10 if not args.patients else patients),
+        )
         settings = sqlite_settings(url) if args.db == "sqlite" else "MariaDB, READ COMMITTED (pipeline.db defaults)"
         wd = str(workdir)
         results: dict[str, Any] = {}
@@ -619,8 +809,20 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.profile).write_text(Path(profiled["path"]).read_text())
             print(f"pyinstrument profile of a rebuild ({profiled['seconds']:.1f}s under the profiler): {args.profile}")
         if args.json:
-            Path(args.json).write_text(json.dumps({"events": events, "donations": donations, "patients": patients, "naive_events": naive,
-                                                   "small_events": small, "settings": settings, "results": results}, indent=2))
+            Path(args.json).write_text(
+                json.dumps(
+                    {
+                        "events": events,
+                        "donations": donations,
+                        "patients": patients,
+                        "naive_events": naive,
+                        "small_events": small,
+                        "settings": settings,
+                        "results": results,
+                    },
+                    indent=2,
+                )
+            )
     finally:
         if temp is not None:
             temp.cleanup()
@@ -631,7 +833,13 @@ def render(args, events, donations, patients, naive, small, settings, generation
     def rate(result: dict) -> float:
         return result["events"] / result["seconds"] if result["seconds"] else float("inf")
 
-    ceiling, rebuild, naive_r, incremental, small_r = r["ceiling"], r["rebuild"], r["naive"], r["incremental"], r["rebuild_small"]
+    ceiling, rebuild, naive_r, incremental, small_r = (
+        r["ceiling"],
+        r["rebuild"],
+        r["naive"],
+        r["incremental"],
+        r["rebuild_small"],
+    )
     writes = r["writes"]
     floor = {"events": rebuild["events"], "seconds": ceiling["seconds"] + writes["seconds"]}
     rules = r["rules"]

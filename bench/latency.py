@@ -16,6 +16,7 @@ as unknown_reference before serve and scheduler start), each donation created ju
 answer p99 and the callback -> COMPLETED p99 per value, and each as a ratio of the first value's
 (target: within 1.5x).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,13 +50,36 @@ def run(args) -> int:
         for waiting, result in zip(waits, results):
             ratio_answer = result["answer_p99"] / base["answer_p99"] if base["answer_p99"] else None
             ratio_complete = result["p99"] / base["p99"] if base["p99"] else None
-            rows.append([
-                f"{waiting:,}", result["posted"], result["completed"], result["answer_p99"] * 1000, result["p99"] * 1000,
-                f"{ratio_answer:.2f}x" if ratio_answer else "-", f"{ratio_complete:.2f}x" if ratio_complete else "-",
-                "MET" if (ratio_answer or 0) <= WAITING_RATIO and (ratio_complete or 0) <= WAITING_RATIO else "NOT MET",
-            ])
+            rows.append(
+                [
+                    f"{waiting:,}",
+                    result["posted"],
+                    result["completed"],
+                    result["answer_p99"] * 1000,
+                    result["p99"] * 1000,
+                    f"{ratio_answer:.2f}x" if ratio_answer else "-",
+                    f"{ratio_complete:.2f}x" if ratio_complete else "-",
+                    "MET"
+                    if (ratio_answer or 0) <= WAITING_RATIO and (ratio_complete or 0) <= WAITING_RATIO
+                    else "NOT MET",
+                ]
+            )
         print(f"bench.latency --waiting: side by side, donations created during the run | {common.machine_line()}")
-        print(table(["unmatched waiting", "callbacks", "COMPLETED", "answer p99 ms", "COMPLETED p99 ms", "answer / first", "COMPLETED / first", f"within {WAITING_RATIO}x"], rows))
+        print(
+            table(
+                [
+                    "unmatched waiting",
+                    "callbacks",
+                    "COMPLETED",
+                    "answer p99 ms",
+                    "COMPLETED p99 ms",
+                    "answer / first",
+                    "COMPLETED / first",
+                    f"within {WAITING_RATIO}x",
+                ],
+                rows,
+            )
+        )
     return 1 if any(result["missing"] for result in results) else 0
 
 
@@ -76,7 +100,9 @@ def fill_waiting(url: str, count: int) -> None:
             rows = []
             for n in range(start, min(count, start + 20_000)):
                 body = common.callback_body(f"RHCI-DN-{9_000_000 + n}-{common.REFERENCE_STAMP}", f"wait{n:08d}")
-                rows.append(event_row(source="callback", body=body, received_at=now, auth="n/a", fields=extract_fields(body)))
+                rows.append(
+                    event_row(source="callback", body=body, received_at=now, auth="n/a", fields=extract_fields(body))
+                )
             with transaction(engine) as session:
                 append_events(session, rows)
         config = Config().model_copy(update={"database": common.database_config(url)})
@@ -133,7 +159,9 @@ def run_once(args, waiting: int | None) -> dict:
                 stop.wait(POLL_EVERY)
 
         serve = common.serve_process(config, tmp_path / "proc", name="serve")
-        scheduler = common.Process([sys.executable, "-m", "jobs.cli", "scheduler", "--config", str(config)], tmp_path / "proc", "scheduler")
+        scheduler = common.Process(
+            [sys.executable, "-m", "jobs.cli", "scheduler", "--config", str(config)], tmp_path / "proc", "scheduler"
+        )
         try:
             serve.start()
             scheduler.start()
@@ -153,7 +181,9 @@ def run_once(args, waiting: int | None) -> dict:
                         create_donation(engine, i)
                     body = common.callback_body(common.donation_reference(i), f"lat{i:07d}")
                     posted[i] = time.perf_counter()
-                    answer = client.post(serve.url + common.CALLBACK_PATH, content=body, headers={"content-type": "application/json"})
+                    answer = client.post(
+                        serve.url + common.CALLBACK_PATH, content=body, headers={"content-type": "application/json"}
+                    )
                     answered[i] = time.perf_counter() - posted[i]
                     statuses[answer.status_code] = statuses.get(answer.status_code, 0) + 1
                     if time.perf_counter() - begin > seconds * 3 + 30:  # bounded even if the server crawls
@@ -182,13 +212,31 @@ def run_once(args, waiting: int | None) -> dict:
     )
     print(
         table(
-            ["db", "callbacks", "2xx", "COMPLETED", "p50 ms", "p90 ms", "p99 ms", "max ms", "target p99", "p99/target", "result"],
-            [[
-                "sqlite", len(posted), sum(n for s, n in statuses.items() if 200 <= s < 300), len(latencies),
-                *(None if v is None else v * 1000 for v in (p50, p90, p99, worst)),
-                f"{TARGET_P99_S * 1000:.0f} ms", f"{p99 / TARGET_P99_S:.2f}x" if p99 is not None else "-",
-                "MET" if met else "NOT MET",
-            ]],
+            [
+                "db",
+                "callbacks",
+                "2xx",
+                "COMPLETED",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "max ms",
+                "target p99",
+                "p99/target",
+                "result",
+            ],
+            [
+                [
+                    "sqlite",
+                    len(posted),
+                    sum(n for s, n in statuses.items() if 200 <= s < 300),
+                    len(latencies),
+                    *(None if v is None else v * 1000 for v in (p50, p90, p99, worst)),
+                    f"{TARGET_P99_S * 1000:.0f} ms",
+                    f"{p99 / TARGET_P99_S:.2f}x" if p99 is not None else "-",
+                    "MET" if met else "NOT MET",
+                ]
+            ],
         )
     )
     print(
@@ -197,7 +245,13 @@ def run_once(args, waiting: int | None) -> dict:
     )
     if missing:
         print(f"FAILED: {missing} donation(s) not COMPLETED within 15 s of the last callback")
-    return {"posted": len(posted), "completed": len(latencies), "missing": missing, "p99": p99 or 0.0, "answer_p99": answer_p99 or 0.0}
+    return {
+        "posted": len(posted),
+        "completed": len(latencies),
+        "missing": missing,
+        "p99": p99 or 0.0,
+        "answer_p99": answer_p99 or 0.0,
+    }
 
 
 def create_donation(engine, donation_id: int) -> None:
@@ -208,11 +262,25 @@ def create_donation(engine, donation_id: int) -> None:
     from pipeline.models import Donation
 
     with engine.begin() as connection:
-        connection.execute(insert(Donation.__table__), [dict(
-            id=donation_id, amount=common.DONATION_AMOUNT, currency="TZS", patient_amount=common.DONATION_AMOUNT, support_amount=0,
-            charge_amount=common.DONATION_AMOUNT, charge_currency="TZS", msisdn="255628630936", provider="Halopesa",
-            external_reference=common.donation_reference(donation_id), created_at=datetime.now(timezone.utc), status="PENDING",
-        )])
+        connection.execute(
+            insert(Donation.__table__),
+            [
+                dict(
+                    id=donation_id,
+                    amount=common.DONATION_AMOUNT,
+                    currency="TZS",
+                    patient_amount=common.DONATION_AMOUNT,
+                    support_amount=0,
+                    charge_amount=common.DONATION_AMOUNT,
+                    charge_currency="TZS",
+                    msisdn="255628630936",
+                    provider="Halopesa",
+                    external_reference=common.donation_reference(donation_id),
+                    created_at=datetime.now(timezone.utc),
+                    status="PENDING",
+                )
+            ],
+        )
 
 
 def main(argv=None) -> int:
@@ -220,7 +288,12 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="6 s of callbacks (finishes in under a minute)")
     parser.add_argument("--rate", type=float, default=20.0, help="callbacks per second (default 20)")
     parser.add_argument("--seconds", type=float, default=None, help="how long to post (default 30, quick 6)")
-    parser.add_argument("--waiting", default=None, metavar="N,M", help="side by side: runs with N, M, ... unmatched events waiting (e.g. 0,300000)")
+    parser.add_argument(
+        "--waiting",
+        default=None,
+        metavar="N,M",
+        help="side by side: runs with N, M, ... unmatched events waiting (e.g. 0,300000)",
+    )
     return run(parser.parse_args(argv))
 
 

@@ -11,6 +11,7 @@ in a thread of the poller's process the sandbox's stdlib HTTP server took most o
 its GIL, so the figure measured the simulator more than the poller. `--sandbox thread` keeps the old
 in-process arrangement. Either way the table reports the poller's own CPU per call, and the sandbox's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,8 @@ class _ThreadSandbox:
 
     def seed(self, transactions: list[dict]) -> list[str]:
         return [
-            self.handle.seed_transaction(t["externalId"], t["msisdn"], t["provider"], t["amount"], outcome=t["outcome"]) for t in transactions
+            self.handle.seed_transaction(t["externalId"], t["msisdn"], t["provider"], t["amount"], outcome=t["outcome"])
+            for t in transactions
         ]
 
     def status_calls(self) -> int:
@@ -63,7 +65,9 @@ class _ProcessSandbox:
         ids: list[str] = []
         with requests.Session() as session:
             for start in range(0, len(transactions), 2_000):
-                answer = session.post(f"{self.url}/_sandbox/transactions", json=transactions[start : start + 2_000], timeout=60)
+                answer = session.post(
+                    f"{self.url}/_sandbox/transactions", json=transactions[start : start + 2_000], timeout=60
+                )
                 answer.raise_for_status()
                 ids.extend(t["transaction_id"] for t in answer.json())
         return ids
@@ -89,7 +93,9 @@ def sandbox_for(mode: str, workdir: Path) -> Iterator[_ThreadSandbox | _ProcessS
     from sandbox.testing import free_port, wait_healthy
 
     port = free_port()
-    with Process([sys.executable, "-m", "jobs.cli", "sandbox", "--port", str(port)], workdir / "sandbox", "sandbox").start() as process:
+    with Process(
+        [sys.executable, "-m", "jobs.cli", "sandbox", "--port", str(port)], workdir / "sandbox", "sandbox"
+    ).start() as process:
         url = f"http://127.0.0.1:{port}"
         problem = wait_healthy(url, process.process, 30, require_healthy=False)  # any answer: it has no /healthz
         if problem:
@@ -104,17 +110,38 @@ def seed(url: str, sandbox, count: int, created_at: datetime) -> None:
     from pipeline.models import Donation
 
     references = [f"RHCI-DN-{donation_id}-{created_at:%Y%m%d%H%M%S}" for donation_id in range(1, count + 1)]
-    transaction_ids = sandbox.seed([
-        {"externalId": reference, "msisdn": "255758285812", "provider": "Mpesa", "amount": "1000", "outcome": OUTCOMES[donation_id % len(OUTCOMES)]}
-        for donation_id, reference in enumerate(references, 1)
-    ])
+    transaction_ids = sandbox.seed(
+        [
+            {
+                "externalId": reference,
+                "msisdn": "255758285812",
+                "provider": "Mpesa",
+                "amount": "1000",
+                "outcome": OUTCOMES[donation_id % len(OUTCOMES)],
+            }
+            for donation_id, reference in enumerate(references, 1)
+        ]
+    )
     rows = []
     for donation_id, reference, transaction_id in zip(range(1, count + 1), references, transaction_ids):
-        rows.append(dict(
-            id=donation_id, patient_id=None, amount=Decimal("1000"), currency="TZS", patient_amount=Decimal("1000"),
-            support_amount=Decimal("0"), charge_amount=Decimal("1000"), charge_currency="TZS", msisdn="255758285812",
-            provider="Mpesa", external_reference=reference, transaction_id=transaction_id, created_at=created_at, status="PENDING",
-        ))
+        rows.append(
+            dict(
+                id=donation_id,
+                patient_id=None,
+                amount=Decimal("1000"),
+                currency="TZS",
+                patient_amount=Decimal("1000"),
+                support_amount=Decimal("0"),
+                charge_amount=Decimal("1000"),
+                charge_currency="TZS",
+                msisdn="255758285812",
+                provider="Mpesa",
+                external_reference=reference,
+                transaction_id=transaction_id,
+                created_at=created_at,
+                status="PENDING",
+            )
+        )
     engine = engine_for(url)
     try:
         with engine.begin() as connection:
@@ -130,8 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1,000 donations")
     parser.add_argument("--donations", type=int)
     parser.add_argument("--concurrency", type=int, help="poll.concurrency (default: the configured 8)")
-    parser.add_argument("--sandbox", choices=("process", "thread"), default="process",
-                        help="where the AzamPay sandbox runs: its own process (default; AzamPay is remote) or a thread of this one")
+    parser.add_argument(
+        "--sandbox",
+        choices=("process", "thread"),
+        default="process",
+        help="where the AzamPay sandbox runs: its own process (default; AzamPay is remote) or a thread of this one",
+    )
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     count = args.donations or (1_000 if args.quick else 10_000)
@@ -157,9 +188,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench.poll: seeding {count:,} stuck donations ...", file=sys.stderr, flush=True)
             seed(url, sandbox, count, now - timedelta(minutes=30))
             overrides = {
-                "database.url": url, "logging.dir": str(Path(temp) / "logs"),
-                "azampay.auth_url": sandbox.url, "azampay.checkout_url": sandbox.url,
-                "azampay.client_id": sandbox.settings.client_id, "azampay.client_secret": sandbox.settings.client_secret,
+                "database.url": url,
+                "logging.dir": str(Path(temp) / "logs"),
+                "azampay.auth_url": sandbox.url,
+                "azampay.checkout_url": sandbox.url,
+                "azampay.client_id": sandbox.settings.client_id,
+                "azampay.client_secret": sandbox.settings.client_secret,
                 "azampay.api_key": sandbox.settings.api_key,
             }
             if args.concurrency:
@@ -198,12 +232,28 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print("\n".join(lines))
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "donations": count, "seconds": seconds, "status_calls": calls, "checked": report.checked, "appended": report.appended,
-            "errors": report.errors, "success": report.success, "failed": report.failed, "pending": report.pending,
-            "fold_events": folded.events, "credits": folded.credits_added, "concurrency": config.poll.concurrency,
-            "sandbox": args.sandbox, "poller_cpu_seconds": cpu, "sandbox_cpu_seconds": sandbox_cpu,
-        }, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "donations": count,
+                    "seconds": seconds,
+                    "status_calls": calls,
+                    "checked": report.checked,
+                    "appended": report.appended,
+                    "errors": report.errors,
+                    "success": report.success,
+                    "failed": report.failed,
+                    "pending": report.pending,
+                    "fold_events": folded.events,
+                    "credits": folded.credits_added,
+                    "concurrency": config.poll.concurrency,
+                    "sandbox": args.sandbox,
+                    "poller_cpu_seconds": cpu,
+                    "sandbox_cpu_seconds": sandbox_cpu,
+                },
+                indent=2,
+            )
+        )
     return 0 if ok else 1
 
 

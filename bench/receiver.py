@@ -20,6 +20,7 @@ between 0 and the number of connections.
 MariaDB: AZAMRECON_BENCH_MYSQL_URL (default mysql+pymysql://root@127.0.0.1:3306/azamrecon_bench),
 dropped and created fresh. Exit status 1 when a row-count invariant fails.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,12 +58,24 @@ class Run:
         return self.answered <= self.rows <= self.answered + self.load.connections
 
 
-def _measure(server, port: int, connections: int, seconds: float, references, tag: str, driver: str, workdir: Path, engine=None) -> Run:
+def _measure(
+    server, port: int, connections: int, seconds: float, references, tag: str, driver: str, workdir: Path, engine=None
+) -> Run:
     # warm-up (bounded): connections opened, caches and the writer thread warm; its rows are not counted
-    common.run_load(port, connections=connections, seconds=min(0.5, seconds / 4), max_requests=2000, references=references, tag=tag + "w", driver="python")
+    common.run_load(
+        port,
+        connections=connections,
+        seconds=min(0.5, seconds / 4),
+        max_requests=2000,
+        references=references,
+        tag=tag + "w",
+        driver="python",
+    )
     before = common.settle_count(engine) if engine is not None else None
     cpu0 = server.cpu_seconds()
-    load = common.run_load(port, connections=connections, seconds=seconds, references=references, tag=tag, driver=driver, workdir=workdir)
+    load = common.run_load(
+        port, connections=connections, seconds=seconds, references=references, tag=tag, driver=driver, workdir=workdir
+    )
     cpu = server.cpu_seconds() - cpu0
     rows = common.settle_count(engine) - before if engine is not None else None
     answered = sum(load.statuses.values())
@@ -112,7 +125,9 @@ def run(args) -> int:
         # the HTTP ceiling (no database)
         with common.noop_process(tmp_path / "noop", workers=workers or 1).start() as noop:
             for c in connections:
-                results[("-", "noop", c)] = _measure(noop, noop.port, c, seconds, references, f"n{c}-", driver, tmp_path)
+                results[("-", "noop", c)] = _measure(
+                    noop, noop.port, c, seconds, references, f"n{c}-", driver, tmp_path
+                )
         for db in dbs:
             directory = tmp_path / db
             directory.mkdir()
@@ -130,9 +145,21 @@ def run(args) -> int:
                     if batch is not None:
                         settings["receiver.group_commit_max_batch"] = batch
                     config = common.write_config(directory / f"{variant}.yaml", settings)
-                    with common.serve_process(config, directory / f"proc-{variant}", workers=workers, name=variant).start() as server:
+                    with common.serve_process(
+                        config, directory / f"proc-{variant}", workers=workers, name=variant
+                    ).start() as server:
                         for c in connections:
-                            result = _measure(server, server.port, c, seconds, references, f"{db[0]}{variant[0]}{c}-", driver, tmp_path, engine)
+                            result = _measure(
+                                server,
+                                server.port,
+                                c,
+                                seconds,
+                                references,
+                                f"{db[0]}{variant[0]}{c}-",
+                                driver,
+                                tmp_path,
+                                engine,
+                            )
                             results[(db, variant, c)] = result
                             if not result.consistent:
                                 failures.append(
@@ -148,10 +175,26 @@ def run(args) -> int:
 
     elapsed = time.monotonic() - started
     mode = "quick" if quick else "full"
-    print(f"bench.receiver ({mode}, {seconds:g} s per point, driver={driver}, serve --workers {workers or 'default (receiver.workers=1)'}) | {common.machine_line()}")
+    print(
+        f"bench.receiver ({mode}, {seconds:g} s per point, driver={driver}, serve --workers {workers or 'default (receiver.workers=1)'}) | {common.machine_line()}"
+    )
     headers = [
-        "db", "conns", "receiver/s", "p50 ms", "p99 ms", "2xx", "db rows", "cut", "srv CPU us/req",
-        "no-op/s", "naive/s", "naive p99 ms", "storage/s", "rcv/no-op", "rcv/naive", "rcv/storage",
+        "db",
+        "conns",
+        "receiver/s",
+        "p50 ms",
+        "p99 ms",
+        "2xx",
+        "db rows",
+        "cut",
+        "srv CPU us/req",
+        "no-op/s",
+        "naive/s",
+        "naive p99 ms",
+        "storage/s",
+        "rcv/no-op",
+        "rcv/naive",
+        "rcv/storage",
     ]
     rows = []
     for db in dbs:
@@ -160,11 +203,26 @@ def run(args) -> int:
             n = results[(db, "naive", c)]
             h = results[("-", "noop", c)]
             ceiling = ceilings[db]["rate"]
-            rows.append([
-                db, c, r.load.rate, r.load.p50_ms, r.load.p99_ms, r.load.ok, r.rows, r.load.cut, r.cpu_us,
-                h.load.rate, n.load.rate, n.load.p99_ms, ceiling,
-                ratio(r.load.rate, h.load.rate), ratio(r.load.rate, n.load.rate), ratio(r.load.rate, ceiling),
-            ])
+            rows.append(
+                [
+                    db,
+                    c,
+                    r.load.rate,
+                    r.load.p50_ms,
+                    r.load.p99_ms,
+                    r.load.ok,
+                    r.rows,
+                    r.load.cut,
+                    r.cpu_us,
+                    h.load.rate,
+                    n.load.rate,
+                    n.load.p99_ms,
+                    ceiling,
+                    ratio(r.load.rate, h.load.rate),
+                    ratio(r.load.rate, n.load.rate),
+                    ratio(r.load.rate, ceiling),
+                ]
+            )
     print(table(headers, rows))
     for db in dbs:
         top = results[(db, "receiver", max(connections))]
@@ -180,10 +238,16 @@ def run(args) -> int:
         ceiling = ceilings[db]
         print(f"storage ceiling {db}: {ceiling['rows']:,} single-row INSERT+COMMIT in {ceiling['seconds']:.2f} s")
     if longest_log_mb is not None:
-        print(f"sqlite write-ahead log: {longest_log_mb:.1f} MB at its longest during the receiver's points (the -wal file; SQLite never shrinks it here)")
+        print(
+            f"sqlite write-ahead log: {longest_log_mb:.1f} MB at its longest during the receiver's points (the -wal file; SQLite never shrinks it here)"
+        )
     for note in notes:
         print(f"note: {note}")
-    rule = "db rows == answers (all 2xx)" if driver == "python" else "answers <= db rows <= answers + connections (cut: in flight when wrk stopped; stored, never answered)"
+    rule = (
+        "db rows == answers (all 2xx)"
+        if driver == "python"
+        else "answers <= db rows <= answers + connections (cut: in flight when wrk stopped; stored, never answered)"
+    )
     print(f"invariant {rule}: {'OK' if not failures else 'FAILED'}; total {elapsed:.0f} s")
     for failure in failures:
         print(f"FAILED: {failure}")
@@ -193,7 +257,9 @@ def run(args) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.receiver", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short points (finishes in under a minute)")
-    parser.add_argument("--db", choices=["sqlite", "mysql", "both"], default="both", help="both skips MariaDB when unreachable")
+    parser.add_argument(
+        "--db", choices=["sqlite", "mysql", "both"], default="both", help="both skips MariaDB when unreachable"
+    )
     parser.add_argument("--driver", choices=["auto", "python", "wrk"], default="auto", help="auto: wrk when installed")
     parser.add_argument("--connections", default="1,8,64")
     parser.add_argument("--seconds", type=float, default=None, help="duration of each point (default 8, quick 1.5)")

@@ -28,6 +28,7 @@ Write transactions here begin IMMEDIATE on SQLite: create_donation reads the pat
 and a deferred WAL read transaction that later upgrades to a write fails at once ("database is locked",
 no busy wait) when the receiver committed in between.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,7 +44,14 @@ from sqlalchemy.engine import Engine
 from pipeline.azampay import AzamPayClient
 from pipeline.config import Config
 from pipeline.db import transaction
-from pipeline.errors import AzamPayError, AzamPayUnavailable, AzamPayValidationError, CheckoutNotRecorded, InputError, StoreError
+from pipeline.errors import (
+    AzamPayError,
+    AzamPayUnavailable,
+    AzamPayValidationError,
+    CheckoutNotRecorded,
+    InputError,
+    StoreError,
+)
 from pipeline.events import EventFields
 from pipeline.logs import payments
 from pipeline.models import Donation
@@ -88,7 +96,9 @@ def charge_amount_of(amount: Decimal, currency: str, config: Config) -> Decimal:
         raise InputError(f"no exchange rate for currency {currency!r} (donations.exchange_rates has {known})")
     charge = (amount * Decimal(rate)).quantize(Decimal("1"), rounding=ROUND_HALF_UP)
     if charge <= 0:
-        raise InputError(f"amount {amount} {currency} is less than one {config.donations.charge_currency} after conversion")
+        raise InputError(
+            f"amount {amount} {currency} is less than one {config.donations.charge_currency} after conversion"
+        )
     return charge
 
 
@@ -174,12 +184,21 @@ def initiate_checkout(
     properties["donation_id"] = donation_id
     try:
         answer = client.mno_checkout(
-            account, charge, reference, provider_name, currency=donations.charge_currency, additional_properties=properties
+            account,
+            charge,
+            reference,
+            provider_name,
+            currency=donations.charge_currency,
+            additional_properties=properties,
         )
     except AzamPayError as exc:
         return _record_failure(engine, exc, donation_id, reference, charge, donations.charge_currency, clock())
 
-    fields = EventFields(status=ACCEPTED, status_raw=_clip(answer.message, 255) or None, transaction_ref=_clip(answer.transaction_id, 255))
+    fields = EventFields(
+        status=ACCEPTED,
+        status_raw=_clip(answer.message, 255) or None,
+        transaction_ref=_clip(answer.transaction_id, 255),
+    )
     row = event_row(
         source="checkout",
         body=answer.raw,
@@ -191,7 +210,9 @@ def initiate_checkout(
     )
     try:
         with transaction(engine, immediate=True) as session:
-            session.execute(update(Donation).where(Donation.id == donation_id).values(transaction_id=answer.transaction_id))
+            session.execute(
+                update(Donation).where(Donation.id == donation_id).values(transaction_id=answer.transaction_id)
+            )
             event_id = append_event(session, row)
     except StoreError as exc:
         # AzamPay accepted but we could not record it: make the transactionId recoverable from the logs,
@@ -206,11 +227,26 @@ def initiate_checkout(
         f"Initiated Azam Pay checkout - External ID: {reference}, donation {donation_id}, "
         f"transactionId {answer.transaction_id}, amount {charge} {donations.charge_currency}, provider {provider_name}"
     )
-    return CheckoutResult(donation_id, reference, charge, donations.charge_currency, answer.transaction_id, ACCEPTED, event_id, answer.message)
+    return CheckoutResult(
+        donation_id,
+        reference,
+        charge,
+        donations.charge_currency,
+        answer.transaction_id,
+        ACCEPTED,
+        event_id,
+        answer.message,
+    )
 
 
 def _record_failure(
-    engine: Engine, error: AzamPayError, donation_id: int, reference: str, charge: Decimal, charge_currency: str, received_at: datetime
+    engine: Engine,
+    error: AzamPayError,
+    donation_id: int,
+    reference: str,
+    charge: Decimal,
+    charge_currency: str,
+    received_at: datetime,
 ) -> CheckoutResult:
     status = UNKNOWN if isinstance(error, AzamPayUnavailable) else REJECTED
     label = "no answer" if status == UNKNOWN else "rejected"

@@ -3,6 +3,7 @@
 Every AzamreconError becomes one line on stderr and a non-zero exit code; nothing else escapes as a
 traceback unless AZAMRECON_DEBUG is set.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -5,6 +5,7 @@ subprocesses) on 127.0.0.1, creates patients and donations through the real chec
 through six scenarios. Then it prints the report and `rebuild --check`, stops everything it started and
 exits 0 only if every scenario ended as expected and the rebuild matches the live state.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -71,12 +72,35 @@ class Scenario:
 
 
 SCENARIOS = (
-    Scenario("success", "success", "0758000001", "COMPLETED", None, "callback arrives, donation COMPLETED, patient credited"),
+    Scenario(
+        "success", "success", "0758000001", "COMPLETED", None, "callback arrives, donation COMPLETED, patient credited"
+    ),
     Scenario("failure", "failure", "0758000002", "FAILED", None, "callback says failure"),
     Scenario("duplicate", "duplicate", "0758000003", "COMPLETED", "duplicate", "callback sent twice, credited once"),
-    Scenario("no callback -> poll", "no_callback", "0758000004", "COMPLETED", None, "no callback; the poller asks AzamPay after the threshold"),
-    Scenario("forged", "forged", "0758000005", "COMPLETED", "unauthenticated", "callback with a wrong password is stored but not trusted; the poll decides"),
-    Scenario("amount mismatch", "amount_mismatch", "0758000006", "REVIEW", "amount_mismatch", "callback amount differs: REVIEW, nothing credited"),
+    Scenario(
+        "no callback -> poll",
+        "no_callback",
+        "0758000004",
+        "COMPLETED",
+        None,
+        "no callback; the poller asks AzamPay after the threshold",
+    ),
+    Scenario(
+        "forged",
+        "forged",
+        "0758000005",
+        "COMPLETED",
+        "unauthenticated",
+        "callback with a wrong password is stored but not trusted; the poll decides",
+    ),
+    Scenario(
+        "amount mismatch",
+        "amount_mismatch",
+        "0758000006",
+        "REVIEW",
+        "amount_mismatch",
+        "callback amount differs: REVIEW, nothing credited",
+    ),
 )
 
 
@@ -108,7 +132,12 @@ def write_config(folder: Path, receiver_port: int, sandbox_url: str, sandbox_set
 def _process(name: str, args: list[str], folder: Path, say: Callable[[str], None]) -> Iterator[subprocess.Popen]:
     log = open(folder / f"{name}.out", "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", *args], stdout=log, stderr=subprocess.STDOUT, cwd=folder, env=child_environment(), start_new_session=True,
+        [sys.executable, "-m", "jobs.cli", *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=folder,
+        env=child_environment(),
+        start_new_session=True,
     )
     say(f"started {name} (pid {process.pid})")
     try:
@@ -149,19 +178,31 @@ def run_demo(folder: Path, say: Callable[[str], None] = print, deadline_seconds:
             with _process("scheduler", ["scheduler", *cli], folder, say):
                 now = datetime.now(timezone.utc)
                 with transaction(engine) as session:
-                    amina = create_patient(session, name="Amina (heart surgery)", funding_required=Decimal("60000"), now=now).id
-                    baraka = create_patient(session, name="Baraka (physiotherapy)", funding_required=Decimal("200000"), now=now).id
+                    amina = create_patient(
+                        session, name="Amina (heart surgery)", funding_required=Decimal("60000"), now=now
+                    ).id
+                    baraka = create_patient(
+                        session, name="Baraka (physiotherapy)", funding_required=Decimal("200000"), now=now
+                    ).id
                 say(f"patients {amina} and {baraka} need 60,000 and 200,000 TZS")
                 created: dict[str, int] = {}
                 with AzamPayClient(config.azampay) as client:
                     for number, scenario in enumerate(SCENARIOS):
                         patient = amina if number % 2 == 0 else baraka
                         result = initiate_checkout(
-                            engine, config, client, patient_id=patient, amount=Decimal("25000"),
-                            msisdn=scenario.msisdn, provider="Mpesa", now=datetime.now(timezone.utc),
+                            engine,
+                            config,
+                            client,
+                            patient_id=patient,
+                            amount=Decimal("25000"),
+                            msisdn=scenario.msisdn,
+                            provider="Mpesa",
+                            now=datetime.now(timezone.utc),
                         )
                         created[scenario.name] = result.donation_id
-                        say(f"donation {result.donation_id} ({scenario.name}): checkout {result.event_status}, {scenario.story}")
+                        say(
+                            f"donation {result.donation_id} ({scenario.name}): checkout {result.event_status}, {scenario.story}"
+                        )
                 say("waiting for callbacks, folds and polls ...")
                 finished = _wait_for(engine, created, deadline_seconds)
                 with transaction(engine) as session:
@@ -169,24 +210,40 @@ def run_demo(folder: Path, say: Callable[[str], None] = print, deadline_seconds:
                     for scenario in SCENARIOS:
                         donation = session.get(Donation, created[scenario.name])
                         kinds = sorted({a.kind for a in session.query(Anomaly).filter_by(donation_id=donation.id)})
-                        ok = donation.status == scenario.expected and (scenario.expected_anomaly is None or scenario.expected_anomaly in kinds)
+                        ok = donation.status == scenario.expected and (
+                            scenario.expected_anomaly is None or scenario.expected_anomaly in kinds
+                        )
                         rows.append((scenario, donation, kinds, ok))
         say("")
         say(f"{'scenario':<22}{'donation':>9}  {'expected':<10}{'got':<10}anomalies")
         for scenario, donation, kinds, ok in rows:
-            say(f"{scenario.name:<22}{donation.id:>9}  {scenario.expected:<10}{donation.status:<10}{', '.join(kinds) or '-'}  {'ok' if ok else 'MISMATCH'}")
+            say(
+                f"{scenario.name:<22}{donation.id:>9}  {scenario.expected:<10}{donation.status:<10}{', '.join(kinds) or '-'}  {'ok' if ok else 'MISMATCH'}"
+            )
         say("")
         env = child_environment()
-        report = subprocess.run([sys.executable, "-m", "jobs.cli", "report", *cli], cwd=folder, env=env, capture_output=True, text=True, timeout=60)
+        report = subprocess.run(
+            [sys.executable, "-m", "jobs.cli", "report", *cli],
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         say(report.stdout.rstrip())
         check = subprocess.run(
-            [sys.executable, "-m", "jobs.cli", "rebuild", "--check", "--no-progress", *cli], cwd=folder, env=env, capture_output=True, text=True, timeout=60,
+            [sys.executable, "-m", "jobs.cli", "rebuild", "--check", "--no-progress", *cli],
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         say(check.stdout.rstrip())
         engine.dispose()
     all_ok = finished and all(ok for *_, ok in rows)
     say("")
-    say(f"logs: {folder / 'logs'} (grep \"completed successfully\" {folder / 'logs' / 'payments.log'})")
+    say(f'logs: {folder / "logs"} (grep "completed successfully" {folder / "logs" / "payments.log"})')
     if all_ok and check.returncode == 0:
         say("demo: every scenario ended as expected and the rebuild equals the live state")
         return 0

@@ -11,6 +11,7 @@ every batch until it appears or is older than fold.gap_timeout_seconds. An event
 older than events already applied to its donation, so that donation is replayed from scratch in id
 order, which makes the incremental state identical to a rebuild.
 """
+
 from __future__ import annotations
 
 import gc
@@ -44,11 +45,23 @@ from pipeline.fold import (
     patient_update,
 )
 from pipeline.logs import payments
-from pipeline.resolution import CONFLICT_KIND, DEFAULT_FORMAT, TRANSACTION, DonationIndex, ReferenceFormat, Resolution, decide, lookup_keys, wanted_values
+from pipeline.resolution import (
+    CONFLICT_KIND,
+    DEFAULT_FORMAT,
+    TRANSACTION,
+    DonationIndex,
+    ReferenceFormat,
+    Resolution,
+    decide,
+    lookup_keys,
+    wanted_values,
+)
 from pipeline.store.state import CHECKPOINT, Checkpoint, SqlFoldStore, fold_lag, offered_keys
 
 MAX_GAP_SPAN = 10_000  # a jump wider than this is not an in-flight transaction; it is not waited for
-CONFLICT_ATTEMPTS = 3  # a batch ended by a MySQL lock conflict (StoreConflict) is run again, up to this many times in all
+CONFLICT_ATTEMPTS = (
+    3  # a batch ended by a MySQL lock conflict (StoreConflict) is run again, up to this many times in all
+)
 
 
 @contextmanager
@@ -69,7 +82,9 @@ def collector_paused() -> Iterator[None]:
 
 
 def trust_policy(config: Config) -> TrustPolicy:
-    return TrustPolicy(credential_configured=config.webhook.credential_configured, verify_only=config.webhook.mode == "verify")
+    return TrustPolicy(
+        credential_configured=config.webhook.credential_configured, verify_only=config.webhook.mode == "verify"
+    )
 
 
 def reference_format(config: Config) -> ReferenceFormat:
@@ -106,7 +121,11 @@ class BatchResult:
 
 
 def fold_batch(
-    store: FoldStore, events: list[FoldEvent], retried: list[FoldEvent], policy: TrustPolicy, references: ReferenceFormat = DEFAULT_FORMAT
+    store: FoldStore,
+    events: list[FoldEvent],
+    retried: list[FoldEvent],
+    policy: TrustPolicy,
+    references: ReferenceFormat = DEFAULT_FORMAT,
 ) -> BatchResult:
     """Apply new events (and waiting events retried against new donations) through `store`."""
     result = BatchResult(events=len(events))
@@ -158,14 +177,23 @@ def fold_batch(
             changes.append((before_credit, after_credit))
         if state.status != before_status and transitions:
             last = transitions[-1]
-            result.transitions.append((Transition(last.donation_id, last.event_id, before_status, last.after, last.reference, last.event_status), state))
+            result.transitions.append(
+                (
+                    Transition(
+                        last.donation_id, last.event_id, before_status, last.after, last.reference, last.event_status
+                    ),
+                    state,
+                )
+            )
     result.donations = set(by_donation)
 
     # a retried event's anomaly is raised again from what it resolves to now, as a rebuild would raise it
     store.drop_anomalies(donation_ids=replayed, waiting_events=[event.id for event in retried])
     store.set_waiting([event.id for event in retried], waiting)
     # new, gap-filled and retried events were never applied before: each gets its row once
-    store.add_applied([(event.id, donation_id) for donation_id, donation_events in by_donation.items() for event in donation_events])
+    store.add_applied(
+        [(event.id, donation_id) for donation_id, donation_events in by_donation.items() for event in donation_events]
+    )
     store.write_donations(changed_states)
     store.add_anomalies(anomalies)
     store.apply_credit_changes(changes)
@@ -184,7 +212,9 @@ def _waiting_anomaly(event: FoldEvent, decision: Resolution) -> AnomalyRecord:
     return AnomalyRecord(event.id, None, "unknown_reference", f"no donation for {detail}"[:500])
 
 
-def _resolve_all(store: FoldStore, events: list[FoldEvent], references: ReferenceFormat) -> tuple[dict[int, DonationState], list[Resolution], list[tuple]]:
+def _resolve_all(
+    store: FoldStore, events: list[FoldEvent], references: ReferenceFormat
+) -> tuple[dict[int, DonationState], list[Resolution], list[tuple]]:
     """(the donation states the events name, each event's Resolution, each event's keys), as pipeline.resolution.decide over
     every donation decides. References and ids are looked up first; transaction ids only for the events
     that no reference or own donation_id resolved: most events carry one, and the transaction lookups were
@@ -196,9 +226,15 @@ def _resolve_all(store: FoldStore, events: list[FoldEvent], references: Referenc
     for state in states.values():
         index.add(state)
     decisions = [decide(event, event_keys, index) for event, event_keys in zip(events, keys)]
-    again = [i for i, decision in enumerate(decisions) if not _strong(decision, keys[i], index) and any(key.column == TRANSACTION for key in keys[i])]
+    again = [
+        i
+        for i, decision in enumerate(decisions)
+        if not _strong(decision, keys[i], index) and any(key.column == TRANSACTION for key in keys[i])
+    ]
     if again:
-        found = store.donations_matching(wanted_values(key for i in again for key in keys[i] if key.column == TRANSACTION))
+        found = store.donations_matching(
+            wanted_values(key for i in again for key in keys[i] if key.column == TRANSACTION)
+        )
         for donation_id, state in found.items():
             if donation_id not in states:
                 states[donation_id] = state
@@ -219,8 +255,15 @@ def _strong(decision: Resolution, keys, index: DonationIndex) -> bool:
 def _update_patients(store: FoldStore, changes: list[tuple[Credit | None, Credit | None]], result: BatchResult) -> None:
     by_patient: dict[int, list[tuple[Credit | None, Credit | None]]] = defaultdict(list)
     for old, new in changes:
-        for patient_id in {credit.patient_id for credit in (old, new) if credit is not None and credit.patient_id is not None}:
-            by_patient[patient_id].append((old if old and old.patient_id == patient_id else None, new if new and new.patient_id == patient_id else None))
+        for patient_id in {
+            credit.patient_id for credit in (old, new) if credit is not None and credit.patient_id is not None
+        }:
+            by_patient[patient_id].append(
+                (
+                    old if old and old.patient_id == patient_id else None,
+                    new if new and new.patient_id == patient_id else None,
+                )
+            )
     if not by_patient:
         return
     patients = store.patients(by_patient)
@@ -228,7 +271,9 @@ def _update_patients(store: FoldStore, changes: list[tuple[Credit | None, Credit
     recompute: list[int] = []
     for patient_id, patient_changes in by_patient.items():
         patient = patients[patient_id]
-        updated = patient_update(patient.funding_required, patient.funding_received, patient.status, patient.fully_funded_at, patient_changes)
+        updated = patient_update(
+            patient.funding_required, patient.funding_received, patient.status, patient.fully_funded_at, patient_changes
+        )
         if updated is None:
             recompute.append(patient_id)
         else:
@@ -243,7 +288,12 @@ def _update_patients(store: FoldStore, changes: list[tuple[Credit | None, Credit
 
 
 def next_events(
-    store: SqlFoldStore, checkpoint: Checkpoint, batch_size: int, now: datetime, gap_timeout: float, max_gaps: int = 10_000
+    store: SqlFoldStore,
+    checkpoint: Checkpoint,
+    batch_size: int,
+    now: datetime,
+    gap_timeout: float,
+    max_gaps: int = 10_000,
 ) -> tuple[list[FoldEvent], list[FoldEvent]]:
     """(new events after the checkpoint, events that filled earlier gaps); updates checkpoint position and gaps.
 
@@ -271,7 +321,9 @@ def next_events(
         expected = event.id + 1
     if len(gaps) > max_gaps:
         gaps.sort()
-        logger.warning(f"fold: {len(gaps)} missing event ids awaited, more than fold.max_gaps={max_gaps}; the {len(gaps) - max_gaps} oldest are given up")
+        logger.warning(
+            f"fold: {len(gaps)} missing event ids awaited, more than fold.max_gaps={max_gaps}; the {len(gaps) - max_gaps} oldest are given up"
+        )
         gaps = gaps[len(gaps) - max_gaps :]
     if fresh:
         checkpoint.position = fresh[-1].id
@@ -292,7 +344,9 @@ def _waiting_to_retry(store: SqlFoldStore, checkpoint: Checkpoint, events: list[
     checkout_ids = {
         e.donation_id
         for e in events
-        if e.source == "checkout" and e.donation_id is not None and (checkpoint.rebuild_until is None or e.id > checkpoint.rebuild_until)
+        if e.source == "checkout"
+        and e.donation_id is not None
+        and (checkpoint.rebuild_until is None or e.id > checkpoint.rebuild_until)
     }
     if high == donation_high and not checkout_ids:
         return [], high
@@ -345,14 +399,18 @@ def run_fold(
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
             try:
                 with collector_paused():
-                    result, checkpoint, fresh, retried, quiet_until, max_id = _fold_one_batch(engine, config, policy, batch_size, now, references, progress)
+                    result, checkpoint, fresh, retried, quiet_until, max_id = _fold_one_batch(
+                        engine, config, policy, batch_size, now, references, progress
+                    )
                 break
             except StoreConflict as exc:
                 if attempt == CONFLICT_ATTEMPTS:
                     payments.error(f"Error processing Azam Pay callback: fold failed: {exc}")
                     raise
                 # the whole batch was rolled back with its checkpoint: running it again applies it once
-                logger.warning(f"fold: batch rolled back by a lock conflict, trying again ({attempt}/{CONFLICT_ATTEMPTS - 1}): {exc}")
+                logger.warning(
+                    f"fold: batch rolled back by a lock conflict, trying again ({attempt}/{CONFLICT_ATTEMPTS - 1}): {exc}"
+                )
                 time.sleep(0.05 * attempt)
             except Exception as exc:
                 payments.error(f"Error processing Azam Pay callback: fold failed: {exc}")
@@ -376,13 +434,23 @@ def run_fold(
     return report
 
 
-def _fold_one_batch(engine: Engine, config: Config, policy: TrustPolicy, batch_size: int, now: datetime, references: ReferenceFormat, progress):
+def _fold_one_batch(
+    engine: Engine,
+    config: Config,
+    policy: TrustPolicy,
+    batch_size: int,
+    now: datetime,
+    references: ReferenceFormat,
+    progress,
+):
     """One batch in one transaction, under the fold lock: (result, checkpoint, fresh, retried, quiet_until, max_id),
     where quiet_until is the rebuild's refold position at the batch's start (None when no rebuild runs)."""
     with transaction(engine, immediate=True) as session:
         store = SqlFoldStore(session)
         checkpoint = store.lock_checkpoint(CHECKPOINT)
-        fresh, filled = next_events(store, checkpoint, batch_size, now, config.fold.gap_timeout_seconds, config.fold.max_gaps)
+        fresh, filled = next_events(
+            store, checkpoint, batch_size, now, config.fold.gap_timeout_seconds, config.fold.max_gaps
+        )
         if fresh:  # by the log's own clock, so a replayed log retires what it retired live; never past `now`
             # (an imported line dated 2099 must not retire everything that waits)
             store.retire_waiting(min(fresh[-1].received_at, now) - timedelta(days=config.fold.waiting_days))
@@ -419,14 +487,18 @@ def announce_transitions(result: BatchResult, quiet_until: int | None = None) ->
             patient_id = state.patient_id
             if patient_id in received:
                 received[patient_id] += credit_of(state).amount
-                payments.info(f"Updated patient funding: {received[patient_id]:.2f}/{result.patient_required[patient_id]:.2f}")
+                payments.info(
+                    f"Updated patient funding: {received[patient_id]:.2f}/{result.patient_required[patient_id]:.2f}"
+                )
         elif transition.after == FAILED:
             payments.info(f"❌ Donation {transition.donation_id} payment failed")
         else:
             payments.info(f"Donation {transition.donation_id} is now {transition.after} (was {transition.before})")
 
 
-def _funding_before_completions(result: BatchResult, announced: list[tuple[Transition, DonationState]]) -> dict[int, Decimal]:
+def _funding_before_completions(
+    result: BatchResult, announced: list[tuple[Transition, DonationState]]
+) -> dict[int, Decimal]:
     """Each touched patient's funding_received less the credits of the completions announced in this batch
     (every other credit change of the batch, a removal say, counts as before them). A donation that
     became COMPLETED had no credit before (only COMPLETED donations have one), so its credit is the change."""

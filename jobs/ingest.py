@@ -29,6 +29,7 @@ stored as the receiver stores one: its secrets (the legacy view logged the webho
 by markers after the credential was checked (pipeline.privacy), body_sha256 and the dedupe key still
 computed over the body as read.
 """
+
 from __future__ import annotations
 
 import ast
@@ -62,9 +63,24 @@ MAX_LINE_BYTES = 1024 * 1024
 MAX_DEPTH = 32
 BATCH_LINES = 1000
 CALLBACK_KEYS = frozenset(
-    {"transactionstatus", "utilityref", "externalreference", "reference", "transid", "msisdn", "mnoreference", "operator", "additionalProperties"}
+    {
+        "transactionstatus",
+        "utilityref",
+        "externalreference",
+        "reference",
+        "transid",
+        "msisdn",
+        "mnoreference",
+        "operator",
+        "additionalProperties",
+    }
 )
-_MONTHS = {name: number for number, name in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+_MONTHS = {
+    name: number
+    for number, name in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
+    )
+}
 _ISO_STAMP = re.compile(
     r"(?P<date>\d{4}-\d{2}-\d{2})[ T](?P<time>\d{2}:\d{2}:\d{2})(?:[.,](?P<fraction>\d{1,6}))?\d*\s?(?P<zone>Z|[+-]\d{2}:?\d{2}(?![\d:]))?"
 )
@@ -202,7 +218,9 @@ def _looks_like_callback(data: dict) -> bool:
     return any(key in data for key in CALLBACK_KEYS)
 
 
-def parse_line(text: str, now: datetime, naive_zone: timezone = timezone.utc) -> tuple[datetime, bytes, str, datetime | None] | None:
+def parse_line(
+    text: str, now: datetime, naive_zone: timezone = timezone.utc
+) -> tuple[datetime, bytes, str, datetime | None] | None:
     """(received_at, stored body bytes, canonical body, the instant its dedupe key names) for a callback
     line; None for any other line. `naive_zone`: see parse_timestamp (log lines only). The key's instant
     is None when the time is not from the line, and reads an offset-less stamp as UTC whatever
@@ -254,7 +272,9 @@ def dedupe_key(received_at: datetime | None, canonical_body: str, occurrence: in
     """received_at None: the line carried no time (it was stored with the import time, which must not
     make a second import look new)."""
     stamp = "untimed" if received_at is None else received_at.isoformat()
-    digest = hashlib.sha256(f"{stamp}\n{canonical_body}\n{occurrence}".encode("utf-8", errors="surrogatepass")).hexdigest()
+    digest = hashlib.sha256(
+        f"{stamp}\n{canonical_body}\n{occurrence}".encode("utf-8", errors="surrogatepass")
+    ).hexdigest()
     return DEDUPE_PREFIX + digest
 
 
@@ -306,7 +326,12 @@ def check_readable(path: str | Path) -> Path:
 
 
 def ingest_file(
-    engine: Engine, config: Config, path: str | Path, now: datetime, progress: Progress | None = None, naive_zone: timezone = timezone.utc
+    engine: Engine,
+    config: Config,
+    path: str | Path,
+    now: datetime,
+    progress: Progress | None = None,
+    naive_zone: timezone = timezone.utc,
 ) -> dict[str, int]:
     """Import one file; returns counts {read, imported, duplicates, skipped, errors}. Idempotent, whatever
     `naive_zone` (see parse_line: the dedupe key reads an offset-less stamp as written)."""
@@ -337,7 +362,9 @@ def ingest_file(
                     counts["skipped"] += 1
                     logger.warning(f"import {path.name} line {number}: longer than {MAX_LINE_BYTES} bytes, skipped")
                 else:
-                    row = _row_for(line, number, now, naive_zone, auth, redactor, occurrences, headers_of, path.name, counts)
+                    row = _row_for(
+                        line, number, now, naive_zone, auth, redactor, occurrences, headers_of, path.name, counts
+                    )
                     if row is not None:
                         rows.append(row)
                 if lines_in_batch >= BATCH_LINES:
@@ -358,7 +385,15 @@ def ingest_file(
 
 
 def _row_for(
-    line: bytes, number: int, now: datetime, naive_zone: timezone, auth: _Auth, redactor: BodyRedactor, occurrences: dict, headers_of, name: str,
+    line: bytes,
+    number: int,
+    now: datetime,
+    naive_zone: timezone,
+    auth: _Auth,
+    redactor: BodyRedactor,
+    occurrences: dict,
+    headers_of,
+    name: str,
     counts: dict,
 ) -> dict | None:
     try:

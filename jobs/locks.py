@@ -4,6 +4,7 @@ The fold does not use these: it holds its lock for exactly its transaction (pipe
 A lease is taken with one atomic conditional UPDATE, so two daemons racing for it cannot both win;
 a holder that died loses it after `lease_seconds`; a long run renews it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,7 +37,11 @@ def acquire(engine: Engine, name: str, holder: str, now: datetime, lease_seconds
             update(JobLock)
             .where(
                 JobLock.name == name,
-                or_(JobLock.holder.is_(None), JobLock.acquired_at.is_(None), JobLock.acquired_at < now - timedelta(seconds=lease_seconds)),
+                or_(
+                    JobLock.holder.is_(None),
+                    JobLock.acquired_at.is_(None),
+                    JobLock.acquired_at < now - timedelta(seconds=lease_seconds),
+                ),
             )
             .values(holder=holder, acquired_at=now)
             .execution_options(synchronize_session=False)
@@ -52,15 +57,24 @@ def acquire(engine: Engine, name: str, holder: str, now: datetime, lease_seconds
 def renew(engine: Engine, name: str, holder: str, at: datetime) -> bool:
     """Push the lease's expiry forward; False when it is no longer ours."""
     with transaction(engine, immediate=True) as session:
-        return session.execute(
-            update(JobLock).where(JobLock.name == name, JobLock.holder == holder).values(acquired_at=at).execution_options(synchronize_session=False)
-        ).rowcount == 1
+        return (
+            session.execute(
+                update(JobLock)
+                .where(JobLock.name == name, JobLock.holder == holder)
+                .values(acquired_at=at)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            == 1
+        )
 
 
 def release(engine: Engine, name: str, holder: str) -> None:
     with transaction(engine, immediate=True) as session:
         session.execute(
-            update(JobLock).where(JobLock.name == name, JobLock.holder == holder).values(holder=None).execution_options(synchronize_session=False)
+            update(JobLock)
+            .where(JobLock.name == name, JobLock.holder == holder)
+            .values(holder=None)
+            .execution_options(synchronize_session=False)
         )
 
 

@@ -4,6 +4,7 @@ Each decision's body records who made it: the OS account that ran the command an
 user, always, plus `actor`, the person the operator says they act for (--actor), which is only a
 claim and so never replaces the OS identity.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,7 +61,13 @@ def current_status(engine: Engine, donation_id: int) -> str:
 
 
 def resolve_donation(
-    engine: Engine, donation_id: int, status: str, note: str, now: datetime, actor: str | None = None, expected_status: str | None = None
+    engine: Engine,
+    donation_id: int,
+    status: str,
+    note: str,
+    now: datetime,
+    actor: str | None = None,
+    expected_status: str | None = None,
 ) -> int:
     """Append an `operator` event deciding the donation's status; the next fold applies it. Returns the event id.
 
@@ -69,26 +76,44 @@ def resolve_donation(
     for another.
     """
     status, note, actor = check_decision(status, note, actor)
-    body = json.dumps(dict(zip(BODY_KEYS, (donation_id, status, note, os_user(), sudo_user(), actor))), ensure_ascii=False).encode()
+    body = json.dumps(
+        dict(zip(BODY_KEYS, (donation_id, status, note, os_user(), sudo_user(), actor))), ensure_ascii=False
+    ).encode()
     fields = EventFields(status=status, status_raw=status)
     with transaction(engine, immediate=True) as session:  # read then write: take SQLite's write lock first
         found = get_donation(session, donation_id).status
         if expected_status is not None and found != expected_status:
-            raise AzamreconError(f"donation {donation_id} changed from {expected_status} to {found} meanwhile; nothing appended: run the command again")
+            raise AzamreconError(
+                f"donation {donation_id} changed from {expected_status} to {found} meanwhile; nothing appended: run the command again"
+            )
         return append_event(
             session,
-            event_row(source="operator", body=body, received_at=now, auth="n/a", fields=fields, donation_id=donation_id, content_type="application/json"),
+            event_row(
+                source="operator",
+                body=body,
+                received_at=now,
+                auth="n/a",
+                fields=fields,
+                donation_id=donation_id,
+                content_type="application/json",
+            ),
         )
 
 
 def decisions(session: Session, donation_id: int) -> list[dict]:
     """The donation's operator events, oldest first, with who decided (keys absent from older bodies are None)."""
-    query = select(PaymentEvent).where(PaymentEvent.source == "operator", PaymentEvent.donation_id == donation_id).order_by(PaymentEvent.id)
+    query = (
+        select(PaymentEvent)
+        .where(PaymentEvent.source == "operator", PaymentEvent.donation_id == donation_id)
+        .order_by(PaymentEvent.id)
+    )
     rows = []
     for event in session.scalars(query):
         body = _decoded(event.body)
-        rows.append({"event_id": event.id, "received_at": event.received_at, "status": event.status}
-                    | {key: body.get(key) for key in ("note", "os_user", "sudo_user", "actor")})
+        rows.append(
+            {"event_id": event.id, "received_at": event.received_at, "status": event.status}
+            | {key: body.get(key) for key in ("note", "os_user", "sudo_user", "actor")}
+        )
     return rows
 
 

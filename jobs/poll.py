@@ -27,6 +27,7 @@ as a lease (atomic conditional UPDATE, renewed while the run lasts, released at 
 meanwhile raises LockBusy. `donation_id=` (one donation, now) takes no lease: a single extra question is
 harmless, and the receiver's status endpoint must not be blocked by a scheduled run.
 """
+
 from __future__ import annotations
 
 import json
@@ -82,7 +83,17 @@ class PollReport:
         return dict(self.__dict__, error_messages=list(self.error_messages))
 
     def summary(self) -> str:
-        keys = ("checked", "success", "failed", "pending", "unknown", "expired", "errors", "skipped_backoff", "no_transaction_id")
+        keys = (
+            "checked",
+            "success",
+            "failed",
+            "pending",
+            "unknown",
+            "expired",
+            "errors",
+            "skipped_backoff",
+            "no_transaction_id",
+        )
         return ", ".join(f"{key}={getattr(self, key)}" for key in keys)
 
 
@@ -107,7 +118,10 @@ def backoff_delay(config: Config, earlier_polls: int) -> timedelta:
 
 # --- selection ----------------------------------------------------------------------------------------------
 
-def _due_candidates(engine: Engine, config: Config, now: datetime, report: PollReport, limit: int | None) -> list[Candidate]:
+
+def _due_candidates(
+    engine: Engine, config: Config, now: datetime, report: PollReport, limit: int | None
+) -> list[Candidate]:
     """PENDING donations past the threshold or needing a check, minus those in backoff; oldest first."""
     poll = config.poll
     threshold = now - timedelta(minutes=poll.threshold_minutes)
@@ -116,7 +130,12 @@ def _due_candidates(engine: Engine, config: Config, now: datetime, report: PollR
     with transaction(engine) as session:
         rows = session.execute(
             select(
-                Donation.id, Donation.transaction_id, Donation.provider, Donation.created_at, Donation.needs_check, Donation.last_event_id
+                Donation.id,
+                Donation.transaction_id,
+                Donation.provider,
+                Donation.created_at,
+                Donation.needs_check,
+                Donation.last_event_id,
             )
             .where(*selection)
             .order_by(Donation.created_at, Donation.id)
@@ -124,7 +143,12 @@ def _due_candidates(engine: Engine, config: Config, now: datetime, report: PollR
         history = {
             donation_id: (count, last_at, last_id)
             for donation_id, count, last_at, last_id in session.execute(
-                select(PaymentEvent.donation_id, func.count(), func.max(PaymentEvent.received_at), func.max(PaymentEvent.id))
+                select(
+                    PaymentEvent.donation_id,
+                    func.count(),
+                    func.max(PaymentEvent.received_at),
+                    func.max(PaymentEvent.id),
+                )
                 .join(Donation, Donation.id == PaymentEvent.donation_id)
                 .where(PaymentEvent.source == "poll", *selection)
                 .group_by(PaymentEvent.donation_id)
@@ -152,7 +176,9 @@ def _due_candidates(engine: Engine, config: Config, now: datetime, report: PollR
 def _one_donation(engine: Engine, config: Config, donation_id: int, now: datetime) -> Candidate:
     with transaction(engine) as session:
         row = session.execute(
-            select(Donation.id, Donation.transaction_id, Donation.provider, Donation.created_at, Donation.status).where(Donation.id == donation_id)
+            select(Donation.id, Donation.transaction_id, Donation.provider, Donation.created_at, Donation.status).where(
+                Donation.id == donation_id
+            )
         ).one_or_none()
     if row is None:
         raise NotFound(f"donation {donation_id} not found")
@@ -162,6 +188,7 @@ def _one_donation(engine: Engine, config: Config, donation_id: int, now: datetim
 
 # --- events -------------------------------------------------------------------------------------------------
 
+
 def answer_row(candidate: Candidate, answer: StatusAnswer, received_at: datetime) -> dict[str, Any]:
     fields = EventFields(
         status=answer.status,
@@ -169,12 +196,22 @@ def answer_row(candidate: Candidate, answer: StatusAnswer, received_at: datetime
         transaction_ref=candidate.transaction_id and candidate.transaction_id[:255],
         operator=candidate.provider and candidate.provider[:64],
     )
-    return event_row(source="poll", body=answer.raw, received_at=received_at, auth="n/a", fields=fields, content_type="application/json", donation_id=candidate.id)
+    return event_row(
+        source="poll",
+        body=answer.raw,
+        received_at=received_at,
+        auth="n/a",
+        fields=fields,
+        content_type="application/json",
+        donation_id=candidate.id,
+    )
 
 
 def expiry_row(candidate: Candidate, config: Config, received_at: datetime, last_status: str | None) -> dict[str, Any]:
     hours = config.poll.max_age_hours
-    reason = f"no definite answer {hours:g} h after checkout" + (f" (last answer {last_status})" if last_status else " (no transactionId to ask about)")
+    reason = f"no definite answer {hours:g} h after checkout" + (
+        f" (last answer {last_status})" if last_status else " (no transactionId to ask about)"
+    )
     body = json.dumps(
         {
             "expired": True,
@@ -186,11 +223,24 @@ def expiry_row(candidate: Candidate, config: Config, received_at: datetime, last
         },
         sort_keys=True,
     ).encode()
-    fields = EventFields(status="EXPIRED", status_raw=reason[:255], transaction_ref=candidate.transaction_id and candidate.transaction_id[:255])
-    return event_row(source="poll", body=body, received_at=received_at, auth="n/a", fields=fields, content_type="application/json", donation_id=candidate.id)
+    fields = EventFields(
+        status="EXPIRED",
+        status_raw=reason[:255],
+        transaction_ref=candidate.transaction_id and candidate.transaction_id[:255],
+    )
+    return event_row(
+        source="poll",
+        body=body,
+        received_at=received_at,
+        auth="n/a",
+        fields=fields,
+        content_type="application/json",
+        donation_id=candidate.id,
+    )
 
 
 # --- the run ------------------------------------------------------------------------------------------------
+
 
 class _Appender:
     """Buffers event rows and appends them in groups, one transaction per group."""
@@ -266,7 +316,15 @@ def run_poll(
     locks.acquire(engine, LOCK_NAME, holder, now, lease_seconds)
     try:
         candidates = _due_candidates(engine, config, now, report, limit)
-        _ask_all(engine, config, client, candidates, report, clock, renew=lambda: locks.renew(engine, LOCK_NAME, holder, clock()))
+        _ask_all(
+            engine,
+            config,
+            client,
+            candidates,
+            report,
+            clock,
+            renew=lambda: locks.renew(engine, LOCK_NAME, holder, clock()),
+        )
     finally:
         try:
             locks.release(engine, LOCK_NAME, holder)
@@ -276,7 +334,11 @@ def run_poll(
     if report.checked or report.expired or report.errors:
         payments.info(f"Poll: {report.summary()} in {report.seconds:.1f}s")
     if report.errors:
-        logger.warning("poll: {} status call(s) failed; they are retried next run. First: {}", report.errors, report.error_messages[:1])
+        logger.warning(
+            "poll: {} status call(s) failed; they are retried next run. First: {}",
+            report.errors,
+            report.error_messages[:1],
+        )
     return report
 
 

@@ -18,6 +18,7 @@ batch never reads half of a change.
     before it emptied in place (their writers append, so they go on at the new end).
 - erase: one donor's number, now, everywhere (a donor's request; docs/privacy.md).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -70,6 +71,7 @@ Clock = Callable[[], datetime]
 
 
 # --- the sanctioned rewrite ---------------------------------------------------------------------
+
 
 def _control(session: Session) -> PrivacyControl:
     """The privacy_control row, created when missing (a truncated table reads as 'not allowed')."""
@@ -152,14 +154,23 @@ class _Fact:
             self.first = min(event_ids) if self.first is None else min(self.first, *event_ids)
             self.last = max(event_ids) if self.last is None else max(self.last, *event_ids)
         values = {
-            "finished_at": max(self.clock(), self.now), "events_rewritten": self.events, "donations_rewritten": self.donations,
-            "first_event_id": self.first, "last_event_id": self.last, "detail": json.dumps(self.detail, sort_keys=True),
+            "finished_at": max(self.clock(), self.now),
+            "events_rewritten": self.events,
+            "donations_rewritten": self.donations,
+            "first_event_id": self.first,
+            "last_event_id": self.last,
+            "detail": json.dumps(self.detail, sort_keys=True),
         }
         if self.row_id is None:
             self.row_id = session.execute(
                 insert(PrivacyRewrite).values(
-                    operation=self.operation, started_at=self.now, os_user=os_user()[:128], sudo_user=(sudo_user() or None) and sudo_user()[:128],
-                    key_fingerprint=self.key.fingerprint, cutoff=self.cutoff, **values,
+                    operation=self.operation,
+                    started_at=self.now,
+                    os_user=os_user()[:128],
+                    sudo_user=(sudo_user() or None) and sudo_user()[:128],
+                    key_fingerprint=self.key.fingerprint,
+                    cutoff=self.cutoff,
+                    **values,
                 )
             ).inserted_primary_key[0]
         else:
@@ -177,11 +188,25 @@ class _Fact:
 # rewrite changed meanwhile is left alone
 _EVENTS, _DONATIONS = PaymentEvent.__table__, Donation.__table__
 _SET_BODY = update(_EVENTS).where(_EVENTS.c.id == bindparam("event_id")).values(body=bindparam("new_body"))
-_SET_EVENT_MSISDN = update(_EVENTS).where(_EVENTS.c.id == bindparam("event_id"), _EVENTS.c.msisdn == bindparam("old")).values(msisdn=bindparam("new"))
-_SET_DONATION_MSISDN = update(_DONATIONS).where(_DONATIONS.c.id == bindparam("donation_id"), _DONATIONS.c.msisdn == bindparam("old")).values(msisdn=bindparam("new"))
+_SET_EVENT_MSISDN = (
+    update(_EVENTS)
+    .where(_EVENTS.c.id == bindparam("event_id"), _EVENTS.c.msisdn == bindparam("old"))
+    .values(msisdn=bindparam("new"))
+)
+_SET_DONATION_MSISDN = (
+    update(_DONATIONS)
+    .where(_DONATIONS.c.id == bindparam("donation_id"), _DONATIONS.c.msisdn == bindparam("old"))
+    .values(msisdn=bindparam("new"))
+)
 
 
-def _rewrite_bodies(engine: Engine, key: PrivacyKey, fact: _Fact, candidates: Sequence[int], new_body: Callable[[int, bytes, str | None], bytes | None]) -> int:
+def _rewrite_bodies(
+    engine: Engine,
+    key: PrivacyKey,
+    fact: _Fact,
+    candidates: Sequence[int],
+    new_body: Callable[[int, bytes, str | None], bytes | None],
+) -> int:
     """Rewrite the bodies of `candidates` (event ids) with new_body(id, body, msisdn) (None: leave it), in
     transactions of WRITE_CHUNK, each reading the bodies again under the lock (a concurrent rewrite may
     have changed them since they were looked at). Returns the number of bodies changed."""
@@ -189,7 +214,9 @@ def _rewrite_bodies(engine: Engine, key: PrivacyKey, fact: _Fact, candidates: Se
     for part in chunks(list(candidates), WRITE_CHUNK):
         with transaction(engine, immediate=True) as session:
             with sanctioned_rewrite(session, key):
-                rows = session.execute(select(PaymentEvent.id, PaymentEvent.body, PaymentEvent.msisdn).where(PaymentEvent.id.in_(part))).all()
+                rows = session.execute(
+                    select(PaymentEvent.id, PaymentEvent.body, PaymentEvent.msisdn).where(PaymentEvent.id.in_(part))
+                ).all()
                 updates = []
                 for event_id, body, msisdn in rows:
                     body = bytes(body)
@@ -203,12 +230,16 @@ def _rewrite_bodies(engine: Engine, key: PrivacyKey, fact: _Fact, candidates: Se
     return changed
 
 
-def _scan(engine: Engine, where, columns=(PaymentEvent.id, PaymentEvent.body, PaymentEvent.msisdn), start: int = 0) -> Iterator[tuple]:
+def _scan(
+    engine: Engine, where, columns=(PaymentEvent.id, PaymentEvent.body, PaymentEvent.msisdn), start: int = 0
+) -> Iterator[tuple]:
     """Rows of payment_events matching `where`, in id order, READ_CHUNK per query (never the whole log in memory)."""
     position = start
     while True:
         with transaction(engine) as session:
-            rows = session.execute(select(*columns).where(PaymentEvent.id > position, *where).order_by(PaymentEvent.id).limit(READ_CHUNK)).all()
+            rows = session.execute(
+                select(*columns).where(PaymentEvent.id > position, *where).order_by(PaymentEvent.id).limit(READ_CHUNK)
+            ).all()
         if not rows:
             return
         yield from rows
@@ -216,6 +247,7 @@ def _scan(engine: Engine, where, columns=(PaymentEvent.id, PaymentEvent.body, Pa
 
 
 # --- secrets -----------------------------------------------------------------------------------
+
 
 def _may_hold_secret(body: bytes, redactor: BodyRedactor) -> bool:
     lowered = body.lower()
@@ -228,7 +260,9 @@ def _scrubbed(redactor: BodyRedactor, body: bytes) -> bytes | None:
     return redactor.stored_body(body, decode_json(body))
 
 
-def scrub_secrets(engine: Engine, config: Config, now: datetime, dry_run: bool = False, clock: Clock = utcnow) -> dict[str, Any]:
+def scrub_secrets(
+    engine: Engine, config: Config, now: datetime, dry_run: bool = False, clock: Clock = utcnow
+) -> dict[str, Any]:
     """Replace the secrets of every stored body (pipeline.privacy.BodyRedactor, as the receiver does before it
     stores). Idempotent: a body already without secrets is left as it is. dry_run: count only."""
     redactor = redactor_for(config)
@@ -243,20 +277,27 @@ def scrub_secrets(engine: Engine, config: Config, now: datetime, dry_run: bool =
     if dry_run or not candidates:
         return counts
     fact = _Fact(SCRUB, now, redactor.key, clock=clock)
-    counts["events_rewritten"] = _rewrite_bodies(engine, redactor.key, fact, candidates, lambda _id, body, _m: _scrubbed(redactor, body))
+    counts["events_rewritten"] = _rewrite_bodies(
+        engine, redactor.key, fact, candidates, lambda _id, body, _m: _scrubbed(redactor, body)
+    )
     fact.announce()
     return counts
 
 
 # --- phone numbers -----------------------------------------------------------------------------
 
-def _without_numbers(key: PrivacyKey, body: bytes, msisdn: str | None, only: frozenset[str] | None = None) -> bytes | None:
+
+def _without_numbers(
+    key: PrivacyKey, body: bytes, msisdn: str | None, only: frozenset[str] | None = None
+) -> bytes | None:
     """The body with its phone numbers (all, or `only` these) replaced; None when it has none to replace.
     A JSON body by its fields (pipeline.privacy.body_number), any other one by the numbers in its text."""
     decoded = decode_json(body)
     if decoded.error is not None or not isinstance(decoded.data, (dict, list)):
         return text_without_numbers(key, body, only)
-    known = frozenset(number for number in (msisdn, normalise_msisdn(msisdn)) if number and not number.startswith(RETAINED_PREFIX))
+    known = frozenset(
+        number for number in (msisdn, normalise_msisdn(msisdn)) if number and not number.startswith(RETAINED_PREFIX)
+    )
     found = numbers_in(decoded.data, known)
     if only is not None:
         found &= only
@@ -265,7 +306,9 @@ def _without_numbers(key: PrivacyKey, body: bytes, msisdn: str | None, only: fro
     return dump_json(without_numbers(key, decoded.data, known, only=found))
 
 
-def retain(engine: Engine, config: Config, now: datetime, dry_run: bool = False, clock: Clock = utcnow) -> dict[str, Any]:
+def retain(
+    engine: Engine, config: Config, now: datetime, dry_run: bool = False, clock: Clock = utcnow
+) -> dict[str, Any]:
     """Apply privacy.msisdn_retention_days at `now`: bodies, typed columns, log files (module doc). Idempotent."""
     key = load_key(config.privacy.key_file)
     verify_key(engine, key)
@@ -277,8 +320,10 @@ def retain(engine: Engine, config: Config, now: datetime, dry_run: bool = False,
     counts.update(sweep_logs(Path(config.logging.dir), cutoff, dry_run))
     stale = stale_spool_files(Path(config.receiver.spool_dir), cutoff)
     if stale:
-        logger.warning(f"privacy retain: {len(stale)} spool file(s) last written before {cutoff:%Y-%m-%d}, with callbacks never ingested: "
-                       f"run `azamrecon events ingest-spool` or look at them ({', '.join(path.name for path in stale[:3])})")
+        logger.warning(
+            f"privacy retain: {len(stale)} spool file(s) last written before {cutoff:%Y-%m-%d}, with callbacks never ingested: "
+            f"run `azamrecon events ingest-spool` or look at them ({', '.join(path.name for path in stale[:3])})"
+        )
     counts["stale_spool_files"] = len(stale)
     fact.announce()
     return counts
@@ -296,24 +341,42 @@ def _retain_bodies(engine: Engine, key: PrivacyKey, cutoff: datetime, fact: _Fac
         if _without_numbers(key, bytes(body), msisdn) is not None:
             candidates.append(event_id)
     with transaction(engine) as session:
-        first_young = session.scalar(select(func.min(PaymentEvent.id)).where(PaymentEvent.id > start, PaymentEvent.received_at >= cutoff))
+        first_young = session.scalar(
+            select(func.min(PaymentEvent.id)).where(PaymentEvent.id > start, PaymentEvent.received_at >= cutoff)
+        )
         top = session.scalar(select(func.max(PaymentEvent.id))) or 0
     position = top if first_young is None else first_young - 1
     rewritten = 0
     if not dry_run:
         if candidates:
-            rewritten = _rewrite_bodies(engine, key, fact, candidates, lambda _id, body, msisdn: _without_numbers(key, body, msisdn))
+            rewritten = _rewrite_bodies(
+                engine, key, fact, candidates, lambda _id, body, msisdn: _without_numbers(key, body, msisdn)
+            )
         if position > start:
             with transaction(engine, immediate=True) as session:
                 _control(session)
-                session.execute(update(PrivacyControl).where(PrivacyControl.id == 1, PrivacyControl.bodies_retained_through < position).values(bodies_retained_through=position))
+                session.execute(
+                    update(PrivacyControl)
+                    .where(PrivacyControl.id == 1, PrivacyControl.bodies_retained_through < position)
+                    .values(bodies_retained_through=position)
+                )
     return {"bodies_scanned": scanned, "bodies_with_numbers": len(candidates), "bodies_rewritten": rewritten}
 
 
 def _young_numbers(session: Session, cutoff: datetime) -> set[str]:
     """Every number an event received, or a donation created, at or after the cutoff still holds."""
-    young = set(session.scalars(select(PaymentEvent.msisdn).where(PaymentEvent.received_at >= cutoff, PaymentEvent.msisdn.is_not(None)).distinct()))
-    young.update(session.scalars(select(Donation.msisdn).where(Donation.created_at >= cutoff, Donation.msisdn.is_not(None)).distinct()))
+    young = set(
+        session.scalars(
+            select(PaymentEvent.msisdn)
+            .where(PaymentEvent.received_at >= cutoff, PaymentEvent.msisdn.is_not(None))
+            .distinct()
+        )
+    )
+    young.update(
+        session.scalars(
+            select(Donation.msisdn).where(Donation.created_at >= cutoff, Donation.msisdn.is_not(None)).distinct()
+        )
+    )
     return young
 
 
@@ -324,12 +387,26 @@ def _retain_numbers(engine: Engine, key: PrivacyKey, cutoff: datetime, fact: _Fa
         event_top = session.scalar(select(func.max(PaymentEvent.id))) or 0
         donation_top = session.scalar(select(func.max(Donation.id))) or 0
         donations = session.execute(
-            select(Donation.id, Donation.msisdn).where(Donation.created_at < cutoff, Donation.msisdn.is_not(None), Donation.msisdn.not_like(RETAINED_PREFIX + "%"))
+            select(Donation.id, Donation.msisdn).where(
+                Donation.created_at < cutoff,
+                Donation.msisdn.is_not(None),
+                Donation.msisdn.not_like(RETAINED_PREFIX + "%"),
+            )
         ).all()
-    events = [(event_id, msisdn) for event_id, msisdn in _scan(engine, (PaymentEvent.received_at < cutoff, *clear), columns=(PaymentEvent.id, PaymentEvent.msisdn))]
+    events = [
+        (event_id, msisdn)
+        for event_id, msisdn in _scan(
+            engine, (PaymentEvent.received_at < cutoff, *clear), columns=(PaymentEvent.id, PaymentEvent.msisdn)
+        )
+    ]
     places = _places(events, donations, exclude=young)
     kept = len({number for _, number in events} | {number for _, number in donations}) - len(places)
-    counts = {"numbers_retired": 0, "numbers_kept_in_use": kept, "msisdn_events_rewritten": 0, "msisdn_donations_rewritten": 0}
+    counts = {
+        "numbers_retired": 0,
+        "numbers_kept_in_use": kept,
+        "msisdn_events_rewritten": 0,
+        "msisdn_donations_rewritten": 0,
+    }
     if dry_run:
         counts["numbers_retired"] = len(places)
         return counts
@@ -337,7 +414,9 @@ def _retain_numbers(engine: Engine, key: PrivacyKey, cutoff: datetime, fact: _Fa
     return counts
 
 
-def _places(events: Iterable[tuple[int, str]], donations: Iterable[tuple[int, str]], exclude: set[str] = frozenset()) -> dict[str, tuple[list[int], list[int]]]:
+def _places(
+    events: Iterable[tuple[int, str]], donations: Iterable[tuple[int, str]], exclude: set[str] = frozenset()
+) -> dict[str, tuple[list[int], list[int]]]:
     """number -> (event ids, donation ids) holding it, numbers in `exclude` left out."""
     places: dict[str, tuple[list[int], list[int]]] = {}
     for event_id, number in events:
@@ -350,7 +429,12 @@ def _places(events: Iterable[tuple[int, str]], donations: Iterable[tuple[int, st
 
 
 def _retire(
-    engine: Engine, key: PrivacyKey, fact: _Fact, places: dict[str, tuple[list[int], list[int]]], counts: dict, recent: tuple[int, int, datetime] | None
+    engine: Engine,
+    key: PrivacyKey,
+    fact: _Fact,
+    places: dict[str, tuple[list[int], list[int]]],
+    counts: dict,
+    recent: tuple[int, int, datetime] | None,
 ) -> None:
     """Replace each number in its typed columns, all its rows in one transaction. `recent` (the highest event
     and donation ids when `places` was read, and the cutoff): a number a row near the top holds since, from
@@ -368,10 +452,14 @@ def _retire(
                     hashed = retained_msisdn(key, number)
                     event_ids, donation_ids = places[number]
                     event_updates += [{"event_id": event_id, "old": number, "new": hashed} for event_id in event_ids]
-                    donation_updates += [{"donation_id": donation_id, "old": number, "new": hashed} for donation_id in donation_ids]
+                    donation_updates += [
+                        {"donation_id": donation_id, "old": number, "new": hashed} for donation_id in donation_ids
+                    ]
                 connection = session.connection()
                 events_done = connection.execute(_SET_EVENT_MSISDN, event_updates).rowcount if event_updates else 0
-                donations_done = connection.execute(_SET_DONATION_MSISDN, donation_updates).rowcount if donation_updates else 0
+                donations_done = (
+                    connection.execute(_SET_DONATION_MSISDN, donation_updates).rowcount if donation_updates else 0
+                )
             fact.add(session, [item["event_id"] for item in event_updates], donations_done)
         counts["numbers_retired"] += len(part) - len(in_use)
         counts["msisdn_events_rewritten"] += events_done
@@ -380,13 +468,27 @@ def _retire(
 
 def _appeared_since(session: Session, numbers: Sequence[str], recent: tuple[int, int, datetime]) -> set[str]:
     event_top, donation_top, cutoff = recent
-    found = set(session.scalars(select(PaymentEvent.msisdn).where(
-        PaymentEvent.id > event_top - RECENT_IDS, PaymentEvent.msisdn.in_(numbers), PaymentEvent.received_at >= cutoff)))
-    found.update(session.scalars(select(Donation.msisdn).where(Donation.id > donation_top - RECENT_IDS, Donation.msisdn.in_(numbers), Donation.created_at >= cutoff)))
+    found = set(
+        session.scalars(
+            select(PaymentEvent.msisdn).where(
+                PaymentEvent.id > event_top - RECENT_IDS,
+                PaymentEvent.msisdn.in_(numbers),
+                PaymentEvent.received_at >= cutoff,
+            )
+        )
+    )
+    found.update(
+        session.scalars(
+            select(Donation.msisdn).where(
+                Donation.id > donation_top - RECENT_IDS, Donation.msisdn.in_(numbers), Donation.created_at >= cutoff
+            )
+        )
+    )
     return found
 
 
 # --- one donor ---------------------------------------------------------------------------------
+
 
 def donor_numbers(key: PrivacyKey, msisdn: str) -> tuple[str, str]:
     """(the number as stored in clear, as stored once retained) for a number a donor gives; InputError
@@ -415,13 +517,28 @@ def find_donor(engine: Engine, config: Config, msisdn: str) -> dict[str, list[di
     clear, hashed = donor_numbers(key, msisdn)
     with transaction(engine, isolation="REPEATABLE READ") as session:
         donations = session.execute(
-            select(Donation.id, Donation.created_at, Donation.status, Donation.amount, Donation.currency, Donation.msisdn, Donation.provider)
+            select(
+                Donation.id,
+                Donation.created_at,
+                Donation.status,
+                Donation.amount,
+                Donation.currency,
+                Donation.msisdn,
+                Donation.provider,
+            )
             .where(Donation.msisdn.in_((clear, hashed)))
             .order_by(Donation.id)
         ).all()
         patterns = _body_patterns(clear, hashed)
         events = session.execute(
-            select(PaymentEvent.id, PaymentEvent.received_at, PaymentEvent.source, PaymentEvent.status, PaymentEvent.amount, PaymentEvent.msisdn)
+            select(
+                PaymentEvent.id,
+                PaymentEvent.received_at,
+                PaymentEvent.source,
+                PaymentEvent.status,
+                PaymentEvent.amount,
+                PaymentEvent.msisdn,
+            )
             .where(PaymentEvent.msisdn.in_((clear, hashed)) | _body_like(patterns[0]) | _body_like(patterns[1]))
             .order_by(PaymentEvent.id)
         ).all()
@@ -431,7 +548,9 @@ def find_donor(engine: Engine, config: Config, msisdn: str) -> dict[str, list[di
     }
 
 
-def erase_donor(engine: Engine, config: Config, msisdn: str, now: datetime, dry_run: bool = False, clock: Clock = utcnow) -> dict[str, Any]:
+def erase_donor(
+    engine: Engine, config: Config, msisdn: str, now: datetime, dry_run: bool = False, clock: Clock = utcnow
+) -> dict[str, Any]:
     """Replace one donor's number now, everywhere in the database, as retention would later. Refused while a
     donation with it is still open (PENDING or REVIEW): its callback would no longer match it."""
     key = load_key(config.privacy.key_file, create=False)
@@ -439,31 +558,48 @@ def erase_donor(engine: Engine, config: Config, msisdn: str, now: datetime, dry_
     clear, _ = donor_numbers(key, msisdn)
     with transaction(engine) as session:
         donations = session.execute(select(Donation.id, Donation.status).where(Donation.msisdn == clear)).all()
-        events = [event_id for (event_id,) in session.execute(select(PaymentEvent.id).where(PaymentEvent.msisdn == clear))]
+        events = [
+            event_id for (event_id,) in session.execute(select(PaymentEvent.id).where(PaymentEvent.msisdn == clear))
+        ]
     open_ones = [donation_id for donation_id, status in donations if status in ("PENDING", "REVIEW")]
     if open_ones:
-        raise InputError(f"donation(s) {', '.join(map(str, open_ones))} with this number are still open: erase it once they are settled")
+        raise InputError(
+            f"donation(s) {', '.join(map(str, open_ones))} with this number are still open: erase it once they are settled"
+        )
     only = frozenset({clear})
-    bodies = [event_id for event_id, body, msisdn_value in _scan(engine, (_body_like(_body_patterns(clear, "")[0]),))
-              if _without_numbers(key, bytes(body), msisdn_value, only) is not None]
-    counts = {"donations": len(donations), "events": len(events), "bodies": len(bodies), "msisdn_events_rewritten": 0, "msisdn_donations_rewritten": 0,
-              "numbers_retired": 0, "bodies_rewritten": 0}
+    bodies = [
+        event_id
+        for event_id, body, msisdn_value in _scan(engine, (_body_like(_body_patterns(clear, "")[0]),))
+        if _without_numbers(key, bytes(body), msisdn_value, only) is not None
+    ]
+    counts = {
+        "donations": len(donations),
+        "events": len(events),
+        "bodies": len(bodies),
+        "msisdn_events_rewritten": 0,
+        "msisdn_donations_rewritten": 0,
+        "numbers_retired": 0,
+        "bodies_rewritten": 0,
+    }
     if dry_run:
         return counts
     fact = _Fact(ERASE, now, key, clock=clock, detail={"number_hash": retained_msisdn(key, clear)})
     _retire(engine, key, fact, {clear: (events, [donation_id for donation_id, _ in donations])}, counts, recent=None)
-    counts["bodies_rewritten"] = _rewrite_bodies(engine, key, fact, bodies, lambda _id, body, msisdn_value: _without_numbers(key, body, msisdn_value, only))
+    counts["bodies_rewritten"] = _rewrite_bodies(
+        engine, key, fact, bodies, lambda _id, body, msisdn_value: _without_numbers(key, body, msisdn_value, only)
+    )
     fact.announce()
     return counts
 
 
 # --- files -------------------------------------------------------------------------------------
 
+
 def _rotated(name: str) -> bool:
     """A rotated log file: loguru renames payments.log to payments.<time>[.n].log."""
     for live in LOG_FILES:
         base = live[: -len(".log")]
-        if name != live and name.startswith(base + ".") and ".log" in name[len(base):]:
+        if name != live and name.startswith(base + ".") and ".log" in name[len(base) :]:
             return True
     return False
 
@@ -512,4 +648,3 @@ def stale_spool_files(directory: Path, cutoff: datetime) -> list[Path]:
                 if path.is_file() and path.stat().st_mtime < cutoff.timestamp():
                     stale.append(path)
     return stale
-

@@ -1,5 +1,6 @@
 """Rebuild: reset every derived column and table and refold from event 0, or compute that rebuild in
 memory and compare it with the live state (--check), or compute the state as known at an instant (--as-of)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,7 +47,9 @@ def rebuild(engine: Engine, config: Config, now: datetime, progress: Progress | 
     return report
 
 
-def _fold_in_memory(memory: MemoryFoldStore, config: Config, until_id: int | None, skip: set[int], progress: Progress | None, total: int) -> int:
+def _fold_in_memory(
+    memory: MemoryFoldStore, config: Config, until_id: int | None, skip: set[int], progress: Progress | None, total: int
+) -> int:
     policy, references = trust_policy(config), reference_format(config)
     position = events = 0
     while True:
@@ -77,10 +80,16 @@ def check(engine: Engine, config: Config, progress: Progress | None = None) -> C
         checkpoint = reader.read_checkpoint(CHECKPOINT)
         total = reader.max_event_id()
         memory = MemoryFoldStore(session, donation_high=checkpoint.donation_high)
-        compared = _fold_in_memory(memory, config, checkpoint.position, set(checkpoint.gap_ids()), progress, checkpoint.position)
+        compared = _fold_in_memory(
+            memory, config, checkpoint.position, set(checkpoint.gap_ids()), progress, checkpoint.position
+        )
         found = differences(live_snapshot(session), memory.snapshot())
     behind = total - checkpoint.position
-    note = f"live fold is at event {checkpoint.position}; {behind} newer event id(s) not folded yet and not compared" if behind else ""
+    note = (
+        f"live fold is at event {checkpoint.position}; {behind} newer event id(s) not folded yet and not compared"
+        if behind
+        else ""
+    )
     return CheckResult(found, checkpoint.position, compared, note)
 
 

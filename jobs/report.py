@@ -13,6 +13,7 @@ known at that instant (jobs.rebuild.as_of: donations and patients created by the
 then, folded in memory) and answers the same questions from it; ages are then measured at `as_of`.
 Nothing is written, except by write_daily_report, which writes one JSON file.
 """
+
 from __future__ import annotations
 
 import json
@@ -110,10 +111,17 @@ def build_report(
         with transaction(engine, isolation="REPEATABLE READ") as session:
             facts = _snapshot_facts(session, snapshot, as_of)
 
-    completed = [d for d in facts.donations if d.status == COMPLETED and d.completed_at is not None and start <= d.completed_at < end]
+    completed = [
+        d
+        for d in facts.donations
+        if d.status == COMPLETED and d.completed_at is not None and start <= d.completed_at < end
+    ]
     failed = [d for d in facts.donations if d.status == FAILED and _within(d.ended_at(), start, end)]
     cancelled = [d for d in facts.donations if d.status == CANCELLED and _within(d.ended_at(), start, end)]
-    stuck = sorted((d for d in facts.donations if d.status == PENDING and d.created_at < stuck_before), key=lambda d: (d.created_at, d.id))
+    stuck = sorted(
+        (d for d in facts.donations if d.status == PENDING and d.created_at < stuck_before),
+        key=lambda d: (d.created_at, d.id),
+    )
 
     return {
         "day": day.isoformat(),
@@ -147,13 +155,21 @@ def build_report(
         "anomalies": {
             "total": sum(facts.anomaly_counts.values()),
             "by_kind": {
-                kind: {"count": facts.anomaly_counts[kind], "meaning": ANOMALY_MEANINGS.get(kind, ""), "latest": facts.anomaly_examples.get(kind, [])}
-                for kind in sorted(facts.anomaly_counts, key=lambda k: (ANOMALY_KINDS.index(k) if k in ANOMALY_KINDS else 99, k))
+                kind: {
+                    "count": facts.anomaly_counts[kind],
+                    "meaning": ANOMALY_MEANINGS.get(kind, ""),
+                    "latest": facts.anomaly_examples.get(kind, []),
+                }
+                for kind in sorted(
+                    facts.anomaly_counts, key=lambda k: (ANOMALY_KINDS.index(k) if k in ANOMALY_KINDS else 99, k)
+                )
             },
         },
         "fold_lag": {
             "events": facts.lag_events,
-            "seconds": 0.0 if facts.lag_oldest is None else max(0.0, round((reference - facts.lag_oldest).total_seconds(), 3)),
+            "seconds": 0.0
+            if facts.lag_oldest is None
+            else max(0.0, round((reference - facts.lag_oldest).total_seconds(), 3)),
             "oldest_unfolded_at": facts.lag_oldest,
         },
         "invariants": {"ok": not facts.violations, "violations": facts.violations},
@@ -226,7 +242,10 @@ def _live_facts(session: Session, start: datetime, end: datetime, stuck_before: 
         and_(Donation.status == COMPLETED, Donation.completed_at >= start, Donation.completed_at < end),
         and_(
             Donation.status.in_((FAILED, CANCELLED)),
-            or_(and_(Donation.failure_at >= start, Donation.failure_at < end), and_(Donation.operator_at >= start, Donation.operator_at < end)),
+            or_(
+                and_(Donation.failure_at >= start, Donation.failure_at < end),
+                and_(Donation.operator_at >= start, Donation.operator_at < end),
+            ),
         ),
         and_(Donation.status == PENDING, Donation.created_at < stuck_before),
     )
@@ -235,10 +254,19 @@ def _live_facts(session: Session, start: datetime, end: datetime, stuck_before: 
     patients = [
         dict(zip(("id", "name", "funding_required", "funding_received", "status", "fully_funded_at"), row))
         for row in session.execute(
-            select(Patient.id, Patient.name, Patient.funding_required, Patient.funding_received, Patient.status, Patient.fully_funded_at).order_by(Patient.id)
+            select(
+                Patient.id,
+                Patient.name,
+                Patient.funding_required,
+                Patient.funding_received,
+                Patient.status,
+                Patient.fully_funded_at,
+            ).order_by(Patient.id)
         )
     ]
-    general = session.scalar(select(func.coalesce(func.sum(FundingCredit.amount), 0)).where(FundingCredit.patient_id.is_(None)))
+    general = session.scalar(
+        select(func.coalesce(func.sum(FundingCredit.amount), 0)).where(FundingCredit.patient_id.is_(None))
+    )
     counts = dict(session.execute(select(Anomaly.kind, func.count()).group_by(Anomaly.kind)).all())
     examples: dict[str, list[dict[str, Any]]] = {}
     for kind in counts:
@@ -249,10 +277,15 @@ def _live_facts(session: Session, start: datetime, end: datetime, stuck_before: 
             .order_by(Anomaly.event_id.desc(), Anomaly.id.desc())
             .limit(EXAMPLES_PER_KIND)
         )
-        examples[kind] = [_example(event_id, donation_id, detail, received_at) for event_id, donation_id, detail, received_at in session.execute(query)]
+        examples[kind] = [
+            _example(event_id, donation_id, detail, received_at)
+            for event_id, donation_id, detail, received_at in session.execute(query)
+        ]
     lag_events, lag_oldest = fold_lag(session)
     violations = SqlFoldStore(session).invariant_violations()
-    return Facts(donations, status_counts, patients, Decimal(general), counts, examples, lag_events, lag_oldest, violations)
+    return Facts(
+        donations, status_counts, patients, Decimal(general), counts, examples, lag_events, lag_oldest, violations
+    )
 
 
 def _example(event_id: int, donation_id: int | None, detail: str, received_at: datetime | None) -> dict[str, Any]:
@@ -271,7 +304,13 @@ def _snapshot_facts(session: Session, snapshot: Snapshot, as_of: datetime) -> Fa
         row[0]: row
         for row in session.execute(
             select(
-                Donation.id, Donation.patient_id, Donation.external_reference, Donation.amount, Donation.currency, Donation.patient_amount, Donation.created_at
+                Donation.id,
+                Donation.patient_id,
+                Donation.external_reference,
+                Donation.amount,
+                Donation.currency,
+                Donation.patient_amount,
+                Donation.created_at,
             ).where(Donation.created_at <= as_of)
         )
     }
@@ -299,26 +338,50 @@ def _snapshot_facts(session: Session, snapshot: Snapshot, as_of: datetime) -> Fa
     status_counts = dict(Counter(d.status for d in donations))
     names = {
         row[0]: row[1:]
-        for row in session.execute(select(Patient.id, Patient.name, Patient.funding_required).where(Patient.created_at <= as_of))
+        for row in session.execute(
+            select(Patient.id, Patient.name, Patient.funding_required).where(Patient.created_at <= as_of)
+        )
     }
     patients = []
     for patient_id in sorted(snapshot.patients):
         received, status, fully_funded_at = snapshot.patients[patient_id]
         name, required = names[patient_id]
         patients.append(
-            {"id": patient_id, "name": name, "funding_required": required, "funding_received": Decimal(received), "status": status, "fully_funded_at": _when(fully_funded_at)}
+            {
+                "id": patient_id,
+                "name": name,
+                "funding_required": required,
+                "funding_received": Decimal(received),
+                "status": status,
+                "fully_funded_at": _when(fully_funded_at),
+            }
         )
-    general = sum((Decimal(amount) for patient_id, amount, _, _ in snapshot.credits.values() if patient_id is None), Decimal("0"))
+    general = sum(
+        (Decimal(amount) for patient_id, amount, _, _ in snapshot.credits.values() if patient_id is None), Decimal("0")
+    )
 
     counts: Counter = Counter()
     by_kind: dict[str, list[tuple]] = defaultdict(list)
     for (event_id, donation_id, kind, detail), n in snapshot.anomalies.items():
         counts[kind] += n
         by_kind[kind].extend([(event_id, donation_id, detail)] * n)
-    latest = {kind: sorted(items, key=lambda item: item[0], reverse=True)[:EXAMPLES_PER_KIND] for kind, items in by_kind.items()}
+    latest = {
+        kind: sorted(items, key=lambda item: item[0], reverse=True)[:EXAMPLES_PER_KIND]
+        for kind, items in by_kind.items()
+    }
     event_ids = sorted({item[0] for items in latest.values() for item in items})
-    received = dict(session.execute(select(PaymentEvent.id, PaymentEvent.received_at).where(PaymentEvent.id.in_(event_ids))).all()) if event_ids else {}
-    examples = {kind: [_example(e, d, detail, received.get(e)) for e, d, detail in items] for kind, items in latest.items()}
+    received = (
+        dict(
+            session.execute(
+                select(PaymentEvent.id, PaymentEvent.received_at).where(PaymentEvent.id.in_(event_ids))
+            ).all()
+        )
+        if event_ids
+        else {}
+    )
+    examples = {
+        kind: [_example(e, d, detail, received.get(e)) for e, d, detail in items] for kind, items in latest.items()
+    }
 
     violations = snapshot_violations(snapshot, {d.id: d.patient_amount for d in donations})
     # The as-of state folds every event received by `as_of`: nothing is behind.
@@ -334,7 +397,9 @@ def snapshot_violations(snapshot: Snapshot, patient_amounts: dict[int, Decimal])
             sums[patient_id] += Decimal(amount)
     for patient_id, (received, _, _) in sorted(snapshot.patients.items()):
         if Decimal(received) != sums.get(patient_id, Decimal("0")):
-            problems.append(f"patient {patient_id}: funding_received {received} != sum of credits {sums.get(patient_id, Decimal('0'))}")
+            problems.append(
+                f"patient {patient_id}: funding_received {received} != sum of credits {sums.get(patient_id, Decimal('0'))}"
+            )
     status_at = DONATION_FIELDS.index("status")
     for donation_id, values in sorted(snapshot.donations.items()):
         status = values[status_at]
@@ -343,7 +408,9 @@ def snapshot_violations(snapshot: Snapshot, patient_amounts: dict[int, Decimal])
         if (credit is None and status == COMPLETED) or (
             credit is not None and (status != COMPLETED or credited != Decimal(patient_amounts[donation_id]))
         ):
-            problems.append(f"donation {donation_id}: status {status}, credit {credited}, patient_amount {patient_amounts[donation_id]}")
+            problems.append(
+                f"donation {donation_id}: status {status}, credit {credited}, patient_amount {patient_amounts[donation_id]}"
+            )
     return problems
 
 

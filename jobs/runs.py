@@ -1,4 +1,5 @@
 """job_runs bookkeeping: every job run is recorded with its counts, outcome and error."""
+
 from __future__ import annotations
 
 import contextlib
@@ -29,15 +30,34 @@ def describe(exc: BaseException) -> str:
     return (str(exc) if isinstance(exc, AzamreconError) else f"{type(exc).__name__}: {exc}")[:2000]
 
 
-def record_finished_run(engine: Engine, job: str, started: datetime, finished: datetime, outcome: str, counts: dict | None = None, error: str | None = None) -> None:
+def record_finished_run(
+    engine: Engine,
+    job: str,
+    started: datetime,
+    finished: datetime,
+    outcome: str,
+    counts: dict | None = None,
+    error: str | None = None,
+) -> None:
     """One complete job_runs row, for runs too frequent to record while they run (the scheduled fold)."""
     with transaction(engine) as session:
-        session.add(JobRun(job=job, started_at=started, finished_at=max(finished, started), outcome=outcome,
-                           counts=json.dumps(counts or {}, default=str), error=error, host=socket.gethostname()[:128]))
+        session.add(
+            JobRun(
+                job=job,
+                started_at=started,
+                finished_at=max(finished, started),
+                outcome=outcome,
+                counts=json.dumps(counts or {}, default=str),
+                error=error,
+                host=socket.gethostname()[:128],
+            )
+        )
 
 
 @contextlib.contextmanager
-def recorded_run(engine: Engine, job: str, now: datetime, clock: Callable[[], datetime] = utcnow) -> Iterator[RunRecord]:
+def recorded_run(
+    engine: Engine, job: str, now: datetime, clock: Callable[[], datetime] = utcnow
+) -> Iterator[RunRecord]:
     """Insert a `running` job_runs row, yield a RunRecord to fill in, then close the row as ok/skipped/error.
 
     The job's own transactions are separate from this bookkeeping, so a failed job still leaves its row.
@@ -63,5 +83,10 @@ def recorded_run(engine: Engine, job: str, now: datetime, clock: Callable[[], da
                 session.execute(
                     update(JobRun)
                     .where(JobRun.id == run_id)
-                    .values(finished_at=finished, outcome=record.outcome, counts=json.dumps(record.counts, default=str), error=error)
+                    .values(
+                        finished_at=finished,
+                        outcome=record.outcome,
+                        counts=json.dumps(record.counts, default=str),
+                        error=error,
+                    )
                 )

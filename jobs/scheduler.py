@@ -4,6 +4,7 @@ Every job has an explicit id, max_instances=1, coalesce and a misfire grace time
 MySQL database are safe: the fold serialises on its checkpoint row lock, poll, the daily report and
 privacy retain take a lease lock, and spool ingest is idempotent (dedupe keys).
 """
+
 from __future__ import annotations
 
 import signal
@@ -116,15 +117,30 @@ def _guarded(name: str, body: Callable[[], None]) -> Callable[[], None]:
 def build_scheduler(engine: Engine, config: Config, clock: Clock = utcnow) -> BlockingScheduler:
     settings = config.scheduler
     jobs = Jobs(engine, config, clock)
-    scheduler = BlockingScheduler(timezone="UTC", job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": settings.misfire_grace_seconds})
-    scheduler.add_job(_guarded("fold", jobs.fold), "interval", seconds=settings.fold_interval_seconds, id="fold", name="fold")
-    scheduler.add_job(_guarded("poll", jobs.poll), "interval", seconds=settings.poll_interval_seconds, id="poll", name="poll")
-    scheduler.add_job(_guarded("spool", jobs.spool), "interval", seconds=settings.spool_interval_seconds, id="spool", name="spool")
-    scheduler.add_job(
-        _guarded("report", jobs.daily_report), CronTrigger.from_crontab(settings.report_cron, timezone="UTC"), id="daily_report", name="daily report"
+    scheduler = BlockingScheduler(
+        timezone="UTC",
+        job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": settings.misfire_grace_seconds},
     )
     scheduler.add_job(
-        _guarded("retain", jobs.retain), CronTrigger.from_crontab(config.privacy.retain_cron, timezone="UTC"), id="privacy_retain", name="privacy retain"
+        _guarded("fold", jobs.fold), "interval", seconds=settings.fold_interval_seconds, id="fold", name="fold"
+    )
+    scheduler.add_job(
+        _guarded("poll", jobs.poll), "interval", seconds=settings.poll_interval_seconds, id="poll", name="poll"
+    )
+    scheduler.add_job(
+        _guarded("spool", jobs.spool), "interval", seconds=settings.spool_interval_seconds, id="spool", name="spool"
+    )
+    scheduler.add_job(
+        _guarded("report", jobs.daily_report),
+        CronTrigger.from_crontab(settings.report_cron, timezone="UTC"),
+        id="daily_report",
+        name="daily report",
+    )
+    scheduler.add_job(
+        _guarded("retain", jobs.retain),
+        CronTrigger.from_crontab(config.privacy.retain_cron, timezone="UTC"),
+        id="privacy_retain",
+        name="privacy retain",
     )
     return scheduler
 

@@ -6,6 +6,7 @@ adds nothing. A file is claimed first (renamed to *.jsonl.claimed under the writ
 receiver appends to it afterwards) and deleted only when every line of it is in the log. A torn last
 line (a crash mid-write) is skipped and the file kept, as is a file with an unreadable line.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -86,7 +87,11 @@ def _ingest_file(engine: Engine, path: Path, counts: dict, redactor: BodyRedacto
         with transaction(engine, immediate=True) as session:
             existing = _existing_keys(session, [row["dedupe_key"] for row in chunk])
             committed = already_appended(session, chunk)  # spooled because a COMMIT's answer was lost
-            fresh = [row for row in chunk if row["dedupe_key"] not in existing and (row["body_sha256"], row["received_at"]) not in committed]
+            fresh = [
+                row
+                for row in chunk
+                if row["dedupe_key"] not in existing and (row["body_sha256"], row["received_at"]) not in committed
+            ]
             append_events(session, fresh)
         counts["duplicates"] += len(chunk) - len(fresh)
         counts["ingested"] += len(fresh)
@@ -113,5 +118,7 @@ def ingest_spool(engine: Engine, spool_dir: str | Path, now: datetime, redactor:
         counts["files"] += 1
         _ingest_file(engine, path, counts, redactor)
     if counts["ingested"]:
-        logger.info("spool ingest: {} callback(s) replayed into the log from {} file(s)", counts["ingested"], counts["files"])
+        logger.info(
+            "spool ingest: {} callback(s) replayed into the log from {} file(s)", counts["ingested"], counts["files"]
+        )
     return counts

@@ -1,4 +1,5 @@
 """Callback credentials (password field, RSA signature) and the client-address allow-list."""
+
 from __future__ import annotations
 
 import base64
@@ -41,7 +42,9 @@ def _networks(values: Iterable[str], key: str) -> tuple[_Network, ...]:
         try:
             networks.append(ipaddress.ip_network(str(value).strip(), strict=False))
         except ValueError:
-            raise ConfigError(f"invalid config value for webhook.{key}: not an IP address or CIDR network: {value!r}") from None
+            raise ConfigError(
+                f"invalid config value for webhook.{key}: not an IP address or CIDR network: {value!r}"
+            ) from None
     return tuple(networks)
 
 
@@ -73,12 +76,16 @@ class Authenticator:
         try:
             pem = webhook.public_key_pem()
         except OSError as exc:
-            raise ConfigError(f"invalid config value for webhook.signature_public_key_pem: cannot read {exc.filename}: {exc.strerror}") from None
+            raise ConfigError(
+                f"invalid config value for webhook.signature_public_key_pem: cannot read {exc.filename}: {exc.strerror}"
+            ) from None
         if pem:
             try:
                 public_key = serialization.load_pem_public_key(pem)
             except (ValueError, UnsupportedAlgorithm) as exc:
-                raise ConfigError(f"invalid config value for webhook.signature_public_key_pem: {str(exc).splitlines()[0]}") from None
+                raise ConfigError(
+                    f"invalid config value for webhook.signature_public_key_pem: {str(exc).splitlines()[0]}"
+                ) from None
             if not isinstance(public_key, rsa.RSAPublicKey):
                 raise ConfigError("invalid config value for webhook.signature_public_key_pem: not an RSA public key")
         return cls(

@@ -4,6 +4,7 @@ Every error leaving this module is an AzamPayError whose message names the call 
 token, client secret or API key. Transport exceptions are not chained (`from None`) because a requests
 exception holds the prepared request, headers included.
 """
+
 from __future__ import annotations
 
 import json
@@ -233,10 +234,14 @@ class AzamPayClient:
             response = self._session.request(method, url, timeout=self._timeouts, **kwargs)
         except requests.RequestException as exc:
             raise _transport_error(exc, what, self._timeouts) from None
-        except Exception as exc:  # e.g. a header that is not latin-1: the request (with its token) must not reach a traceback
+        except (
+            Exception
+        ) as exc:  # e.g. a header that is not latin-1: the request (with its token) must not reach a traceback
             raise AzamPayUnexpectedAnswer(f"{what}: request could not be sent ({type(exc).__name__})") from None
         if response.status_code >= 300:  # only the unusual answers: the poller makes thousands of calls
-            logger.debug("{} -> HTTP {} in {:.0f} ms", what, response.status_code, (time.perf_counter() - started) * 1000)
+            logger.debug(
+                "{} -> HTTP {} in {:.0f} ms", what, response.status_code, (time.perf_counter() - started) * 1000
+            )
         return response
 
     def _authorised(self, method: str, url: str, what: str, **kwargs: Any) -> requests.Response:

@@ -3,6 +3,7 @@
 The guide's names are flat (AZAM_PAY_AUTH, TOKEN, ...) while the config is nested, so overrides are
 applied through the explicit table ENV_OVERRIDES rather than pydantic-settings' prefix convention.
 """
+
 from __future__ import annotations
 
 import os
@@ -92,8 +93,13 @@ class StatusApiConfig(_Section):
         r"^\s*success(ful)?\.?\s*$",
     ]
     failed_patterns: list[str] = [
-        r"\bfail(s|ed|ure)?\b", r"\bcancel+ed\b", r"\brejected\b", r"\bexpired\b", r"\bdeclined\b",
-        r"\bnot successful\b", r"\bunsuccessful\b",
+        r"\bfail(s|ed|ure)?\b",
+        r"\bcancel+ed\b",
+        r"\brejected\b",
+        r"\bexpired\b",
+        r"\bdeclined\b",
+        r"\bnot successful\b",
+        r"\bunsuccessful\b",
     ]
     pending_patterns: list[str] = [r"\bpending\b", r"\bprocessing\b", r"\bin progress\b"]
 

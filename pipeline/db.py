@@ -4,6 +4,7 @@ SQLite runs with WAL, the configured synchronous level (FULL by default), a busy
 keys on. Transactions on SQLite start with BEGIN IMMEDIATE when asked, which is how the fold takes
 its single-writer lock there.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,7 +64,9 @@ def _create_engine(url: str, **options) -> Engine:
     except TypeError as exc:  # _check_driver_arguments: the message names the argument, never its value
         raise ConfigError(f"invalid config value for database.url: the {_scheme(url)!r} driver {exc}") from None
     except (ArgumentError, ValueError):  # e.g. ?connect_timeout=abc (the message would quote the value)
-        raise ConfigError(f"invalid config value for database.url: a {_scheme(url)!r} URL with an argument its driver cannot use") from None
+        raise ConfigError(
+            f"invalid config value for database.url: a {_scheme(url)!r} URL with an argument its driver cannot use"
+        ) from None
 
 
 def _scheme(url: str) -> str:

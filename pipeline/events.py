@@ -3,6 +3,7 @@
 Parsing never decides whether a body is *stored*: every body is stored. It only decides the typed
 columns and `parse_error`, which the receiver turns into 400 and the fold into `invalid_payload`.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from pipeline.errors import ParseError
 
-SUCCESS, FAILED, CANCELLED, UNKNOWN, PENDING, EXPIRED = "SUCCESS", "FAILED", "CANCELLED", "UNKNOWN", "PENDING", "EXPIRED"
+SUCCESS, FAILED, CANCELLED, UNKNOWN, PENDING, EXPIRED = (
+    "SUCCESS",
+    "FAILED",
+    "CANCELLED",
+    "UNKNOWN",
+    "PENDING",
+    "EXPIRED",
+)
 
 _STATUS_WORDS = {
     "success": SUCCESS,
@@ -198,7 +206,9 @@ _DECODER = json.JSONDecoder(parse_float=JsonNumber)
 def decode_json(body: bytes) -> Decoded:
     try:
         # what json.loads does with bytes: UTF-8/16/32 detected, lone surrogates kept for the error path
-        text = body.decode(json.detect_encoding(body), "surrogatepass") if isinstance(body, (bytes, bytearray)) else body
+        text = (
+            body.decode(json.detect_encoding(body), "surrogatepass") if isinstance(body, (bytes, bytearray)) else body
+        )
         return Decoded(_DECODER.decode(text))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         return Decoded(None, f"invalid JSON: {str(exc)[:120]}")
@@ -222,7 +232,9 @@ def parse_callback(body: bytes, decoded: Decoded | None = None) -> CallbackBody:
         raise ParseError(f"schema: {where}: {first['msg']}") from None
     if callback.text("transactionstatus") is None:
         raise ParseError("schema: transactionstatus is missing")
-    if not any(callback.text(name) for name in ("utilityref", "externalreference", "reference", "transid")) and not _hint(callback):
+    if not any(
+        callback.text(name) for name in ("utilityref", "externalreference", "reference", "transid")
+    ) and not _hint(callback):
         raise ParseError("schema: no reference (utilityref, externalreference, reference, transid) present")
     return callback
 
@@ -293,7 +305,9 @@ def _callback(body: bytes, decoded: Decoded | None) -> "CallbackBody | _PlainCal
         if callback is not None:
             if callback.text("transactionstatus") is None:
                 raise ParseError("schema: transactionstatus is missing")
-            if not any(callback.text(name) for name in ("utilityref", "externalreference", "reference", "transid")) and not _hint(callback):
+            if not any(
+                callback.text(name) for name in ("utilityref", "externalreference", "reference", "transid")
+            ) and not _hint(callback):
                 raise ParseError("schema: no reference (utilityref, externalreference, reference, transid) present")
             return callback
     return parse_callback(body, decoded)

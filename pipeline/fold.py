@@ -10,6 +10,7 @@ and its status is *derived* from them by `derive`. Anomalies describe what an ev
 applied, so they do depend on order; the caller therefore always applies a donation's events in log
 (id) order, replaying the donation from scratch when an older event turns up late.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -18,7 +19,14 @@ from decimal import Decimal
 from operator import attrgetter
 from typing import Iterable, NamedTuple
 
-PENDING, COMPLETED, FAILED, CANCELLED, EXPIRED, REVIEW = "PENDING", "COMPLETED", "FAILED", "CANCELLED", "EXPIRED", "REVIEW"
+PENDING, COMPLETED, FAILED, CANCELLED, EXPIRED, REVIEW = (
+    "PENDING",
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "EXPIRED",
+    "REVIEW",
+)
 SUCCESS, UNKNOWN = "SUCCESS", "UNKNOWN"
 DONATION_STATUSES = (PENDING, COMPLETED, FAILED, CANCELLED, EXPIRED, REVIEW)
 OPERATOR_STATUSES = (COMPLETED, FAILED, CANCELLED)
@@ -170,7 +178,9 @@ def poll_confirms(event: FoldEvent, status: str) -> bool:
     says only success, failure or pending, so a failure confirms FAILED and CANCELLED alike."""
     if event.source != "poll":
         return False
-    return (event.status == SUCCESS and status == COMPLETED) or (event.status == FAILED and status in (FAILED, CANCELLED))
+    return (event.status == SUCCESS and status == COMPLETED) or (
+        event.status == FAILED and status in (FAILED, CANCELLED)
+    )
 
 
 def derive(state: DonationState) -> None:
@@ -212,7 +222,14 @@ def apply(state: DonationState, event: FoldEvent, policy: TrustPolicy) -> tuple[
 
     if not policy.trusts(event):
         state.needs_check = True
-        anomalies.append(AnomalyRecord(event_id, state.id, "unauthenticated", f"{event.source} auth={event.auth} status={status}; not trusted, poll requested"))
+        anomalies.append(
+            AnomalyRecord(
+                event_id,
+                state.id,
+                "unauthenticated",
+                f"{event.source} auth={event.auth} status={status}; not trusted, poll requested",
+            )
+        )
     elif event.source == "operator":
         if status in OPERATOR_STATUSES and (state.operator_event_id is None or event_id > state.operator_event_id):
             state.operator_event_id, state.operator_at, state.operator_status = event_id, event.received_at, status
@@ -222,18 +239,31 @@ def apply(state: DonationState, event: FoldEvent, policy: TrustPolicy) -> tuple[
                 if before in (FAILED, CANCELLED, EXPIRED):
                     anomalies.append(AnomalyRecord(event_id, state.id, "late_success", f"success after {before}"))
             elif not poll_confirms(event, before):
-                anomalies.append(AnomalyRecord(event_id, state.id, "duplicate", f"success already recorded by event {state.success_event_id}"))
+                anomalies.append(
+                    AnomalyRecord(
+                        event_id, state.id, "duplicate", f"success already recorded by event {state.success_event_id}"
+                    )
+                )
             if _earlier((event.received_at, event_id), state.success_at, state.success_event_id):
                 state.success_event_id, state.success_at = event_id, event.received_at
             if event.amount is not None:
                 state.amount_confirmed = True
         else:
-            anomalies.append(AnomalyRecord(event_id, state.id, "amount_mismatch", f"amount {event.amount} differs from charge_amount {state.charge_amount}"))
+            anomalies.append(
+                AnomalyRecord(
+                    event_id,
+                    state.id,
+                    "amount_mismatch",
+                    f"amount {event.amount} differs from charge_amount {state.charge_amount}",
+                )
+            )
             if state.review_event_id is None or event_id < state.review_event_id:
                 state.review_event_id = event_id
                 state.review_reason = f"amount {event.amount} != {state.charge_amount}"[:200]
     elif status in (FAILED, CANCELLED):
-        if (before in (COMPLETED, REVIEW) or state.failure_status not in (None, status)) and not poll_confirms(event, before):
+        if (before in (COMPLETED, REVIEW) or state.failure_status not in (None, status)) and not poll_confirms(
+            event, before
+        ):
             anomalies.append(AnomalyRecord(event_id, state.id, "conflicting_status", f"{status} after {before}"))
         if _earlier((event.received_at, event_id), state.failure_at, state.failure_event_id):
             state.failure_event_id, state.failure_at, state.failure_status = event_id, event.received_at, status
@@ -244,7 +274,14 @@ def apply(state: DonationState, event: FoldEvent, policy: TrustPolicy) -> tuple[
         pass
     else:
         state.needs_check = True
-        anomalies.append(AnomalyRecord(event_id, state.id, "unknown_status", f"{event.source} status {event.status_raw or status!r} not recognised"))
+        anomalies.append(
+            AnomalyRecord(
+                event_id,
+                state.id,
+                "unknown_status",
+                f"{event.source} status {event.status_raw or status!r} not recognised",
+            )
+        )
 
     derive(state)
     if state.status != before:

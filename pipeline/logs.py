@@ -7,6 +7,7 @@ Every record's message passes through pipeline.redact before any sink sees it. F
 (the payment lines hold donors' phone numbers: docs/privacy.md) and start anew each UTC day as well as
 at the size limit, so a file's age is the age of its newest line and `privacy retain` can delete by it.
 """
+
 from __future__ import annotations
 
 import os
@@ -153,7 +154,9 @@ def configure_logging(
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # the value is valid text; only the file system can say it is unusable
-        raise ConfigError(f"invalid config value for logging.dir: cannot create {directory}: {exc.strerror or exc}") from None
+        raise ConfigError(
+            f"invalid config value for logging.dir: cannot create {directory}: {exc.strerror or exc}"
+        ) from None
 
     stamp = _UtcStamp()
 
@@ -175,12 +178,19 @@ def configure_logging(
     _received_line = None
     logger.remove()
     logger.configure(patcher=scrub, extra={"component": component})
+
     def add_file(name: str, **options):
         # one rotation object per file: each counts its own file's size
         # watch: a file another process rotated (several `serve` workers, the scheduler and the CLI share
         # them) is reopened by name at the next write instead of written on under its rotated name; one
         # stat per write, per batch in the receiver
-        file_options = {"rotation": _rotation(config.rotation), "retention": config.retention, "encoding": "utf-8", "opener": open_log_file, "watch": True}
+        file_options = {
+            "rotation": _rotation(config.rotation),
+            "retention": config.retention,
+            "encoding": "utf-8",
+            "opener": open_log_file,
+            "watch": True,
+        }
         if batched:
             sink = BatchedFileSink(directory / name, **file_options)
             logger.add(sink, format=_FORMAT, enqueue=False, **_SAFE_TRACEBACKS, **options)

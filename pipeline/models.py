@@ -2,6 +2,7 @@
 
 Columns marked "derived" are owned by the fold: a rebuild resets and recomputes them from the log.
 """
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -145,7 +146,9 @@ class Donation(Base):
     success_event_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # earliest trusted matching success
     success_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     amount_confirmed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    review_event_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # earliest trusted success, wrong amount
+    review_event_id: Mapped[int | None] = mapped_column(
+        BigInteger, nullable=True
+    )  # earliest trusted success, wrong amount
     review_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
     failure_event_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # earliest trusted FAILED/CANCELLED
     failure_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -180,7 +183,9 @@ class PaymentEvent(Base):
     amount: Mapped[Decimal | None] = mapped_column(Money(), nullable=True)
     operator: Mapped[str | None] = mapped_column(String(64), nullable=True)
     msisdn: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    donation_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)  # set by poll/checkout/operator
+    donation_id: Mapped[int | None] = mapped_column(
+        BigInteger, nullable=True, index=True
+    )  # set by poll/checkout/operator
     parse_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     auth: Mapped[str] = mapped_column(String(16))
     # idempotence key for replays (spool ingest, log import): a second append with the same key is a no-op
@@ -293,7 +298,9 @@ class FoldCheckpoint(Base):
     # JSON [[first id, last id, first_seen_iso], ...] of ids still awaited (capped: jobs/fold.py MAX_GAPS)
     gaps: Mapped[str] = mapped_column(Text().with_variant(mysql.MEDIUMTEXT(), "mysql"), default="[]")
     events_applied: Mapped[int] = mapped_column(BigInteger, default=0)
-    donation_high: Mapped[int] = mapped_column(BigInteger, default=0)  # donations up to this id were offered to unknown-reference events
+    donation_high: Mapped[int] = mapped_column(
+        BigInteger, default=0
+    )  # donations up to this id were offered to unknown-reference events
     # set by a rebuild to the newest event id when it began; cleared by the fold that passes it. Meanwhile
     # folds stay quiet (no per-donation log lines) and the poller waits: statuses are being recomputed.
     rebuild_until: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

@@ -11,6 +11,7 @@ reading and creating the key file.
   number as stored, so equal numbers stay equal (the fold compares an event's msisdn with its
   donation's) and an operator can still match a donor's complaint by number.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -51,7 +52,9 @@ class PrivacyKey:
         self.path = path
 
     def digest(self, purpose: bytes, text: str) -> str:
-        return hmac.digest(self._secret, purpose + text.encode("utf-8", errors="surrogatepass"), "sha256").hex()  # one-shot: OpenSSL's C path
+        return hmac.digest(
+            self._secret, purpose + text.encode("utf-8", errors="surrogatepass"), "sha256"
+        ).hex()  # one-shot: OpenSSL's C path
 
     @property
     def fingerprint(self) -> str:
@@ -70,12 +73,18 @@ def load_key(path: str | Path, create: bool = True) -> PrivacyKey:
         text = path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
         if not create:
-            raise ConfigError(f"invalid config value for privacy.key_file: {path} does not exist (run `azamrecon init`)") from None
+            raise ConfigError(
+                f"invalid config value for privacy.key_file: {path} does not exist (run `azamrecon init`)"
+            ) from None
         return _create_key(path)
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"invalid config value for privacy.key_file: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        raise ConfigError(
+            f"invalid config value for privacy.key_file: cannot read {path}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
     if not _HEX_KEY.fullmatch(text):
-        raise ConfigError(f"invalid config value for privacy.key_file: {path} does not hold a key (64 lowercase hex characters)")
+        raise ConfigError(
+            f"invalid config value for privacy.key_file: {path} does not hold a key (64 lowercase hex characters)"
+        )
     return PrivacyKey(bytes.fromhex(text), path)
 
 
@@ -98,11 +107,14 @@ def _create_key(path: Path) -> PrivacyKey:
         finally:
             os.unlink(temporary)
     except OSError as exc:
-        raise ConfigError(f"invalid config value for privacy.key_file: cannot create {path}: {exc.strerror or exc}") from None
+        raise ConfigError(
+            f"invalid config value for privacy.key_file: cannot create {path}: {exc.strerror or exc}"
+        ) from None
     return PrivacyKey(secret, path)
 
 
 # --- secrets ------------------------------------------------------------------------------------
+
 
 def secret_text(value: Any) -> str:
     """The text a secret's marker is computed over: a string as it is (as pipeline.auth compares it), any
@@ -128,7 +140,13 @@ def which_secret(key: PrivacyKey, marker: Any, candidates: Iterable[tuple[str, s
 
 def _is_plain_secret(key: Any, value: Any) -> bool:
     """A value of a secret field that is still in clear (empty values and booleans hide nothing)."""
-    return is_secret_key(key) and value is not None and value != "" and not isinstance(value, bool) and not is_redacted(value)
+    return (
+        is_secret_key(key)
+        and value is not None
+        and value != ""
+        and not isinstance(value, bool)
+        and not is_redacted(value)
+    )
 
 
 _CONTAINERS = (dict, list)
@@ -180,7 +198,11 @@ class BodyRedactor:
     def __init__(self, key: PrivacyKey, secrets: Iterable[str] = ()):
         self.key = key
         # shorter literals would match inside ordinary text (the log scrubber draws the same line)
-        self._literals = tuple((secret.encode("utf-8"), secret_marker(key, secret).encode("ascii")) for secret in secrets if secret and len(secret) >= 4)
+        self._literals = tuple(
+            (secret.encode("utf-8"), secret_marker(key, secret).encode("ascii"))
+            for secret in secrets
+            if secret and len(secret) >= 4
+        )
         self._markers: dict[str, str] = {}  # every callback carries the same password: its HMAC once
 
     def _mark(self, value: Any) -> str:
@@ -218,6 +240,7 @@ class BodyRedactor:
 
 # --- phone numbers ------------------------------------------------------------------------------
 
+
 def is_retained(value: Any) -> bool:
     return isinstance(value, str) and value.startswith(RETAINED_PREFIX)
 
@@ -254,7 +277,13 @@ def numbers_in(value: Any, known: frozenset[str] = frozenset()) -> set[str]:
     pending = [value]
     while pending:
         item = pending.pop()
-        pairs = item.items() if isinstance(item, dict) else ((None, child) for child in item) if isinstance(item, list) else ()
+        pairs = (
+            item.items()
+            if isinstance(item, dict)
+            else ((None, child) for child in item)
+            if isinstance(item, list)
+            else ()
+        )
         for name, child in pairs:
             if isinstance(child, (dict, list)):
                 pending.append(child)
@@ -265,7 +294,9 @@ def numbers_in(value: Any, known: frozenset[str] = frozenset()) -> set[str]:
     return found
 
 
-def without_numbers(key: PrivacyKey, value: Any, known: frozenset[str] = frozenset(), only: frozenset[str] | None = None) -> Any:
+def without_numbers(
+    key: PrivacyKey, value: Any, known: frozenset[str] = frozenset(), only: frozenset[str] | None = None
+) -> Any:
     """A copy of a decoded body with every number body_number finds (or only those in `only`) replaced by
     retained_msisdn."""
     if isinstance(value, dict):
@@ -275,10 +306,16 @@ def without_numbers(key: PrivacyKey, value: Any, known: frozenset[str] = frozens
                 out[name] = without_numbers(key, child, known, only)
             else:
                 number = body_number(name, child, known)
-                out[name] = child if number is None or (only is not None and number not in only) else retained_msisdn(key, number)
+                out[name] = (
+                    child
+                    if number is None or (only is not None and number not in only)
+                    else retained_msisdn(key, number)
+                )
         return out
     if isinstance(value, list):
-        return [without_numbers(key, child, known, only) if isinstance(child, (dict, list)) else child for child in value]
+        return [
+            without_numbers(key, child, known, only) if isinstance(child, (dict, list)) else child for child in value
+        ]
     return value
 
 
@@ -302,6 +339,7 @@ def text_without_numbers(key: PrivacyKey, body: bytes, only: frozenset[str] | No
 
 
 # --- JSON out, as it came in --------------------------------------------------------------------
+
 
 def dump_json(value: Any) -> bytes:
     """Compact JSON of a value decoded by pipeline.events.decode_json. Unlike json.dumps, a JsonNumber is

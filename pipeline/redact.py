@@ -1,4 +1,5 @@
 """The one redaction function used by every log line: passwords, signatures, secrets, tokens and API keys."""
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,9 @@ _TEXT_PAIR = re.compile(
     re.IGNORECASE,
 )
 # every _TEXT_PAIR match contains this; text without it skips the costly pattern (most log text)
-_PAIR_HINT = re.compile(r"""(?:pass|secret|token|signature|api[-_]?key|authorization)[A-Za-z_-]*["']?\s*[:=]""", re.IGNORECASE)
+_PAIR_HINT = re.compile(
+    r"""(?:pass|secret|token|signature|api[-_]?key|authorization)[A-Za-z_-]*["']?\s*[:=]""", re.IGNORECASE
+)
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 # one search that every _TEXT_PAIR or _BEARER match implies: most strings (a status, a reference) skip both
 _ANY_HINT = re.compile(_PAIR_HINT.pattern + r"|bearer\s", re.IGNORECASE)

@@ -10,6 +10,7 @@ appended ourselves) resolve on their own. Weak keys (the id in additionalPropert
 inside a `{prefix}-{id}-...` reference) are small integers that other systems reuse, so a donation they
 name is accepted only when every fact the event states that the donation also has agrees.
 """
+
 from __future__ import annotations
 
 import re
@@ -74,7 +75,9 @@ class ReferenceFormat:
 DEFAULT_FORMAT = ReferenceFormat()
 
 
-def lookup_keys(event: Any, references: ReferenceFormat = DEFAULT_FORMAT, signed: bool | None = None) -> tuple[Key, ...]:
+def lookup_keys(
+    event: Any, references: ReferenceFormat = DEFAULT_FORMAT, signed: bool | None = None
+) -> tuple[Key, ...]:
     """The keys of an event (a FoldEvent, or the receiver's EventFields), strong ones first, in order.
 
     A callback verified by its RSA signature (auth `signed`, or signed=True) names its donation only
@@ -159,7 +162,9 @@ def decide(event: Any, keys: tuple[Key, ...], index: DonationIndex) -> Resolutio
         return NOT_FOUND
     by = ", ".join(dict.fromkeys(key.field for key in weak))
     if len(named) > 1:
-        return Resolution(None, f"{by} name donations {', '.join(map(str, named))}", present[0] if len(present) == 1 else None)
+        return Resolution(
+            None, f"{by} name donations {', '.join(map(str, named))}", present[0] if len(present) == 1 else None
+        )
     donation = index.facts[present[0]]
     problems = disagreements(event, keys, donation)
     if problems:

@@ -1,4 +1,5 @@
 """Schema management: Alembic upgrade to head (idempotent), and the model/migration comparison used by tests."""
+
 from __future__ import annotations
 
 from pathlib import Path

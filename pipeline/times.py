@@ -1,4 +1,5 @@
 """Timestamps. Everything inside azamrecon is an aware UTC datetime; this is where text becomes one."""
+
 from __future__ import annotations
 
 from datetime import datetime, timezone

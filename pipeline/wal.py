@@ -27,6 +27,7 @@ RESTART_WAIT_MS (not the connection's busy timeout, 10 s by default): a reader t
 that could not finish is not tried again for RESTART_BACKOFF_SECONDS; meanwhile the log grows, as it
 would under SQLite's own autocheckpoint with that reader open.
 """
+
 from __future__ import annotations
 
 import threading
@@ -170,4 +171,6 @@ class WalCheckpointer:
         if now - self._last_error_logged >= ERROR_LOG_INTERVAL_SECONDS:
             self._last_error_logged = now
             first_line = str(exc).splitlines()[0] if str(exc) else ""
-            logger.warning("SQLite WAL checkpoint failed ({} so far): {}: {}", self.failures, type(exc).__name__, first_line)
+            logger.warning(
+                "SQLite WAL checkpoint failed ({} so far): {}: {}", self.failures, type(exc).__name__, first_line
+            )

@@ -14,6 +14,7 @@ GET /healthz answers 200 when `SELECT 1` works, 503 otherwise.
 `create_app(config)` builds the app; `app_factory()` is the entry point for `uvicorn --factory` and for
 each worker process of `azamrecon serve` (config from $AZAMRECON_CONFIG).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,7 +47,9 @@ from receiver.spool import Spool
 from receiver.writer import GroupCommitWriter
 
 CALLBACK_PATH = "/api/v1.0/donors/payment/azampay/callback/"
-OPENAPI_FILE = __file__.rsplit("/", 1)[0] + "/openapi.yaml"  # the receiver's OpenAPI 3 document, served at GET /openapi.yaml
+OPENAPI_FILE = (
+    __file__.rsplit("/", 1)[0] + "/openapi.yaml"
+)  # the receiver's OpenAPI 3 document, served at GET /openapi.yaml
 
 
 async def openapi_document(request: Request) -> Response:
@@ -60,10 +63,14 @@ def _answer(status: int, payload: dict) -> tuple[int, bytes]:
 
 ANSWER_KNOWN = _answer(200, {"status": "received"})
 ANSWER_UNKNOWN = _answer(404, {"status": "not_found", "detail": "no donation matches this callback; it is stored"})
-ANSWER_UNVERIFIED = _answer(202, {"status": "accepted", "detail": "credentials required but absent; stored as unverified"})
+ANSWER_UNVERIFIED = _answer(
+    202, {"status": "accepted", "detail": "credentials required but absent; stored as unverified"}
+)
 ANSWER_FORBIDDEN = _answer(403, {"status": "forbidden", "detail": "credentials rejected; stored"})
 ANSWER_REFUSED = _answer(403, {"status": "forbidden", "detail": "client address not allowed; stored"})
-ANSWER_SPOOLED = _answer(503, {"status": "spooled", "detail": "database unavailable; the callback is spooled and will be ingested later"})
+ANSWER_SPOOLED = _answer(
+    503, {"status": "spooled", "detail": "database unavailable; the callback is spooled and will be ingested later"}
+)
 ANSWER_FAILED = _answer(500, {"status": "error", "detail": "the callback could not be stored"})
 ANSWER_NO_SPACE = _answer(507, {"status": "error", "detail": "the callback could not be stored: no space"})
 _JSON_HEADERS = b"application/json"
@@ -87,7 +94,10 @@ def _messages(answer: tuple[int, bytes], extra_headers: tuple = ()) -> tuple[dic
 
 
 # the ASGI messages of the fixed answers, built once (the server only reads them)
-_FIXED_MESSAGES = {id(answer): (answer, _messages(answer)) for answer in (ANSWER_KNOWN, ANSWER_UNKNOWN, ANSWER_UNVERIFIED, ANSWER_FORBIDDEN, ANSWER_REFUSED)}
+_FIXED_MESSAGES = {
+    id(answer): (answer, _messages(answer))
+    for answer in (ANSWER_KNOWN, ANSWER_UNKNOWN, ANSWER_UNVERIFIED, ANSWER_FORBIDDEN, ANSWER_REFUSED)
+}
 
 
 async def _send(send, answer: tuple[int, bytes], extra_headers: tuple = ()) -> None:
@@ -143,7 +153,9 @@ class CallbackEndpoint:
         remote_addr = auth.client_address(peer, headers.get("x-forwarded-for"))
         content_type = headers.get("content-type", "")
         declared = headers.get("content-length", "")
-        body, over, disconnected = await self._read_body(receive, declared.isascii() and declared.isdigit() and int(declared) > self.limit)
+        body, over, disconnected = await self._read_body(
+            receive, declared.isascii() and declared.isdigit() and int(declared) > self.limit
+        )
         if disconnected:
             # gone, or cut by receiver.body_timeout_seconds: no callback AzamPay delivered, and nobody awaits an
             # answer; storing it let anyone add rows without ever sending a whole request (docs/deploy.md)
@@ -153,10 +165,16 @@ class CallbackEndpoint:
         decoded = None  # the body's JSON, decoded once for the typed fields and the log line
         fields: EventFields
         if over:
-            fields = EventFields(parse_error=f"body over the limit of {self.limit} bytes (webhook.max_body_bytes); only the first {self.limit} bytes are stored")
-            answer = _answer(413, {"status": "too_large", "detail": f"body over {self.limit} bytes; the prefix is stored"})
+            fields = EventFields(
+                parse_error=f"body over the limit of {self.limit} bytes (webhook.max_body_bytes); only the first {self.limit} bytes are stored"
+            )
+            answer = _answer(
+                413, {"status": "too_large", "detail": f"body over {self.limit} bytes; the prefix is stored"}
+            )
         elif not _is_json(content_type):
-            fields = EventFields(parse_error=f"unsupported content type {content_type[:100]!r}: expected application/json")
+            fields = EventFields(
+                parse_error=f"unsupported content type {content_type[:100]!r}: expected application/json"
+            )
             answer = _answer(415, {"status": "unsupported_media_type", "detail": "expected application/json; stored"})
         else:
             typed = True
@@ -167,7 +185,9 @@ class CallbackEndpoint:
         keys = None
         if not auth.address_allowed(remote_addr):
             note = f"refused: client address {remote_addr} not in webhook.allowed_ips"
-            fields = dataclasses.replace(fields, parse_error=f"{note}; {fields.parse_error}" if fields.parse_error else note)
+            fields = dataclasses.replace(
+                fields, parse_error=f"{note}; {fields.parse_error}" if fields.parse_error else note
+            )
             auth_value = FAILED
             answer = ANSWER_REFUSED
         elif typed and fields.parse_error is None:
@@ -202,7 +222,9 @@ class CallbackEndpoint:
             answer = ANSWER_UNKNOWN
             payments.warning(  # the legacy view's level: the guide's users filter on it
                 "Could not find donation from external_id: {} (callback stored)",
-                log_value(str(fields.utilityref or fields.externalreference or fields.donation_hint or fields.transaction_ref)),
+                log_value(
+                    str(fields.utilityref or fields.externalreference or fields.donation_hint or fields.transaction_ref)
+                ),
             )
         elif outcome == outcomes.SPOOLED:
             answer = ANSWER_SPOOLED
@@ -211,7 +233,12 @@ class CallbackEndpoint:
         elif outcome == outcomes.FAILED:
             answer = ANSWER_FAILED
         elif answer is not None and answer[0] != 202:
-            payments.warning("Azam Pay callback answered {}: {} (stored, auth={})", answer[0], log_value(fields.parse_error or "credentials rejected"), auth_value)
+            payments.warning(
+                "Azam Pay callback answered {}: {} (stored, auth={})",
+                answer[0],
+                log_value(fields.parse_error or "credentials rejected"),
+                auth_value,
+            )
         extra = ((b"retry-after", b"30"),) if answer[0] == 503 else ()
         await _send(send, answer, extra)
 
@@ -252,7 +279,12 @@ def make_receiver_engine(database: DatabaseConfig, timeout_seconds: float = 4.0)
     if database.url.startswith("mysql"):
         return make_engine(
             database,
-            connect_args={"connect_timeout": timeout_seconds, "read_timeout": timeout_seconds, "write_timeout": timeout_seconds, "charset": "utf8mb4"},
+            connect_args={
+                "connect_timeout": timeout_seconds,
+                "read_timeout": timeout_seconds,
+                "write_timeout": timeout_seconds,
+                "charset": "utf8mb4",
+            },
         )
     return make_engine(database, sqlite_autocheckpoint=False)
 
@@ -266,7 +298,9 @@ def create_app(config: Config, engine=None, client_factory=None) -> Starlette:
     authenticator = Authenticator.from_config(config.webhook)
     spool = Spool(config.receiver.spool_dir)
     checkpointer = WalCheckpointer(engine) if is_sqlite(engine) else None
-    writer = GroupCommitWriter(engine, spool, max_batch=config.receiver.group_commit_max_batch, checkpointer=checkpointer)
+    writer = GroupCommitWriter(
+        engine, spool, max_batch=config.receiver.group_commit_max_batch, checkpointer=checkpointer
+    )
     endpoint = CallbackEndpoint(config, authenticator, writer, redactor_for(config))
     portal_endpoints = portal.Portal(config, engine, client_factory)
 
@@ -293,14 +327,23 @@ def create_app(config: Config, engine=None, client_factory=None) -> Starlette:
         gc.freeze()
         logger.info("receiver started: callbacks at {} (group commit up to {} rows)", CALLBACK_PATH, writer.max_batch)
         try:
-            yield {READ_TIMEOUTS_KEY: ReadTimeouts(config.receiver.header_timeout_seconds, config.receiver.body_timeout_seconds)}  # for receiver.http
+            yield {
+                READ_TIMEOUTS_KEY: ReadTimeouts(
+                    config.receiver.header_timeout_seconds, config.receiver.body_timeout_seconds
+                )
+            }  # for receiver.http
         finally:
             portal_endpoints.close()
             await run_in_threadpool(writer.stop)
             spool.close()
             if owns_engine:
                 engine.dispose()
-            logger.info("receiver stopped: {} rows committed in {} transactions, {} spooled", writer.rows_committed, writer.batches, writer.rows_spooled)
+            logger.info(
+                "receiver stopped: {} rows committed in {} transactions, {} spooled",
+                writer.rows_committed,
+                writer.batches,
+                writer.rows_spooled,
+            )
             flush_logs()
 
     app = ReceiverApp(

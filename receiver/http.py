@@ -13,6 +13,7 @@ receiver.body_timeout_seconds of the head; otherwise the connection is closed (w
 had begun). Deadlines, not idle timers: dripping a byte at a time does not extend them. The receiver app hands the two figures over through
 uvicorn's lifespan state (READ_TIMEOUTS_KEY).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -103,7 +104,12 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         cycle = self.cycle  # a request queued behind the one just answered starts now: its body is due
-        if cycle is not None and getattr(cycle, "more_body", False) and self._read_deadline is None and not self.transport.is_closing():
+        if (
+            cycle is not None
+            and getattr(cycle, "more_body", False)
+            and self._read_deadline is None
+            and not self.transport.is_closing()
+        ):
             self._arm(self.read_timeouts.body, "body")
 
     def _arm(self, seconds: float, reading: str) -> None:
@@ -122,6 +128,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if transport is None or transport.is_closing():
             return
         # a 408 only where no answer to this request has begun (an app may answer before it reads the body)
-        if self._reading == "head" or (self._reading == "body" and self.cycle is not None and not self.cycle.response_started):
+        if self._reading == "head" or (
+            self._reading == "body" and self.cycle is not None and not self.cycle.response_started
+        ):
             transport.write(_TIMEOUT_ANSWER)
         transport.close()  # the app's receive() now gets http.disconnect: an unfinished body is not stored

@@ -1,4 +1,5 @@
 """GET /metrics in Prometheus text format. Reads only; computed off the event loop."""
+
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -41,27 +42,93 @@ def render(engine, config, writer, now: datetime) -> str:
         statuses = queries.donations_by_status(session)
         jobs = queries.job_stats(session)
     out = Exposition()
-    out.metric("azamrecon_events_appended_total", "counter", "Events in the log, by source and auth.",
-               [({"source": s, "auth": a}, n) for (s, a), n in sorted(events.items())])
+    out.metric(
+        "azamrecon_events_appended_total",
+        "counter",
+        "Events in the log, by source and auth.",
+        [({"source": s, "auth": a}, n) for (s, a), n in sorted(events.items())],
+    )
     out.metric("azamrecon_fold_lag_events", "gauge", "Events appended but not yet folded.", [({}, lag_events)])
-    out.metric("azamrecon_fold_lag_seconds", "gauge", "Age of the oldest event not yet folded.", [({}, round(lag_seconds, 3))])
-    out.metric("azamrecon_stuck_pending", "gauge", f"Donations PENDING for more than {config.poll.threshold_minutes:g} minutes.", [({}, stuck)])
-    out.metric("azamrecon_donations", "gauge", "Donations by status.", [({"status": s}, n) for s, n in sorted(statuses.items())])
-    out.metric("azamrecon_job_runs_total", "counter", "Recorded job runs by outcome.",
-               [({"job": job, "outcome": outcome}, n) for job, data in sorted(jobs.items()) for outcome, n in sorted(data["outcomes"].items())])
-    out.metric("azamrecon_job_failures_total", "counter", "Job runs that ended in error.",
-               [({"job": job}, data["outcomes"].get("error", 0)) for job, data in sorted(jobs.items())])
-    out.metric("azamrecon_job_last_duration_seconds", "gauge", "Duration of the latest finished run.",
-               [({"job": job}, round(data["last_duration"], 3)) for job, data in sorted(jobs.items()) if data["last_duration"] is not None])
+    out.metric(
+        "azamrecon_fold_lag_seconds", "gauge", "Age of the oldest event not yet folded.", [({}, round(lag_seconds, 3))]
+    )
+    out.metric(
+        "azamrecon_stuck_pending",
+        "gauge",
+        f"Donations PENDING for more than {config.poll.threshold_minutes:g} minutes.",
+        [({}, stuck)],
+    )
+    out.metric(
+        "azamrecon_donations",
+        "gauge",
+        "Donations by status.",
+        [({"status": s}, n) for s, n in sorted(statuses.items())],
+    )
+    out.metric(
+        "azamrecon_job_runs_total",
+        "counter",
+        "Recorded job runs by outcome.",
+        [
+            ({"job": job, "outcome": outcome}, n)
+            for job, data in sorted(jobs.items())
+            for outcome, n in sorted(data["outcomes"].items())
+        ],
+    )
+    out.metric(
+        "azamrecon_job_failures_total",
+        "counter",
+        "Job runs that ended in error.",
+        [({"job": job}, data["outcomes"].get("error", 0)) for job, data in sorted(jobs.items())],
+    )
+    out.metric(
+        "azamrecon_job_last_duration_seconds",
+        "gauge",
+        "Duration of the latest finished run.",
+        [
+            ({"job": job}, round(data["last_duration"], 3))
+            for job, data in sorted(jobs.items())
+            if data["last_duration"] is not None
+        ],
+    )
     if writer is not None:
-        out.metric("azamrecon_receiver_rows_committed_total", "counter", "Callbacks committed by this worker.", [({}, writer.rows_committed)])
-        out.metric("azamrecon_receiver_batches_total", "counter", "Group-commit transactions by this worker.", [({}, writer.batches)])
-        out.metric("azamrecon_receiver_rows_spooled_total", "counter", "Callbacks spooled to disk by this worker.", [({}, writer.rows_spooled)])
+        out.metric(
+            "azamrecon_receiver_rows_committed_total",
+            "counter",
+            "Callbacks committed by this worker.",
+            [({}, writer.rows_committed)],
+        )
+        out.metric(
+            "azamrecon_receiver_batches_total",
+            "counter",
+            "Group-commit transactions by this worker.",
+            [({}, writer.batches)],
+        )
+        out.metric(
+            "azamrecon_receiver_rows_spooled_total",
+            "counter",
+            "Callbacks spooled to disk by this worker.",
+            [({}, writer.rows_spooled)],
+        )
         checkpointer = writer.checkpointer
         if checkpointer is not None:  # SQLite: the write-ahead log is copied off the group commit (pipeline.wal)
-            out.metric("azamrecon_receiver_wal_checkpoints_total", "counter", "Rounds that copied SQLite's write-ahead log, by this worker.", [({}, checkpointer.rounds)])
-            out.metric("azamrecon_receiver_wal_catch_ups_total", "counter", "Copies the writer finished between two groups, so the log started over.", [({}, checkpointer.catch_ups)])
-            out.metric("azamrecon_receiver_wal_checkpoint_failures_total", "counter", "Log copies that failed (the log grows meanwhile; commits stay durable).", [({}, checkpointer.failures)])
+            out.metric(
+                "azamrecon_receiver_wal_checkpoints_total",
+                "counter",
+                "Rounds that copied SQLite's write-ahead log, by this worker.",
+                [({}, checkpointer.rounds)],
+            )
+            out.metric(
+                "azamrecon_receiver_wal_catch_ups_total",
+                "counter",
+                "Copies the writer finished between two groups, so the log started over.",
+                [({}, checkpointer.catch_ups)],
+            )
+            out.metric(
+                "azamrecon_receiver_wal_checkpoint_failures_total",
+                "counter",
+                "Log copies that failed (the log grows meanwhile; commits stay durable).",
+                [({}, checkpointer.failures)],
+            )
     return out.text()
 
 

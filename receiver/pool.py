@@ -5,6 +5,7 @@ Starlette's shared threadpool also serves /healthz, /metrics and the status endp
 waiting line (a full pool refuses at once, the caller answers without waiting), and daemon threads, so
 a hung AzamPay call never holds up the receiver's shutdown (concurrent.futures joins its threads at exit).
 """
+
 from __future__ import annotations
 
 import queue

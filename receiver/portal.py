@@ -20,6 +20,7 @@ pool full gets 503 at once, before anything is created.
 Rate limits are per receiver process (in memory); with several workers the effective limit is
 workers times the configured one.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -67,7 +68,11 @@ def _error(status: int, detail: str) -> JSONResponse:
 
 
 def _busy(why: str) -> JSONResponse:
-    return JSONResponse({"status": "error", "detail": f"busy: {why}; nothing was created, try again"}, status_code=503, headers={"retry-after": "5"})
+    return JSONResponse(
+        {"status": "error", "detail": f"busy: {why}; nothing was created, try again"},
+        status_code=503,
+        headers={"retry-after": "5"},
+    )
 
 
 class RateLimiter:
@@ -101,7 +106,9 @@ def _decimal(data: dict, name: str, required: bool = True) -> Decimal | None:
     except ParseError:
         amount = None
     if amount is None:
-        raise InputError(f"{name} must be a decimal string of ASCII digits with at most 2 decimal places, or an integer, below 1000000000000, e.g. \"1000.00\"")
+        raise InputError(
+            f'{name} must be a decimal string of ASCII digits with at most 2 decimal places, or an integer, below 1000000000000, e.g. "1000.00"'
+        )
     if amount <= 0:
         raise InputError(f"{name} must be positive")
     return amount
@@ -123,7 +130,11 @@ class Portal:
         self.config, self.engine = config, engine
         self.api_key = config.receiver.checkout_api_key.get_secret_value()
         self.checkout_limiter = RateLimiter(config.receiver.checkout_rate_limit_per_minute, 60.0)
-        self.status_limiter = RateLimiter(1, config.receiver.status_check_min_interval_seconds) if config.receiver.status_check_min_interval_seconds else None
+        self.status_limiter = (
+            RateLimiter(1, config.receiver.status_check_min_interval_seconds)
+            if config.receiver.status_check_min_interval_seconds
+            else None
+        )
         self.status_pool = BoundedPool(config.receiver.status_workers, "azamrecon-status")
         self.checkout_pool = BoundedPool(config.receiver.checkout_workers, "azamrecon-checkout")
         self._checks: dict[int, Future] = {}  # donation id -> its AzamPay check in flight
@@ -194,7 +205,10 @@ class Portal:
             return _busy(f"{self.checkout_pool.workers} checkouts are in progress")
         if not self.checkout_limiter.allow(request_fields["msisdn"]):
             return JSONResponse(
-                {"status": "error", "detail": f"too many checkouts for this number; at most {self.checkout_limiter.limit} per minute"},
+                {
+                    "status": "error",
+                    "detail": f"too many checkouts for this number; at most {self.checkout_limiter.limit} per minute",
+                },
                 status_code=429,
                 headers={"retry-after": "60"},
             )
@@ -210,8 +224,13 @@ class Portal:
         except CheckoutNotRecorded as exc:
             logger.error(f"checkout: {exc}")
             return JSONResponse(
-                {"status": "accepted_not_recorded", "donation_id": exc.donation_id, "reference": exc.reference,
-                 "transaction_id": exc.transaction_id, "detail": "AzamPay accepted the checkout but it could not be recorded; do not retry"},
+                {
+                    "status": "accepted_not_recorded",
+                    "donation_id": exc.donation_id,
+                    "reference": exc.reference,
+                    "transaction_id": exc.transaction_id,
+                    "detail": "AzamPay accepted the checkout but it could not be recorded; do not retry",
+                },
                 status_code=502,
             )
         except StoreError as exc:
@@ -232,7 +251,9 @@ class Portal:
 
     def _validate(self, data: dict) -> dict:
         patient_id = data.get("patient_id")
-        if patient_id is not None and (not isinstance(patient_id, int) or isinstance(patient_id, bool) or not 1 <= patient_id <= MAX_ID):
+        if patient_id is not None and (
+            not isinstance(patient_id, int) or isinstance(patient_id, bool) or not 1 <= patient_id <= MAX_ID
+        ):
             raise InputError(f"patient_id must be a positive integer up to {MAX_ID} (or null for a general donation)")
         msisdn = normalise_msisdn(data.get("msisdn")) if isinstance(data.get("msisdn"), str) else None
         if msisdn is None:
@@ -298,9 +319,13 @@ class Portal:
             if future is None:
                 return None, True
             self._checks[donation_id] = future
-            future.add_done_callback(lambda done: self._checks.pop(donation_id, None) if self._checks.get(donation_id) is done else None)
+            future.add_done_callback(
+                lambda done: self._checks.pop(donation_id, None) if self._checks.get(donation_id) is done else None
+            )
         try:
-            event_id = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), self.config.receiver.status_check_timeout_seconds)
+            event_id = await asyncio.wait_for(
+                asyncio.shield(asyncio.wrap_future(future)), self.config.receiver.status_check_timeout_seconds
+            )
         except asyncio.TimeoutError:
             return None, True  # the call goes on in the pool; its answer is appended when it comes
         return event_id, False
@@ -328,7 +353,9 @@ class Portal:
         from jobs.poll import run_poll
 
         try:
-            report = run_poll(self.engine, self.config, self.client(), datetime.now(timezone.utc), donation_id=donation_id)
+            report = run_poll(
+                self.engine, self.config, self.client(), datetime.now(timezone.utc), donation_id=donation_id
+            )
         except AzamreconError as exc:  # AzamPay unreachable, a rebuild in progress, ...: answer from the folded state
             logger.warning(f"status check for donation {donation_id}: {exc}")
             return None
@@ -336,7 +363,9 @@ class Portal:
             return None
         with transaction(self.engine) as session:
             return session.scalar(
-                select(func.max(PaymentEvent.id)).where(PaymentEvent.donation_id == donation_id, PaymentEvent.source == "poll")
+                select(func.max(PaymentEvent.id)).where(
+                    PaymentEvent.donation_id == donation_id, PaymentEvent.source == "poll"
+                )
             )
 
     async def _wait_for_fold(self, event_id: int) -> None:

@@ -5,6 +5,7 @@ an exclusive flock. The ingest job (jobs.spool) claims a file by renaming it whi
 lock; the writer notices on its next write (the path no longer names its open file) and starts a new
 file, so nothing is ever appended to a claimed file.
 """
+
 from __future__ import annotations
 
 import fcntl

@@ -11,6 +11,7 @@ answered SPOOLED (503); if the spool cannot be written either, FAILED / NO_SPACE
 On SQLite a pipeline.wal.WalCheckpointer copies the write-ahead log on a thread of its own; between two
 groups, when it asks, the writer copies the last few frames so that its next group starts the log over.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -73,7 +74,14 @@ def _resolve(items: Sequence[Pending]) -> None:
 
 
 class GroupCommitWriter:
-    def __init__(self, engine, spool: Spool, max_batch: int = 256, outage_backoff_seconds: float = 0.5, checkpointer: WalCheckpointer | None = None):
+    def __init__(
+        self,
+        engine,
+        spool: Spool,
+        max_batch: int = 256,
+        outage_backoff_seconds: float = 0.5,
+        checkpointer: WalCheckpointer | None = None,
+    ):
         self.engine = engine
         self.spool = spool
         self.checkpointer = checkpointer
@@ -131,7 +139,12 @@ class GroupCommitWriter:
     # --- writer thread --------------------------------------------------------------------------
 
     def _run(self) -> None:
-        get, get_nowait, limit, checkpointer = self._queue.get, self._queue.get_nowait, self.max_batch, self.checkpointer
+        get, get_nowait, limit, checkpointer = (
+            self._queue.get,
+            self._queue.get_nowait,
+            self.max_batch,
+            self.checkpointer,
+        )
         stopping = False
         while not stopping:
             first = get()
@@ -244,4 +257,6 @@ class GroupCommitWriter:
         for item in batch:
             item.outcome = SPOOLED
         self.rows_spooled += len(batch)
-        payments.error("Error processing Azam Pay callback: {}; {} callback(s) spooled to {}", log_value(reason), len(batch), path)
+        payments.error(
+            "Error processing Azam Pay callback: {}; {} callback(s) spooled to {}", log_value(reason), len(batch), path
+        )

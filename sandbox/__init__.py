@@ -3,6 +3,7 @@ callbacks in the live payload shape with scriptable fault injection (see sandbox
 
 Use `sandbox.testing.running_sandbox(...)` in tests and scripts, `azamrecon sandbox` from a shell.
 """
+
 from sandbox.outcomes import OUTCOMES
 from sandbox.settings import SandboxSettings
 

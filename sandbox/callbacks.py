@@ -4,6 +4,7 @@ One dispatcher thread holds a heap of due sequences (so a `delayed` callback cos
 waits); a fixed pool of workers posts them. Steps of one sequence run on one worker in order, which is
 what makes `duplicate` and `out_of_order` arrive in the documented order.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -37,7 +38,9 @@ class CallbackSender:
         if not steps:
             return
         with self._cond:
-            heapq.heappush(self._heap, (time.monotonic() + steps[0].wait_seconds, next(self._seq), url, transaction_id, steps))
+            heapq.heappush(
+                self._heap, (time.monotonic() + steps[0].wait_seconds, next(self._seq), url, transaction_id, steps)
+            )
             self._cond.notify_all()
 
     def _dispatch(self) -> None:
@@ -65,10 +68,19 @@ class CallbackSender:
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = requests.Session()
-        record: dict[str, Any] = {"transaction_id": transaction_id, "url": url, "payload": payload, "http_status": None, "error": None}
+        record: dict[str, Any] = {
+            "transaction_id": transaction_id,
+            "url": url,
+            "payload": payload,
+            "http_status": None,
+            "error": None,
+        }
         try:
             response = session.post(
-                url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}, timeout=self._timeout
+                url,
+                data=json.dumps(payload).encode(),
+                headers={"Content-Type": "application/json"},
+                timeout=self._timeout,
             )
             record["http_status"] = response.status_code
         except requests.RequestException as exc:

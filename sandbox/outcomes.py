@@ -18,6 +18,7 @@ The status text is the transaction's truth from the moment of checkout (only the
 wrong), so a poll always settles the donation the way AzamPay would. "Transaction cancelled." maps to
 FAILED with the default status patterns; "Reversal queued." matches none of them (UNKNOWN).
 """
+
 from __future__ import annotations
 
 import re
@@ -79,7 +80,12 @@ class Step:
 
 
 def callback_payload(
-    txn: Any, transactionstatus: str, message: str, password: str | None, mnoreference: str | None, amount: str | None = None
+    txn: Any,
+    transactionstatus: str,
+    message: str,
+    password: str | None,
+    mnoreference: str | None,
+    amount: str | None = None,
 ) -> dict[str, Any]:
     """The live shape (shared/fixtures/azampay/callback_live_shape_success.json)."""
     return {
@@ -106,7 +112,9 @@ def plan_callbacks(outcome: str, txn: Any, settings: Any, delay_seconds: float |
     mno = str(uuid.uuid4())
 
     def success(**overrides: Any) -> dict[str, Any]:
-        return callback_payload(txn, "success", "SUCCESS", overrides.get("password", password), mno, overrides.get("amount"))
+        return callback_payload(
+            txn, "success", "SUCCESS", overrides.get("password", password), mno, overrides.get("amount")
+        )
 
     if outcome in ("no_callback", "pending"):
         return []

@@ -10,6 +10,7 @@ Control endpoints (no auth: the sandbox only listens where you put it):
   POST /_sandbox/reject-token {"times": n}        POST /_sandbox/fail-next {"times": n, "status": 503}
   POST /_sandbox/config {callback_url, webhook_password, latency, status_latency, delay_seconds, default_outcome}
 """
+
 from __future__ import annotations
 
 import json
@@ -89,16 +90,24 @@ class Sandbox:
         url = self.settings.callback_url
         if url:
             delay = extra.get("sandbox_delay")
-            steps = plan_callbacks(outcome, txn, self.settings, float(delay) if isinstance(delay, (int, float)) else None)
+            steps = plan_callbacks(
+                outcome, txn, self.settings, float(delay) if isinstance(delay, (int, float)) else None
+            )
             txn.callbacks_planned = len(steps)
             self.callbacks.schedule(url, txn.transaction_id, steps)
-        answer = {"success": True, "transactionId": txn.transaction_id, "message": "Your request has been received and is being processed."}
+        answer = {
+            "success": True,
+            "transactionId": txn.transaction_id,
+            "message": "Your request has been received and is being processed.",
+        }
         return 200, answer
 
     def status(self, query: dict[str, str]) -> Answer:
         reference = query.get(self.settings.reference_param)
         if not reference:
-            raise _BadRequest({self.settings.reference_param: [f"The {self.settings.reference_param} field is required."]})
+            raise _BadRequest(
+                {self.settings.reference_param: [f"The {self.settings.reference_param} field is required."]}
+            )
         txn = self.state.status_of(reference)
         provider = query.get(self.settings.provider_param)
         if txn is None or (provider and provider.lower() != txn.provider.lower()):
@@ -122,7 +131,11 @@ class Sandbox:
         state, body = self.state, body if body is not None else {}
         match method, parts:
             case "GET", ["stats"]:
-                return 200, {**state.stats(), "callbacks_sent": self.callbacks.count(), "callbacks_scheduled": self.callbacks.pending()}
+                return 200, {
+                    **state.stats(),
+                    "callbacks_sent": self.callbacks.count(),
+                    "callbacks_scheduled": self.callbacks.pending(),
+                }
             case "GET", ["transactions"]:
                 return 200, state.transaction_list()
             case "GET", ["transactions", tid]:
@@ -163,13 +176,15 @@ class Sandbox:
         if "default_outcome" in changes:
             check_outcome(changes["default_outcome"])
         for key, value in changes.items():
-            setattr(self.settings, key, float(value) if key in ("latency", "status_latency", "delay_seconds") else value)
+            setattr(
+                self.settings, key, float(value) if key in ("latency", "status_latency", "delay_seconds") else value
+            )
 
     # --- routing ---
 
     def handle(self, method: str, path: str, query: dict[str, str], headers: Any, body: Any) -> Answer:
         if path.startswith("/_sandbox/"):
-            return self.control(method, [p for p in path[len("/_sandbox/"):].split("/") if p], body)
+            return self.control(method, [p for p in path[len("/_sandbox/") :].split("/") if p], body)
         routes: dict[tuple[str, str], Callable[[], Answer]] = {
             ("POST", "/AppRegistration/GenerateToken"): lambda: self.token(body),
             ("POST", "/azampay/mno/checkout"): lambda: self.checkout(body),
@@ -185,7 +200,9 @@ class Sandbox:
         failure = self.state.injected_failure()
         if failure is not None:
             return failure, {"message": "Injected failure", "status": "Error"}
-        if path != "/AppRegistration/GenerateToken" and not self.state.authorised(headers.get("Authorization"), headers.get("X-API-KEY")):
+        if path != "/AppRegistration/GenerateToken" and not self.state.authorised(
+            headers.get("Authorization"), headers.get("X-API-KEY")
+        ):
             return 401, UNAUTHORIZED
         return route()
 
@@ -239,7 +256,10 @@ class _Handler(BaseHTTPRequestHandler):
         data = json.dumps(payload).encode()
         is_problem = isinstance(payload, dict) and "traceId" in payload
         self.send_response(status)
-        self.send_header("Content-Type", "application/problem+json; charset=utf-8" if is_problem else "application/json; charset=utf-8")
+        self.send_header(
+            "Content-Type",
+            "application/problem+json; charset=utf-8" if is_problem else "application/json; charset=utf-8",
+        )
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -276,7 +296,9 @@ class SandboxServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> "SandboxServer":
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="sandbox-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="sandbox-http", daemon=True
+        )
         self._thread.start()
         return self
 

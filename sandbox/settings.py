@@ -1,4 +1,5 @@
 """What a sandbox is started with. Mutable at runtime through the control endpoints and SandboxHandle."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,4 +1,5 @@
 """The sandbox's memory: issued tokens, transactions, outcome rules, counters and fault hooks. One lock."""
+
 from __future__ import annotations
 
 import secrets
@@ -56,7 +57,11 @@ class SandboxState:
 
     def issue_token(self, app_name: Any, client_id: Any, client_secret: Any) -> tuple[str, datetime] | None:
         s = self.settings
-        if client_id != s.client_id or client_secret != s.client_secret or (s.app_name is not None and app_name != s.app_name):
+        if (
+            client_id != s.client_id
+            or client_secret != s.client_secret
+            or (s.app_name is not None and app_name != s.app_name)
+        ):
             self.count("token_refusals")
             return None
         token = "sbx." + secrets.token_urlsafe(24)

@@ -1,4 +1,5 @@
 """`running_sandbox(...)`: a sandbox on 127.0.0.1 (free port) for one `with` block, with in-process controls."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -110,8 +111,14 @@ class SandboxHandle:
         from pipeline.config import AzamPayConfig
 
         s = self.settings
-        fields = {"auth_url": self.url, "checkout_url": self.url, "client_id": s.client_id,
-                  "client_secret": s.client_secret, "api_key": s.api_key, **overrides}
+        fields = {
+            "auth_url": self.url,
+            "checkout_url": self.url,
+            "client_id": s.client_id,
+            "client_secret": s.client_secret,
+            "api_key": s.api_key,
+            **overrides,
+        }
         return AzamPayConfig(**fields)
 
     # --- control ---
@@ -148,11 +155,22 @@ class SandboxHandle:
         self._app.state.set_status_text(transaction_id, text)
 
     def seed_transaction(
-        self, external_id: str, msisdn: str, provider: str, amount: str, outcome: str = "success", transaction_id: str | None = None
+        self,
+        external_id: str,
+        msisdn: str,
+        provider: str,
+        amount: str,
+        outcome: str = "success",
+        transaction_id: str | None = None,
     ) -> str:
         """Create a transaction without a checkout or callback (for poll benchmarks); returns its transactionId."""
         return self._app.state.add_transaction(
-            external_id=external_id, msisdn=msisdn, provider=provider, amount=amount, outcome=outcome, transaction_id=transaction_id
+            external_id=external_id,
+            msisdn=msisdn,
+            provider=provider,
+            amount=amount,
+            outcome=outcome,
+            transaction_id=transaction_id,
         ).transaction_id
 
 

@@ -1,4 +1,5 @@
 """Request validation the way AzamPay answers it: ASP.NET ProblemDetails with errors{field: [message]}."""
+
 from __future__ import annotations
 
 import secrets
@@ -39,7 +40,9 @@ def check_checkout(body: Any) -> dict[str, list[str]]:
     errors: dict[str, list[str]] = {}
     account = _required_string(body, "accountNumber", errors)
     if account is not None and not MSISDN_PATTERN.match(account):
-        errors["accountNumber"] = [f"The field accountNumber must match the regular expression '{MSISDN_PATTERN.pattern}'."]
+        errors["accountNumber"] = [
+            f"The field accountNumber must match the regular expression '{MSISDN_PATTERN.pattern}'."
+        ]
     amount = _required_string(body, "amount", errors)
     if amount is not None:
         try:

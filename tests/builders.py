@@ -1,4 +1,5 @@
 """Test data builders: patients, donations and log events, written through the real store functions."""
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,9 @@ def add_patient(engine, now, required="100000", name="Amina") -> int:
         return create_patient(session, name=name, funding_required=Decimal(required), now=now).id
 
 
-def add_donation(engine, now, patient_id=None, amount="25000", transaction_id=None, patient_amount=None, prefix="RHCI-DN"):
+def add_donation(
+    engine, now, patient_id=None, amount="25000", transaction_id=None, patient_amount=None, prefix="RHCI-DN"
+):
     """Returns (id, external_reference)."""
     with transaction(engine) as session:
         donation = create_donation(
@@ -49,14 +52,26 @@ def add_donation(engine, now, patient_id=None, amount="25000", transaction_id=No
         return donation.id, donation.external_reference
 
 
-def callback_body(reference: str, status="success", amount="25000", transaction_id="tx-1", password=None, **extra) -> bytes:
-    body = dict(LIVE_SHAPE, transactionstatus=status, utilityref=reference, reference=transaction_id,
-                externalreference=transaction_id, transid=transaction_id, amount=amount, password=password)
+def callback_body(
+    reference: str, status="success", amount="25000", transaction_id="tx-1", password=None, **extra
+) -> bytes:
+    body = dict(
+        LIVE_SHAPE,
+        transactionstatus=status,
+        utilityref=reference,
+        reference=transaction_id,
+        externalreference=transaction_id,
+        transid=transaction_id,
+        amount=amount,
+        password=password,
+    )
     body.update(extra)
     return json.dumps(body).encode()
 
 
-def append(engine, body: bytes, received_at: datetime, source="callback", auth="n/a", donation_id=None, status=None) -> int:
+def append(
+    engine, body: bytes, received_at: datetime, source="callback", auth="n/a", donation_id=None, status=None
+) -> int:
     """Append an event the way the receiver/poller would (typed fields from the body for callbacks)."""
     if source in ("callback", "import"):
         fields = extract_fields(body)
@@ -65,7 +80,12 @@ def append(engine, body: bytes, received_at: datetime, source="callback", auth="
 
         fields = EventFields(status=status, status_raw=status)
     with transaction(engine) as session:
-        return append_event(session, event_row(source=source, body=body, received_at=received_at, auth=auth, fields=fields, donation_id=donation_id))
+        return append_event(
+            session,
+            event_row(
+                source=source, body=body, received_at=received_at, auth=auth, fields=fields, donation_id=donation_id
+            ),
+        )
 
 
 def at(now: datetime, seconds: float) -> datetime:

@@ -5,6 +5,7 @@ AZAMRECON_TEST_MYSQL_DB (default azamrecon_test; the database is dropped and rec
 Without a reachable server the MySQL variants skip with the reason, except when CI=true or
 AZAMRECON_REQUIRE_MYSQL=1, where they fail: CI must never silently skip them.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,19 @@ MYSQL_DB = os.environ.get("AZAMRECON_TEST_MYSQL_DB", "azamrecon_test")
 MYSQL_REQUIRED = os.environ.get("CI", "").lower() == "true" or os.environ.get("AZAMRECON_REQUIRE_MYSQL") == "1"
 
 TABLES = (
-    "funding_credits", "anomalies", "payment_events", "donations", "patients", "fold_checkpoints", "job_runs", "job_locks", "donation_events",
-    "waiting_keys", "event_counts", "privacy_control", "privacy_rewrites",
+    "funding_credits",
+    "anomalies",
+    "payment_events",
+    "donations",
+    "patients",
+    "fold_checkpoints",
+    "job_runs",
+    "job_locks",
+    "donation_events",
+    "waiting_keys",
+    "event_counts",
+    "privacy_control",
+    "privacy_rewrites",
 )
 
 
@@ -92,7 +104,9 @@ def _mysql_ready() -> str:
         upgrade(engine)
         engine.dispose()
     except Exception as exc:  # any failure to reach the server
-        reason = f"MariaDB/MySQL not reachable at {MYSQL_SERVER} ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+        reason = (
+            f"MariaDB/MySQL not reachable at {MYSQL_SERVER} ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+        )
         _mysql_state["error"] = pytest.fail.Exception(reason) if MYSQL_REQUIRED else pytest.skip.Exception(reason)
         raise _mysql_state["error"]
     _mysql_state["url"] = url

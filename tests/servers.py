@@ -3,6 +3,7 @@
 Everything is loopback-only and bounded in time: start waits at most `timeout` seconds, stop sends
 SIGTERM, waits, then kills.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,7 +34,14 @@ def config_settings(backend, **overrides) -> dict[str, Any]:
 class ServerProcess:
     """`python -m jobs.cli serve --config FILE --host 127.0.0.1 --port N` as a subprocess."""
 
-    def __init__(self, config_path: Path, port: int | None = None, workers: int = 1, env: Mapping[str, str] | None = None, log_dir: Path | None = None):
+    def __init__(
+        self,
+        config_path: Path,
+        port: int | None = None,
+        workers: int = 1,
+        env: Mapping[str, str] | None = None,
+        log_dir: Path | None = None,
+    ):
         self.config_path = Path(config_path)
         self.port = port or free_port()
         self.workers = workers
@@ -62,7 +70,20 @@ class ServerProcess:
     def start(self, timeout: float = 20.0, require_healthy: bool = True) -> "ServerProcess":
         """Start and wait until /healthz answers (200, or any answer when require_healthy is False)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "jobs.cli", "serve", "--config", str(self.config_path), "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)]
+        command = [
+            sys.executable,
+            "-m",
+            "jobs.cli",
+            "serve",
+            "--config",
+            str(self.config_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+        ]
         self.process = subprocess.Popen(
             command,
             cwd=REPO,
@@ -93,7 +114,9 @@ class ServerProcess:
         self.stop()
 
 
-def run_cli(*args: str, config_path: Path | None = None, timeout: float = 60.0, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, config_path: Path | None = None, timeout: float = 60.0, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run `python -m jobs.cli ARGS [--config FILE]` and return the completed process (text output)."""
     command = [sys.executable, "-m", "jobs.cli", *args]
     if config_path is not None:
@@ -105,9 +128,15 @@ def run_cli(*args: str, config_path: Path | None = None, timeout: float = 60.0, 
 
 # --- small database helpers shared by the receiver and spool tests ---------------------------------
 
+
 def add_donation(
-    engine, reference: str | None, donation_id: int | None = None, transaction_id: str | None = None, amount: str = "1000",
-    msisdn: str = "255789123456", provider: str = "Mpesa",
+    engine,
+    reference: str | None,
+    donation_id: int | None = None,
+    transaction_id: str | None = None,
+    amount: str = "1000",
+    msisdn: str = "255789123456",
+    provider: str = "Mpesa",
 ) -> int:
     """Insert a PENDING donation with this external_reference (directly, so any id/reference works)."""
     from datetime import datetime, timezone

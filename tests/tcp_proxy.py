@@ -8,6 +8,7 @@ closed, every connection dropped) to simulate an outage, and start it again on t
 
 Listens on 127.0.0.1 only; every thread is a daemon and every blocking call has a timeout.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,7 +19,9 @@ import time
 
 
 class TcpProxy:
-    def __init__(self, target_host: str = "127.0.0.1", target_port: int = 3306, port: int = 0, connect_timeout: float = 3.0):
+    def __init__(
+        self, target_host: str = "127.0.0.1", target_port: int = 3306, port: int = 0, connect_timeout: float = 3.0
+    ):
         if target_host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("TcpProxy forwards to loopback only")
         self.target = (target_host, target_port)
@@ -47,7 +50,9 @@ class TcpProxy:
         self.port = listener.getsockname()[1]
         self._listener = listener
         self._running.set()
-        thread = threading.Thread(target=self._accept_loop, args=(listener,), name=f"tcp-proxy-{self.port}", daemon=True)
+        thread = threading.Thread(
+            target=self._accept_loop, args=(listener,), name=f"tcp-proxy-{self.port}", daemon=True
+        )
         thread.start()
         self._threads.append(thread)
         return self

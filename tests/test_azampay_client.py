@@ -1,4 +1,5 @@
 """AzamPayClient against the real sandbox over loopback; `responses` only for answers the sandbox never gives."""
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,9 @@ def log_lines():
 
 def checkout(client, msisdn=MSISDN, amount="25000", outcome=None):
     extra = {"sandbox_outcome": outcome} if outcome else None
-    return client.mno_checkout(msisdn, Decimal(amount), "RHCI-DN-42-20260114093012", "Halopesa", additional_properties=extra)
+    return client.mno_checkout(
+        msisdn, Decimal(amount), "RHCI-DN-42-20260114093012", "Halopesa", additional_properties=extra
+    )
 
 
 # --- happy path ---------------------------------------------------------------------------------
@@ -82,7 +85,13 @@ def test_amount_must_not_be_a_float(client, sandbox):
 
 def test_payment_partners_have_the_documented_codes(client):
     partners = client.payment_partners()
-    assert {p["partnerName"]: p["provider"] for p in partners} == {"Airtel": 2, "Tigo": 3, "Halopesa": 4, "Azampesa": 5, "Mpesa": 10}
+    assert {p["partnerName"]: p["provider"] for p in partners} == {
+        "Airtel": 2,
+        "Tigo": 3,
+        "Halopesa": 4,
+        "Azampesa": 5,
+        "Mpesa": 10,
+    }
 
 
 def test_status_path_and_parameter_names_come_from_config(clock):
@@ -289,7 +298,9 @@ def _closed_port() -> int:
 
 def test_connection_refused_is_unavailable():
     port = _closed_port()
-    config = AzamPayConfig(auth_url=f"http://127.0.0.1:{port}", checkout_url=f"http://127.0.0.1:{port}", client_secret="s3cr3t")
+    config = AzamPayConfig(
+        auth_url=f"http://127.0.0.1:{port}", checkout_url=f"http://127.0.0.1:{port}", client_secret="s3cr3t"
+    )
     with pytest.raises(AzamPayUnavailable, match="connection failed") as caught:
         AzamPayClient(config).payment_partners()
     assert "s3cr3t" not in str(caught.value)
@@ -310,7 +321,10 @@ def test_connect_timeout_is_unavailable():
             filler.connect_ex(("127.0.0.1", port))
             fillers.append(filler)
         config = AzamPayConfig(
-            auth_url=f"http://127.0.0.1:{port}", checkout_url=f"http://127.0.0.1:{port}", timeout_connect=0.2, timeout_read=0.2
+            auth_url=f"http://127.0.0.1:{port}",
+            checkout_url=f"http://127.0.0.1:{port}",
+            timeout_connect=0.2,
+            timeout_read=0.2,
         )
         started = time.monotonic()
         with pytest.raises(AzamPayUnavailable, match="connect timeout after 0.2s"):

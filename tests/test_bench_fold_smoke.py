@@ -4,6 +4,7 @@ bench.fold: the state after a rebuild equals the state after an incremental fold
 event is accounted for in each phase, COMPLETED donations and credits agree. bench.poll: every stuck
 donation was asked once and its answer appended.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,7 +41,11 @@ def test_bench_fold_quick(tmp_path):
     assert set(rebuilt["anomalies"]) >= {"duplicate", "unknown_reference", "invalid_payload", "amount_mismatch"}
     assert sum(rebuilt["anomalies"].values()) == results["rebuild"]["anomalies"]
     writes = results["writes"]  # the write ceiling rewrote exactly what the rebuild wrote
-    assert (writes["anomalies"], writes["donations"], writes["credits"]) == (results["rebuild"]["anomalies"], figures["donations"], rebuilt["credits"])
+    assert (writes["anomalies"], writes["donations"], writes["credits"]) == (
+        results["rebuild"]["anomalies"],
+        figures["donations"],
+        rebuilt["credits"],
+    )
     assert "storage floor" in done.stdout and "rebuild/storage floor" in done.stdout
     # the in-memory fold the rules phase times is the rebuild's own state, not some lighter work
     assert results["rules"]["events"] == events and results["rules"]["sha256"] == rebuilt["sha256"]

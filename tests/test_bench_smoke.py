@@ -3,6 +3,7 @@
 SQLite only: the MariaDB variant of bench.receiver drops and recreates its own database, which must
 never be the one a test session is using.
 """
+
 from __future__ import annotations
 
 import subprocess

@@ -3,6 +3,7 @@
 Accepted -> PENDING donation with AzamPay's transactionId and a `checkout` event; refused -> FAILED after
 the fold with the reason in the error; timeout -> UNKNOWN (needs_check), never FAILED.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,7 +58,10 @@ def donation(backend, donation_id):
 
 
 def anomaly_kinds(backend, donation_id) -> list[str]:
-    return [row[0] for row in backend.rows("SELECT kind FROM anomalies WHERE donation_id = :d ORDER BY event_id", d=donation_id)]
+    return [
+        row[0]
+        for row in backend.rows("SELECT kind FROM anomalies WHERE donation_id = :d ORDER BY event_id", d=donation_id)
+    ]
 
 
 @pytest.fixture
@@ -77,7 +81,14 @@ def test_accepted_checkout_is_pending_with_transaction_id_and_event(backend, san
     config, client = setup
     patient = add_patient(backend.engine, now)
     result = initiate_checkout(
-        backend.engine, config, client, patient_id=patient, amount=Decimal("25000"), msisdn=MSISDN, provider="mpesa", now=now
+        backend.engine,
+        config,
+        client,
+        patient_id=patient,
+        amount=Decimal("25000"),
+        msisdn=MSISDN,
+        provider="mpesa",
+        now=now,
     )
     assert result.accepted and result.error is None and result.event_status == "PENDING"
     assert re.fullmatch(rf"RHCI-DN-{result.donation_id}-20260114093000", result.reference)
@@ -93,7 +104,11 @@ def test_accepted_checkout_is_pending_with_transaction_id_and_event(backend, san
     assert row.patient_amount == Decimal("25000") and row.support_amount == Decimal("0")
     [event] = events(backend)
     assert (event.source, event.status, event.transaction_ref, event.donation_id, event.auth) == (
-        "checkout", "PENDING", result.transaction_id, result.donation_id, "n/a"
+        "checkout",
+        "PENDING",
+        result.transaction_id,
+        result.donation_id,
+        "n/a",
     )
     assert json.loads(bytes(event.body))["transactionId"] == result.transaction_id  # the raw answer, byte for byte
     assert event.id == result.event_id
@@ -105,17 +120,33 @@ def test_accepted_checkout_is_pending_with_transaction_id_and_event(backend, san
 
 
 def test_charge_amount_is_converted_to_whole_shillings(backend, sandbox, now):
-    config = backend.config(**azampay_overrides(sandbox), **{"donations.currency": "USD", "donations.exchange_rates": {"TZS": "1", "USD": "2650.50"}})
+    config = backend.config(
+        **azampay_overrides(sandbox),
+        **{"donations.currency": "USD", "donations.exchange_rates": {"TZS": "1", "USD": "2650.50"}},
+    )
     patient = add_patient(backend.engine, now, required="1000")
     with AzamPayClient(config.azampay) as client:
         result = initiate_checkout(
-            backend.engine, config, client, patient_id=patient, amount=Decimal("10.25"), msisdn=MSISDN, provider="Airtel",
-            now=now, patient_amount=Decimal("10.00"), currency="usd",
+            backend.engine,
+            config,
+            client,
+            patient_id=patient,
+            amount=Decimal("10.25"),
+            msisdn=MSISDN,
+            provider="Airtel",
+            now=now,
+            patient_amount=Decimal("10.00"),
+            currency="usd",
         )
     assert result.charge_amount == Decimal("27168")  # 27167.625 rounded half up
     assert sandbox.transaction(result.transaction_id)["amount"] == "27168"
     row = donation(backend, result.donation_id)
-    assert (row.amount, row.currency, row.charge_amount, row.charge_currency) == (Decimal("10.25"), "USD", Decimal("27168"), "TZS")
+    assert (row.amount, row.currency, row.charge_amount, row.charge_currency) == (
+        Decimal("10.25"),
+        "USD",
+        Decimal("27168"),
+        "TZS",
+    )
     assert (row.patient_amount, row.support_amount) == (Decimal("10.00"), Decimal("0.25"))
     with pytest.raises(InputError, match="less than one"):
         charge_amount_of(Decimal("0.40"), "TZS", config)
@@ -125,13 +156,35 @@ def test_charge_amount_is_converted_to_whole_shillings(backend, sandbox, now):
 
 def test_a_patient_donation_must_be_in_the_funding_currency(backend, sandbox, now):
     """A USD patient_amount credited to a patient whose funding is counted in TZS would add dollars to shillings."""
-    config = backend.config(**azampay_overrides(sandbox), **{"donations.exchange_rates": {"TZS": "1", "USD": "2650.50"}})
+    config = backend.config(
+        **azampay_overrides(sandbox), **{"donations.exchange_rates": {"TZS": "1", "USD": "2650.50"}}
+    )
     patient = add_patient(backend.engine, now, required="1000000")
     with AzamPayClient(config.azampay) as client:
         with pytest.raises(InputError, match="a patient's funding is counted in TZS"):
-            initiate_checkout(backend.engine, config, client, patient_id=patient, amount=Decimal("10"), msisdn=MSISDN, provider="Airtel", now=now, currency="USD")
+            initiate_checkout(
+                backend.engine,
+                config,
+                client,
+                patient_id=patient,
+                amount=Decimal("10"),
+                msisdn=MSISDN,
+                provider="Airtel",
+                now=now,
+                currency="USD",
+            )
         assert backend.scalar("SELECT COUNT(*) FROM donations") == 0 and sandbox.transactions() == []
-        general = initiate_checkout(backend.engine, config, client, patient_id=None, amount=Decimal("10"), msisdn=MSISDN, provider="Airtel", now=now, currency="USD")
+        general = initiate_checkout(
+            backend.engine,
+            config,
+            client,
+            patient_id=None,
+            amount=Decimal("10"),
+            msisdn=MSISDN,
+            provider="Airtel",
+            now=now,
+            currency="USD",
+        )
     assert general.charge_amount == Decimal("26505")  # a general donation funds no patient: any configured currency
 
 
@@ -142,11 +195,33 @@ def test_bad_local_input_writes_and_sends_nothing(backend, sandbox, setup, now):
         (dict(patient_id=patient, amount=Decimal("1000"), msisdn="0123", provider="Mpesa"), InputError, "msisdn"),
         (dict(patient_id=patient, amount=Decimal("1000"), msisdn=MSISDN, provider="Paypal"), InputError, "provider"),
         (dict(patient_id=patient, amount=Decimal("-5"), msisdn=MSISDN, provider="Mpesa"), InputError, "amount"),
-        (dict(patient_id=patient, amount=Decimal("1000"), msisdn=MSISDN, provider="Mpesa", currency="EUR"), InputError, "exchange rate"),
-        (dict(patient_id=patient, amount=Decimal("1000"), msisdn=MSISDN, provider="Mpesa", patient_amount=Decimal("2000")), InputError, "must not be negative"),
+        (
+            dict(patient_id=patient, amount=Decimal("1000"), msisdn=MSISDN, provider="Mpesa", currency="EUR"),
+            InputError,
+            "exchange rate",
+        ),
+        (
+            dict(
+                patient_id=patient,
+                amount=Decimal("1000"),
+                msisdn=MSISDN,
+                provider="Mpesa",
+                patient_amount=Decimal("2000"),
+            ),
+            InputError,
+            "must not be negative",
+        ),
         (dict(patient_id=999, amount=Decimal("1000"), msisdn=MSISDN, provider="Mpesa"), NotFound, "patient 999"),
-        (dict(patient_id=patient, amount=Decimal("1000"), msisdn=MSISDN, provider=""), InputError, "provider is required"),
-        (dict(patient_id=patient, amount=Decimal("1000"), msisdn="", provider="Mpesa"), InputError, "msisdn is required"),
+        (
+            dict(patient_id=patient, amount=Decimal("1000"), msisdn=MSISDN, provider=""),
+            InputError,
+            "provider is required",
+        ),
+        (
+            dict(patient_id=patient, amount=Decimal("1000"), msisdn="", provider="Mpesa"),
+            InputError,
+            "msisdn is required",
+        ),
     ]
     for kwargs, error, text in cases:
         with pytest.raises(error, match=text):
@@ -164,9 +239,18 @@ def _assert_failed_checkout(backend, config, sandbox, result, now, field_name, m
     with pytest.raises(AzamPayValidationError):
         result.raise_for_error()
     [event] = events(backend)
-    assert (event.source, event.status, event.donation_id, event.transaction_ref) == ("checkout", "FAILED", result.donation_id, None)
+    assert (event.source, event.status, event.donation_id, event.transaction_ref) == (
+        "checkout",
+        "FAILED",
+        result.donation_id,
+        None,
+    )
     body = json.loads(bytes(event.body))
-    assert body["error"] == "AzamPayValidationError" and field_name in body["fields"] and body["externalId"] == result.reference
+    assert (
+        body["error"] == "AzamPayValidationError"
+        and field_name in body["fields"]
+        and body["externalId"] == result.reference
+    )
     text = bytes(event.body).decode()
     for secret in (sandbox.settings.client_secret, sandbox.settings.api_key):
         assert secret not in text
@@ -181,10 +265,19 @@ def test_problem_details_rejection_fails_the_donation_with_the_reason(backend, s
     config, client = setup
     patient = add_patient(backend.engine, now)
     result = initiate_checkout(
-        backend.engine, config, client, patient_id=patient, amount=Decimal("5000"), msisdn=MSISDN, provider="Tigo", now=now,
+        backend.engine,
+        config,
+        client,
+        patient_id=patient,
+        amount=Decimal("5000"),
+        msisdn=MSISDN,
+        provider="Tigo",
+        now=now,
         extra_properties={"sandbox_outcome": "no-such-outcome"},
     )
-    _assert_failed_checkout(backend, config, sandbox, result, now, "additionalProperties.sandbox_outcome", "no-such-outcome")
+    _assert_failed_checkout(
+        backend, config, sandbox, result, now, "additionalProperties.sandbox_outcome", "no-such-outcome"
+    )
     assert sandbox.stats()["checkout_rejections"] == 1
 
 
@@ -193,14 +286,32 @@ def test_rejected_currency_fails_the_donation(backend, sandbox, now):
     config = backend.config(**azampay_overrides(sandbox), **{"donations.charge_currency": "USD"})
     patient = add_patient(backend.engine, now)
     with AzamPayClient(config.azampay) as client:
-        result = initiate_checkout(backend.engine, config, client, patient_id=patient, amount=Decimal("5000"), msisdn=MSISDN, provider="Mpesa", now=now)
+        result = initiate_checkout(
+            backend.engine,
+            config,
+            client,
+            patient_id=patient,
+            amount=Decimal("5000"),
+            msisdn=MSISDN,
+            provider="Mpesa",
+            now=now,
+        )
     _assert_failed_checkout(backend, config, sandbox, result, now, "currency", "The currency must be TZS.")
 
 
 def test_refused_credentials_fail_the_donation(backend, sandbox, now):
     config = backend.config(**azampay_overrides(sandbox, **{"azampay.client_secret": "wrong-secret"}))
     with AzamPayClient(config.azampay) as client:
-        result = initiate_checkout(backend.engine, config, client, patient_id=None, amount=Decimal("1000"), msisdn=MSISDN, provider="Mpesa", now=now)
+        result = initiate_checkout(
+            backend.engine,
+            config,
+            client,
+            patient_id=None,
+            amount=Decimal("1000"),
+            msisdn=MSISDN,
+            provider="Mpesa",
+            now=now,
+        )
     assert isinstance(result.error, AzamPayAuthError) and result.event_status == "FAILED"
     [event] = events(backend)
     assert "wrong-secret" not in bytes(event.body).decode()
@@ -214,7 +325,16 @@ def test_timeout_is_recorded_unknown_not_failed(backend, sandbox, now):
         client.payment_partners()  # the token is cached; only the checkout itself will be slow
         sandbox.set_latency(1.0)
         try:
-            result = initiate_checkout(backend.engine, config, client, patient_id=None, amount=Decimal("1000"), msisdn=MSISDN, provider="Mpesa", now=now)
+            result = initiate_checkout(
+                backend.engine,
+                config,
+                client,
+                patient_id=None,
+                amount=Decimal("1000"),
+                msisdn=MSISDN,
+                provider="Mpesa",
+                now=now,
+            )
         finally:
             sandbox.set_latency(0.0)
     assert isinstance(result.error, AzamPayUnavailable) and "read timeout" in str(result.error)
@@ -235,6 +355,7 @@ def test_timeout_is_recorded_unknown_not_failed(backend, sandbox, now):
 
 # --- the CLI --------------------------------------------------------------------------------------------------
 
+
 def _cli(config_path, *args):
     from jobs.cli import cli
 
@@ -244,18 +365,39 @@ def _cli(config_path, *args):
 def test_cli_create_prints_the_donation_and_folds(backend, sandbox, now):
     path = write_config(backend.tmp_path / "cli.yaml", config_settings(backend, **azampay_overrides(sandbox)))
     patient = add_patient(backend.engine, now)
-    result = _cli(path, "donations", "create", "--patient", str(patient), "--amount", "30000", "--support-amount", "5000",
-                  "--msisdn", "+255758285812", "--provider", "mpesa")
+    result = _cli(
+        path,
+        "donations",
+        "create",
+        "--patient",
+        str(patient),
+        "--amount",
+        "30000",
+        "--support-amount",
+        "5000",
+        "--msisdn",
+        "+255758285812",
+        "--provider",
+        "mpesa",
+    )
     assert result.exit_code == 0, result.output
     [txn] = sandbox.transactions()
     assert f"transactionId {txn['transaction_id']}" in result.output
-    assert re.search(r"^donation 1$", result.output, re.M) and re.search(r"^reference RHCI-DN-1-\d{14}$", result.output, re.M)
+    assert re.search(r"^donation 1$", result.output, re.M) and re.search(
+        r"^reference RHCI-DN-1-\d{14}$", result.output, re.M
+    )
     assert "status PENDING" in result.output
     row = donation(backend, 1)
-    assert (row.patient_amount, row.support_amount, row.transaction_id) == (Decimal("25000"), Decimal("5000"), txn["transaction_id"])
+    assert (row.patient_amount, row.support_amount, row.transaction_id) == (
+        Decimal("25000"),
+        Decimal("5000"),
+        txn["transaction_id"],
+    )
     assert row.last_event_id is not None  # folded
 
-    general = _cli(path, "donations", "create", "--general", "--amount", "1000", "--msisdn", MSISDN, "--provider", "Airtel")
+    general = _cli(
+        path, "donations", "create", "--general", "--amount", "1000", "--msisdn", MSISDN, "--provider", "Airtel"
+    )
     assert general.exit_code == 0, general.output
     assert donation(backend, 2).patient_id is None
 
@@ -267,7 +409,21 @@ def test_cli_create_errors_are_one_line_and_non_zero(backend, sandbox, now):
     for args, text in [
         (base, "--patient is required"),
         (base + ["--patient", str(patient), "--general"], "exclude each other"),
-        (["donations", "create", "--patient", str(patient), "--amount", "1000", "--msisdn", "12345", "--provider", "Mpesa"], "msisdn"),
+        (
+            [
+                "donations",
+                "create",
+                "--patient",
+                str(patient),
+                "--amount",
+                "1000",
+                "--msisdn",
+                "12345",
+                "--provider",
+                "Mpesa",
+            ],
+            "msisdn",
+        ),
         (base + ["--patient", str(patient), "--amount", "1.234"], "at most 2 decimal places"),
     ]:
         result = _cli(path, *args)
@@ -277,7 +433,10 @@ def test_cli_create_errors_are_one_line_and_non_zero(backend, sandbox, now):
     assert backend.scalar("SELECT COUNT(*) FROM donations") == 0
 
     # refused by AzamPay: the donation exists, is FAILED after the fold, and the reason is the one error line
-    path = write_config(backend.tmp_path / "usd.yaml", config_settings(backend, **azampay_overrides(sandbox), **{"donations.charge_currency": "USD"}))
+    path = write_config(
+        backend.tmp_path / "usd.yaml",
+        config_settings(backend, **azampay_overrides(sandbox), **{"donations.charge_currency": "USD"}),
+    )
     result = _cli(path, *base, "--patient", str(patient))
     assert result.exit_code == AzamPayValidationError.exit_code
     assert "status FAILED" in result.output

@@ -1,4 +1,5 @@
 """Every command on bad input: one line on stderr, a non-zero exit, no traceback, nothing written."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,10 +27,48 @@ BAD = [
     (["patients", "add", "--name", "A", "--funding-required", "100000000000000"], 2, "below"),
     (["rebuild", "--as-of", "2026-01-01", "--output", "/nonexistent-dir/x.json"], 2, "--output"),
     (["patients", "show", "999"], 3, "patient 999 not found"),
-    (["donations", "create", "--patient", "1", "--amount", "abc", "--msisdn", "0758285812", "--provider", "Mpesa"], 2, "--amount"),
-    (["donations", "create", "--patient", "1", "--amount", "1000", "--msisdn", "12345", "--provider", "Mpesa"], 2, "msisdn"),
-    (["donations", "create", "--patient", "1", "--amount", "1000", "--msisdn", "0758285812", "--provider", "Vodacom"], 2, "provider"),
-    (["donations", "create", "--patient", "999", "--amount", "1000", "--msisdn", "0758285812", "--provider", "Mpesa"], 3, "patient 999"),
+    (
+        ["donations", "create", "--patient", "1", "--amount", "abc", "--msisdn", "0758285812", "--provider", "Mpesa"],
+        2,
+        "--amount",
+    ),
+    (
+        ["donations", "create", "--patient", "1", "--amount", "1000", "--msisdn", "12345", "--provider", "Mpesa"],
+        2,
+        "msisdn",
+    ),
+    (
+        [
+            "donations",
+            "create",
+            "--patient",
+            "1",
+            "--amount",
+            "1000",
+            "--msisdn",
+            "0758285812",
+            "--provider",
+            "Vodacom",
+        ],
+        2,
+        "provider",
+    ),
+    (
+        [
+            "donations",
+            "create",
+            "--patient",
+            "999",
+            "--amount",
+            "1000",
+            "--msisdn",
+            "0758285812",
+            "--provider",
+            "Mpesa",
+        ],
+        3,
+        "patient 999",
+    ),
     (["donations", "show", "999"], 3, "donation 999 not found"),
     (["donations", "resolve", "999", "--status", "COMPLETED", "--note", "x"], 3, "donation 999 not found"),
     (["donations", "resolve", "1", "--status", "MAYBE", "--note", "x"], 2, "MAYBE"),
@@ -73,11 +112,36 @@ def test_donations_create_prints_json(sqlite_backend, now):
 
     patient = add_patient(sqlite_backend.engine, now)
     with running_sandbox() as sandbox:
-        config = write_config(sqlite_backend.tmp_path / "cli.yaml", config_settings(sqlite_backend, **azampay_overrides(sandbox)))
-        result = CliRunner().invoke(cli, ["donations", "create", "--patient", str(patient), "--amount", "1000", "--msisdn", "0758285812",
-                                          "--provider", "Mpesa", "--format", "json", "--config", str(config)], catch_exceptions=False)
+        config = write_config(
+            sqlite_backend.tmp_path / "cli.yaml", config_settings(sqlite_backend, **azampay_overrides(sandbox))
+        )
+        result = CliRunner().invoke(
+            cli,
+            [
+                "donations",
+                "create",
+                "--patient",
+                str(patient),
+                "--amount",
+                "1000",
+                "--msisdn",
+                "0758285812",
+                "--provider",
+                "Mpesa",
+                "--format",
+                "json",
+                "--config",
+                str(config),
+            ],
+            catch_exceptions=False,
+        )
         [transaction] = sandbox.transactions()
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert (data["donation_id"], data["charge_amount"], data["charge_currency"], data["status"]) == (1, "1000", "TZS", "PENDING")
+    assert (data["donation_id"], data["charge_amount"], data["charge_currency"], data["status"]) == (
+        1,
+        "1000",
+        "TZS",
+        "PENDING",
+    )
     assert data["transaction_id"] == transaction["transaction_id"] and data["reference"].startswith("RHCI-DN-1-")

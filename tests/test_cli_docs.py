@@ -1,4 +1,5 @@
 """Every CLI command has help text and appears in README's command reference (sqlite-utils' rule)."""
+
 from pathlib import Path
 
 import click
@@ -20,10 +21,24 @@ def _commands(group: click.Group, prefix: str = "azamrecon"):
 COMMANDS = list(_commands(cli))
 
 EXPECTED = {
-    "azamrecon init", "azamrecon serve", "azamrecon scheduler", "azamrecon fold", "azamrecon poll", "azamrecon rebuild",
-    "azamrecon report", "azamrecon patients add", "azamrecon patients show", "azamrecon donations create",
-    "azamrecon donations show", "azamrecon donations resolve", "azamrecon events list", "azamrecon events show",
-    "azamrecon events ingest", "azamrecon events ingest-spool", "azamrecon sandbox", "azamrecon demo",
+    "azamrecon init",
+    "azamrecon serve",
+    "azamrecon scheduler",
+    "azamrecon fold",
+    "azamrecon poll",
+    "azamrecon rebuild",
+    "azamrecon report",
+    "azamrecon patients add",
+    "azamrecon patients show",
+    "azamrecon donations create",
+    "azamrecon donations show",
+    "azamrecon donations resolve",
+    "azamrecon events list",
+    "azamrecon events show",
+    "azamrecon events ingest",
+    "azamrecon events ingest-spool",
+    "azamrecon sandbox",
+    "azamrecon demo",
 }
 
 
@@ -37,7 +52,11 @@ def test_command_has_help_and_is_documented(path, command):
     assert f"`{path}" in README, f"{path} is missing from README's command reference"
 
 
-@pytest.mark.parametrize("path,command", [(p, c) for p, c in COMMANDS if not isinstance(c, click.Group)], ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    "path,command",
+    [(p, c) for p, c in COMMANDS if not isinstance(c, click.Group)],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
 def test_every_command_takes_config(path, command):
     assert any(param.name == "config_path" for param in command.params), f"{path} does not take --config"
 
@@ -53,6 +72,14 @@ def test_every_exit_code_is_in_readme_exit_codes():
     from pipeline.errors import AzamreconError
 
     section = README.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
-    documented = {int(line.split("|")[1]) for line in section.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()}
-    used = {cls.exit_code for cls in [AzamreconError, *_subclasses(AzamreconError)]} | {0, 2, 130}  # success, click usage, Ctrl-C
+    documented = {
+        int(line.split("|")[1])
+        for line in section.splitlines()
+        if line.startswith("| ") and line.split("|")[1].strip().isdigit()
+    }
+    used = {cls.exit_code for cls in [AzamreconError, *_subclasses(AzamreconError)]} | {
+        0,
+        2,
+        130,
+    }  # success, click usage, Ctrl-C
     assert used <= documented, sorted(used - documented)

@@ -1,5 +1,6 @@
 """Bad config, bad environment and an uninitialised database through the real CLI: one `error:` line
 on stderr and a non-zero exit, never a traceback (each case used to escape as one)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -26,8 +27,20 @@ CASES = [
     (["init"], {}, {"DATABASE_URL": CLOSED_MYSQL}, 4, ["database unreachable", "127.0.0.1"]),
     (["fold"], {}, {"DATABASE_URL": "notaurl"}, 2, ["database.url", "DATABASE_URL"]),
     (["scheduler"], {}, {"DATABASE_URL": "notaurl"}, 2, ["database.url", "DATABASE_URL"]),
-    (["fold"], {}, {"DATABASE_URL": "postgresql://u:secret@db/x"}, 2, ["database.url", "'postgresql'", "SQLite", "MySQL/MariaDB"]),
-    (["fold"], {}, {"DATABASE_URL": "mysql+pymysql://root:pa@ss:secret@db/x"}, 2, ["database.url", "not a database URL"]),  # a bad port
+    (
+        ["fold"],
+        {},
+        {"DATABASE_URL": "postgresql://u:secret@db/x"},
+        2,
+        ["database.url", "'postgresql'", "SQLite", "MySQL/MariaDB"],
+    ),
+    (
+        ["fold"],
+        {},
+        {"DATABASE_URL": "mysql+pymysql://root:pa@ss:secret@db/x"},
+        2,
+        ["database.url", "not a database URL"],
+    ),  # a bad port
     (["fold"], {"logging.level": "LOUD"}, {}, 2, ["logging.level", "LOUD"]),
     (["fold"], {"logging.rotation": "sometimes"}, {}, 2, ["logging.rotation", "sometimes"]),
     (["fold"], {"logging.retention": "forever"}, {}, 2, ["logging.retention", "forever"]),
@@ -38,7 +51,13 @@ CASES = [
     (["report", "--as-of", "0001-01-01"], {}, {}, 2, ["--as-of", "0001-01-01"]),
     (["rebuild", "--as-of", "9999-12-31T23:59:59-05:00"], {}, {}, 2, ["--as-of", "9999-12-31T23:59:59-05:00"]),
     (["report", "--date", "9999-12-31"], {}, {}, 2, ["--date", "9999-12-31", "between 1000 and 9998"]),
-    (["fold"], {"database.url": "sqlite:///{tmp}/never-initialised.db"}, {}, 4, ["no such table", "run `azamrecon init`"]),
+    (
+        ["fold"],
+        {"database.url": "sqlite:///{tmp}/never-initialised.db"},
+        {},
+        4,
+        ["no such table", "run `azamrecon init`"],
+    ),
 ]
 
 
@@ -56,7 +75,9 @@ def hermetic(environ: dict) -> dict:
     return cleared | environ
 
 
-@pytest.mark.parametrize("args,settings,environ,code,texts", CASES, ids=[f"{a[0]}-{i}" for i, (a, *_) in enumerate(CASES)])
+@pytest.mark.parametrize(
+    "args,settings,environ,code,texts", CASES, ids=[f"{a[0]}-{i}" for i, (a, *_) in enumerate(CASES)]
+)
 def test_bad_setup_is_one_error_line(sqlite_backend, tmp_path, args, settings, environ, code, texts):
     tmp = str(tmp_path)
     (tmp_path / "a-file").write_text("")
@@ -76,7 +97,9 @@ def test_bad_setup_is_one_error_line(sqlite_backend, tmp_path, args, settings, e
 
 
 def test_a_missing_mysql_table_hints_at_init():
-    missing = ProgrammingError("SELECT 1 FROM job_runs", {}, pymysql.err.ProgrammingError(1146, "Table 'x.job_runs' doesn't exist"))
+    missing = ProgrammingError(
+        "SELECT 1 FROM job_runs", {}, pymysql.err.ProgrammingError(1146, "Table 'x.job_runs' doesn't exist")
+    )
     assert str(translate(missing)).endswith("(run `azamrecon init`)")
 
 

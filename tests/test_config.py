@@ -1,4 +1,5 @@
 """Config: one validated object from config.yaml, overridden by the webhook guide's environment names."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -58,7 +59,14 @@ def test_guide_environment_names_override_the_file(tmp_path):
 
 
 def test_explicit_urls_beat_the_environment_hosts(tmp_path):
-    config = load_config(write(tmp_path, ""), environ={"AZAM_PAY_ENVIRONMENT": "production", "AZAM_PAY_AUTH": "https://auth.example/", "AZAM_PAY_CHECKOUT_URL": "https://co.example"})
+    config = load_config(
+        write(tmp_path, ""),
+        environ={
+            "AZAM_PAY_ENVIRONMENT": "production",
+            "AZAM_PAY_AUTH": "https://auth.example/",
+            "AZAM_PAY_CHECKOUT_URL": "https://co.example",
+        },
+    )
     assert (config.azampay.auth_url, config.azampay.checkout_url) == ("https://auth.example", "https://co.example")
 
 
@@ -93,7 +101,11 @@ def test_cli_stops_with_one_line_naming_the_key(tmp_path):
     path = write(tmp_path, f"database:\n  url: sqlite:///{tmp_path}/x.db\n")
     result = subprocess.run(
         [sys.executable, "-m", "jobs.cli", "init", "--config", str(path)],
-        cwd=REPO, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "AZAM_PAY_ENVIRONMENT": "staging"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "AZAM_PAY_ENVIRONMENT": "staging"},
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0

@@ -1,5 +1,6 @@
 """The shipped config.yaml lists every key of pipeline.config.Config with its default, as README and
 docs/deploy.md promise; these tests keep the file and the model from drifting apart."""
+
 from __future__ import annotations
 
 import json
@@ -41,7 +42,9 @@ def _shipped(dotted: str):
 
 
 def test_the_walk_sees_nested_sections():
-    assert {"database.url", "azampay.status.success_patterns", "donations.exchange_rates", "logging.retention"} <= set(LEAVES)
+    assert {"database.url", "azampay.status.success_patterns", "donations.exchange_rates", "logging.retention"} <= set(
+        LEAVES
+    )
 
 
 def test_every_config_field_is_in_the_shipped_file():
@@ -71,7 +74,9 @@ def test_the_cli_runs_on_the_shipped_file(tmp_path, monkeypatch):
     runner = CliRunner()
     init = runner.invoke(cli, ["init", "--config", str(CONFIG_FILE)], env=clean, catch_exceptions=False)
     assert init.exit_code == 0, init.output
-    listed = runner.invoke(cli, ["patients", "list", "--format", "json", "--config", str(CONFIG_FILE)], env=clean, catch_exceptions=False)
+    listed = runner.invoke(
+        cli, ["patients", "list", "--format", "json", "--config", str(CONFIG_FILE)], env=clean, catch_exceptions=False
+    )
     assert listed.exit_code == 0, listed.output
     assert json.loads(listed.stdout) == []
     assert (tmp_path / "azamrecon.db").exists()

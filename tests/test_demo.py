@@ -1,4 +1,5 @@
 """`azamrecon demo` end to end: real serve + scheduler subprocesses, the sandbox, SQLite; bounded."""
+
 import os
 import subprocess
 import sys
@@ -13,7 +14,10 @@ def test_demo_walks_every_scenario_and_stops_what_it_started(tmp_path):
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "jobs.cli", "demo", "--dir", str(folder)],
-        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -60,7 +64,11 @@ def test_demo_ignores_a_production_environment(tmp_path):
     folder = tmp_path / "demo"
     result = subprocess.run(
         [sys.executable, "-m", "jobs.cli", "demo", "--dir", str(folder), "--config", str(production_config)],
-        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert sorted(p.name for p in decoys.iterdir()) == ["config.yaml"], "the demo opened a production database"
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

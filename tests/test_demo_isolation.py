@@ -1,5 +1,6 @@
 """The demo must never reach a real config: its children get no config environment, and --config is refused
 out loud. Fast: nothing here starts the demo (tests/test_demo.py runs it end to end under a hostile env)."""
+
 import ast
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,21 +16,29 @@ from pipeline.config import ENV_OVERRIDES, load_config
 def _decoys() -> dict[str, str]:
     # values that would each change the loaded config, and all valid, so a leak shows as a difference
     values = {name: "decoy" for name in ENV_OVERRIDES}
-    values.update({
-        "DATABASE_URL": "sqlite:////nonexistent/production.db",
-        "AZAM_PAY_AUTH": "http://127.0.0.1:9/auth",
-        "AZAM_PAY_CHECKOUT_URL": "http://127.0.0.1:9/checkout",
-        "AZAM_PAY_ENVIRONMENT": "production",
-        "AZAM_PAY_TIMEOUT_CONNECT": "7",
-        "AZAM_PAY_TIMEOUT_READ": "7",
-    })
+    values.update(
+        {
+            "DATABASE_URL": "sqlite:////nonexistent/production.db",
+            "AZAM_PAY_AUTH": "http://127.0.0.1:9/auth",
+            "AZAM_PAY_CHECKOUT_URL": "http://127.0.0.1:9/checkout",
+            "AZAM_PAY_ENVIRONMENT": "production",
+            "AZAM_PAY_TIMEOUT_CONNECT": "7",
+            "AZAM_PAY_TIMEOUT_READ": "7",
+        }
+    )
     return values
 
 
 def test_child_environment_drops_every_config_name_and_keeps_the_rest(tmp_path):
     production = tmp_path / "production.yaml"
     production.write_text("database: {url: 'sqlite:////nonexistent/from-file.db'}\n")
-    environ = {**_decoys(), "AZAMRECON_CONFIG": str(production), "PATH": "/usr/bin", "HOME": "/home/x", "AZAMRECON_DEBUG": "1"}
+    environ = {
+        **_decoys(),
+        "AZAMRECON_CONFIG": str(production),
+        "PATH": "/usr/bin",
+        "HOME": "/home/x",
+        "AZAMRECON_DEBUG": "1",
+    }
 
     child = child_environment(environ)
 
@@ -45,8 +54,11 @@ def test_child_environment_drops_every_config_name_and_keeps_the_rest(tmp_path):
 def _environment_names_read_by(module) -> set[str]:
     """String constants the module uses as environment names: environ.get("X"), environ["X"], "X" in environ,
     os.getenv("X"), so a name added to the config layer outside ENV_OVERRIDES cannot slip past the demo."""
+
     def is_environ(node) -> bool:
-        return (isinstance(node, ast.Name) and node.id == "environ") or (isinstance(node, ast.Attribute) and node.attr == "environ")
+        return (isinstance(node, ast.Name) and node.id == "environ") or (
+            isinstance(node, ast.Attribute) and node.attr == "environ"
+        )
 
     names = set()
     for node in ast.walk(ast.parse(Path(module.__file__).read_text())):

@@ -3,6 +3,7 @@
 The receiver runs in a background thread (uvicorn on 127.0.0.1, an OS-chosen port); the sandbox posts
 its callbacks there. Every wait is bounded.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -81,7 +82,14 @@ def world(backend, webhook_password):
 def checkout(backend, world, outcome, now, patient_id=None, amount="25000", patient_amount=None, support_amount=None):
     config, sandbox, client, _ = world
     result = initiate_checkout(
-        backend.engine, config, client, patient_id=patient_id, amount=Decimal(amount), msisdn="0758285812", provider="Mpesa", now=now,
+        backend.engine,
+        config,
+        client,
+        patient_id=patient_id,
+        amount=Decimal(amount),
+        msisdn="0758285812",
+        provider="Mpesa",
+        now=now,
         patient_amount=None if patient_amount is None else Decimal(patient_amount),
         support_amount=None if support_amount is None else Decimal(support_amount),
         extra_properties={"sandbox_outcome": outcome},
@@ -109,7 +117,16 @@ def test_callback_completes_and_credits_the_patient_share(backend, world):
     config, sandbox, client, _ = world
     now = utcnow()
     patient = add_patient(backend.engine, now, required="100000")
-    result = checkout(backend, world, "success", now, patient_id=patient, amount="25000", patient_amount="20000", support_amount="5000")
+    result = checkout(
+        backend,
+        world,
+        "success",
+        now,
+        patient_id=patient,
+        amount="25000",
+        patient_amount="20000",
+        support_amount="5000",
+    )
     [sent] = deliveries(sandbox, 1)
     assert sent["http_status"] == 200 and sent["payload"]["utilityref"] == result.reference
     run_fold(backend.engine, config, utcnow())

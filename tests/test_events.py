@@ -1,4 +1,5 @@
 """Callback parsing: tolerant of every recorded payload; status, msisdn and amount normalisation; redaction."""
+
 import json
 from decimal import Decimal
 
@@ -24,9 +25,22 @@ def test_every_recorded_callback_parses(name):
 
 @pytest.mark.parametrize(
     "raw,expected",
-    [("success", "SUCCESS"), ("SUCCESSFUL", "SUCCESS"), ("Completed", "SUCCESS"), ("failure", "FAILED"), ("FAILED", "FAILED"),
-     ("fail", "FAILED"), ("cancelled", "CANCELLED"), ("Canceled", "CANCELLED"), (" success ", "SUCCESS"), ("pending", "UNKNOWN"),
-     ("REVERSAL_QUEUED", "UNKNOWN"), ("", "UNKNOWN"), (None, "UNKNOWN"), (1, "UNKNOWN")],
+    [
+        ("success", "SUCCESS"),
+        ("SUCCESSFUL", "SUCCESS"),
+        ("Completed", "SUCCESS"),
+        ("failure", "FAILED"),
+        ("FAILED", "FAILED"),
+        ("fail", "FAILED"),
+        ("cancelled", "CANCELLED"),
+        ("Canceled", "CANCELLED"),
+        (" success ", "SUCCESS"),
+        ("pending", "UNKNOWN"),
+        ("REVERSAL_QUEUED", "UNKNOWN"),
+        ("", "UNKNOWN"),
+        (None, "UNKNOWN"),
+        (1, "UNKNOWN"),
+    ],
 )
 def test_status_normalisation(raw, expected):
     assert normalise_status(raw) == expected
@@ -34,8 +48,17 @@ def test_status_normalisation(raw, expected):
 
 @pytest.mark.parametrize(
     "raw,expected",
-    [("0628630936", "255628630936"), ("255758285812", "255758285812"), ("+255 758 285 812", "255758285812"),
-     ("758285812", "255758285812"), ("0600000000", None), ("0798123456", None), ("12345", None), (None, None), ("255-688-123456", "255688123456")],
+    [
+        ("0628630936", "255628630936"),
+        ("255758285812", "255758285812"),
+        ("+255 758 285 812", "255758285812"),
+        ("758285812", "255758285812"),
+        ("0600000000", None),
+        ("0798123456", None),
+        ("12345", None),
+        (None, None),
+        ("255-688-123456", "255688123456"),
+    ],
 )
 def test_msisdn_normalisation(raw, expected):
     assert normalise_msisdn(raw) == expected
@@ -47,8 +70,33 @@ def test_amounts_are_decimal_never_float():
     assert parse_amount("1000.5") == Decimal("1000.50")
     assert parse_amount(None) is None and parse_amount("") is None
     # one grammar: ASCII digits, an optional single ".", at most two decimals
-    for bad in ("abc", "NaN", "-5", "+5", "1e20", "1e3", True, "1000.004", "1000.005", "1000.000", 1000.004, "1,000.5", "10,00",
-                "1_000", "１０００", "٣", "1.2.3", ".5", "5.", "Infinity", "1000000000000", " 1000", "1000 ", [1], {"a": 1}):
+    for bad in (
+        "abc",
+        "NaN",
+        "-5",
+        "+5",
+        "1e20",
+        "1e3",
+        True,
+        "1000.004",
+        "1000.005",
+        "1000.000",
+        1000.004,
+        "1,000.5",
+        "10,00",
+        "1_000",
+        "１０００",
+        "٣",
+        "1.2.3",
+        ".5",
+        "5.",
+        "Infinity",
+        "1000000000000",
+        " 1000",
+        "1000 ",
+        [1],
+        {"a": 1},
+    ):
         with pytest.raises(ParseError):
             parse_amount(bad)
 
@@ -57,16 +105,34 @@ def test_a_json_number_amount_is_read_from_its_text_not_its_float():
     """25000.000000000001 is 25000.0 as a float: it must not match a charge of 25000."""
     body = b'{"transactionstatus": "success", "utilityref": "RHCI-DN-1-20260101000000", "amount": 25000.000000000001}'
     fields = extract_fields(body)
-    assert fields.amount is None and fields.amount_error == "amount is not in the form 12345 or 12345.67: '25000.000000000001'"
+    assert (
+        fields.amount is None
+        and fields.amount_error == "amount is not in the form 12345 or 12345.67: '25000.000000000001'"
+    )
     assert fields.parse_error is None and fields.utilityref == "RHCI-DN-1-20260101000000"  # the other fields are kept
-    nested = extract_fields(body[:-1] + b', "additionalProperties": {"a": {"b": 1}}}')  # pydantic's path, not the plain one
+    nested = extract_fields(
+        body[:-1] + b', "additionalProperties": {"a": {"b": 1}}}'
+    )  # pydantic's path, not the plain one
     assert nested.amount is None and nested.amount_error == fields.amount_error and nested.parse_error is None
     exact = extract_fields(body.replace(b"25000.000000000001", b"25000.50"))
     assert exact.parse_error is None and exact.amount == Decimal("25000.50")
-    assert "'amount': 25000.5}" in redact_body(body.replace(b"25000.000000000001", b"25000.50"))  # the log line's repr is unchanged
+    assert "'amount': 25000.5}" in redact_body(
+        body.replace(b"25000.000000000001", b"25000.50")
+    )  # the log line's repr is unchanged
 
 
-@pytest.mark.parametrize("body", [b'{"a": 1.5, "b": [1, "x", null]}', '{"a": 1}'.encode("utf-16"), b'{"a": "\\ud800"}', b"", b"[1,2]", b'{"a":', b"\xff\xfe{"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a": 1.5, "b": [1, "x", null]}',
+        '{"a": 1}'.encode("utf-16"),
+        b'{"a": "\\ud800"}',
+        b"",
+        b"[1,2]",
+        b'{"a":',
+        b"\xff\xfe{",
+    ],
+)
 def test_decode_json_agrees_with_json_loads(body):
     from pipeline.events import decode_json
 
@@ -80,17 +146,30 @@ def test_decode_json_agrees_with_json_loads(body):
 
 
 def test_missing_null_and_extra_keys_are_tolerated():
-    body = json.dumps({"transactionstatus": "success", "utilityref": "RHCI-DN-1-20260101000000", "amount": None,
-                       "brandNewField": {"x": 1}, "additionalProperties": "", "submerchantAcc": None}).encode()
+    body = json.dumps(
+        {
+            "transactionstatus": "success",
+            "utilityref": "RHCI-DN-1-20260101000000",
+            "amount": None,
+            "brandNewField": {"x": 1},
+            "additionalProperties": "",
+            "submerchantAcc": None,
+        }
+    ).encode()
     fields = extract_fields(body)
     assert fields.parse_error is None and fields.amount is None and fields.donation_hint is None
 
 
 @pytest.mark.parametrize(
     "body,error",
-    [(b"{not json", "invalid JSON"), (b"[1,2]", "expected a JSON object"), (b'{"utilityref": "x"}', "transactionstatus"),
-     (b'{"transactionstatus": "success"}', "no reference"),
-     (b'{"transactionstatus": {"nested": 1}, "utilityref": "x"}', "schema"), (b"\xff\xfe", "invalid JSON")],
+    [
+        (b"{not json", "invalid JSON"),
+        (b"[1,2]", "expected a JSON object"),
+        (b'{"utilityref": "x"}', "transactionstatus"),
+        (b'{"transactionstatus": "success"}', "no reference"),
+        (b'{"transactionstatus": {"nested": 1}, "utilityref": "x"}', "schema"),
+        (b"\xff\xfe", "invalid JSON"),
+    ],
 )
 def test_bad_bodies_give_a_parse_error_and_nothing_else(body, error):
     fields = extract_fields(body)
@@ -103,17 +182,33 @@ def test_an_unusable_amount_keeps_every_other_typed_field():
     body = b'{"transactionstatus": "success", "utilityref": "RHCI-DN-7-20260101000000", "amount": "abc", "msisdn": "0758285812", "operator": "Mpesa"}'
     fields = extract_fields(body)
     assert fields.parse_error is None and fields.amount is None and "amount" in fields.amount_error
-    assert (fields.utilityref, fields.status, fields.msisdn, fields.operator) == ("RHCI-DN-7-20260101000000", "SUCCESS", "255758285812", "Mpesa")
+    assert (fields.utilityref, fields.status, fields.msisdn, fields.operator) == (
+        "RHCI-DN-7-20260101000000",
+        "SUCCESS",
+        "255758285812",
+        "Mpesa",
+    )
 
 
 def test_donation_id_hint_and_typed_columns_are_clipped():
-    body = json.dumps({"transactionstatus": "success", "utilityref": "R" * 1000, "additionalProperties": {"donation_id": 45}}).encode()
+    body = json.dumps(
+        {"transactionstatus": "success", "utilityref": "R" * 1000, "additionalProperties": {"donation_id": 45}}
+    ).encode()
     fields = extract_fields(body)
     assert len(fields.utilityref) == 255 and fields.donation_hint == "45"
 
 
 def test_redaction_covers_passwords_signatures_secrets_and_tokens():
-    data = {"password": "v-pw", "signature": "v-sig", "clientSecret": "v-cs", "accessToken": "v-at", "X-API-KEY": "v-key", "user": "keep", "nested": [{"token": "v-t2"}], "empty": {"password": None}}
+    data = {
+        "password": "v-pw",
+        "signature": "v-sig",
+        "clientSecret": "v-cs",
+        "accessToken": "v-at",
+        "X-API-KEY": "v-key",
+        "user": "keep",
+        "nested": [{"token": "v-t2"}],
+        "empty": {"password": None},
+    }
     redacted = redact(data)
     flat = json.dumps(redacted)
     for secret in ("v-pw", "v-sig", "v-cs", "v-at", "v-key", "v-t2"):
@@ -136,6 +231,7 @@ def test_tracebacks_in_logs_never_show_local_variables(tmp_path):
 
     configure_logging(LoggingConfig(dir=str(tmp_path)), stderr_level=None)
     try:
+
         def call_azampay():
             headers = {"Authorization": "Bearer token-value-123", "X-API-KEY": "key-value-456"}  # noqa: F841
             raise UnicodeEncodeError("latin-1", "x", 0, 1, "ordinal not in range")
@@ -153,8 +249,12 @@ def test_tracebacks_in_logs_never_show_local_variables(tmp_path):
 
 # -- the redaction fast path (pipeline.redact.needs_redaction / may_hold_secret) --------------------------
 
-_KEYS = st.sampled_from(["password", "user", "token", "msisdn", "api_key", "note", "Authorization", "reference"]) | st.text(max_size=12)
-_WORDY = st.sampled_from(["password=hunter2", "Bearer abc.def", "api-key: 1", "paſſword=x", "token", "secret:", "ok", "", "APIKEY=9"])
+_KEYS = st.sampled_from(
+    ["password", "user", "token", "msisdn", "api_key", "note", "Authorization", "reference"]
+) | st.text(max_size=12)
+_WORDY = st.sampled_from(
+    ["password=hunter2", "Bearer abc.def", "api-key: 1", "paſſword=x", "token", "secret:", "ok", "", "APIKEY=9"]
+)
 _VALUES = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30) | _WORDY
 
 
@@ -169,7 +269,11 @@ def test_may_hold_secret_is_the_hint_regex(text):
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.dictionaries(_KEYS, _VALUES | st.dictionaries(_KEYS, _VALUES, max_size=4) | st.lists(_VALUES, max_size=3), max_size=8))
+@given(
+    st.dictionaries(
+        _KEYS, _VALUES | st.dictionaries(_KEYS, _VALUES, max_size=4) | st.lists(_VALUES, max_size=3), max_size=8
+    )
+)
 @example({"password": None, "user": "x", "additionalProperties": {}})
 @example({"note": "pass", "other": "word=1"})  # a hint only across the join: the slow path, same answer
 def test_a_body_that_needs_no_redaction_is_logged_as_redact_would(data):

@@ -1,5 +1,6 @@
 """The fold's commands through the real CLI (jobs.cli.cli): fold, rebuild [--check | --as-of],
 donations show|resolve, patients show; exit codes and one-line errors."""
+
 from __future__ import annotations
 
 import csv
@@ -96,7 +97,9 @@ def test_rebuild_check_exit_codes(backend, now, cli_config):
     assert f"donation {ids['failed']} status: live 'COMPLETED' rebuild 'FAILED'" in dirty.stdout
     as_json = invoke(cli_config, "rebuild", "--check", "--no-progress", "--format", "json")
     assert as_json.exit_code == 1
-    assert json.loads(as_json.stdout)["differences"] == [f"donation {ids['failed']} status: live 'COMPLETED' rebuild 'FAILED'"]
+    assert json.loads(as_json.stdout)["differences"] == [
+        f"donation {ids['failed']} status: live 'COMPLETED' rebuild 'FAILED'"
+    ]
 
     repaired = invoke(cli_config, "rebuild", "--no-progress", "--format", "json")
     assert repaired.exit_code == 0
@@ -119,7 +122,13 @@ def test_rebuild_bad_input_is_one_line_exit_2_and_writes_nothing(backend, now, c
     run_fold(backend.engine, backend.config(), at(now, 30))
     before, runs = snapshot(backend), count(backend, JobRun)
     out = tmp_path / "as-of.json"
-    result = invoke(cli_config, "rebuild", "--no-progress", *(arg.format(out=out) for arg in args), *(() if "--output" in args else ("--output", str(out))))
+    result = invoke(
+        cli_config,
+        "rebuild",
+        "--no-progress",
+        *(arg.format(out=out) for arg in args),
+        *(() if "--output" in args else ("--output", str(out))),
+    )
     assert result.exit_code == 2, result.output
     line = one_error_line(result)
     assert "--as-of" in line or "--output" in line
@@ -146,8 +155,15 @@ def test_rebuild_as_of_writes_the_state_known_then(backend, now, cli_config, tmp
     assert json.loads(later.stdout)["donations"][str(donation)]["status"] == "COMPLETED"
     as_csv = invoke(cli_config, "rebuild", "--no-progress", "--as-of", "2026-01-14T09:30:10+00:00", "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))  # one document: one header, donations and patients
-    assert [(row["kind"], row["id"], row["status"]) for row in rows] == [("donation", str(donation), "COMPLETED"), ("patient", str(patient), "FULLY_FUNDED")]
-    assert Decimal(rows[1]["funding_received"]) == Decimal("10000") and rows[1]["fully_funded_at"] and not rows[1]["credit_event_id"]
+    assert [(row["kind"], row["id"], row["status"]) for row in rows] == [
+        ("donation", str(donation), "COMPLETED"),
+        ("patient", str(patient), "FULLY_FUNDED"),
+    ]
+    assert (
+        Decimal(rows[1]["funding_received"]) == Decimal("10000")
+        and rows[1]["fully_funded_at"]
+        and not rows[1]["credit_event_id"]
+    )
 
 
 def test_resolve_moves_review_to_completed_and_show_prints_json(backend, now, cli_config):
@@ -159,7 +175,18 @@ def test_resolve_moves_review_to_completed_and_show_prints_json(backend, now, cl
     assert json.loads(shown.stdout)["status"] == "REVIEW"
     events = count(backend, PaymentEvent)
 
-    result = invoke(cli_config, "donations", "resolve", str(donation), "--status", "COMPLETED", "--note", "donor paid 25000 by phone; receipt 17", "--actor", "ops")
+    result = invoke(
+        cli_config,
+        "donations",
+        "resolve",
+        str(donation),
+        "--status",
+        "COMPLETED",
+        "--note",
+        "donor paid 25000 by phone; receipt 17",
+        "--actor",
+        "ops",
+    )
     assert result.exit_code == 0, result.output
     assert f"donation {donation} -> COMPLETED" in result.stdout
     assert f"donation {donation} is now COMPLETED" in result.stdout
@@ -221,6 +248,7 @@ def test_resolve_rejects_a_status_it_cannot_decide(backend, now, cli_config):
 
 # --- machine-readable output with the progress bar on (its default) ------------------------------------------
 
+
 def csv_header(text: str) -> list[str]:
     return next(csv.reader(io.StringIO(text)))
 
@@ -231,7 +259,10 @@ def test_json_and_csv_output_parse_with_the_progress_bar_on(backend, now, cli_co
     populate(backend, now)
     assert invoke(cli_config, "fold").exit_code == 0
     for args, header in [
-        (("rebuild", "--as-of", "2030-01-01"), ["kind", "id", "status", "completed_at", "credit_event_id", "funding_received", "fully_funded_at"]),
+        (
+            ("rebuild", "--as-of", "2030-01-01"),
+            ["kind", "id", "status", "completed_at", "credit_event_id", "funding_received", "fully_funded_at"],
+        ),
         (("rebuild", "--check"), ["difference"]),
         (("rebuild",), None),  # the report's keys, as in the JSON
     ]:
@@ -243,7 +274,12 @@ def test_json_and_csv_output_parse_with_the_progress_bar_on(backend, now, cli_co
         assert csv_header(as_csv.stdout) == (header or list(data)), (args, as_csv.stdout)
 
     source = tmp_path / "callbacks.jsonl"
-    source.write_text(json.dumps({"received_at": "2026-01-14T09:40:00Z", "body": json.loads(callback_body("RHCI-DN-998-20260114094000"))}) + "\n")
+    source.write_text(
+        json.dumps(
+            {"received_at": "2026-01-14T09:40:00Z", "body": json.loads(callback_body("RHCI-DN-998-20260114094000"))}
+        )
+        + "\n"
+    )
     counts = json.loads(invoke(cli_config, "events", "ingest", str(source), "--format", "json").stdout)
     assert (counts["read"], counts["imported"]) == (1, 1)
     again = invoke(cli_config, "events", "ingest", str(source), "--format", "csv")
@@ -255,9 +291,20 @@ def test_progress_bar_is_drawn_on_a_terminal_stderr_not_on_stdout(backend, now, 
     populate(backend, now)
     assert invoke(cli_config, "fold").exit_code == 0
     controller, terminal = pty.openpty()
-    env = {key: value for key, value in os.environ.items() if key not in ("AZAMRECON_CONFIG", "TTY_COMPATIBLE", "TTY_INTERACTIVE")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("AZAMRECON_CONFIG", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
+    }
     command = [sys.executable, "-m", "jobs.cli", "rebuild", "--check", "--format", "json", "--config", cli_config]
-    process = subprocess.Popen(command, cwd=REPO, env=env | {"TERM": "xterm"}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal)
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=env | {"TERM": "xterm"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+    )
     os.close(terminal)
     drawn = bytearray()
 
@@ -290,7 +337,18 @@ def test_resolve_prints_json(backend, now, cli_config):
     donation, reference = add_donation(backend.engine, now, amount="1000")
     success(backend.engine, reference, at(now, 1), amount="900")
     assert invoke(cli_config, "fold").exit_code == 0
-    result = invoke(cli_config, "donations", "resolve", str(donation), "--status", "completed", "--note", "paid by phone", "--format", "json")
+    result = invoke(
+        cli_config,
+        "donations",
+        "resolve",
+        str(donation),
+        "--status",
+        "completed",
+        "--note",
+        "paid by phone",
+        "--format",
+        "json",
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert (data["donation_id"], data["decision"], data["status"]) == (donation, "COMPLETED", "COMPLETED")

@@ -4,6 +4,7 @@ Each event exactly once under concurrent folds; no event skipped when ids commit
 Hazard); gaps given up after fold.gap_timeout_seconds; unknown references applied once the donation
 appears; invariant violations abort the batch; the webhook guide's log lines.
 """
+
 from __future__ import annotations
 
 import gc
@@ -34,10 +35,23 @@ from tests.builders import add_donation, add_patient, append, at, callback_body
 # -- helpers shared with test_rebuild.py and test_fold_cli.py ------------------------------------------
 
 
-def write_event(engine, *, received_at: datetime, source="callback", body: bytes = b"{}", auth="n/a", donation_id=None, status=None, event_id=None, connection=None) -> int:
+def write_event(
+    engine,
+    *,
+    received_at: datetime,
+    source="callback",
+    body: bytes = b"{}",
+    auth="n/a",
+    donation_id=None,
+    status=None,
+    event_id=None,
+    connection=None,
+) -> int:
     """Append one event; with event_id, at that explicit log position (to leave or fill a gap)."""
     fields = extract_fields(body) if source in ("callback", "import") else EventFields(status=status, status_raw=status)
-    row = event_row(source=source, body=body, received_at=received_at, auth=auth, fields=fields, donation_id=donation_id)
+    row = event_row(
+        source=source, body=body, received_at=received_at, auth=auth, fields=fields, donation_id=donation_id
+    )
     if event_id is not None:
         row["id"] = event_id
     if connection is not None:
@@ -47,12 +61,18 @@ def write_event(engine, *, received_at: datetime, source="callback", body: bytes
 
 
 def success(engine, reference: str, when: datetime, amount="25000", transaction_id=None, auth="n/a", **extra) -> int:
-    body = callback_body(reference, status="success", amount=amount, transaction_id=transaction_id or f"tx-{reference}", **extra)
+    body = callback_body(
+        reference, status="success", amount=amount, transaction_id=transaction_id or f"tx-{reference}", **extra
+    )
     return append(engine, body, when, auth=auth)
 
 
-def failure(engine, reference: str, when: datetime, amount="25000", status="failure", transaction_id=None, auth="n/a", **extra) -> int:
-    body = callback_body(reference, status=status, amount=amount, transaction_id=transaction_id or f"tx-{reference}", **extra)
+def failure(
+    engine, reference: str, when: datetime, amount="25000", status="failure", transaction_id=None, auth="n/a", **extra
+) -> int:
+    body = callback_body(
+        reference, status=status, amount=amount, transaction_id=transaction_id or f"tx-{reference}", **extra
+    )
     return append(engine, body, when, auth=auth)
 
 
@@ -75,16 +95,28 @@ def credits(backend) -> dict[int, tuple]:
     """donation_id -> (patient_id, amount, event_id, credited_at)."""
     table = FundingCredit.__table__
     with transaction(backend.engine) as session:
-        return {row.donation_id: (row.patient_id, row.amount, row.event_id, row.credited_at) for row in session.execute(select(table))}
+        return {
+            row.donation_id: (row.patient_id, row.amount, row.event_id, row.credited_at)
+            for row in session.execute(select(table))
+        }
 
 
 def set_patient_received(backend, patient_id: int, amount: str) -> None:
     with transaction(backend.engine) as session:
-        session.execute(update(Patient.__table__).where(Patient.__table__.c.id == patient_id).values(funding_received=Decimal(amount)))
+        session.execute(
+            update(Patient.__table__)
+            .where(Patient.__table__.c.id == patient_id)
+            .values(funding_received=Decimal(amount))
+        )
 
 
 def applied_ids(backend, donation_id: int) -> list[int]:
-    return [row[0] for row in backend.rows("SELECT event_id FROM donation_events WHERE donation_id = :d ORDER BY event_id", d=donation_id)]
+    return [
+        row[0]
+        for row in backend.rows(
+            "SELECT event_id FROM donation_events WHERE donation_id = :d ORDER BY event_id", d=donation_id
+        )
+    ]
 
 
 def anomaly_kinds(backend, donation_id=None, event_id=None) -> list[str]:
@@ -138,7 +170,9 @@ def populate(backend, now: datetime) -> dict:
         ("failed", amina, "7000", None),
         ("late", amina, "15000", None),
     ):
-        ids[name], ids[name + "_ref"] = add_donation(engine, now, patient_id=patient, amount=amount, patient_amount=share)
+        ids[name], ids[name + "_ref"] = add_donation(
+            engine, now, patient_id=patient, amount=amount, patient_amount=share
+        )
     ids["events"] = [
         success(engine, ids["paid_ref"], at(now, 10)),
         success(engine, ids["review_ref"], at(now, 11), amount="24000"),
@@ -164,7 +198,10 @@ def test_fold_applies_the_rules_end_to_end(backend, now):
     ids = populate(backend, now)
     report = run_fold(backend.engine, config, at(now, 60))
     assert (report.events, report.position, report.gaps_waiting, report.lag_events) == (12, ids["events"][-1], 0, 0)
-    statuses = {name: donation_row(backend, ids[name])["status"] for name in ("paid", "review", "share", "crossing", "general", "failed", "late")}
+    statuses = {
+        name: donation_row(backend, ids[name])["status"]
+        for name in ("paid", "review", "share", "crossing", "general", "failed", "late")
+    }
     assert statuses == {
         "paid": "COMPLETED",
         "review": "REVIEW",
@@ -182,9 +219,17 @@ def test_fold_applies_the_rules_end_to_end(backend, now):
         ids["late"]: (ids["amina"], Decimal("15000.00")),
     }
     amina, baraka = patient_row(backend, ids["amina"]), patient_row(backend, ids["baraka"])
-    assert (amina["funding_received"], amina["status"], amina["fully_funded_at"]) == (Decimal("40000.00"), "FUNDING", None)
+    assert (amina["funding_received"], amina["status"], amina["fully_funded_at"]) == (
+        Decimal("40000.00"),
+        "FUNDING",
+        None,
+    )
     # the crossing credit's instant
-    assert (baraka["funding_received"], baraka["status"], baraka["fully_funded_at"]) == (Decimal("33000.00"), "FULLY_FUNDED", at(now, 13))
+    assert (baraka["funding_received"], baraka["status"], baraka["fully_funded_at"]) == (
+        Decimal("33000.00"),
+        "FULLY_FUNDED",
+        at(now, 13),
+    )
     assert anomaly_kinds(backend, ids["paid"]) == ["duplicate", "conflicting_status"]
     assert anomaly_kinds(backend, ids["review"]) == ["amount_mismatch"]
     assert anomaly_kinds(backend, ids["late"]) == ["late_success"]
@@ -208,7 +253,9 @@ def test_operator_decision_resolves_review(backend, now):
     run_fold(backend.engine, config, at(now, 2))
     assert donation_row(backend, donation)["status"] == "REVIEW"
     assert backend.scalar("SELECT COUNT(*) FROM funding_credits") == 0
-    event_id = resolve_donation(backend.engine, donation, "completed", "amount confirmed with the donor by phone", at(now, 300), actor="ops")
+    event_id = resolve_donation(
+        backend.engine, donation, "completed", "amount confirmed with the donor by phone", at(now, 300), actor="ops"
+    )
     assert backend.scalar("SELECT source FROM payment_events WHERE id = :id", id=event_id) == "operator"
     run_fold(backend.engine, config, at(now, 301))
     row = donation_row(backend, donation)
@@ -229,10 +276,14 @@ def test_late_earlier_success_moves_the_credit_and_the_funded_instant(backend, n
     config = backend.config()
     patient = add_patient(backend.engine, now, required="25000")
     donation, reference = add_donation(backend.engine, now, patient_id=patient, amount="25000")
-    write_event(backend.engine, received_at=at(now, 50), body=callback_body(reference, transaction_id="tx-a"), event_id=2)
+    write_event(
+        backend.engine, received_at=at(now, 50), body=callback_body(reference, transaction_id="tx-a"), event_id=2
+    )
     run_fold(backend.engine, config, at(now, 51))
     assert patient_row(backend, patient)["status"] == "FULLY_FUNDED"
-    write_event(backend.engine, received_at=at(now, 20), body=callback_body(reference, transaction_id="tx-a"), event_id=1)
+    write_event(
+        backend.engine, received_at=at(now, 20), body=callback_body(reference, transaction_id="tx-a"), event_id=1
+    )
     report = run_fold(backend.engine, config, at(now, 52))
     assert report.gaps_waiting == 0
     assert donation_row(backend, donation)["completed_at"] == at(now, 20)
@@ -248,7 +299,9 @@ def test_late_earlier_success_moves_the_credit_and_the_funded_instant(backend, n
 def test_two_folds_at_once_apply_each_event_exactly_once(backend, now):
     config = backend.config(**{"fold.batch_size": 4})
     patient = add_patient(backend.engine, now, required="1000000")
-    references = [add_donation(backend.engine, now, patient_id=patient if i % 3 else None, amount="1000")[1] for i in range(24)]
+    references = [
+        add_donation(backend.engine, now, patient_id=patient if i % 3 else None, amount="1000")[1] for i in range(24)
+    ]
     for i, reference in enumerate(references):
         success(backend.engine, reference, at(now, i), amount="1000")
         if i % 4 == 0:
@@ -280,7 +333,11 @@ def test_two_folds_at_once_apply_each_event_exactly_once(backend, now):
         finally:
             engine.dispose()
 
-    threads = [threading.Thread(target=fold_worker, args=(200,)), threading.Thread(target=fold_worker, args=(200.5,)), threading.Thread(target=append_worker)]
+    threads = [
+        threading.Thread(target=fold_worker, args=(200,)),
+        threading.Thread(target=fold_worker, args=(200.5,)),
+        threading.Thread(target=append_worker),
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -313,7 +370,9 @@ def test_event_committed_out_of_id_order_is_not_skipped(backend, now):
     config = backend.config()
     patient = add_patient(backend.engine, now, required="25000")
     donation, reference = add_donation(backend.engine, now, patient_id=patient, amount="25000")
-    first = success(backend.engine, "RHCI-DN-404-20200101000000", at(now, 1), transaction_id="tx-x")  # unrelated, folded
+    first = success(
+        backend.engine, "RHCI-DN-404-20200101000000", at(now, 1), transaction_id="tx-x"
+    )  # unrelated, folded
     run_fold(backend.engine, config, at(now, 2))
 
     a_body = callback_body(reference, status="success", transaction_id="tx-a")
@@ -324,7 +383,9 @@ def test_event_committed_out_of_id_order_is_not_skipped(backend, now):
             with other.connect() as connection_a:
                 transaction_a = connection_a.begin()
                 a_id = write_event(backend.engine, received_at=at(now, 10), body=a_body, connection=connection_a)
-                b_id = write_event(backend.engine, received_at=at(now, 11), body=b_body)  # B: its own transaction, committed
+                b_id = write_event(
+                    backend.engine, received_at=at(now, 11), body=b_body
+                )  # B: its own transaction, committed
                 assert b_id > a_id
                 report = run_fold(backend.engine, config, at(now, 12))
                 assert report.gaps_waiting == 1
@@ -391,12 +452,16 @@ def test_unknown_reference_is_applied_once_the_donation_appears(backend, now):
     created = at(now, 30)
     expected_reference = make_reference("RHCI-DN", 1, created)  # the first donation of a fresh database
     early = success(backend.engine, expected_reference, at(now, 10), transaction_id="tx-early")
-    by_transaction = failure(backend.engine, "RHCI-DN-0-20000101000000", at(now, 11), amount="25000", transaction_id="tx-early")
+    by_transaction = failure(
+        backend.engine, "RHCI-DN-0-20000101000000", at(now, 11), amount="25000", transaction_id="tx-early"
+    )
     run_fold(backend.engine, config, at(now, 12))
     assert anomaly_kinds(backend) == ["unknown_reference", "unknown_reference"]
     assert {row[0] for row in backend.rows("SELECT event_id FROM anomalies")} == {early, by_transaction}
 
-    donation, reference = add_donation(backend.engine, created, patient_id=patient, amount="25000", transaction_id="tx-early")
+    donation, reference = add_donation(
+        backend.engine, created, patient_id=patient, amount="25000", transaction_id="tx-early"
+    )
     assert (donation, reference) == (1, expected_reference)
     later = success(backend.engine, reference, at(now, 40))
     report = run_fold(backend.engine, config, at(now, 41))
@@ -430,7 +495,9 @@ def test_a_zero_padded_donation_hint_is_retried_as_resolve_reads_it(backend, now
     retry must see it as a rebuild does, or the two would disagree. The callback states no reference, and
     its other facts (msisdn, operator) agree with the donation, so the weak key is accepted."""
     config = backend.config()
-    early = append(backend.engine, callback_body("", transaction_id=None, additionalProperties={"donation_id": "01"}), at(now, 10))
+    early = append(
+        backend.engine, callback_body("", transaction_id=None, additionalProperties={"donation_id": "01"}), at(now, 10)
+    )
     run_fold(backend.engine, config, at(now, 12))
     assert anomaly_kinds(backend) == ["unknown_reference"]
     donation, _ = add_donation(backend.engine, at(now, 30), amount="25000")
@@ -445,7 +512,13 @@ def test_a_waiting_hint_whose_donation_disagrees_becomes_a_conflict_as_in_a_rebu
     """The same callback with a foreign reference: when donation 1 appears, the retry refuses it
     (reference_conflict, nothing credited), exactly as a rebuild does."""
     config = backend.config()
-    success(backend.engine, "RHCI-DN-X-not-ours", at(now, 10), transaction_id="tx-hint", additionalProperties={"donation_id": "01"})
+    success(
+        backend.engine,
+        "RHCI-DN-X-not-ours",
+        at(now, 10),
+        transaction_id="tx-hint",
+        additionalProperties={"donation_id": "01"},
+    )
     run_fold(backend.engine, config, at(now, 12))
     assert anomaly_kinds(backend) == ["unknown_reference"]
     donation, _ = add_donation(backend.engine, at(now, 30), amount="25000")
@@ -520,7 +593,13 @@ def test_invariant_violation_aborts_the_batch_and_keeps_the_checkpoint(backend, 
         success(backend.engine, reference, at(now, 3))
     else:  # a credit for a donation that is not COMPLETED, with the patient total made to agree
         with transaction(backend.engine) as session:
-            values = {"donation_id": donation, "patient_id": patient, "amount": Decimal("25000"), "event_id": 1, "credited_at": at(now, 1)}
+            values = {
+                "donation_id": donation,
+                "patient_id": patient,
+                "amount": Decimal("25000"),
+                "event_id": 1,
+                "credited_at": at(now, 1),
+            }
             session.execute(insert(FundingCredit.__table__).values(**values))
         set_patient_received(backend, patient, "30000")
         failure(backend.engine, reference, at(now, 3))
@@ -559,7 +638,11 @@ def test_funding_line_gives_the_total_after_each_donation_of_a_batch(backend, no
     run_fold(backend.engine, config, at(now, 3))  # one batch folds both
 
     log = (Path(config.logging.dir) / "payments.log").read_text(encoding="utf-8")
-    lines = [line.split(" | ")[-1] for line in log.splitlines() if "completed successfully" in line or "Updated patient funding" in line]
+    lines = [
+        line.split(" | ")[-1]
+        for line in log.splitlines()
+        if "completed successfully" in line or "Updated patient funding" in line
+    ]
     assert lines == [
         f"✅ Donation {first} completed successfully",
         "Updated patient funding: 25000.00/100000.00",
@@ -607,8 +690,14 @@ def test_log_lines_once_per_change_and_no_secrets(backend, now, logging_reset):
 def record_checkout(engine, donation_id: int, transaction_id: str, when: datetime) -> int:
     """What jobs.checkout records on AzamPay's answer: the donation's transaction id and the checkout
     event, in one transaction."""
-    row = event_row(source="checkout", body=b'{"success":true}', received_at=when, auth="n/a",
-                    fields=EventFields(status="PENDING", transaction_ref=transaction_id), donation_id=donation_id)
+    row = event_row(
+        source="checkout",
+        body=b'{"success":true}',
+        received_at=when,
+        auth="n/a",
+        fields=EventFields(status="PENDING", transaction_ref=transaction_id),
+        donation_id=donation_id,
+    )
     with transaction(engine) as session:
         session.execute(update(Donation).where(Donation.id == donation_id).values(transaction_id=transaction_id))
         return session.execute(insert(PaymentEvent).values(**row)).inserted_primary_key[0]

@@ -6,6 +6,7 @@
    events committed out of id order, donations that appear after the events naming them), gives exactly
    the state a single rebuild gives; the invariants hold after every fold.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -82,7 +83,9 @@ def pure_event(event_id: int, kind: str, seconds: int) -> FoldEvent:
             "cancelled": ("CANCELLED", CHARGE),
             "unknown": ("UNKNOWN", CHARGE),
         }[what.split("_")[0]]
-        return FoldEvent(event_id, at, "callback", auth, status, amount, utilityref="RHCI-DN-1-20260114093000", status_raw=what)
+        return FoldEvent(
+            event_id, at, "callback", auth, status, amount, utilityref="RHCI-DN-1-20260114093000", status_raw=what
+        )
     source = {"op": "operator"}.get(source, source)
     return FoldEvent(event_id, at, source, "n/a", what.upper(), None, donation_id=1, status_raw=what)
 
@@ -113,7 +116,9 @@ def test_final_state_is_independent_of_order_and_repetition(specs, policy, data)
     redelivered = [
         event._replace(id=len(events) + 1 + i, received_at=event.received_at + timedelta(seconds=delay))
         for i, (event, delay) in enumerate(
-            data.draw(st.lists(st.tuples(st.sampled_from(events), st.integers(0, 600)), max_size=4), label="redelivered")
+            data.draw(
+                st.lists(st.tuples(st.sampled_from(events), st.integers(0, 600)), max_size=4), label="redelivered"
+            )
         )
         if event.source != "operator"  # an operator decision is not redelivered; a new one is a new decision
     ]
@@ -132,11 +137,16 @@ def test_final_state_is_independent_of_order_and_repetition(specs, policy, data)
 @settings(max_examples=150, deadline=None)
 @given(
     existing=st.lists(st.tuples(st.integers(1, 6), st.integers(0, 100)), max_size=5, unique_by=lambda c: c[0]),
-    changes=st.lists(st.tuples(st.integers(1, 8), st.one_of(st.none(), st.tuples(st.integers(1, 60), st.integers(0, 100)))), max_size=4, unique_by=lambda c: c[0]),
+    changes=st.lists(
+        st.tuples(st.integers(1, 8), st.one_of(st.none(), st.tuples(st.integers(1, 60), st.integers(0, 100)))),
+        max_size=4,
+        unique_by=lambda c: c[0],
+    ),
     required=st.integers(1, 150),
 )
 def test_patient_update_agrees_with_a_full_recompute(existing, changes, required):
     """Whenever patient_update answers without reading every credit, the answer equals patient_totals."""
+
     def make(donation_id, amount, seconds):
         return Credit(donation_id, 1, Decimal(amount), donation_id, T0 + timedelta(seconds=seconds))
 
@@ -163,7 +173,20 @@ def test_patient_update_agrees_with_a_full_recompute(existing, changes, required
         assert quick == full
 
 
-KEYS = ("ref-a", "ref-b", "ref-c", "tx-a", "tx-b", "tx-c", "RHCI-DN-1-20260114093000", "RHCI-DN-2-x", "1", "2", "", None)
+KEYS = (
+    "ref-a",
+    "ref-b",
+    "ref-c",
+    "tx-a",
+    "tx-b",
+    "tx-c",
+    "RHCI-DN-1-20260114093000",
+    "RHCI-DN-2-x",
+    "1",
+    "2",
+    "",
+    None,
+)
 PHONES = ("255712345678", "255787654321", None)
 
 
@@ -177,16 +200,25 @@ class _DonationsByKey:
         return {
             state.id: state.copy()
             for state in self.states
-            if state.id in wanted.get(ID, ()) or state.external_reference in wanted.get(REFERENCE, ()) or state.transaction_id in wanted.get(TRANSACTION, ())
+            if state.id in wanted.get(ID, ())
+            or state.external_reference in wanted.get(REFERENCE, ())
+            or state.transaction_id in wanted.get(TRANSACTION, ())
         }
 
 
 @settings(max_examples=300, deadline=None)
 @given(
-    donations=st.lists(st.tuples(st.sampled_from(KEYS), st.sampled_from(KEYS), st.sampled_from(PHONES)), min_size=0, max_size=4),
+    donations=st.lists(
+        st.tuples(st.sampled_from(KEYS), st.sampled_from(KEYS), st.sampled_from(PHONES)), min_size=0, max_size=4
+    ),
     events=st.lists(
         st.tuples(
-            st.sampled_from(KEYS), st.sampled_from(KEYS), st.sampled_from(KEYS), st.sampled_from(KEYS), st.sampled_from((None, 1, 2, 3, 9)), st.sampled_from(PHONES)
+            st.sampled_from(KEYS),
+            st.sampled_from(KEYS),
+            st.sampled_from(KEYS),
+            st.sampled_from(KEYS),
+            st.sampled_from((None, 1, 2, 3, 9)),
+            st.sampled_from(PHONES),
         ),
         min_size=1,
         max_size=12,
@@ -214,8 +246,23 @@ def test_batched_resolution_equals_decide_against_every_donation(donations, even
     for state in states:
         everything.add(state)
     folded = [
-        FoldEvent(event_id, T0, "callback", "n/a", "SUCCESS", CHARGE, utilityref, externalreference, hint, transaction_ref, donation_id, msisdn=msisdn)
-        for event_id, (utilityref, externalreference, hint, transaction_ref, donation_id, msisdn) in enumerate(events, start=1)
+        FoldEvent(
+            event_id,
+            T0,
+            "callback",
+            "n/a",
+            "SUCCESS",
+            CHARGE,
+            utilityref,
+            externalreference,
+            hint,
+            transaction_ref,
+            donation_id,
+            msisdn=msisdn,
+        )
+        for event_id, (utilityref, externalreference, hint, transaction_ref, donation_id, msisdn) in enumerate(
+            events, start=1
+        )
     ]
     loaded, decisions, _ = _resolve_all(_DonationsByKey(states), folded, DEFAULT_FORMAT)
     assert decisions == [decide(event, lookup_keys(event), everything) for event in folded]
@@ -264,9 +311,23 @@ class Log:
         self.next_id += 1
         return self.next_id - 1
 
-    def write(self, event_id: int, *, source: str, body: bytes, received_at: datetime, auth: str = "n/a", donation_id=None, status=None) -> None:
-        fields = extract_fields(body) if source in ("callback", "import") else EventFields(status=status, status_raw=status)
-        row = event_row(source=source, body=body, received_at=received_at, auth=auth, fields=fields, donation_id=donation_id)
+    def write(
+        self,
+        event_id: int,
+        *,
+        source: str,
+        body: bytes,
+        received_at: datetime,
+        auth: str = "n/a",
+        donation_id=None,
+        status=None,
+    ) -> None:
+        fields = (
+            extract_fields(body) if source in ("callback", "import") else EventFields(status=status, status_raw=status)
+        )
+        row = event_row(
+            source=source, body=body, received_at=received_at, auth=auth, fields=fields, donation_id=donation_id
+        )
         with transaction(self.engine) as session:
             session.execute(insert(PaymentEvent).values(id=event_id, **row))
 
@@ -292,7 +353,9 @@ db_step = st.one_of(
     steps=st.lists(db_step, min_size=1, max_size=28),
     credential=st.booleans(),
 )
-def test_incremental_folds_at_random_points_equal_one_rebuild(template_db, tmp_path_factory, donations, steps, credential):
+def test_incremental_folds_at_random_points_equal_one_rebuild(
+    template_db, tmp_path_factory, donations, steps, credential
+):
     directory = tmp_path_factory.mktemp("prop")
     path = directory / "fold.db"
     shutil.copy(template_db, path)
@@ -326,7 +389,14 @@ def _run_scenario(engine, config, donations, steps) -> None:
         patient, amount, share, _ = donations[index]
         patient_id = None if patient is None else patients[patient]
         patient_amount = str(Decimal(amount) - Decimal("2500")) if share else None
-        made[index] = add_donation(engine, T0, patient_id=patient_id, amount=amount, transaction_id=transaction_ids[index], patient_amount=patient_amount)
+        made[index] = add_donation(
+            engine,
+            T0,
+            patient_id=patient_id,
+            amount=amount,
+            transaction_id=transaction_ids[index],
+            patient_amount=patient_amount,
+        )
 
     for index in range(len(donations)):
         if index not in late:
@@ -340,7 +410,9 @@ def _run_scenario(engine, config, donations, steps) -> None:
         if source == "cb" or index not in made:
             if source != "cb":  # poll/operator events name an existing donation; before it exists only callbacks come
                 what = {"success": "success", "completed": "success"}.get(what, "failure")
-            reference = made[index][1] if index in made else "RHCI-DN-0-20000101000000"  # unknown: resolves by transaction id
+            reference = (
+                made[index][1] if index in made else "RHCI-DN-0-20000101000000"
+            )  # unknown: resolves by transaction id
             transaction_id = transaction_ids[index]
             auth = "verified"
             status, pay = "success", amount
@@ -362,8 +434,21 @@ def _run_scenario(engine, config, donations, steps) -> None:
                 body = callback_body(reference, status=status, amount=pay, transaction_id=transaction_id)
             log.write(event_id, source="callback", body=body, received_at=at, auth=auth)
             return
-        status = {"success": "SUCCESS", "failed": "FAILED", "expired": "EXPIRED", "pending": "PENDING", "completed": "COMPLETED"}[what]
-        log.write(event_id, source="operator" if source == "op" else "poll", body=b"{}", received_at=at, donation_id=made[index][0], status=status)
+        status = {
+            "success": "SUCCESS",
+            "failed": "FAILED",
+            "expired": "EXPIRED",
+            "pending": "PENDING",
+            "completed": "COMPLETED",
+        }[what]
+        log.write(
+            event_id,
+            source="operator" if source == "op" else "poll",
+            body=b"{}",
+            received_at=at,
+            donation_id=made[index][0],
+            status=status,
+        )
 
     pending: list[tuple[int, int, str, int]] = []
     clock = T0 + timedelta(hours=1)

@@ -3,6 +3,7 @@
 Each callback event is built the way the log builds it: fixture bytes -> pipeline.events.extract_fields
 -> the typed columns -> FoldEvent. No database, no clock.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,7 +60,9 @@ def body(name: str, **changes) -> bytes:
     return json.dumps(data).encode()
 
 
-def callback(name: str, event_id: int, seconds: float = 0, auth: str = "n/a", source: str = "callback", **changes) -> FoldEvent:
+def callback(
+    name: str, event_id: int, seconds: float = 0, auth: str = "n/a", source: str = "callback", **changes
+) -> FoldEvent:
     fields = extract_fields(body(name, **changes))
     assert fields.parse_error is None, fields.parse_error
     return FoldEvent(
@@ -81,12 +84,19 @@ def callback(name: str, event_id: int, seconds: float = 0, auth: str = "n/a", so
     )
 
 
-def ours(event_id: int, source: str, status: str, donation_id: int, seconds: float = 0, amount: Decimal | None = None) -> FoldEvent:
+def ours(
+    event_id: int, source: str, status: str, donation_id: int, seconds: float = 0, amount: Decimal | None = None
+) -> FoldEvent:
     """A poll / checkout / operator event: appended by us, names its donation, usually carries no amount."""
     return FoldEvent(event_id, at(seconds), source, "n/a", status, amount, donation_id=donation_id, status_raw=status)
 
 
-def donation(fixture: str = SUCCESS_FIXTURE, patient_id: int | None = 7, patient_amount: str | None = None, donation_id: int | None = None) -> DonationState:
+def donation(
+    fixture: str = SUCCESS_FIXTURE,
+    patient_id: int | None = 7,
+    patient_amount: str | None = None,
+    donation_id: int | None = None,
+) -> DonationState:
     """The donation a fixture payload is about: its reference, its amount as charge_amount."""
     fields = extract_fields(fixture_bytes(fixture))
     reference = fields.utilityref
@@ -119,7 +129,9 @@ def test_without_a_credential_every_callback_is_trusted(auth):
     assert state.needs_check is False
 
 
-@pytest.mark.parametrize("auth, trusted", [("verified", True), ("unverified", False), ("failed", False), ("n/a", False)])
+@pytest.mark.parametrize(
+    "auth, trusted", [("verified", True), ("unverified", False), ("failed", False), ("n/a", False)]
+)
 def test_with_a_credential_only_verified_callbacks_are_trusted(auth, trusted):
     state = donation()
     kinds, _ = run(state, [callback(SUCCESS_FIXTURE, 1, auth=auth)], LOCKED)
@@ -161,7 +173,14 @@ def test_untrusted_failure_changes_nothing_but_asks_for_a_poll():
 
 def test_untrusted_success_does_not_count_toward_completed_at():
     state = donation()
-    run(state, [callback(SUCCESS_FIXTURE, 1, seconds=5, auth="unverified"), callback(SUCCESS_FIXTURE, 2, seconds=50, auth="verified")], LOCKED)
+    run(
+        state,
+        [
+            callback(SUCCESS_FIXTURE, 1, seconds=5, auth="unverified"),
+            callback(SUCCESS_FIXTURE, 2, seconds=50, auth="verified"),
+        ],
+        LOCKED,
+    )
     assert state.status == COMPLETED
     assert (state.completed_at, state.credit_event_id) == (at(50), 2)
 
@@ -306,12 +325,16 @@ def test_failure_fixtures_fail_their_donations():
 
 def test_duplicate_success_is_counted_and_credits_once():
     state = donation()
-    kinds, transitions = run(state, [callback(SUCCESS_FIXTURE, 1, seconds=10), callback(SUCCESS_FIXTURE, 2, seconds=20)])
+    kinds, transitions = run(
+        state, [callback(SUCCESS_FIXTURE, 1, seconds=10), callback(SUCCESS_FIXTURE, 2, seconds=20)]
+    )
     assert kinds == ["duplicate"]
     assert len(transitions) == 1
     assert credit_of(state) == Credit(state.id, 7, Decimal("25000.00"), 1, at(10))
     # redelivered again, a poll confirming it too: still one credit, same event, same instant
-    kinds, transitions = run(state, [callback(SUCCESS_FIXTURE, 3, seconds=30), ours(4, "poll", "SUCCESS", state.id, seconds=40)])
+    kinds, transitions = run(
+        state, [callback(SUCCESS_FIXTURE, 3, seconds=30), ours(4, "poll", "SUCCESS", state.id, seconds=40)]
+    )
     assert kinds == ["duplicate"]  # the redelivered callback; a poll that agrees is a record, not an anomaly
     assert transitions == []
     assert credit_of(state) == Credit(state.id, 7, Decimal("25000.00"), 1, at(10))
@@ -319,7 +342,14 @@ def test_duplicate_success_is_counted_and_credits_once():
 
 def test_completed_at_is_the_earliest_trusted_success_whatever_the_arrival_order():
     state = donation()
-    run(state, [callback(SUCCESS_FIXTURE, 1, seconds=100), callback(SUCCESS_FIXTURE, 2, seconds=40), ours(3, "poll", "SUCCESS", state.id, seconds=70)])
+    run(
+        state,
+        [
+            callback(SUCCESS_FIXTURE, 1, seconds=100),
+            callback(SUCCESS_FIXTURE, 2, seconds=40),
+            ours(3, "poll", "SUCCESS", state.id, seconds=70),
+        ],
+    )
     assert (state.completed_at, state.credit_event_id) == (at(40), 2)
     # same instant: the lower id decides
     state = donation()
@@ -330,27 +360,46 @@ def test_completed_at_is_the_earliest_trusted_success_whatever_the_arrival_order
 @pytest.mark.parametrize("raw", ["PROCESSING", "weird", "", 7])
 def test_unknown_status_is_flagged_and_changes_nothing(raw):
     state = donation()
-    event = callback(SUCCESS_FIXTURE, 1, transactionstatus=raw) if raw != "" else callback(SUCCESS_FIXTURE, 1, transactionstatus="??")
+    event = (
+        callback(SUCCESS_FIXTURE, 1, transactionstatus=raw)
+        if raw != ""
+        else callback(SUCCESS_FIXTURE, 1, transactionstatus="??")
+    )
     kinds, transitions = run(state, [event])
     assert event.status == "UNKNOWN"
     assert (state.status, kinds, transitions, state.needs_check) == (PENDING, ["unknown_status"], [], True)
 
 
 def test_earliest_trusted_failure_decides_among_failures():
-    events = [callback(SUCCESS_FIXTURE, 1, seconds=20, transactionstatus="failure"), callback(SUCCESS_FIXTURE, 2, seconds=10, transactionstatus="cancelled")]
+    events = [
+        callback(SUCCESS_FIXTURE, 1, seconds=20, transactionstatus="failure"),
+        callback(SUCCESS_FIXTURE, 2, seconds=10, transactionstatus="cancelled"),
+    ]
     for order in (events, events[::-1]):
         state = donation()
         run(state, order)
         assert (state.status, state.failure_event_id) == (CANCELLED, 2)
     # same instant: lower id
     state = donation()
-    run(state, [callback(SUCCESS_FIXTURE, 8, seconds=5, transactionstatus="cancelled"), callback(SUCCESS_FIXTURE, 3, seconds=5, transactionstatus="failure")])
+    run(
+        state,
+        [
+            callback(SUCCESS_FIXTURE, 8, seconds=5, transactionstatus="cancelled"),
+            callback(SUCCESS_FIXTURE, 3, seconds=5, transactionstatus="failure"),
+        ],
+    )
     assert state.status == FAILED
 
 
 def test_different_failures_conflict():
     state = donation()
-    kinds, _ = run(state, [callback(SUCCESS_FIXTURE, 1, transactionstatus="failure"), callback(SUCCESS_FIXTURE, 2, seconds=5, transactionstatus="cancelled")])
+    kinds, _ = run(
+        state,
+        [
+            callback(SUCCESS_FIXTURE, 1, transactionstatus="failure"),
+            callback(SUCCESS_FIXTURE, 2, seconds=5, transactionstatus="cancelled"),
+        ],
+    )
     assert kinds == ["conflicting_status"]
     assert state.status == FAILED
 
@@ -374,11 +423,23 @@ def test_pending_poll_answer_changes_nothing():
 
 def test_bookkeeping_of_applied_events():
     state = donation()
-    run(state, [callback(SUCCESS_FIXTURE, 3), callback(SUCCESS_FIXTURE, 8, transactionstatus="failure"), ours(5, "poll", PENDING, state.id)])
+    run(
+        state,
+        [
+            callback(SUCCESS_FIXTURE, 3),
+            callback(SUCCESS_FIXTURE, 8, transactionstatus="failure"),
+            ours(5, "poll", PENDING, state.id),
+        ],
+    )
     assert state.events_applied == 3
     assert state.last_event_id == 8
     reset = state.reset()
-    assert (reset.status, reset.events_applied, reset.last_event_id, reset.external_reference) == (PENDING, 0, None, state.external_reference)
+    assert (reset.status, reset.events_applied, reset.last_event_id, reset.external_reference) == (
+        PENDING,
+        0,
+        None,
+        state.external_reference,
+    )
 
 
 # -- operator events -----------------------------------------------------------------------------
@@ -398,7 +459,13 @@ def test_operator_completed_resolves_review_with_a_credit_of_patient_amount():
 
 def test_operator_completed_keeps_the_success_instant_when_there_is_one():
     state = donation()
-    run(state, [callback(SUCCESS_FIXTURE, 1, seconds=10, transactionstatus="failure"), ours(2, "operator", COMPLETED, state.id, seconds=500)])
+    run(
+        state,
+        [
+            callback(SUCCESS_FIXTURE, 1, seconds=10, transactionstatus="failure"),
+            ours(2, "operator", COMPLETED, state.id, seconds=500),
+        ],
+    )
     assert credit_of(state).event_id == 2
     run(state, [callback(SUCCESS_FIXTURE, 3, seconds=30)])
     assert (state.status, state.completed_at, credit_of(state).event_id) == (COMPLETED, at(30), 3)
@@ -512,8 +579,12 @@ def test_fully_funded_tie_on_instant_is_broken_by_donation_id():
 
 
 def test_exactly_reaching_the_goal_is_fully_funded_one_cent_short_is_not():
-    assert patient_totals(Decimal("100.00"), [credit(1, "60.00", 1), credit(2, "40.00", 2)]) == PatientTotals(Decimal("100.00"), "FULLY_FUNDED", at(2))
-    assert patient_totals(Decimal("100.00"), [credit(1, "60.00", 1), credit(2, "39.99", 2)]) == PatientTotals(Decimal("99.99"), "FUNDING", None)
+    assert patient_totals(Decimal("100.00"), [credit(1, "60.00", 1), credit(2, "40.00", 2)]) == PatientTotals(
+        Decimal("100.00"), "FULLY_FUNDED", at(2)
+    )
+    assert patient_totals(Decimal("100.00"), [credit(1, "60.00", 1), credit(2, "39.99", 2)]) == PatientTotals(
+        Decimal("99.99"), "FUNDING", None
+    )
     assert patient_totals(Decimal("100.00"), []) == PatientTotals(Decimal("0"), "FUNDING", None)
 
 
@@ -575,7 +646,9 @@ def test_polling_a_terminal_donation_adds_an_anomaly_only_when_the_answer_disagr
     state = donation()
     run(state, [callback(SUCCESS_FIXTURE, 1, transactionstatus=first)])
     before = state.status
-    kinds, _ = run(state, [ours(2, "poll", poll_status, state.id, seconds=60), ours(3, "poll", poll_status, state.id, seconds=120)])
+    kinds, _ = run(
+        state, [ours(2, "poll", poll_status, state.id, seconds=60), ours(3, "poll", poll_status, state.id, seconds=120)]
+    )
     assert kinds == anomalies
     if not anomalies:
         assert state.status == before

@@ -1,6 +1,7 @@
 """Data anyone can send never stops the fold for good (hostile traffic, faults 2 and 3), on MariaDB where
 the old columns overflowed, and on SQLite: 100,000 events naming one donation, 10,000 skipped ids,
 auto_increment_increment=2, and unmatched events that wait."""
+
 from __future__ import annotations
 
 import hashlib
@@ -34,7 +35,10 @@ def flood(engine, rows: list[dict], ids: list[int] | None = None) -> None:
             value = [raw.bind_when(v) if isinstance(v, datetime) else v for v in value]
             values.append(value + ([ids[position]] if ids else []))
         for start in range(0, len(values), 5000):
-            raw.many(f"INSERT INTO payment_events ({', '.join(columns)}) VALUES {raw.marks(len(columns))}", values[start : start + 5000])
+            raw.many(
+                f"INSERT INTO payment_events ({', '.join(columns)}) VALUES {raw.marks(len(columns))}",
+                values[start : start + 5000],
+            )
 
 
 def anonymous(donation_id: int, at: datetime) -> dict:
@@ -53,7 +57,12 @@ def test_100000_events_naming_one_donation_do_not_stop_crediting(backend):
     other, reference = add_donation(backend.engine, T0)
     flood(backend.engine, [anonymous(victim, T0) for _ in range(100_000)])
     run_fold(backend.engine, config, T0 + timedelta(seconds=1))
-    genuine = append(backend.engine, callback_body(reference, transaction_id="tx-genuine"), T0 + timedelta(seconds=2), auth="verified")
+    genuine = append(
+        backend.engine,
+        callback_body(reference, transaction_id="tx-genuine"),
+        T0 + timedelta(seconds=2),
+        auth="verified",
+    )
     started = time.monotonic()
     run_fold(backend.engine, config, T0 + timedelta(seconds=3))
     took = time.monotonic() - started
@@ -100,7 +109,11 @@ def test_auto_increment_increment_is_read_not_assumed(mysql_backend):
     fold that assumed a step of 1 awaited thousands of ids that cannot appear."""
     backend = mysql_backend
     engine = make_engine(backend.config().database)
-    event.listen(engine, "connect", lambda connection, record: connection.cursor().execute("SET SESSION auto_increment_increment = 2"))
+    event.listen(
+        engine,
+        "connect",
+        lambda connection, record: connection.cursor().execute("SET SESSION auto_increment_increment = 2"),
+    )
     try:
         config = backend.config()
         with transaction(engine) as session:

@@ -1,4 +1,5 @@
 """Backfill import (jobs.ingest, `azamrecon events ingest`): legacy Django payments.log, our own log, JSON lines."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,16 @@ def legacy_donations(engine) -> list[int]:
         ids = []
         for amount in amounts:
             donation = create_donation(
-                session, patient_id=patient, amount=Decimal(amount), currency="TZS", charge_amount=Decimal(amount), charge_currency="TZS",
-                msisdn="0758285812", provider="Mpesa", reference_prefix="RHCI-DN", now=CREATED,
+                session,
+                patient_id=patient,
+                amount=Decimal(amount),
+                currency="TZS",
+                charge_amount=Decimal(amount),
+                charge_currency="TZS",
+                msisdn="0758285812",
+                provider="Mpesa",
+                reference_prefix="RHCI-DN",
+                now=CREATED,
             )
             assert donation.external_reference == f"RHCI-DN-{donation.id}-20251219115500"
             ids.append(donation.id)
@@ -73,18 +82,51 @@ def test_legacy_django_log_imports_with_line_times_typed_fields_and_auth(backend
         utc(2025, 12, 19, 12, 40, 5, 777000),
     ]
     first, failed, unverified, guide, cancelled, retry, mismatch = rows
-    assert (first.utilityref, first.transaction_ref, first.status, first.amount, first.operator, first.msisdn, first.donation_hint) == (
-        "RHCI-DN-1-20251219115500", "b0e3f1a2-7c55-4a8e-9d1c-0f5b2e6a9c11", "SUCCESS", Decimal("25000.00"), "Mpesa", "255758285812", "1"
+    assert (
+        first.utilityref,
+        first.transaction_ref,
+        first.status,
+        first.amount,
+        first.operator,
+        first.msisdn,
+        first.donation_hint,
+    ) == (
+        "RHCI-DN-1-20251219115500",
+        "b0e3f1a2-7c55-4a8e-9d1c-0f5b2e6a9c11",
+        "SUCCESS",
+        Decimal("25000.00"),
+        "Mpesa",
+        "255758285812",
+        "1",
     )
     assert first.parse_error is None and first.auth == "verified" and first.content_type == "application/json"
     body = json.loads(first.body)  # re-serialised JSON: None -> null, True -> true, nested properties kept
     assert body["user"] is None and body["submerchantAcc"] is None
-    assert body["additionalProperties"] == {"donation_id": "1", "patient": {"id": 1, "name": "Amina's fund"}, "tags": ["mobile", True], "retry": False}
-    assert (failed.status, failed.auth, failed.msisdn, failed.operator) == ("FAILED", "failed", "255688123456", "Airtel")
-    assert (unverified.status, unverified.status_raw, unverified.amount, unverified.auth) == ("SUCCESS", "SUCCESSFUL", Decimal("15000.00"), "unverified")
+    assert body["additionalProperties"] == {
+        "donation_id": "1",
+        "patient": {"id": 1, "name": "Amina's fund"},
+        "tags": ["mobile", True],
+        "retry": False,
+    }
+    assert (failed.status, failed.auth, failed.msisdn, failed.operator) == (
+        "FAILED",
+        "failed",
+        "255688123456",
+        "Airtel",
+    )
+    assert (unverified.status, unverified.status_raw, unverified.amount, unverified.auth) == (
+        "SUCCESS",
+        "SUCCESSFUL",
+        Decimal("15000.00"),
+        "unverified",
+    )
     assert (guide.utilityref, guide.auth) == ("RHCI-DN-999-20251219120000", "unverified")
     assert (cancelled.status, cancelled.donation_hint, cancelled.auth) == ("CANCELLED", "4", "verified")
-    assert json.loads(cancelled.body)["additionalProperties"]["flags"] == {"first": True, "recurring": False, "note": None}
+    assert json.loads(cancelled.body)["additionalProperties"]["flags"] == {
+        "first": True,
+        "recurring": False,
+        "note": None,
+    }
     assert retry.auth == "verified" and json.loads(retry.body)["additionalProperties"]["retry"] is True
     assert (mismatch.amount, mismatch.msisdn) == (Decimal("24000.00"), "255622334455")
     assert json.loads(first.headers) == {"import-file": "payments.log", "import-line": 2}
@@ -115,9 +157,17 @@ def test_own_redacted_payments_log_imports(backend, now, tmp_path):
     config = backend.config(**{"webhook.password": PASSWORD, "logging.dir": str(tmp_path / "own")})
     configure_logging(config.logging, component="receiver", stderr_level=None)
     try:
-        payments.info("Received Azam Pay callback: {}", redact_body(callback_body("RHCI-DN-7-20260114093000", password=PASSWORD, transaction_id="tx-7")))
+        payments.info(
+            "Received Azam Pay callback: {}",
+            redact_body(callback_body("RHCI-DN-7-20260114093000", password=PASSWORD, transaction_id="tx-7")),
+        )
         payments.info("Processed callback - External ID: RHCI-DN-7-20260114093000, Status: SUCCESS")
-        payments.info("Received Azam Pay callback: {}", redact_body(callback_body("RHCI-DN-8-20260114093000", status="failure", amount="500", transaction_id="tx-8")))
+        payments.info(
+            "Received Azam Pay callback: {}",
+            redact_body(
+                callback_body("RHCI-DN-8-20260114093000", status="failure", amount="500", transaction_id="tx-8")
+            ),
+        )
     finally:
         logger.remove()
     log = tmp_path / "own" / "payments.log"
@@ -129,7 +179,11 @@ def test_own_redacted_payments_log_imports(backend, now, tmp_path):
     assert counts == {"read": 3, "imported": 2, "duplicates": 0, "skipped": 1, "errors": 0}
     seven, eight = events(backend.engine)
     assert (seven.utilityref, seven.transaction_ref, seven.status, seven.amount, seven.msisdn) == (
-        "RHCI-DN-7-20260114093000", "tx-7", "SUCCESS", Decimal("25000.00"), "255758285812"
+        "RHCI-DN-7-20260114093000",
+        "tx-7",
+        "SUCCESS",
+        Decimal("25000.00"),
+        "255758285812",
     )
     assert seven.auth == "unverified"  # the redacted '***' is no credential, not a wrong one
     assert json.loads(seven.body)["password"] == "***"
@@ -154,11 +208,24 @@ def test_json_lines_envelopes_and_bare_bodies(backend, now, tmp_path):
     ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     config = backend.config()
-    assert ingest_file(backend.engine, config, path, now) == {"read": 7, "imported": 3, "duplicates": 0, "skipped": 2, "errors": 2}
+    assert ingest_file(backend.engine, config, path, now) == {
+        "read": 7,
+        "imported": 3,
+        "duplicates": 0,
+        "skipped": 2,
+        "errors": 2,
+    }
     envelope, raw_event, bare = events(backend.engine)
-    assert envelope.received_at == utc(2025, 12, 19, 12, 0, 0, 500000) and envelope.utilityref == "RHCI-DN-1-20251219115500"
+    assert (
+        envelope.received_at == utc(2025, 12, 19, 12, 0, 0, 500000)
+        and envelope.utilityref == "RHCI-DN-1-20251219115500"
+    )
     assert json.loads(envelope.body) == body
-    assert raw_event.body == raw.encode() and raw_event.received_at == utc(2025, 12, 19, 12, 1) and raw_event.status == "FAILED"
+    assert (
+        raw_event.body == raw.encode()
+        and raw_event.received_at == utc(2025, 12, 19, 12, 1)
+        and raw_event.status == "FAILED"
+    )
     assert bare.received_at == now and bare.body == lines[2].encode() and bare.utilityref == "RHCI-DN-3-20251219115500"
     # a second import, later, still adds nothing (the bare body's import time is not part of its identity)
     later = datetime(2026, 2, 1, tzinfo=timezone.utc)
@@ -174,17 +241,33 @@ def test_identical_lines_in_one_file_are_both_imported_once(sqlite_backend, now,
     assert ingest_file(sqlite_backend.engine, config, path, now)["imported"] == 2
     assert ingest_file(sqlite_backend.engine, config, path, now)["imported"] == 0
     path.write_text(line * 3, encoding="utf-8")  # the log grew: only the new line is new
-    assert ingest_file(sqlite_backend.engine, config, path, now) == {"read": 3, "imported": 1, "duplicates": 2, "skipped": 0, "errors": 0}
+    assert ingest_file(sqlite_backend.engine, config, path, now) == {
+        "read": 3,
+        "imported": 1,
+        "duplicates": 2,
+        "skipped": 0,
+        "errors": 0,
+    }
 
 
 def test_overlong_lines_are_skipped_and_the_rest_still_imports(sqlite_backend, now, tmp_path, monkeypatch):
     monkeypatch.setattr(ingest_module, "MAX_LINE_BYTES", 4096)
     padding = "x" * 10_000
     good = "2025-12-19 12:00:00,000 INFO Received Azam Pay callback: {'transactionstatus': 'success', 'utilityref': 'RHCI-DN-1-x'}\n"
-    long = "2025-12-19 12:00:01,000 INFO Received Azam Pay callback: {'transactionstatus': 'success', 'message': '" + padding + "'}\n"
+    long = (
+        "2025-12-19 12:00:01,000 INFO Received Azam Pay callback: {'transactionstatus': 'success', 'message': '"
+        + padding
+        + "'}\n"
+    )
     path = tmp_path / "long.log"
     path.write_text(long + good + long, encoding="utf-8")
-    assert ingest_file(sqlite_backend.engine, sqlite_backend.config(), path, now) == {"read": 3, "imported": 1, "duplicates": 0, "skipped": 2, "errors": 0}
+    assert ingest_file(sqlite_backend.engine, sqlite_backend.config(), path, now) == {
+        "read": 3,
+        "imported": 1,
+        "duplicates": 0,
+        "skipped": 2,
+        "errors": 0,
+    }
 
 
 def test_batches_span_many_lines_with_progress(sqlite_backend, now, tmp_path, monkeypatch):
@@ -192,9 +275,23 @@ def test_batches_span_many_lines_with_progress(sqlite_backend, now, tmp_path, mo
     path = tmp_path / "many.jsonl"
     with path.open("w") as handle:
         for number in range(35):
-            handle.write(json.dumps({"received_at": f"2025-12-19T12:00:{number:02d}Z", "body": {"transactionstatus": "success", "utilityref": f"R-{number}"}}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "received_at": f"2025-12-19T12:00:{number:02d}Z",
+                        "body": {"transactionstatus": "success", "utilityref": f"R-{number}"},
+                    }
+                )
+                + "\n"
+            )
     calls = []
-    counts = ingest_file(sqlite_backend.engine, sqlite_backend.config(), path, now, progress=lambda done, total: calls.append((done, total)))
+    counts = ingest_file(
+        sqlite_backend.engine,
+        sqlite_backend.config(),
+        path,
+        now,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert counts["imported"] == 35 and len(events(sqlite_backend.engine)) == 35
     size = path.stat().st_size
     assert len(calls) == 4 and calls[-1] == (size, size) and all(done < size for done, _ in calls[:-1])
@@ -245,21 +342,36 @@ def test_a_naive_timestamp_is_taken_at_the_given_offset_and_an_explicit_one_is_k
 
 def test_cli_ingest_naive_offset_moves_received_at(backend):
     config = _cli_config(backend)
-    result = CliRunner().invoke(cli, ["events", "ingest", str(LEGACY_LOG), "--no-progress", "--naive-offset", "+03:00", "--config", str(config)],
-                                env={"DATABASE_URL": None})
+    result = CliRunner().invoke(
+        cli,
+        ["events", "ingest", str(LEGACY_LOG), "--no-progress", "--naive-offset", "+03:00", "--config", str(config)],
+        env={"DATABASE_URL": None},
+    )
     assert result.exit_code == 1, result.output  # the legacy log holds 3 unreadable callbacks
-    utc_first = parse_timestamp(next(line for line in LEGACY_LOG.read_text().splitlines() if "Received Azam Pay callback" in line))
+    utc_first = parse_timestamp(
+        next(line for line in LEGACY_LOG.read_text().splitlines() if "Received Azam Pay callback" in line)
+    )
     stored = backend.scalar("SELECT MIN(received_at) FROM payment_events WHERE source = 'import'")
     stored = datetime.fromisoformat(str(stored)).replace(tzinfo=timezone.utc)
     assert stored == utc_first - timedelta(hours=3)
-    again = CliRunner().invoke(cli, ["events", "ingest", str(LEGACY_LOG), "--no-progress", "--config", str(config)], env={"DATABASE_URL": None})
+    again = CliRunner().invoke(
+        cli, ["events", "ingest", str(LEGACY_LOG), "--no-progress", "--config", str(config)], env={"DATABASE_URL": None}
+    )
     assert again.exit_code == 1 and "imported=0 duplicates=7" in again.output  # another offset is no second copy
-    result = CliRunner().invoke(cli, ["events", "ingest", str(LEGACY_LOG), "--naive-offset", "EAT", "--config", str(config)], env={"DATABASE_URL": None})
+    result = CliRunner().invoke(
+        cli,
+        ["events", "ingest", str(LEGACY_LOG), "--naive-offset", "EAT", "--config", str(config)],
+        env={"DATABASE_URL": None},
+    )
     assert result.exit_code == 2 and "error: not a UTC offset like +03:00: 'EAT'" in result.output
 
 
 def _cli_config(backend, **extra) -> Path:
-    settings = {"database.url": backend.url, "logging.dir": str(backend.tmp_path / "logs"), "privacy.key_file": str(backend.tmp_path / "azamrecon.key")}
+    settings = {
+        "database.url": backend.url,
+        "logging.dir": str(backend.tmp_path / "logs"),
+        "privacy.key_file": str(backend.tmp_path / "azamrecon.key"),
+    }
     settings.update(extra)
     return write_config(backend.tmp_path / "cli.yaml", settings)
 
@@ -267,11 +379,15 @@ def _cli_config(backend, **extra) -> Path:
 def test_cli_ingest_prints_counts_and_never_logs_the_password(backend):
     config = _cli_config(backend, **{"webhook.password": PASSWORD})
     runner = CliRunner()
-    result = runner.invoke(cli, ["events", "ingest", str(LEGACY_LOG), "--no-progress", "--config", str(config)], env={"DATABASE_URL": None})
+    result = runner.invoke(
+        cli, ["events", "ingest", str(LEGACY_LOG), "--no-progress", "--config", str(config)], env={"DATABASE_URL": None}
+    )
     assert result.exit_code == 1, result.output  # 3 unreadable callbacks: the counts line, then one error line
     assert result.stdout.strip().splitlines()[-1] == "read=20 imported=7 duplicates=0 skipped=10 errors=3"
     assert result.stderr.strip().splitlines()[-1].startswith("error: 3 line(s) of ")
-    result = runner.invoke(cli, ["events", "ingest", str(LEGACY_LOG), "--config", str(config)], env={"DATABASE_URL": None})
+    result = runner.invoke(
+        cli, ["events", "ingest", str(LEGACY_LOG), "--config", str(config)], env={"DATABASE_URL": None}
+    )
     assert result.exit_code == 1 and "imported=0 duplicates=7" in result.output
     assert backend.scalar("SELECT COUNT(*) FROM job_runs WHERE job = 'ingest' AND outcome = 'ok'") == 2
     logs = list((backend.tmp_path / "logs").glob("*.log"))
@@ -301,7 +417,9 @@ def test_ingest_logs_no_body_even_without_secret_scrubbing(sqlite_backend, now, 
 def test_cli_ingest_unreadable_file_is_one_line_and_non_zero(sqlite_backend, target):
     config = _cli_config(sqlite_backend)
     path = sqlite_backend.tmp_path / target
-    result = CliRunner().invoke(cli, ["events", "ingest", str(path), "--config", str(config)], env={"DATABASE_URL": None})
+    result = CliRunner().invoke(
+        cli, ["events", "ingest", str(path), "--config", str(config)], env={"DATABASE_URL": None}
+    )
     assert result.exit_code == 2
     assert result.output.strip().count("\n") == 0 and result.output.startswith("error: cannot read")
     assert sqlite_backend.scalar("SELECT COUNT(*) FROM payment_events") == 0

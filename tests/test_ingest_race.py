@@ -1,5 +1,6 @@
 """Hostile traffic, fault 3: two concurrent `events ingest` of one file each printed imported=3000 although
 the second one's rows were dropped by INSERT IGNORE. Each run now reports what the database inserted."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,17 @@ def test_concurrent_imports_of_one_file_report_true_counts(backend, tmp_path):
     config = backend.config()
     path = tmp_path / "callbacks.jsonl"
     lines = [
-        json.dumps({"received_at": (T0 + timedelta(seconds=n)).isoformat(),
-                    "body": {"transactionstatus": "success", "utilityref": f"RHCI-DN-{n}-20260114093000", "amount": "1000", "mnoreference": f"m{n}"}})
+        json.dumps(
+            {
+                "received_at": (T0 + timedelta(seconds=n)).isoformat(),
+                "body": {
+                    "transactionstatus": "success",
+                    "utilityref": f"RHCI-DN-{n}-20260114093000",
+                    "amount": "1000",
+                    "mnoreference": f"m{n}",
+                },
+            }
+        )
         for n in range(3000)
     ]
     path.write_text("\n".join(lines) + "\n")

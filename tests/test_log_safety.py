@@ -1,6 +1,7 @@
 """Log lines are data, not markup (hostile traffic, faults 4 and 5), through the receiver's own batched
 logging: a callback cannot add a line the webhook guide's greps count, a body nested 950 deep is logged
 (as text) without dropping its neighbours' lines, and `events show` handles any stored body."""
+
 from __future__ import annotations
 
 import contextlib
@@ -24,8 +25,16 @@ FORGED_LINE = "2026-12-06 10:00:00.000 | INFO     | receiver | ✅ Donation 4242
 
 
 def body(utilityref: str, **extra) -> bytes:
-    data = {"transactionstatus": "success", "utilityref": utilityref, "amount": "1000", "operator": "Mpesa", "msisdn": "255789123456",
-            "reference": "tx-7", "transid": "tx-7", "externalreference": "tx-7"}
+    data = {
+        "transactionstatus": "success",
+        "utilityref": utilityref,
+        "amount": "1000",
+        "operator": "Mpesa",
+        "msisdn": "255789123456",
+        "reference": "tx-7",
+        "transid": "tx-7",
+        "externalreference": "tx-7",
+    }
     data.update(extra)
     return json.dumps(data).encode()
 
@@ -71,7 +80,9 @@ def test_crafted_bodies_add_nothing_to_the_guides_greps(backend):
     lines = payments_lines(backend)
     # the guide's greps (deploy.md "Logs and the guide's greps"), on what the crafted bodies left
     assert len(grep(lines, "Received Azam Pay callback")) == len(CRAFTED) + 1
-    assert grep(lines, "completed successfully") == [line for line in lines if "✅ Donation 7 completed successfully" in line]
+    assert grep(lines, "completed successfully") == [
+        line for line in lines if "✅ Donation 7 completed successfully" in line
+    ]
     assert len(grep(lines, "completed successfully")) == 1
     assert grep(lines, "payment failed") == []
     assert grep(lines, "Error processing Azam Pay callback") == []
@@ -94,7 +105,11 @@ def test_one_body_that_cannot_be_rendered_drops_no_other_line(backend, monkeypat
     monkeypatch.setattr(logs_module, "redact_body", fails_on_one)
     with receiving(backend) as (client, _):
         for n in range(40):
-            client.post(CALLBACK_PATH, content=body("RHCI-DN-BAD" if n == 20 else f"RHCI-DN-{100 + n}-20260114093000"), headers=JSON)
+            client.post(
+                CALLBACK_PATH,
+                content=body("RHCI-DN-BAD" if n == 20 else f"RHCI-DN-{100 + n}-20260114093000"),
+                headers=JSON,
+            )
     received = grep(payments_lines(backend), "Received Azam Pay callback")
     assert len(received) == 40
     assert len([line for line in received if "[body not rendered: RecursionError]" in line]) == 1
@@ -108,6 +123,8 @@ def test_events_show_handles_any_stored_body(backend, tmp_path):
     ids = [row[0] for row in backend.rows("SELECT id FROM payment_events ORDER BY id")]
     for event_id in ids:
         for output in ("table", "json"):
-            result = CliRunner().invoke(cli, ["events", "show", str(event_id), "--config", str(path), "--format", output])
+            result = CliRunner().invoke(
+                cli, ["events", "show", str(event_id), "--config", str(path), "--format", output]
+            )
             assert result.exit_code == 0, (event_id, result.output[-500:], result.exception)
             assert "Traceback" not in result.output

@@ -1,4 +1,5 @@
 """GET /metrics: Prometheus text with events by source/auth, fold lag, stuck pending and job stats."""
+
 from __future__ import annotations
 
 import re
@@ -34,7 +35,12 @@ def test_metrics_report_log_lag_stuck_and_jobs(backend):
         pass
     app = create_app(backend.config())
     with TestClient(app) as client:
-        assert client.post(CALLBACK_PATH, content=callback_body(reference), headers={"content-type": "application/json"}).status_code == 200
+        assert (
+            client.post(
+                CALLBACK_PATH, content=callback_body(reference), headers={"content-type": "application/json"}
+            ).status_code
+            == 200
+        )
         append(backend.engine, b"{}", now, source="poll", auth="n/a", status="PENDING")
         before = parse(client.get("/metrics").text)
         assert before['azamrecon_events_appended_total{source="callback",auth="n/a"}'] == 1
@@ -46,7 +52,10 @@ def test_metrics_report_log_lag_stuck_and_jobs(backend):
         if backend.name == "sqlite":
             app.state.checkpointer.checkpoint()
             copied = parse(client.get("/metrics").text)
-            assert copied["azamrecon_receiver_wal_checkpoints_total"] == before["azamrecon_receiver_wal_checkpoints_total"] + 1
+            assert (
+                copied["azamrecon_receiver_wal_checkpoints_total"]
+                == before["azamrecon_receiver_wal_checkpoints_total"] + 1
+            )
             assert copied["azamrecon_receiver_wal_checkpoint_failures_total"] == 0
             assert "azamrecon_receiver_wal_catch_ups_total" in copied
         else:
@@ -80,10 +89,14 @@ def test_metrics_never_scan_the_whole_log(backend):
     _, reference = add_donation(backend.engine, datetime(2026, 1, 14, tzinfo=timezone.utc))
     at = datetime(2026, 1, 14, 9, 30, tzinfo=timezone.utc)
     for n in range(30):
-        append(backend.engine, callback_body(reference, transaction_id=f"tx-{n}"), at + timedelta(seconds=n), auth="n/a")
+        append(
+            backend.engine, callback_body(reference, transaction_id=f"tx-{n}"), at + timedelta(seconds=n), auth="n/a"
+        )
     append(backend.engine, b"{}", at, source="poll", status="PENDING", donation_id=1)
     run_fold(backend.engine, config, at + timedelta(minutes=1))
-    append(backend.engine, callback_body(reference, transaction_id="tx-late"), at + timedelta(minutes=2), auth="unverified")  # not folded yet
+    append(
+        backend.engine, callback_body(reference, transaction_id="tx-late"), at + timedelta(minutes=2), auth="unverified"
+    )  # not folded yet
     statements: list[str] = []
     listener = lambda conn, cursor, statement, params, context, many: statements.append(statement)  # noqa: E731
     sa_event.listen(backend.engine, "before_cursor_execute", listener)
@@ -91,8 +104,13 @@ def test_metrics_never_scan_the_whole_log(backend):
         metrics = parse(render(backend.engine, config, None, at + timedelta(minutes=3)))
     finally:
         sa_event.remove(backend.engine, "before_cursor_execute", listener)
-    full = {(row[0], row[1]): row[2] for row in backend.rows("SELECT source, auth, COUNT(*) FROM payment_events GROUP BY source, auth")}
-    assert {key: int(metrics[f'azamrecon_events_appended_total{{source="{key[0]}",auth="{key[1]}"}}']) for key in full} == full
+    full = {
+        (row[0], row[1]): row[2]
+        for row in backend.rows("SELECT source, auth, COUNT(*) FROM payment_events GROUP BY source, auth")
+    }
+    assert {
+        key: int(metrics[f'azamrecon_events_appended_total{{source="{key[0]}",auth="{key[1]}"}}']) for key in full
+    } == full
     explain = "EXPLAIN QUERY PLAN " if backend.name == "sqlite" else "EXPLAIN "
     with backend.engine.connect() as connection:
         for statement in statements:

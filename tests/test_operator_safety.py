@@ -2,6 +2,7 @@
 reverses a credit or replaces a final status (--yes for scripts), records the OS user and SUDO_USER
 beside --actor, `donations show` lists the decisions, and `report` / `events ingest` exit non-zero
 when they found something wrong. Through the real CLI, on SQLite and MariaDB."""
+
 from __future__ import annotations
 
 import csv
@@ -48,7 +49,9 @@ def run(backend):
     config = str(write_config(backend.tmp_path / "cli.yaml", config_settings(backend)))
 
     def invoke(*args: str, input: str | None = None):
-        result = CliRunner().invoke(cli, [*args, "--config", config], input=input, env={"DATABASE_URL": None, "AZAMRECON_CONFIG": None})
+        result = CliRunner().invoke(
+            cli, [*args, "--config", config], input=input, env={"DATABASE_URL": None, "AZAMRECON_CONFIG": None}
+        )
         assert "Traceback" not in result.output
         if result.exception is not None and not isinstance(result.exception, SystemExit):
             raise result.exception
@@ -88,12 +91,16 @@ def state(backend, patient: int, donation: int) -> tuple[str, Decimal, int]:
         return (
             session.get(Donation, donation).status,
             session.get(Patient, patient).funding_received,
-            session.scalar(select(func.count()).select_from(FundingCredit).where(FundingCredit.donation_id == donation)),
+            session.scalar(
+                select(func.count()).select_from(FundingCredit).where(FundingCredit.donation_id == donation)
+            ),
         )
 
 
 def operator_bodies(backend, donation: int) -> list[dict]:
-    rows = backend.rows("SELECT body FROM payment_events WHERE source = 'operator' AND donation_id = :d ORDER BY id", d=donation)
+    rows = backend.rows(
+        "SELECT body FROM payment_events WHERE source = 'operator' AND donation_id = :d ORDER BY id", d=donation
+    )
     return [json.loads(bytes(row[0])) for row in rows]
 
 
@@ -103,13 +110,23 @@ def error_lines(result) -> list[str]:
 
 # --- the rule, once -----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "current, decision, asks",
     [
-        ("COMPLETED", "FAILED", True), ("COMPLETED", "CANCELLED", True), ("COMPLETED", "COMPLETED", False),
-        ("FAILED", "COMPLETED", True), ("FAILED", "CANCELLED", True), ("FAILED", "FAILED", False),
-        ("CANCELLED", "COMPLETED", True), ("EXPIRED", "COMPLETED", True), ("EXPIRED", "FAILED", True),
-        ("PENDING", "COMPLETED", False), ("PENDING", "FAILED", False), ("REVIEW", "COMPLETED", False), ("REVIEW", "FAILED", False),
+        ("COMPLETED", "FAILED", True),
+        ("COMPLETED", "CANCELLED", True),
+        ("COMPLETED", "COMPLETED", False),
+        ("FAILED", "COMPLETED", True),
+        ("FAILED", "CANCELLED", True),
+        ("FAILED", "FAILED", False),
+        ("CANCELLED", "COMPLETED", True),
+        ("EXPIRED", "COMPLETED", True),
+        ("EXPIRED", "FAILED", True),
+        ("PENDING", "COMPLETED", False),
+        ("PENDING", "FAILED", False),
+        ("REVIEW", "COMPLETED", False),
+        ("REVIEW", "FAILED", False),
     ],
 )
 def test_needs_confirmation_names_a_reason_only_for_a_reversal_or_a_final_status_replaced(current, decision, asks):
@@ -121,13 +138,18 @@ def test_needs_confirmation_names_a_reason_only_for_a_reversal_or_a_final_status
 
 # --- resolve: confirmation ----------------------------------------------------------------------------------
 
+
 def test_reversing_a_credit_without_yes_refuses_and_appends_nothing(backend, now, run):
     """The reported bug: `resolve 1 --status failed` on a COMPLETED donation silently reversed 50,000."""
     patient, donation = completed(backend, now)
     events = backend.scalar("SELECT COUNT(*) FROM payment_events")
     result = run("donations", "resolve", str(donation), "--status", "failed", "--note", "donor says it failed")
     assert result.exit_code == 2, result.output
-    assert len(error_lines(result)) == 1 and "--yes" in error_lines(result)[0] and "reverses its credit" in error_lines(result)[0]
+    assert (
+        len(error_lines(result)) == 1
+        and "--yes" in error_lines(result)[0]
+        and "reverses its credit" in error_lines(result)[0]
+    )
     assert result.stdout == ""
     assert backend.scalar("SELECT COUNT(*) FROM payment_events") == events
     assert state(backend, patient, donation) == ("COMPLETED", Decimal("50000.00"), 1)
@@ -145,7 +167,18 @@ def test_reversing_a_credit_with_yes_reverses_it(backend, now, run):
 def test_on_a_terminal_the_prompt_asks_and_only_yes_appends(backend, now, run, monkeypatch, answer, code):
     patient, donation = completed(backend, now)
     monkeypatch.setattr(donations_command, "stdin_is_terminal", lambda: True)
-    result = run("donations", "resolve", str(donation), "--status", "CANCELLED", "--note", "donor cancelled", "--format", "json", input=answer)
+    result = run(
+        "donations",
+        "resolve",
+        str(donation),
+        "--status",
+        "CANCELLED",
+        "--note",
+        "donor cancelled",
+        "--format",
+        "json",
+        input=answer,
+    )
     assert result.exit_code == code, result.output
     assert "reverses its credit" in result.stderr and "[y/N]" in result.stderr  # asked on stderr, default No
     if code:
@@ -159,7 +192,9 @@ def test_on_a_terminal_the_prompt_asks_and_only_yes_appends(backend, now, run, m
 
 def test_replacing_another_final_status_needs_yes_too(backend, now, run):
     patient, donation = completed(backend, now)
-    assert run("donations", "resolve", str(donation), "--status", "FAILED", "--note", "chargeback", "--yes").exit_code == 0
+    assert (
+        run("donations", "resolve", str(donation), "--status", "FAILED", "--note", "chargeback", "--yes").exit_code == 0
+    )
     result = run("donations", "resolve", str(donation), "--status", "COMPLETED", "--note", "chargeback withdrawn")
     assert result.exit_code == 2 and "--yes" in error_lines(result)[0]
     assert len(operator_bodies(backend, donation)) == 1
@@ -170,7 +205,9 @@ def test_a_decision_on_review_or_pending_needs_no_yes_and_no_prompt(backend, now
     """No prompt even on a terminal: with no input to answer one, a prompt would abort."""
     monkeypatch.setattr(donations_command, "stdin_is_terminal", lambda: True)
     review = in_review(backend, now)
-    result = run("donations", "resolve", str(review), "--status", "COMPLETED", "--note", "paid 25000 by phone", input="")
+    result = run(
+        "donations", "resolve", str(review), "--status", "COMPLETED", "--note", "paid 25000 by phone", input=""
+    )
     assert result.exit_code == 0, result.output
     assert "[y/N]" not in result.stderr and f"donation {review} is now COMPLETED" in result.stdout
     pending, _ = add_donation(backend.engine, now, amount="1000")
@@ -191,12 +228,23 @@ def test_a_confirmation_holds_only_for_the_status_it_was_given_for(backend, now)
 
 # --- identity -----------------------------------------------------------------------------------------------
 
+
 def test_the_body_records_os_user_and_sudo_user_and_actor_only_beside_them(backend, now, run, monkeypatch):
     donation = in_review(backend, now)
     monkeypatch.setenv("SUDO_USER", "amina")
     monkeypatch.setenv("USER", "someone-else")  # the environment's claim is not the identity
     monkeypatch.setenv("LOGNAME", "someone-else")
-    result = run("donations", "resolve", str(donation), "--status", "COMPLETED", "--note", "receipt 17", "--actor", "Baraka (finance)")
+    result = run(
+        "donations",
+        "resolve",
+        str(donation),
+        "--status",
+        "COMPLETED",
+        "--note",
+        "receipt 17",
+        "--actor",
+        "Baraka (finance)",
+    )
     assert result.exit_code == 0, result.output
     monkeypatch.delenv("SUDO_USER")
     result = run("donations", "resolve", str(donation), "--status", "COMPLETED", "--note", "receipt 17 re-checked")
@@ -226,14 +274,34 @@ def test_without_a_passwd_entry_the_os_user_is_the_uid(monkeypatch):
 def test_donations_show_lists_the_decisions_in_every_format(backend, now, run, monkeypatch):
     patient, donation = completed(backend, now)
     monkeypatch.setenv("SUDO_USER", "amina")
-    assert run("donations", "resolve", str(donation), "--status", "FAILED", "--note", "chargeback 77", "--actor", "Baraka", "--yes").exit_code == 0
+    assert (
+        run(
+            "donations",
+            "resolve",
+            str(donation),
+            "--status",
+            "FAILED",
+            "--note",
+            "chargeback 77",
+            "--actor",
+            "Baraka",
+            "--yes",
+        ).exit_code
+        == 0
+    )
     [event_id] = [row[0] for row in backend.rows("SELECT id FROM payment_events WHERE source = 'operator'")]
 
     data = json.loads(run("donations", "show", str(donation), "--format", "json").stdout)
     [decision] = data["decisions"]
     assert decision["received_at"]
     assert {k: decision[k] for k in ("event_id", "status", "note", "os_user", "sudo_user", "actor")} == {
-        "event_id": event_id, "status": "FAILED", "note": "chargeback 77", "os_user": ME, "sudo_user": "amina", "actor": "Baraka"}
+        "event_id": event_id,
+        "status": "FAILED",
+        "note": "chargeback 77",
+        "os_user": ME,
+        "sudo_user": "amina",
+        "actor": "Baraka",
+    }
 
     [row] = list(csv.DictReader(io.StringIO(run("donations", "show", str(donation), "--format", "csv").stdout)))
     assert json.loads(row["decisions"]) == data["decisions"]  # the cell is the same JSON, not a Python repr
@@ -244,6 +312,7 @@ def test_donations_show_lists_the_decisions_in_every_format(backend, now, run, m
 
 
 # --- exit codes -------------------------------------------------------------------------------------------------
+
 
 def test_report_exits_1_on_a_broken_invariant_and_still_prints_the_report(backend, now, run):
     patient, _ = completed(backend, now)
@@ -267,7 +336,11 @@ def test_events_ingest_exits_1_when_a_line_fails_and_still_prints_its_counts(bac
     clean.write_text(json.dumps(good) + "\n")
     assert run("events", "ingest", str(clean), "--no-progress").exit_code == 0
     broken = tmp_path / "broken.jsonl"
-    broken.write_text('{"transactionstatus": "success", "utilityref": "RHCI-DN-999-2026\n' + json.dumps(good | {"received_at": "2026-01-14T09:41:00Z"}) + "\n")
+    broken.write_text(
+        '{"transactionstatus": "success", "utilityref": "RHCI-DN-999-2026\n'
+        + json.dumps(good | {"received_at": "2026-01-14T09:41:00Z"})
+        + "\n"
+    )
     result = run("events", "ingest", str(broken), "--no-progress")
     assert result.exit_code == 1, result.output
     assert result.stdout.splitlines() == ["read=2 imported=1 duplicates=0 skipped=0 errors=1"]

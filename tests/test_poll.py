@@ -1,5 +1,6 @@
 """The poller against the real sandbox over loopback, on SQLite and MariaDB: selection, answers appended
 (never donation state), backoff from the log, expiry, the lease, bounded concurrency, network errors."""
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,9 @@ def sandbox():
         yield handle
 
 
-def seed(backend, sandbox, outcomes, created_at, patient_id=None, amount="1000", transaction_ids=True) -> list[tuple[int, str | None]]:
+def seed(
+    backend, sandbox, outcomes, created_at, patient_id=None, amount="1000", transaction_ids=True
+) -> list[tuple[int, str | None]]:
     """PENDING donations created at `created_at`, each with a sandbox transaction scripted by its outcome.
     Bulk inserts (explicit ids), so thousands are cheap. Returns [(donation_id, transaction_id)]."""
     first = (backend.scalar("SELECT MAX(id) FROM donations") or 0) + 1
@@ -41,13 +44,31 @@ def seed(backend, sandbox, outcomes, created_at, patient_id=None, amount="1000",
     for offset, outcome in enumerate(outcomes):
         donation_id = first + offset
         reference = f"RHCI-DN-{donation_id}-{created_at:%Y%m%d%H%M%S}"
-        transaction_id = sandbox.seed_transaction(reference, "255758285812", "Mpesa", amount, outcome=outcome) if transaction_ids else None
-        rows.append(dict(
-            id=donation_id, patient_id=patient_id, amount=Decimal(amount), currency="TZS", patient_amount=Decimal(amount),
-            support_amount=Decimal("0"), charge_amount=Decimal(amount), charge_currency="TZS", msisdn="255758285812",
-            provider="Mpesa", external_reference=reference, transaction_id=transaction_id, created_at=created_at,
-            status="PENDING", events_applied=0, needs_check=False,
-        ))
+        transaction_id = (
+            sandbox.seed_transaction(reference, "255758285812", "Mpesa", amount, outcome=outcome)
+            if transaction_ids
+            else None
+        )
+        rows.append(
+            dict(
+                id=donation_id,
+                patient_id=patient_id,
+                amount=Decimal(amount),
+                currency="TZS",
+                patient_amount=Decimal(amount),
+                support_amount=Decimal("0"),
+                charge_amount=Decimal(amount),
+                charge_currency="TZS",
+                msisdn="255758285812",
+                provider="Mpesa",
+                external_reference=reference,
+                transaction_id=transaction_id,
+                created_at=created_at,
+                status="PENDING",
+                events_applied=0,
+                needs_check=False,
+            )
+        )
         made.append((donation_id, transaction_id))
     with transaction(backend.engine) as session:
         session.execute(insert(Donation), rows)
@@ -75,14 +96,27 @@ def setup(backend, sandbox):
 def test_stuck_donations_are_asked_and_answers_appended_without_touching_state(backend, sandbox, setup, now):
     config, client = setup
     patient = add_patient(backend.engine, now, required="100000")
-    made = seed(backend, sandbox, ["success", "no_callback", "failure", "cancelled", "pending", "unknown_status"], now, patient_id=patient)
+    made = seed(
+        backend,
+        sandbox,
+        ["success", "no_callback", "failure", "cancelled", "pending", "unknown_status"],
+        now,
+        patient_id=patient,
+    )
     fresh = seed(backend, sandbox, ["success"], now + 5 * MINUTE)
 
     early = run_poll(backend.engine, config, client, now + 9 * MINUTE)
     assert early.candidates == 0 and early.checked == 0 and poll_events(backend) == []
 
     report = run_poll(backend.engine, config, client, now + 11 * MINUTE)
-    assert (report.candidates, report.checked, report.success, report.failed, report.pending, report.unknown) == (6, 6, 2, 2, 1, 1)
+    assert (report.candidates, report.checked, report.success, report.failed, report.pending, report.unknown) == (
+        6,
+        6,
+        2,
+        2,
+        1,
+        1,
+    )
     assert (report.errors, report.expired, report.appended, report.skipped_backoff) == (0, 0, 6, 0)
     events = poll_events(backend)
     by_donation = {event.donation_id: event for event in events}
@@ -146,13 +180,23 @@ def test_needs_check_is_polled_at_any_age_and_again_after_a_new_doubt(backend, s
     # a second donation: a new untrusted callback after a poll is a fresh doubt, asked about at once
     [(other, other_tx)] = seed(backend, sandbox, ["pending"], now)
     other_ref = f"RHCI-DN-{other}-{now:%Y%m%d%H%M%S}"
-    append(backend.engine, callback_body(other_ref, transaction_id=other_tx, amount="1000", password="x"), now + MINUTE, auth="failed")
+    append(
+        backend.engine,
+        callback_body(other_ref, transaction_id=other_tx, amount="1000", password="x"),
+        now + MINUTE,
+        auth="failed",
+    )
     run_fold(backend.engine, config, now + MINUTE)
     with AzamPayClient(config.azampay) as client:
         assert run_poll(backend.engine, config, client, now + 2 * MINUTE).checked == 1
         run_fold(backend.engine, config, now + 2 * MINUTE)
         assert run_poll(backend.engine, config, client, now + 3 * MINUTE).skipped_backoff == 1
-        append(backend.engine, callback_body(other_ref, transaction_id=other_tx, amount="1000", password="y"), now + 4 * MINUTE, auth="failed")
+        append(
+            backend.engine,
+            callback_body(other_ref, transaction_id=other_tx, amount="1000", password="y"),
+            now + 4 * MINUTE,
+            auth="failed",
+        )
         run_fold(backend.engine, config, now + 4 * MINUTE)
         assert run_poll(backend.engine, config, client, now + 5 * MINUTE).checked == 1
     assert status_calls(sandbox)[other_tx] == 2
@@ -161,7 +205,9 @@ def test_needs_check_is_polled_at_any_age_and_again_after_a_new_doubt(backend, s
 def test_expiry_after_max_age_then_late_success(backend, sandbox, setup, now):
     config, client = setup
     patient = add_patient(backend.engine, now, required="5000")
-    [(donation_id, transaction_id), (settled, _)] = seed(backend, sandbox, ["pending", "failure"], now, patient_id=patient)
+    [(donation_id, transaction_id), (settled, _)] = seed(
+        backend, sandbox, ["pending", "failure"], now, patient_id=patient
+    )
     [(no_tx, _)] = seed(backend, sandbox, ["pending"], now, transaction_ids=False)
 
     report = run_poll(backend.engine, config, client, now + 11 * MINUTE)
@@ -293,7 +339,9 @@ def test_two_pollers_never_ask_twice(backend, sandbox, now):
 def test_a_stale_lease_is_taken_over_a_live_one_is_not(backend, sandbox, setup, now):
     config, client = setup
     with transaction(backend.engine) as session:
-        session.execute(insert(JobLock).values(name=LOCK_NAME, holder="crashed-host:1:abc", acquired_at=now - timedelta(minutes=3)))
+        session.execute(
+            insert(JobLock).values(name=LOCK_NAME, holder="crashed-host:1:abc", acquired_at=now - timedelta(minutes=3))
+        )
     with pytest.raises(LockBusy, match="crashed-host"):
         run_poll(backend.engine, config, client, now)
     assert run_poll(backend.engine, config, client, now + timedelta(minutes=6)).candidates == 0  # lease (5 min) expired
@@ -315,7 +363,15 @@ def test_network_errors_append_nothing_and_are_retried(backend, sandbox, setup, 
     assert (retry.checked, retry.success, retry.errors) == (3, 3, 0)
 
     # AzamPay unreachable altogether
-    dead = backend.config(**azampay_overrides(sandbox, **{"azampay.checkout_url": f"http://127.0.0.1:{free_port()}", "azampay.auth_url": f"http://127.0.0.1:{free_port()}"}))
+    dead = backend.config(
+        **azampay_overrides(
+            sandbox,
+            **{
+                "azampay.checkout_url": f"http://127.0.0.1:{free_port()}",
+                "azampay.auth_url": f"http://127.0.0.1:{free_port()}",
+            },
+        )
+    )
     seed(backend, sandbox, ["no_callback"], now)
     with AzamPayClient(dead.azampay, backoff_factor=0) as unreachable:
         report = run_poll(backend.engine, dead, unreachable, now + 13 * MINUTE)
@@ -324,7 +380,9 @@ def test_network_errors_append_nothing_and_are_retried(backend, sandbox, setup, 
 
 
 def test_refused_credentials_abort_the_run(backend, sandbox, now):
-    config = backend.config(**azampay_overrides(sandbox, **{"azampay.client_secret": "wrong"}), **{"poll.concurrency": 2})
+    config = backend.config(
+        **azampay_overrides(sandbox, **{"azampay.client_secret": "wrong"}), **{"poll.concurrency": 2}
+    )
     seed(backend, sandbox, ["success"] * 30, now)
     with AzamPayClient(config.azampay) as client:
         report = run_poll(backend.engine, config, client, now + 11 * MINUTE)
@@ -334,6 +392,7 @@ def test_refused_credentials_abort_the_run(backend, sandbox, now):
 
 
 # --- the CLI --------------------------------------------------------------------------------------------------
+
 
 def _cli(path, *args):
     from jobs.cli import cli
@@ -365,9 +424,10 @@ def test_cli_poll_prints_counts_records_the_run_and_folds(backend, sandbox, now)
     result = _cli(path, "poll", "--format", "json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert {k: data[k] for k in ("checked", "success", "failed", "pending", "unknown", "expired", "errors", "skipped_backoff")} == dict(
-        checked=3, success=1, failed=1, pending=1, unknown=0, expired=0, errors=0, skipped_backoff=0
-    )
+    assert {
+        k: data[k]
+        for k in ("checked", "success", "failed", "pending", "unknown", "expired", "errors", "skipped_backoff")
+    } == dict(checked=3, success=1, failed=1, pending=1, unknown=0, expired=0, errors=0, skipped_backoff=0)
     assert data["folded_events"] == 3
     assert [donation(backend, d).status for d, _ in made] == ["COMPLETED", "FAILED", "PENDING"]
     assert [r.outcome for r in _runs(backend)] == ["error", "ok"]
@@ -378,7 +438,9 @@ def test_cli_poll_prints_counts_records_the_run_and_folds(backend, sandbox, now)
     assert result.exit_code == NotFound.exit_code and "donation 999 not found" in result.stderr
 
     with transaction(backend.engine) as session:
-        session.execute(JobLock.__table__.update().where(JobLock.name == LOCK_NAME).values(holder="other:1:x", acquired_at=utcnow()))
+        session.execute(
+            JobLock.__table__.update().where(JobLock.name == LOCK_NAME).values(holder="other:1:x", acquired_at=utcnow())
+        )
     result = _cli(path, "poll")
     assert result.exit_code == 0 and "poll skipped" in result.output
     assert _runs(backend)[-1].outcome == "skipped"
@@ -395,7 +457,13 @@ def test_ten_thousand_stuck_donations_are_each_checked_once(backend, sandbox, no
         started = time.monotonic()
         report = run_poll(backend.engine, config, client, now + 11 * MINUTE)
         elapsed = time.monotonic() - started
-    assert (report.checked, report.success, report.pending, report.failed, report.unknown) == (10_000, 2500, 2500, 2500, 2500)
+    assert (report.checked, report.success, report.pending, report.failed, report.unknown) == (
+        10_000,
+        2500,
+        2500,
+        2500,
+        2500,
+    )
     assert backend.scalar("SELECT COUNT(*) FROM payment_events WHERE source = 'poll'") == 10_000
     assert backend.scalar("SELECT COUNT(DISTINCT donation_id) FROM payment_events WHERE source = 'poll'") == 10_000
     print(f"run_poll: 10,000 donations in {elapsed:.1f}s (not asserted; see bench.poll)")

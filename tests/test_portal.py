@@ -1,4 +1,5 @@
 """The portal endpoints: checkout (API key, validation, per-msisdn rate limit) and status (read-your-writes)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -80,7 +81,10 @@ def test_checkout_rejects_bad_input_with_a_clear_4xx(backend, body, detail):
 
 
 def test_checkout_is_rate_limited_per_msisdn(backend):
-    with running_sandbox() as sandbox, portal(backend, sandbox, **{"receiver.checkout_rate_limit_per_minute": 2}) as (client, _):
+    with (
+        running_sandbox() as sandbox,
+        portal(backend, sandbox, **{"receiver.checkout_rate_limit_per_minute": 2}) as (client, _),
+    ):
         codes = [checkout(client).status_code for _ in range(3)]
         other = checkout(client, msisdn="0655123456").status_code
     assert codes == [201, 201, 429]
@@ -104,7 +108,10 @@ def test_status_endpoint_validates_and_404s(backend):
 def test_status_asks_azampay_and_waits_for_the_scheduled_fold(backend):
     """no_callback: only the status call knows. The endpoint appends a poll event and returns the state
     once a (simulated) scheduler fold has passed it; the receiver itself never folds."""
-    with running_sandbox(outcomes={"255758285812": "no_callback"}) as sandbox, portal(backend, sandbox) as (client, config):
+    with (
+        running_sandbox(outcomes={"255758285812": "no_callback"}) as sandbox,
+        portal(backend, sandbox) as (client, config),
+    ):
         donation_id = checkout(client).json()["donation_id"]
         run_fold(backend.engine, config, datetime.now(timezone.utc))
         stop = threading.Event()
@@ -130,11 +137,19 @@ def test_status_asks_azampay_and_waits_for_the_scheduled_fold(backend):
 
 
 def test_status_check_is_rate_limited_per_donation(backend):
-    with running_sandbox(outcomes={"255758285812": "pending"}) as sandbox, portal(
-        backend, sandbox, **{"receiver.status_wait_seconds": 0.0, "receiver.status_check_min_interval_seconds": 60.0}
-    ) as (client, config):
+    with (
+        running_sandbox(outcomes={"255758285812": "pending"}) as sandbox,
+        portal(
+            backend,
+            sandbox,
+            **{"receiver.status_wait_seconds": 0.0, "receiver.status_check_min_interval_seconds": 60.0},
+        ) as (client, config),
+    ):
         donation_id = checkout(client).json()["donation_id"]
-        answers = [client.get(STATUS_PATH, params={"donation_id": donation_id}, headers={"x-api-key": KEY}).json() for _ in range(3)]
+        answers = [
+            client.get(STATUS_PATH, params={"donation_id": donation_id}, headers={"x-api-key": KEY}).json()
+            for _ in range(3)
+        ]
     assert [a["checked_with_azampay"] for a in answers] == [True, False, False]
     assert all(a["status"] == "PENDING" for a in answers)
     assert backend.scalar(f"SELECT COUNT(*) FROM payment_events WHERE source='poll' AND donation_id={donation_id}") == 1
@@ -154,7 +169,9 @@ def test_checkout_accepted_but_not_recorded_tells_the_portal_not_to_retry(backen
         calls = len(sandbox.transactions())
     assert response.status_code == 502
     answer = response.json()
-    assert answer["status"] == "accepted_not_recorded" and answer["transaction_id"] and "do not retry" in answer["detail"]
+    assert (
+        answer["status"] == "accepted_not_recorded" and answer["transaction_id"] and "do not retry" in answer["detail"]
+    )
     assert calls == 1
     assert backend.scalar("SELECT COUNT(*) FROM donations") == 1  # committed before AzamPay was asked
     assert backend.scalar("SELECT external_reference FROM donations") == answer["reference"]

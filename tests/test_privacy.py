@@ -7,6 +7,7 @@
   log files, and `rebuild --check` is clean;
 - the append-only guard lifts only for a sanctioned rewrite, of body and msisdn only, in its own transaction.
 """
+
 from __future__ import annotations
 
 import base64
@@ -71,7 +72,10 @@ def stored_text(backend) -> str:
     with backend.engine.connect() as connection:
         for table in metadata.sorted_tables:
             for row in connection.execute(table.select()):
-                parts += [bytes(value).decode("utf-8", "replace") if isinstance(value, (bytes, memoryview)) else str(value) for value in row]
+                parts += [
+                    bytes(value).decode("utf-8", "replace") if isinstance(value, (bytes, memoryview)) else str(value)
+                    for value in row
+                ]
     return "\n".join(parts)
 
 
@@ -89,6 +93,7 @@ def logging_to(config):
 
 
 # --- pure rules ---------------------------------------------------------------------------------
+
 
 def test_the_marker_is_keyed_and_tells_which_password_was_sent():
     key, other = key_of(1), key_of(2)
@@ -119,7 +124,12 @@ def test_a_stored_body_loses_its_secrets_and_keeps_everything_else_as_written():
     assert data["nested"]["token"] == ""  # an empty value hides nothing
     assert b'"amount":25000.000000000001' in stored  # the number as written, not 25000.0
     before, after = extract_fields(raw, decoded), extract_fields(stored)
-    assert (before.amount, before.amount_error, before.msisdn, before.utilityref) == (after.amount, after.amount_error, after.msisdn, after.utilityref)
+    assert (before.amount, before.amount_error, before.msisdn, before.utilityref) == (
+        after.amount,
+        after.amount_error,
+        after.msisdn,
+        after.utilityref,
+    )
     assert before.amount is None and before.amount_error  # three decimals: unusable either way
     # idempotent, and nothing to do for a body without a secret
     assert BodyRedactor(key).stored_body(stored, decode_json(stored)) is None
@@ -160,7 +170,9 @@ def test_the_key_file_is_created_0600_once_and_refused_when_garbled(tmp_path):
 
 
 def test_previous_password_config_env_and_the_authenticator():
-    config = load_config(None, environ={"AZAM_PAY_WEBHOOK_PASSWORD": CURRENT, "AZAM_PAY_WEBHOOK_PREVIOUS_PASSWORD": PREVIOUS})
+    config = load_config(
+        None, environ={"AZAM_PAY_WEBHOOK_PASSWORD": CURRENT, "AZAM_PAY_WEBHOOK_PREVIOUS_PASSWORD": PREVIOUS}
+    )
     assert config.webhook.passwords() == (("webhook.password", CURRENT), ("webhook.previous_password", PREVIOUS))
     assert set(secrets_of(config)) >= {CURRENT, PREVIOUS}
     with pytest.raises(ConfigError, match="previous_password"):
@@ -196,6 +208,7 @@ def test_log_files_are_0640_and_start_anew_each_utc_day(tmp_path):
 
 # --- secrets never reach storage -----------------------------------------------------------------
 
+
 @pytest.fixture
 def log_dir(tmp_path):
     yield tmp_path / "logs"
@@ -209,8 +222,14 @@ def test_callbacks_store_no_password_and_still_verify_current_and_previous(backe
     bodies = [callback(password=CURRENT), callback(password=PREVIOUS), callback(password=WRONG)]
     with logging_to(config), TestClient(create_app(config)) as client:
         answers = [client.post(CALLBACK_PATH, content=body, headers=JSON).status_code for body in bodies]
-        answers.append(client.post(CALLBACK_PATH, content=b'{"password": "%s", ' % CURRENT.encode(), headers=JSON).status_code)
-        answers.append(client.post(CALLBACK_PATH, content=b"password=%s" % PREVIOUS.encode(), headers={"content-type": "text/plain"}).status_code)
+        answers.append(
+            client.post(CALLBACK_PATH, content=b'{"password": "%s", ' % CURRENT.encode(), headers=JSON).status_code
+        )
+        answers.append(
+            client.post(
+                CALLBACK_PATH, content=b"password=%s" % PREVIOUS.encode(), headers={"content-type": "text/plain"}
+            ).status_code
+        )
     assert answers == [200, 200, 403, 400, 415]
     rows = event_rows(backend.engine)
     assert [row.auth for row in rows] == ["verified", "verified", "failed", "unverified", "unverified"]
@@ -221,10 +240,17 @@ def test_callbacks_store_no_password_and_still_verify_current_and_previous(backe
     assert [row.body_sha256 for row in rows[:3]] == [hashlib.sha256(body).hexdigest() for body in bodies]
     assert all(row.body_sha256 != hashlib.sha256(bytes(row.body)).hexdigest() for row in rows)
     # and `events show` says which password each one carried
-    cli_config = write_config(backend.tmp_path / "show.yaml", {"database.url": backend.url, "privacy.key_file": config.privacy.key_file, **settings})
+    cli_config = write_config(
+        backend.tmp_path / "show.yaml",
+        {"database.url": backend.url, "privacy.key_file": config.privacy.key_file, **settings},
+    )
     used = []
     for row in rows[:3]:
-        shown = CliRunner().invoke(cli, ["events", "show", str(row.id), "--format", "json", "--config", str(cli_config)], env={"DATABASE_URL": None})
+        shown = CliRunner().invoke(
+            cli,
+            ["events", "show", str(row.id), "--format", "json", "--config", str(cli_config)],
+            env={"DATABASE_URL": None},
+        )
         assert shown.exit_code == 0, shown.output
         used.append(json.loads(shown.stdout)["password_used"])
         assert json.loads(shown.stdout)["body"].count("redacted:hmac-sha256:") == 1
@@ -236,8 +262,14 @@ def test_the_spool_holds_no_password_and_its_replay_neither(backend, tmp_path):
     try:
         spool_dir = backend.tmp_path / "spool"
         add_donation(outage.engine, "RHCI-DN-999-20251219120000")
-        config = backend.config(**{"database.url": outage.url, "webhook.password": CURRENT, "webhook.previous_password": PREVIOUS})
-        bodies = [callback(password=CURRENT, reference="SP1"), callback(password=PREVIOUS, reference="SP2"), callback(password=WRONG, reference="SP3")]
+        config = backend.config(
+            **{"database.url": outage.url, "webhook.password": CURRENT, "webhook.previous_password": PREVIOUS}
+        )
+        bodies = [
+            callback(password=CURRENT, reference="SP1"),
+            callback(password=PREVIOUS, reference="SP2"),
+            callback(password=WRONG, reference="SP3"),
+        ]
         app = create_app(config)
         with logging_to(config), TestClient(app) as client:
             outage.down(app.state.engine)
@@ -248,11 +280,24 @@ def test_the_spool_holds_no_password_and_its_replay_neither(backend, tmp_path):
         for secret in (CURRENT, PREVIOUS, WRONG):
             assert secret.encode() not in spooled and secret.encode() not in decoded
         # a line spooled by a receiver from before: its password is taken out when it is replayed
-        old = spool_record(event_row(source="callback", body=callback(password=CURRENT, reference="SP4"), received_at=datetime.now(timezone.utc), auth="verified"), typed=True)
+        old = spool_record(
+            event_row(
+                source="callback",
+                body=callback(password=CURRENT, reference="SP4"),
+                received_at=datetime.now(timezone.utc),
+                auth="verified",
+            ),
+            typed=True,
+        )
         del old["body_sha256"]
         Spool(spool_dir).write([old])
         with logging_to(config) as log_dir:
-            counts = ingest_spool(outage.engine, spool_dir, datetime.now(timezone.utc), BodyRedactor(load_key(config.privacy.key_file), [CURRENT, PREVIOUS]))
+            counts = ingest_spool(
+                outage.engine,
+                spool_dir,
+                datetime.now(timezone.utc),
+                BodyRedactor(load_key(config.privacy.key_file), [CURRENT, PREVIOUS]),
+            )
         assert counts["ingested"] == 4
         logged = files_text(log_dir)
         assert "spooled to" in logged and "replayed into the log" in logged
@@ -276,7 +321,15 @@ def test_the_old_views_log_imports_without_its_password(backend, now, log_dir):
         counts = ingest_file(backend.engine, config, LEGACY_LOG, now)
     assert counts["imported"] == 7
     rows = event_rows(backend.engine)
-    assert [row.auth for row in rows] == ["verified", "failed", "unverified", "unverified", "verified", "verified", "verified"]
+    assert [row.auth for row in rows] == [
+        "verified",
+        "failed",
+        "unverified",
+        "unverified",
+        "verified",
+        "verified",
+        "verified",
+    ]
     everything = stored_text(backend) + files_text(log_dir)
     assert not any(password in everything for password in LEGACY_PASSWORDS)
     assert json.loads(rows[0].body)["password"] == secret_marker(load_key(config.privacy.key_file), LEGACY_PASSWORDS[0])
@@ -287,17 +340,34 @@ def _pre_upgrade_rows(backend, now) -> list[int]:
     """Rows stored verbatim, as azamrecon did before secrets were kept out of storage."""
     ids = []
     with transaction(backend.engine) as session:
-        for n, body in enumerate([callback(password=CURRENT, transid="OLD1"), callback(password="", transid="OLD2"), b"password=" + CURRENT.encode()]):
+        for n, body in enumerate(
+            [
+                callback(password=CURRENT, transid="OLD1"),
+                callback(password="", transid="OLD2"),
+                b"password=" + CURRENT.encode(),
+            ]
+        ):
             fields = extract_fields(body)
-            ids.append(append_event(session, event_row(source="callback", body=body, received_at=now + timedelta(seconds=n), auth="n/a", fields=fields)))
+            ids.append(
+                append_event(
+                    session,
+                    event_row(
+                        source="callback", body=body, received_at=now + timedelta(seconds=n), auth="n/a", fields=fields
+                    ),
+                )
+            )
     return ids
 
 
 def test_scrub_rewrites_old_rows_only_when_asked_by_name_and_records_it(backend, now):
     ids = _pre_upgrade_rows(backend, now)
     before = {row.id: row for row in event_rows(backend.engine)}
-    settings = {"database.url": backend.url, "webhook.password": CURRENT, "privacy.key_file": str(backend.tmp_path / "azamrecon.key"),
-                "logging.dir": str(backend.tmp_path / "logs")}
+    settings = {
+        "database.url": backend.url,
+        "webhook.password": CURRENT,
+        "privacy.key_file": str(backend.tmp_path / "azamrecon.key"),
+        "logging.dir": str(backend.tmp_path / "logs"),
+    }
     cli_config = str(write_config(backend.tmp_path / "scrub.yaml", settings))
     runner = CliRunner()
     refused = runner.invoke(cli, ["privacy", "scrub", "--config", cli_config], env={"DATABASE_URL": None})
@@ -313,17 +383,27 @@ def test_scrub_rewrites_old_rows_only_when_asked_by_name_and_records_it(backend,
         kept = ("received_at", "body_sha256", "status", "amount", "utilityref", "transaction_ref", "msisdn", "auth")
         assert [getattr(after[event_id], name) for name in kept] == [getattr(before[event_id], name) for name in kept]
     assert after[ids[1]].body == before[ids[1]].body  # no secret: untouched
-    [fact] = backend.rows("SELECT operation, events_rewritten, first_event_id, last_event_id, key_fingerprint FROM privacy_rewrites")
-    assert fact[:4] == ("scrub-secrets", 2, ids[0], ids[2]) and fact[4] == load_key(settings["privacy.key_file"]).fingerprint
+    [fact] = backend.rows(
+        "SELECT operation, events_rewritten, first_event_id, last_event_id, key_fingerprint FROM privacy_rewrites"
+    )
+    assert (
+        fact[:4] == ("scrub-secrets", 2, ids[0], ids[2])
+        and fact[4] == load_key(settings["privacy.key_file"]).fingerprint
+    )
     assert backend.scalar("SELECT COUNT(*) FROM privacy_control WHERE rewrite_allowed <> 0") == 0
-    again = runner.invoke(cli, ["privacy", "scrub", "--rewrite-log", "--config", cli_config], env={"DATABASE_URL": None})
+    again = runner.invoke(
+        cli, ["privacy", "scrub", "--rewrite-log", "--config", cli_config], env={"DATABASE_URL": None}
+    )
     assert again.exit_code == 0 and "events_rewritten=0" in again.output
     _assert_append_only(backend, ids[0])
 
 
 def _assert_append_only(backend, event_id: int) -> None:
-    for statement in (f"UPDATE payment_events SET body = body WHERE id = {event_id}", f"UPDATE payment_events SET msisdn = 'x' WHERE id = {event_id}",
-                      f"DELETE FROM payment_events WHERE id = {event_id}"):
+    for statement in (
+        f"UPDATE payment_events SET body = body WHERE id = {event_id}",
+        f"UPDATE payment_events SET msisdn = 'x' WHERE id = {event_id}",
+        f"DELETE FROM payment_events WHERE id = {event_id}",
+    ):
         with pytest.raises(StoreError, match="append-only"):
             with transaction(backend.engine) as session:
                 session.execute(text(statement))
@@ -333,8 +413,12 @@ def test_the_guard_lifts_for_body_and_msisdn_only_and_never_for_deletes(backend,
     [event_id, *_] = _pre_upgrade_rows(backend, now)
     key = key_of()
     _assert_append_only(backend, event_id)
-    for statement in ("UPDATE payment_events SET amount = 1 WHERE id = :id", "UPDATE payment_events SET status = 'FAILED' WHERE id = :id",
-                      "UPDATE payment_events SET body_sha256 = 'x' WHERE id = :id", "DELETE FROM payment_events WHERE id = :id"):
+    for statement in (
+        "UPDATE payment_events SET amount = 1 WHERE id = :id",
+        "UPDATE payment_events SET status = 'FAILED' WHERE id = :id",
+        "UPDATE payment_events SET body_sha256 = 'x' WHERE id = :id",
+        "DELETE FROM payment_events WHERE id = :id",
+    ):
         with pytest.raises(StoreError, match="append-only"):
             with transaction(backend.engine, immediate=True) as session:
                 with sanctioned_rewrite(session, key):
@@ -342,7 +426,10 @@ def test_the_guard_lifts_for_body_and_msisdn_only_and_never_for_deletes(backend,
     assert backend.scalar("SELECT COUNT(*) FROM privacy_control WHERE rewrite_allowed <> 0") == 0
     with transaction(backend.engine, immediate=True) as session:
         with sanctioned_rewrite(session, key):
-            session.execute(text("UPDATE payment_events SET msisdn = 'm', body = :body WHERE id = :id"), {"id": event_id, "body": b"{}"})
+            session.execute(
+                text("UPDATE payment_events SET msisdn = 'm', body = :body WHERE id = :id"),
+                {"id": event_id, "body": b"{}"},
+            )
     assert backend.scalar(f"SELECT msisdn FROM payment_events WHERE id = {event_id}") == "m"
     assert backend.scalar("SELECT COUNT(*) FROM privacy_control WHERE rewrite_allowed <> 0") == 0
     _assert_append_only(backend, event_id)
@@ -381,17 +468,43 @@ def _retention_scene(backend, log_dir: Path):
     settings = {"webhook.password": CURRENT, "logging.dir": str(log_dir)}
     config = backend.config(**settings)
     add_donation(backend.engine, "RHCI-DN-999-20251219120000", donation_id=999, msisdn="255789123456")
-    add_donation(backend.engine, "RHCI-DN-42-20260114093012", donation_id=42, amount="25000", msisdn="255758285812", provider="Halopesa")
+    add_donation(
+        backend.engine,
+        "RHCI-DN-42-20260114093012",
+        donation_id=42,
+        amount="25000",
+        msisdn="255758285812",
+        provider="Halopesa",
+    )
     add_donation(backend.engine, None, donation_id=45, amount="10000", msisdn=WEAK_DONOR, provider="Tigo")
     live = json.loads(fixture_bytes("callback_live_shape_success.json"))
     live.update(msisdn=DONOR, user="+255758285812", password=CURRENT)
     weak = json.loads(fixture_bytes("callback_failed_spelling.json"))
-    weak.update(utilityref=None, externalreference=None, reference=None, transid=None, transactionstatus="success", password=CURRENT)
+    weak.update(
+        utilityref=None,
+        externalreference=None,
+        reference=None,
+        transid=None,
+        transactionstatus="success",
+        password=CURRENT,
+    )
     with logging_to(config), TestClient(create_app(config)) as client:
-        answers = [client.post(CALLBACK_PATH, content=json.dumps(body).encode(), headers=JSON).status_code
-                   for body in (live, weak, json.loads(callback(password=CURRENT)))]
-        answers.append(client.post(CALLBACK_PATH, content=b"msisdn=0788999111&password=" + CURRENT.encode(), headers={"content-type": "text/plain"}).status_code)
-        answers.append(client.post(CALLBACK_PATH, content=b'{"msisdn": "+255 699111222", "password": "%s"' % CURRENT.encode(), headers=JSON).status_code)
+        answers = [
+            client.post(CALLBACK_PATH, content=json.dumps(body).encode(), headers=JSON).status_code
+            for body in (live, weak, json.loads(callback(password=CURRENT)))
+        ]
+        answers.append(
+            client.post(
+                CALLBACK_PATH,
+                content=b"msisdn=0788999111&password=" + CURRENT.encode(),
+                headers={"content-type": "text/plain"},
+            ).status_code
+        )
+        answers.append(
+            client.post(
+                CALLBACK_PATH, content=b'{"msisdn": "+255 699111222", "password": "%s"' % CURRENT.encode(), headers=JSON
+            ).status_code
+        )
         assert answers == [200, 200, 200, 415, 400]
         ingest_file(backend.engine, config, LEGACY_LOG, datetime.now(timezone.utc))
         run_fold(backend.engine, config, datetime.now(timezone.utc))
@@ -400,18 +513,23 @@ def _retention_scene(backend, log_dir: Path):
 
 def _money(backend) -> list:
     return backend.rows("SELECT id, status, completed_at FROM donations ORDER BY id") + backend.rows(
-        "SELECT donation_id, amount FROM funding_credits ORDER BY donation_id")
+        "SELECT donation_id, amount FROM funding_credits ORDER BY donation_id"
+    )
 
 
 def test_after_the_window_no_full_number_is_left_and_a_rebuild_agrees(backend, log_dir):
     config = _retention_scene(backend, log_dir)
     statuses = dict(backend.rows("SELECT id, status FROM donations"))
-    assert statuses[42] == "COMPLETED" and statuses[45] == "COMPLETED"  # 45 by its donation_id hint, the msisdn agreeing
+    assert (
+        statuses[42] == "COMPLETED" and statuses[45] == "COMPLETED"
+    )  # 45 by its donation_id hint, the msisdn agreeing
     money = _money(backend)
     everything = stored_text(backend) + files_text(log_dir)
     assert all(national in everything for national in NATIONAL)
     rotated = log_dir / "payments.2025-01-01_00-00-00_000000.log"
-    rotated.write_text("2025-01-01 00:00:00.000 | INFO | receiver | Received Azam Pay callback: {'msisdn': '255758285812'}\n")
+    rotated.write_text(
+        "2025-01-01 00:00:00.000 | INFO | receiver | Received Azam Pay callback: {'msisdn': '255758285812'}\n"
+    )
 
     now = datetime.now(timezone.utc)
     early = retain(backend.engine, config, now)  # nothing is older than the window yet
@@ -420,7 +538,11 @@ def test_after_the_window_no_full_number_is_left_and_a_rebuild_agrees(backend, l
 
     later = now + timedelta(days=config.privacy.msisdn_retention_days + 1)
     counts = retain(backend.engine, config, later)
-    assert counts["bodies_rewritten"] >= 3 and counts["msisdn_donations_rewritten"] >= 3 and counts["log_files_deleted"] == 1
+    assert (
+        counts["bodies_rewritten"] >= 3
+        and counts["msisdn_donations_rewritten"] >= 3
+        and counts["log_files_deleted"] == 1
+    )
     everything = stored_text(backend) + files_text(log_dir)
     for national in NATIONAL:
         assert national not in everything
@@ -428,8 +550,12 @@ def test_after_the_window_no_full_number_is_left_and_a_rebuild_agrees(backend, l
     # equal numbers stayed equal: the weak key still resolves, and so does everything else
     key = load_key(config.privacy.key_file)
     assert backend.scalar("SELECT msisdn FROM donations WHERE id = 45") == retained_msisdn(key, WEAK_DONOR)
-    assert {row.msisdn for row in event_rows(backend.engine) if row.utilityref is None and row.donation_hint == "45"} == {retained_msisdn(key, WEAK_DONOR)}
-    body = json.loads(next(row.body for row in event_rows(backend.engine) if row.utilityref == "RHCI-DN-42-20260114093012"))
+    assert {
+        row.msisdn for row in event_rows(backend.engine) if row.utilityref is None and row.donation_hint == "45"
+    } == {retained_msisdn(key, WEAK_DONOR)}
+    body = json.loads(
+        next(row.body for row in event_rows(backend.engine) if row.utilityref == "RHCI-DN-42-20260114093012")
+    )
     assert body["msisdn"] == body["user"] == retained_msisdn(key, "255758285812")
     assert HASHED.fullmatch(body["msisdn"]) and body["password"].startswith("redacted:hmac-sha256:")
     assert check(backend.engine, config).differences == []
@@ -447,7 +573,10 @@ def test_a_number_still_in_use_is_kept_everywhere_until_it_is_not(backend, now):
     with transaction(backend.engine) as session:
         for at, transid in ((now, "T-OLD"), (young_at, "T-YOUNG")):
             body = callback(msisdn="255758285812", transid=transid, reference=transid)
-            append_event(session, event_row(source="callback", body=body, received_at=at, auth="n/a", fields=extract_fields(body)))
+            append_event(
+                session,
+                event_row(source="callback", body=body, received_at=at, auth="n/a", fields=extract_fields(body)),
+            )
     at = now + timedelta(days=config.privacy.msisdn_retention_days + 1)  # the first event is old, the second not
     counts = retain(backend.engine, config, at)
     assert counts["numbers_retired"] == 0 and counts["numbers_kept_in_use"] == 1
@@ -463,19 +592,32 @@ def test_a_number_still_in_use_is_kept_everywhere_until_it_is_not(backend, now):
 
 def test_retain_cli_dry_run_and_the_scheduled_job(backend, now):
     add_donation(backend.engine, "RHCI-DN-1-20251219120000", donation_id=1, msisdn="255758285812")
-    settings = {"database.url": backend.url, "privacy.key_file": str(backend.tmp_path / "azamrecon.key"), "logging.dir": str(backend.tmp_path / "logs"),
-                "receiver.spool_dir": str(backend.tmp_path / "spool")}
+    settings = {
+        "database.url": backend.url,
+        "privacy.key_file": str(backend.tmp_path / "azamrecon.key"),
+        "logging.dir": str(backend.tmp_path / "logs"),
+        "receiver.spool_dir": str(backend.tmp_path / "spool"),
+    }
     cli_config = str(write_config(backend.tmp_path / "retain.yaml", settings))
     runner = CliRunner()
     later = (datetime.now(timezone.utc) + timedelta(days=500)).isoformat()
-    dry = runner.invoke(cli, ["privacy", "retain", "--now", later, "--dry-run", "--format", "json", "--config", cli_config], env={"DATABASE_URL": None})
+    dry = runner.invoke(
+        cli,
+        ["privacy", "retain", "--now", later, "--dry-run", "--format", "json", "--config", cli_config],
+        env={"DATABASE_URL": None},
+    )
     assert dry.exit_code == 0, dry.output
-    assert json.loads(dry.stdout)["numbers_retired"] == 1 and backend.scalar("SELECT msisdn FROM donations") == "255758285812"
+    assert (
+        json.loads(dry.stdout)["numbers_retired"] == 1
+        and backend.scalar("SELECT msisdn FROM donations") == "255758285812"
+    )
     done = runner.invoke(cli, ["privacy", "retain", "--now", later, "--config", cli_config], env={"DATABASE_URL": None})
     assert done.exit_code == 0 and "numbers_retired=1" in done.output
     assert HASHED.fullmatch(backend.scalar("SELECT msisdn FROM donations"))
     assert backend.scalar("SELECT outcome FROM job_runs WHERE job = 'privacy-retain'") == "ok"
-    bad = runner.invoke(cli, ["privacy", "retain", "--now", "someday", "--config", cli_config], env={"DATABASE_URL": None})
+    bad = runner.invoke(
+        cli, ["privacy", "retain", "--now", "someday", "--config", cli_config], env={"DATABASE_URL": None}
+    )
     assert bad.exit_code == 2 and bad.output.count("\n") == 1
 
     from jobs.scheduler import build_scheduler
@@ -487,12 +629,35 @@ def test_retain_cli_dry_run_and_the_scheduled_job(backend, now):
 
 def test_a_donor_sees_and_erases_their_data(backend, now):
     config = backend.config()
-    add_donation(backend.engine, "RHCI-DN-42-20260114093012", donation_id=42, amount="25000", msisdn="255758285812", provider="Halopesa")
-    other = add_donation(backend.engine, "RHCI-DN-43-20260114093012", donation_id=43, amount="25000", msisdn="255655123456", provider="Halopesa")
+    add_donation(
+        backend.engine,
+        "RHCI-DN-42-20260114093012",
+        donation_id=42,
+        amount="25000",
+        msisdn="255758285812",
+        provider="Halopesa",
+    )
+    other = add_donation(
+        backend.engine,
+        "RHCI-DN-43-20260114093012",
+        donation_id=43,
+        amount="25000",
+        msisdn="255655123456",
+        provider="Halopesa",
+    )
     live = json.loads(fixture_bytes("callback_live_shape_success.json"))
     live.update(msisdn="0758285812", user="0758285812")
     with transaction(backend.engine) as session:
-        append_event(session, event_row(source="callback", body=json.dumps(live).encode(), received_at=now, auth="n/a", fields=extract_fields(json.dumps(live).encode())))
+        append_event(
+            session,
+            event_row(
+                source="callback",
+                body=json.dumps(live).encode(),
+                received_at=now,
+                auth="n/a",
+                fields=extract_fields(json.dumps(live).encode()),
+            ),
+        )
     load_key(config.privacy.key_file)  # `azamrecon init` made it
     found = find_donor(backend.engine, config, "+255 758 285 812")
     assert [row["id"] for row in found["donations"]] == [42] and len(found["events"]) == 1
@@ -501,7 +666,11 @@ def test_a_donor_sees_and_erases_their_data(backend, now):
     run_fold(backend.engine, config, now)
     assert backend.scalar("SELECT status FROM donations WHERE id = 42") == "COMPLETED"
     counts = erase_donor(backend.engine, config, "0758285812", now)
-    assert counts["msisdn_events_rewritten"] == 1 and counts["msisdn_donations_rewritten"] == 1 and counts["bodies_rewritten"] == 1
+    assert (
+        counts["msisdn_events_rewritten"] == 1
+        and counts["msisdn_donations_rewritten"] == 1
+        and counts["bodies_rewritten"] == 1
+    )
     assert "758285812" not in stored_text(backend)
     assert backend.scalar(f"SELECT msisdn FROM donations WHERE id = {other}") == "255655123456"  # nobody else's
     again = find_donor(backend.engine, config, "0758285812")  # still found, by the number's hash
@@ -517,7 +686,12 @@ def test_a_donor_sees_and_erases_their_data(backend, now):
 def test_sweep_keeps_recent_files_and_narrows_their_mode(tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
-    recent, old_rotated, old_live, other = logs / "app.log", logs / "errors.2024-01-01_00-00-00_000000.log", logs / "errors.log", logs / "notes.txt"
+    recent, old_rotated, old_live, other = (
+        logs / "app.log",
+        logs / "errors.2024-01-01_00-00-00_000000.log",
+        logs / "errors.log",
+        logs / "notes.txt",
+    )
     for path in (recent, old_rotated, old_live, other):
         path.write_text("255758285812\n")
         path.chmod(0o644)
@@ -527,10 +701,13 @@ def test_sweep_keeps_recent_files_and_narrows_their_mode(tmp_path):
     counts = sweep_logs(logs, datetime(2025, 1, 1, tzinfo=timezone.utc))
     assert counts == {"log_files_deleted": 1, "log_files_emptied": 1}
     assert not old_rotated.exists() and old_live.read_text() == "" and other.exists() and recent.read_text()
-    assert stat.S_IMODE(recent.stat().st_mode) == 0o640 and stat.S_IMODE(other.stat().st_mode) == 0o644  # not ours: left alone
+    assert (
+        stat.S_IMODE(recent.stat().st_mode) == 0o640 and stat.S_IMODE(other.stat().st_mode) == 0o644
+    )  # not ours: left alone
 
 
 # --- migration 0004 on a database that has data --------------------------------------------------
+
 
 def _to_revision(engine, revision: str) -> None:
     from alembic import command
@@ -550,12 +727,21 @@ def test_migration_0004_keeps_credited_donations_and_widens_their_number(backend
     try:
         assert current_revision(backend.engine) == "0003"
         with transaction(backend.engine) as session:
-            session.execute(text("INSERT INTO patients (id, name, funding_required, funding_received, status, created_at) "
-                                 "VALUES (1, 'Amina', 100000, 1000, 'FUNDING', :at)"), {"at": now.replace(tzinfo=None)})
+            session.execute(
+                text(
+                    "INSERT INTO patients (id, name, funding_required, funding_received, status, created_at) "
+                    "VALUES (1, 'Amina', 100000, 1000, 'FUNDING', :at)"
+                ),
+                {"at": now.replace(tzinfo=None)},
+            )
         add_donation(backend.engine, "RHCI-DN-1-x", donation_id=1, msisdn="255758285812")
         with transaction(backend.engine) as session:
-            session.execute(text("INSERT INTO funding_credits (donation_id, patient_id, amount, event_id, credited_at) VALUES (1, 1, 1000, 1, :at)"),
-                            {"at": now.replace(tzinfo=None)})
+            session.execute(
+                text(
+                    "INSERT INTO funding_credits (donation_id, patient_id, amount, event_id, credited_at) VALUES (1, 1, 1000, 1, :at)"
+                ),
+                {"at": now.replace(tzinfo=None)},
+            )
         with pytest.raises(StoreError, match="append-only"):  # 0003's trigger: no update at all
             _pre_upgrade_rows(backend, now)
             with transaction(backend.engine) as session:

@@ -1,4 +1,5 @@
 """jobs/rebuild.py: rebuild, rebuild --check (in memory, writes nothing) and --as-of, on SQLite and MariaDB."""
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -45,7 +46,9 @@ def test_check_finds_nothing_after_normal_operation(backend, now):
 
 TAMPERING = {
     "credit amount": (
-        lambda ids: update(FundingCredit).where(FundingCredit.donation_id == ids["paid"]).values(amount=Decimal("24000")),
+        lambda ids: (
+            update(FundingCredit).where(FundingCredit.donation_id == ids["paid"]).values(amount=Decimal("24000"))
+        ),
         lambda ids: f"credit for donation {ids['paid']}: live",
     ),
     "donation status": (
@@ -152,7 +155,9 @@ def test_as_of_equals_the_live_state_of_a_fold_stopped_at_that_instant(backend, 
     # and "now" as_of is the live state
     assert differences(snapshot(backend), as_of(engine, config, at(now, 40))) == []
     with transaction(engine) as session:
-        assert session.scalar(select(Donation.status).where(Donation.id == second)) == "COMPLETED"  # as_of wrote nothing
+        assert (
+            session.scalar(select(Donation.status).where(Donation.id == second)) == "COMPLETED"
+        )  # as_of wrote nothing
 
 
 def test_check_does_not_flag_a_donation_the_fold_has_not_offered_yet(backend, now):

@@ -1,4 +1,5 @@
 """The receiver's answers, storage and authentication, on a real SQLite file and on real MariaDB."""
+
 from __future__ import annotations
 
 import base64
@@ -43,28 +44,59 @@ def callback(**changes) -> bytes:
 
 EXPECTED = {
     "callback_guide_example.json": dict(
-        utilityref=GUIDE_REF, externalreference=GUIDE_REF, donation_hint=None, transaction_ref="TEST123",
-        status_raw="success", status="SUCCESS", amount=Decimal("1000.00"), operator="Mpesa", msisdn="255789123456",
+        utilityref=GUIDE_REF,
+        externalreference=GUIDE_REF,
+        donation_hint=None,
+        transaction_ref="TEST123",
+        status_raw="success",
+        status="SUCCESS",
+        amount=Decimal("1000.00"),
+        operator="Mpesa",
+        msisdn="255789123456",
     ),
     "callback_live_shape_success.json": dict(
-        utilityref="RHCI-DN-42-20260114093012", externalreference="4f1c0d9a7be2443c9e51a0d6c2b8e317", donation_hint=None,
-        transaction_ref="4f1c0d9a7be2443c9e51a0d6c2b8e317", status_raw="success", status="SUCCESS",
-        amount=Decimal("25000.00"), operator="Halopesa", msisdn="255628630936",
+        utilityref="RHCI-DN-42-20260114093012",
+        externalreference="4f1c0d9a7be2443c9e51a0d6c2b8e317",
+        donation_hint=None,
+        transaction_ref="4f1c0d9a7be2443c9e51a0d6c2b8e317",
+        status_raw="success",
+        status="SUCCESS",
+        amount=Decimal("25000.00"),
+        operator="Halopesa",
+        msisdn="255628630936",
     ),
     "callback_live_shape_minimal.json": dict(
-        utilityref="RHCI-DN-43-20260114101545", externalreference="9c3b1e77d0a54f2a8e6f4b2d1c0a9e88", donation_hint=None,
-        transaction_ref="9c3b1e77d0a54f2a8e6f4b2d1c0a9e88", status_raw="success", status="SUCCESS",
-        amount=Decimal("60000.00"), operator="Mpesa", msisdn="255758285812",
+        utilityref="RHCI-DN-43-20260114101545",
+        externalreference="9c3b1e77d0a54f2a8e6f4b2d1c0a9e88",
+        donation_hint=None,
+        transaction_ref="9c3b1e77d0a54f2a8e6f4b2d1c0a9e88",
+        status_raw="success",
+        status="SUCCESS",
+        amount=Decimal("60000.00"),
+        operator="Mpesa",
+        msisdn="255758285812",
     ),
     "callback_failure.json": dict(
-        utilityref="RHCI-DN-44-20260114111200", externalreference="a7e2c9d14b3f4e6a8c1d0b9e2f3a4c5d", donation_hint=None,
-        transaction_ref="a7e2c9d14b3f4e6a8c1d0b9e2f3a4c5d", status_raw="failure", status="FAILED",
-        amount=Decimal("5000.00"), operator="Airtel", msisdn="255688123456",
+        utilityref="RHCI-DN-44-20260114111200",
+        externalreference="a7e2c9d14b3f4e6a8c1d0b9e2f3a4c5d",
+        donation_hint=None,
+        transaction_ref="a7e2c9d14b3f4e6a8c1d0b9e2f3a4c5d",
+        status_raw="failure",
+        status="FAILED",
+        amount=Decimal("5000.00"),
+        operator="Airtel",
+        msisdn="255688123456",
     ),
     "callback_failed_spelling.json": dict(
-        utilityref="RHCI-DN-45-20260114112233", externalreference="0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e", donation_hint="45",
-        transaction_ref="0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e", status_raw="FAILED", status="FAILED",
-        amount=Decimal("10000.00"), operator="Tigo", msisdn="255655123456",
+        utilityref="RHCI-DN-45-20260114112233",
+        externalreference="0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e",
+        donation_hint="45",
+        transaction_ref="0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e",
+        status_raw="FAILED",
+        status="FAILED",
+        amount=Decimal("10000.00"),
+        operator="Tigo",
+        msisdn="255655123456",
     ),
 }
 
@@ -80,7 +112,9 @@ def test_fixture_payload_stored_byte_exact_with_typed_fields(backend, name):
     raw = fixture_bytes(name)
     before = datetime.now(timezone.utc)
     with receiver(backend) as client:
-        answer = client.post(CALLBACK_PATH, content=raw, headers={**JSON, "user-agent": "AzamPay/1", "cookie": "secret=1"})
+        answer = client.post(
+            CALLBACK_PATH, content=raw, headers={**JSON, "user-agent": "AzamPay/1", "cookie": "secret=1"}
+        )
     after = datetime.now(timezone.utc)
     assert answer.status_code == 404  # no donation exists
     [row] = event_rows(backend.engine)
@@ -127,7 +161,9 @@ def test_known_by_each_resolution_key(backend, how):
 
 def test_path_without_trailing_slash_no_redirect(backend):
     with receiver(backend) as client:
-        answer = client.post(CALLBACK_PATH.rstrip("/"), content=fixture_bytes(GUIDE), headers=JSON, follow_redirects=False)
+        answer = client.post(
+            CALLBACK_PATH.rstrip("/"), content=fixture_bytes(GUIDE), headers=JSON, follow_redirects=False
+        )
         assert answer.status_code == 404
         assert client.get(CALLBACK_PATH).status_code == 405
     assert len(event_rows(backend.engine)) == 1
@@ -135,7 +171,15 @@ def test_path_without_trailing_slash_no_redirect(backend):
 
 # --- invalid requests are answered 4xx and still stored ------------------------------------------
 
-@pytest.mark.parametrize("raw, error", [(b'{"transactionstatus": "success", ', "invalid JSON"), (b"[1, 2]", "schema"), (b'{"amount": "1"}', "transactionstatus")])
+
+@pytest.mark.parametrize(
+    "raw, error",
+    [
+        (b'{"transactionstatus": "success", ', "invalid JSON"),
+        (b"[1, 2]", "schema"),
+        (b'{"amount": "1"}', "transactionstatus"),
+    ],
+)
 def test_bad_json_or_schema_400_stored(backend, raw, error):
     with receiver(backend) as client:
         answer = client.post(CALLBACK_PATH, content=raw, headers=JSON)
@@ -149,7 +193,12 @@ def test_not_json_415_stored(backend):
     with receiver(backend) as client:
         answer = client.post(CALLBACK_PATH, content=raw, headers={"content-type": "application/x-www-form-urlencoded"})
         assert answer.status_code == 415
-        assert client.post(CALLBACK_PATH, content=fixture_bytes(GUIDE), headers={"content-type": "application/json; charset=utf-8"}).status_code == 404
+        assert (
+            client.post(
+                CALLBACK_PATH, content=fixture_bytes(GUIDE), headers={"content-type": "application/json; charset=utf-8"}
+            ).status_code
+            == 404
+        )
     rows = event_rows(backend.engine)
     assert rows[0].body == raw and "content type" in rows[0].parse_error and rows[0].utilityref is None
     assert rows[1].parse_error is None
@@ -177,6 +226,7 @@ def test_body_at_the_limit_is_accepted(backend):
 
 # --- credentials -------------------------------------------------------------------------------
 
+
 def test_password_wrong_absent_right(backend):
     add_donation(backend.engine, GUIDE_REF)
     with receiver(backend, **{"webhook.password": "s3cret-hook-pw"}) as client:
@@ -185,8 +235,20 @@ def test_password_wrong_absent_right(backend):
         missing = client.post(CALLBACK_PATH, content=callback(password=None), headers=JSON)
         right = client.post(CALLBACK_PATH, content=callback(password="s3cret-hook-pw"), headers=JSON)
         bad_json = client.post(CALLBACK_PATH, content=b'{"password": "s3cret-hook-pw"', headers=JSON)
-    assert [wrong.status_code, absent.status_code, missing.status_code, right.status_code, bad_json.status_code] == [403, 202, 202, 200, 400]
-    assert [r.auth for r in event_rows(backend.engine)] == ["failed", "unverified", "unverified", "verified", "unverified"]
+    assert [wrong.status_code, absent.status_code, missing.status_code, right.status_code, bad_json.status_code] == [
+        403,
+        202,
+        202,
+        200,
+        400,
+    ]
+    assert [r.auth for r in event_rows(backend.engine)] == [
+        "failed",
+        "unverified",
+        "unverified",
+        "verified",
+        "unverified",
+    ]
 
 
 def test_no_credential_configured_is_na_even_with_password_field(backend):
@@ -199,7 +261,11 @@ def test_no_credential_configured_is_na_even_with_password_field(backend):
 def rsa_keys():
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     return key, other, pem
 
 
@@ -240,10 +306,15 @@ def test_bad_public_key_is_a_config_error(backend):
     from pipeline.errors import ConfigError
 
     with pytest.raises(ConfigError, match="signature_public_key_pem"):
-        create_app(backend.config(**{"webhook.signature_public_key_pem": "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----"}))
+        create_app(
+            backend.config(
+                **{"webhook.signature_public_key_pem": "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----"}
+            )
+        )
 
 
 # --- client addresses ----------------------------------------------------------------------------
+
 
 def test_ip_allow_list(backend):
     settings = {"webhook.allowed_ips": ["203.0.113.0/24", "198.51.100.9"]}
@@ -252,10 +323,16 @@ def test_ip_allow_list(backend):
     with receiver(backend, client=("198.51.100.9", 4000), **settings) as client:
         assert client.post(CALLBACK_PATH, content=fixture_bytes(GUIDE), headers=JSON).status_code == 404
     with receiver(backend, client=("192.0.2.1", 4000), **settings) as client:
-        refused = client.post(CALLBACK_PATH, content=fixture_bytes(GUIDE), headers={**JSON, "x-forwarded-for": "203.0.113.5"})
+        refused = client.post(
+            CALLBACK_PATH, content=fixture_bytes(GUIDE), headers={**JSON, "x-forwarded-for": "203.0.113.5"}
+        )
         assert refused.status_code == 403
     rows = event_rows(backend.engine)
-    assert [(r.remote_addr, r.auth) for r in rows] == [("203.0.113.5", "n/a"), ("198.51.100.9", "n/a"), ("192.0.2.1", "failed")]
+    assert [(r.remote_addr, r.auth) for r in rows] == [
+        ("203.0.113.5", "n/a"),
+        ("198.51.100.9", "n/a"),
+        ("192.0.2.1", "failed"),
+    ]
     assert "192.0.2.1 not in webhook.allowed_ips" in rows[2].parse_error
     assert rows[2].body == fixture_bytes(GUIDE) and rows[2].utilityref == GUIDE_REF  # kept, typed, untrusted
 
@@ -281,6 +358,7 @@ def test_forwarded_for_only_from_trusted_proxies(backend):
 
 # --- health and logs ---------------------------------------------------------------------------
 
+
 def test_healthz(backend, tmp_path):
     with receiver(backend) as client:
         answer = client.get("/healthz")
@@ -304,9 +382,22 @@ def test_password_never_in_any_log(backend, log_dir, tmp_path):
     with receiver(backend, **overrides) as client:
         assert client.post(CALLBACK_PATH, content=callback(password=password), headers=JSON).status_code == 404
         assert client.post(CALLBACK_PATH, content=callback(password=password + "x"), headers=JSON).status_code == 403
-        assert client.post(CALLBACK_PATH, content=b'{"password": "%s", ' % password.encode(), headers=JSON).status_code == 400
-        assert client.post(CALLBACK_PATH, content=b"password=%s" % password.encode(), headers={"content-type": "text/plain"}).status_code == 415
-        assert client.post(CALLBACK_PATH, content=b"x %s y" % password.encode(), headers={"content-type": "text/plain"}).status_code == 415
+        assert (
+            client.post(CALLBACK_PATH, content=b'{"password": "%s", ' % password.encode(), headers=JSON).status_code
+            == 400
+        )
+        assert (
+            client.post(
+                CALLBACK_PATH, content=b"password=%s" % password.encode(), headers={"content-type": "text/plain"}
+            ).status_code
+            == 415
+        )
+        assert (
+            client.post(
+                CALLBACK_PATH, content=b"x %s y" % password.encode(), headers={"content-type": "text/plain"}
+            ).status_code
+            == 415
+        )
     # ... and during an outage, where the error path logs too
     outage = {**overrides, "database.url": f"sqlite:///{tmp_path / 'gone' / 'x.db'}"}
     with receiver(backend, **outage) as client:

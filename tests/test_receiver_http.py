@@ -2,6 +2,7 @@
 
 The real protocol is exercised end to end by tests/test_receiver_server.py (a real `azamrecon serve`);
 these tests pin the transport wrapper's rules on a real event loop with a transport that records."""
+
 from __future__ import annotations
 
 import asyncio

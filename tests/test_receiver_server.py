@@ -1,4 +1,5 @@
 """A real `azamrecon serve` process over loopback HTTP: concurrency, outage + spool ingest, logs, CLI errors."""
+
 from __future__ import annotations
 
 import asyncio
@@ -36,12 +37,16 @@ def test_fifty_concurrent_callbacks_all_stored(backend, workers):
     config = write_config(backend.tmp_path / "serve.yaml", config_settings(backend, **{"webhook.password": PASSWORD}))
     with ServerProcess(config, workers=workers, log_dir=backend.tmp_path / "proc").start() as server:
         statuses = asyncio.run(_post_all(server.callback_url, [_body(n) for n in range(50)]))
-        guide = httpx.post(server.callback_url, content=fixture_bytes("callback_guide_example.json"), headers=JSON, timeout=10)
+        guide = httpx.post(
+            server.callback_url, content=fixture_bytes("callback_guide_example.json"), headers=JSON, timeout=10
+        )
         assert guide.status_code == 202  # a password is configured and the guide's request has none
     assert statuses == [200] * 50
     rows = event_rows(backend.engine)
     assert len(rows) == 51
-    assert sorted(r.transaction_ref for r in rows[:50] if r.auth == "verified") == sorted(f"CC{n:04d}" for n in range(50))
+    assert sorted(r.transaction_ref for r in rows[:50] if r.auth == "verified") == sorted(
+        f"CC{n:04d}" for n in range(50)
+    )
     assert rows[-1].auth == "unverified"
     # logs of the real process: the guide's grep works; the password is nowhere
     logs = backend.tmp_path / "logs"
@@ -141,7 +146,13 @@ def test_serve_port_in_use_is_one_line_error(sqlite_backend):
 
 
 def test_serve_bad_allow_list_is_one_line_error(sqlite_backend):
-    config = write_config(sqlite_backend.tmp_path / "serve.yaml", config_settings(sqlite_backend, **{"webhook.allowed_ips": ["not-an-ip"]}))
+    config = write_config(
+        sqlite_backend.tmp_path / "serve.yaml",
+        config_settings(sqlite_backend, **{"webhook.allowed_ips": ["not-an-ip"]}),
+    )
     result = run_cli("serve", "--port", str(free_port()), config_path=config, timeout=30)
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: invalid config value for webhook.allowed_ips: not an IP address or CIDR network: 'not-an-ip'"
+    assert (
+        result.stderr.strip()
+        == "error: invalid config value for webhook.allowed_ips: not an IP address or CIDR network: 'not-an-ip'"
+    )

@@ -1,4 +1,5 @@
 """Group commit: many rows, one transaction; an answer only after the commit; one bad row spoils nothing."""
+
 from __future__ import annotations
 
 import asyncio
@@ -21,7 +22,14 @@ GUIDE_REF = "RHCI-DN-999-20251219120000"
 def _row(n: int, body: bytes | None = None):
     raw = body or fixture_bytes("callback_guide_example.json").replace(b"TEST123", b"TX%05d" % n)
     fields = extract_fields(raw)
-    row = event_row(source="callback", body=raw, received_at=datetime.now(timezone.utc), auth="n/a", fields=fields, content_type="application/json")
+    row = event_row(
+        source="callback",
+        body=raw,
+        received_at=datetime.now(timezone.utc),
+        auth="n/a",
+        fields=fields,
+        content_type="application/json",
+    )
     return row, Claim.of(fields)
 
 

@@ -2,6 +2,7 @@
 by the receiver's 200/404, the fold and rebuild --check; and no money moved on facts that disagree.
 Each numbered case of the money-safety issue is here (3 and 5's poll are also in test_fold_pure), on a
 real SQLite file and on real MariaDB."""
+
 from __future__ import annotations
 
 import contextlib
@@ -39,9 +40,28 @@ def receiver(backend, **overrides):
         yield client
 
 
-def body(utilityref=None, hint=None, transaction="tx-foreign", msisdn="255711000111", operator="Airtel", amount="1000", status="success", **extra) -> bytes:
-    data = {"message": "success", "transactionstatus": status, "operator": operator, "reference": transaction, "externalreference": transaction,
-            "utilityref": utilityref, "amount": amount, "transid": transaction, "msisdn": msisdn, "mnoreference": None}
+def body(
+    utilityref=None,
+    hint=None,
+    transaction="tx-foreign",
+    msisdn="255711000111",
+    operator="Airtel",
+    amount="1000",
+    status="success",
+    **extra,
+) -> bytes:
+    data = {
+        "message": "success",
+        "transactionstatus": status,
+        "operator": operator,
+        "reference": transaction,
+        "externalreference": transaction,
+        "utilityref": utilityref,
+        "amount": amount,
+        "transid": transaction,
+        "msisdn": msisdn,
+        "mnoreference": None,
+    }
     if hint is not None:
         data["additionalProperties"] = {"donation_id": str(hint)}
     data.update(extra)
@@ -59,6 +79,7 @@ def anomalies(backend, donation_id=None) -> list[tuple]:
 
 # --- 1. a callback never completes a donation it does not belong to --------------------------------------
 
+
 def test_1_a_foreign_callback_naming_a_donation_only_by_its_id_moves_no_money(backend):
     """utilityref RHCI-DN-9-20251201000000, transaction id, phone and operator match no donation, but
     additionalProperties.donation_id is 9: donation 9 used to be completed and its patient credited."""
@@ -73,7 +94,11 @@ def test_1_a_foreign_callback_naming_a_donation_only_by_its_id_moves_no_money(ba
     run_fold(backend.engine, config, T0)
     assert backend.scalar("SELECT status FROM donations WHERE id = 9") == "PENDING"
     assert credits(backend) == 0
-    assert backend.scalar("SELECT funding_received FROM patients WHERE id = :p", p=patient) in (0, Decimal("0"), Decimal("0.00"))
+    assert backend.scalar("SELECT funding_received FROM patients WHERE id = :p", p=patient) in (
+        0,
+        Decimal("0"),
+        Decimal("0.00"),
+    )
     assert anomalies(backend) == [("reference_conflict", 9)]
     detail = backend.scalar("SELECT detail FROM anomalies")
     assert "utilityref 'RHCI-DN-9-20251201000000' is not its reference" in detail and "msisdn differs" in detail
@@ -117,7 +142,9 @@ def test_1_a_foreign_callback_attaches_nothing_to_a_completed_donation(backend):
 )
 def test_1_a_weak_key_resolves_only_when_every_stated_fact_agrees(backend, changes, agrees):
     config = backend.config()
-    add_donation(backend.engine, None, donation_id=12, msisdn="255758285812", provider="Mpesa")  # stores no reference (the portal's case)
+    add_donation(
+        backend.engine, None, donation_id=12, msisdn="255758285812", provider="Mpesa"
+    )  # stores no reference (the portal's case)
     data = dict(utilityref=None, hint=12, transaction=None, msisdn="255758285812", operator="Mpesa")
     data.update(changes)
     raw = body(**data)
@@ -131,7 +158,14 @@ def test_1_a_weak_key_resolves_only_when_every_stated_fact_agrees(backend, chang
 
 def test_1_a_stated_transaction_id_that_is_not_the_donations_refuses_the_hint(backend):
     config = backend.config()
-    add_donation(backend.engine, None, donation_id=12, transaction_id="tx-learned-at-checkout", msisdn="255758285812", provider="Mpesa")
+    add_donation(
+        backend.engine,
+        None,
+        donation_id=12,
+        transaction_id="tx-learned-at-checkout",
+        msisdn="255758285812",
+        provider="Mpesa",
+    )
     raw = body(None, hint=12, transaction="tx-someone-else", msisdn="255758285812", operator="Mpesa")
     with receiver(backend) as client:
         assert client.post(CALLBACK_PATH, content=raw, headers=JSON).status_code == 404
@@ -154,6 +188,7 @@ def test_1_facts_that_point_at_two_donations_move_no_money(backend):
 
 # --- 2. the receiver and the fold agree ----------------------------------------------------------------
 
+
 def test_2_a_callback_named_by_externalreference_as_transaction_id_is_known_to_both(backend):
     """known_references never tried externalreference against donations.transaction_id, resolve() did:
     AzamPay was told 404 for a callback that the fold then credited."""
@@ -171,11 +206,18 @@ TRANSACTIONS = ("tx-a", "tx-b", "RHCI-DN-1-20260101080000", None)
 PHONES = ("255758285812", "255789123456", None)
 OPERATORS = ("Mpesa", "Airtel", None)
 donation_specs = st.lists(
-    st.tuples(st.sampled_from(REFERENCES), st.sampled_from(TRANSACTIONS), st.sampled_from(PHONES), st.sampled_from(OPERATORS)), max_size=3
+    st.tuples(
+        st.sampled_from(REFERENCES), st.sampled_from(TRANSACTIONS), st.sampled_from(PHONES), st.sampled_from(OPERATORS)
+    ),
+    max_size=3,
 )
 event_specs = st.tuples(
-    st.sampled_from(REFERENCES), st.sampled_from(REFERENCES), st.sampled_from(("1", "2", "3", "02", "x", None)),
-    st.sampled_from(TRANSACTIONS), st.sampled_from(PHONES), st.sampled_from(OPERATORS),
+    st.sampled_from(REFERENCES),
+    st.sampled_from(REFERENCES),
+    st.sampled_from(("1", "2", "3", "02", "x", None)),
+    st.sampled_from(TRANSACTIONS),
+    st.sampled_from(PHONES),
+    st.sampled_from(OPERATORS),
 )
 
 
@@ -186,30 +228,76 @@ def _store_donations(session, specs) -> list[DonationFacts]:
         reference = reference if reference not in seen else None  # both columns are unique
         transaction = transaction if transaction not in seen else None
         seen.update((reference, transaction))
-        session.add(Donation(id=donation_id, amount=Decimal(1000), currency="TZS", patient_amount=Decimal(1000), charge_amount=Decimal(1000),
-                             charge_currency="TZS", msisdn=msisdn, provider=provider, external_reference=reference, transaction_id=transaction,
-                             created_at=T0, status="PENDING"))
+        session.add(
+            Donation(
+                id=donation_id,
+                amount=Decimal(1000),
+                currency="TZS",
+                patient_amount=Decimal(1000),
+                charge_amount=Decimal(1000),
+                charge_currency="TZS",
+                msisdn=msisdn,
+                provider=provider,
+                external_reference=reference,
+                transaction_id=transaction,
+                created_at=T0,
+                status="PENDING",
+            )
+        )
         facts.append(DonationFacts(donation_id, reference, transaction, msisdn, provider))
     session.flush()
     return facts
 
 
 def _property(backend):
-    @settings(max_examples=60 if backend.name == "mysql" else 200, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(
+        max_examples=60 if backend.name == "mysql" else 200,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
     @given(donations=donation_specs, event=event_specs)
-    @example(donations=[("RHCI-DN-9-20260101080000", None, None, None)], event=("RHCI-DN-9-20251201000000", None, "1", None, None, None))
+    @example(
+        donations=[("RHCI-DN-9-20260101080000", None, None, None)],
+        event=("RHCI-DN-9-20251201000000", None, "1", None, None, None),
+    )
     @example(donations=[(None, "tx-a", None, None)], event=(None, "tx-a", None, None, None, None))
     def run(donations, event):
         utilityref, externalreference, hint, transaction_ref, msisdn, operator = event
-        fields = EventFields(utilityref=utilityref, externalreference=externalreference, donation_hint=hint, transaction_ref=transaction_ref,
-                             msisdn=msisdn, operator=operator, status="SUCCESS", amount=Decimal(1000))
-        folded = FoldEvent(1, T0, "callback", "n/a", "SUCCESS", Decimal(1000), utilityref, externalreference, hint, transaction_ref, None,
-                           msisdn=msisdn, operator=operator)
+        fields = EventFields(
+            utilityref=utilityref,
+            externalreference=externalreference,
+            donation_hint=hint,
+            transaction_ref=transaction_ref,
+            msisdn=msisdn,
+            operator=operator,
+            status="SUCCESS",
+            amount=Decimal(1000),
+        )
+        folded = FoldEvent(
+            1,
+            T0,
+            "callback",
+            "n/a",
+            "SUCCESS",
+            Decimal(1000),
+            utilityref,
+            externalreference,
+            hint,
+            transaction_ref,
+            None,
+            msisdn=msisdn,
+            operator=operator,
+        )
         with transaction(backend.engine) as session:
             facts = _store_donations(session, donations)
             answered = resolve_claims(session, [Claim.of(fields)])[0]  # the receiver's 200/404
-            _, (by_fold,), _ = _resolve_all(SqlFoldStore(session), [folded], DEFAULT_FORMAT)  # the fold, on the database
-            _, (by_check,), _ = _resolve_all(MemoryFoldStore(session), [folded], DEFAULT_FORMAT)  # rebuild --check, in memory
+            _, (by_fold,), _ = _resolve_all(
+                SqlFoldStore(session), [folded], DEFAULT_FORMAT
+            )  # the fold, on the database
+            _, (by_check,), _ = _resolve_all(
+                MemoryFoldStore(session), [folded], DEFAULT_FORMAT
+            )  # rebuild --check, in memory
             session.rollback()
         everything = DonationIndex()
         for donation in facts:
@@ -236,6 +324,7 @@ def test_2_a_custom_reference_prefix_is_read_by_the_rule():
 
 # --- 3. an unusable amount on a success ends in REVIEW, and no poll overrides it -------------------------
 
+
 @pytest.mark.parametrize("amount", ["25000.001", "-25000", "abc", "99999999999999"])
 def test_3_an_unusable_amount_keeps_the_callback_linked_and_ends_in_review(backend, amount):
     config = backend.config()
@@ -247,7 +336,14 @@ def test_3_an_unusable_amount_keeps_the_callback_linked_and_ends_in_review(backe
     assert backend.scalar("SELECT utilityref FROM payment_events") == "RHCI-DN-31-20260101080000"
     assert backend.scalar("SELECT parse_error FROM payment_events") is None
     run_fold(backend.engine, config, T0)
-    append(backend.engine, b'{"data":"Transaction successful."}', T0 + timedelta(minutes=5), source="poll", donation_id=31, status="SUCCESS")
+    append(
+        backend.engine,
+        b'{"data":"Transaction successful."}',
+        T0 + timedelta(minutes=5),
+        source="poll",
+        donation_id=31,
+        status="SUCCESS",
+    )
     run_fold(backend.engine, config, T0 + timedelta(minutes=5))
     assert backend.scalar("SELECT status FROM donations WHERE id = 31") == "REVIEW"
     assert credits(backend) == 0
@@ -257,15 +353,27 @@ def test_3_an_unusable_amount_keeps_the_callback_linked_and_ends_in_review(backe
 
 # --- 5. polling a decided donation again -----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("status, poll_answer", [("success", "SUCCESS"), ("cancelled", "FAILED"), ("failed", "FAILED")])
 def test_5_polling_a_decided_donation_twice_adds_no_anomaly(backend, status, poll_answer):
     config = backend.config()
     add_donation(backend.engine, "RHCI-DN-51-20260101080000", donation_id=51)
-    append(backend.engine, body("RHCI-DN-51-20260101080000", transaction="tx-51", msisdn="255789123456", operator="Mpesa", status=status), T0)
+    append(
+        backend.engine,
+        body("RHCI-DN-51-20260101080000", transaction="tx-51", msisdn="255789123456", operator="Mpesa", status=status),
+        T0,
+    )
     run_fold(backend.engine, config, T0)
     decided = backend.scalar("SELECT status FROM donations WHERE id = 51")
     for minutes in (5, 10):
-        append(backend.engine, b'{"data":"..."}', T0 + timedelta(minutes=minutes), source="poll", donation_id=51, status=poll_answer)
+        append(
+            backend.engine,
+            b'{"data":"..."}',
+            T0 + timedelta(minutes=minutes),
+            source="poll",
+            donation_id=51,
+            status=poll_answer,
+        )
         run_fold(backend.engine, config, T0 + timedelta(minutes=minutes))
     assert backend.scalar("SELECT status FROM donations WHERE id = 51") == decided
     assert anomalies(backend) == []
@@ -285,7 +393,14 @@ def test_1_a_transaction_id_stated_before_the_checkout_stored_one_waits_for_it(b
     assert "cannot be checked yet" in backend.scalar("SELECT detail FROM anomalies WHERE kind = 'reference_conflict'")
     with transaction(backend.engine) as session:  # the checkout's answer: AzamPay's id, stored with its event
         session.get(Donation, 12).transaction_id = "AZ-REAL"
-    append(backend.engine, b'{"success": true, "transactionId": "AZ-REAL"}', T0 + timedelta(seconds=1), source="checkout", donation_id=12, status="PENDING")
+    append(
+        backend.engine,
+        b'{"success": true, "transactionId": "AZ-REAL"}',
+        T0 + timedelta(seconds=1),
+        source="checkout",
+        donation_id=12,
+        status="PENDING",
+    )
     run_fold(backend.engine, config, T0 + timedelta(seconds=2))
     assert backend.scalar("SELECT status FROM donations WHERE id = 12") == ("COMPLETED" if agrees else "PENDING")
     assert check(backend.engine, config).differences == []
@@ -298,10 +413,14 @@ def test_1_a_number_past_its_retention_is_not_compared():
     index = DonationIndex()
     index.add(donation)
     for msisdn in ("255758285812", "255700000000", "hmac:0123456789abcdef:812", "hmac:fedcba9876543210:000"):
-        event = FoldEvent(1, T0, "callback", "n/a", "SUCCESS", Decimal(1000), donation_hint="12", msisdn=msisdn, operator="Mpesa")
+        event = FoldEvent(
+            1, T0, "callback", "n/a", "SUCCESS", Decimal(1000), donation_hint="12", msisdn=msisdn, operator="Mpesa"
+        )
         assert decide(event, lookup_keys(event), index).donation_id == 12, msisdn
     clear = DonationFacts(12, None, None, "255758285812", "Mpesa")
     index = DonationIndex()
     index.add(clear)
-    event = FoldEvent(1, T0, "callback", "n/a", "SUCCESS", Decimal(1000), donation_hint="12", msisdn="255700000000", operator="Mpesa")
+    event = FoldEvent(
+        1, T0, "callback", "n/a", "SUCCESS", Decimal(1000), donation_hint="12", msisdn="255700000000", operator="Mpesa"
+    )
     assert decide(event, lookup_keys(event), index).conflict == "donation 12 named by donation_hint, but msisdn differs"

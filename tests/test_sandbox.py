@@ -1,4 +1,5 @@
 """The sandbox over real loopback HTTP: AzamPay's answer shapes, the outcome engine and callback delivery."""
+
 from __future__ import annotations
 
 import json
@@ -103,7 +104,9 @@ def pay(client, outcome=None, msisdn=MSISDN, amount="25000", external_id=EXTERNA
     props = dict(extra or {})
     if outcome:
         props["sandbox_outcome"] = outcome
-    return client.mno_checkout(msisdn, Decimal(amount), external_id, "Halopesa", additional_properties=props).transaction_id
+    return client.mno_checkout(
+        msisdn, Decimal(amount), external_id, "Halopesa", additional_properties=props
+    ).transaction_id
 
 
 # --- callbacks per outcome ------------------------------------------------------------------------
@@ -149,7 +152,17 @@ def test_callback_matches_the_fixture_apart_from_ids(client, receiver):
     txn = pay(client, amount="25000")
     body = receiver.wait_for(1)[0]
     expected = fixture("callback_live_shape_success.json")
-    for key in ("message", "transactionstatus", "operator", "utilityref", "amount", "msisdn", "submerchantAcc", "user", "clientId"):
+    for key in (
+        "message",
+        "transactionstatus",
+        "operator",
+        "utilityref",
+        "amount",
+        "msisdn",
+        "submerchantAcc",
+        "user",
+        "clientId",
+    ):
         assert body[key] == expected[key], key
     assert re.fullmatch(r"[0-9a-f]{32}", txn)
 
@@ -259,7 +272,10 @@ def test_outcome_rules_match_any_msisdn_form(receiver):
         pay(client, msisdn="+255628630936")
         pay(client, msisdn="0758285812")  # no rule: default success
         pay(client, msisdn="0628630936", outcome="success")  # per request beats the rule
-        statuses = sorted((b["msisdn"], b["additionalProperties"].get("sandbox_outcome", ""), b["transactionstatus"]) for b in receiver.wait_for(4))
+        statuses = sorted(
+            (b["msisdn"], b["additionalProperties"].get("sandbox_outcome", ""), b["transactionstatus"])
+            for b in receiver.wait_for(4)
+        )
         assert statuses == [
             ("+255628630936", "", "failure"),
             ("0628630936", "", "failure"),
@@ -297,23 +313,36 @@ def test_every_outcome_is_accepted_by_checkout(client, sandbox):
 
 
 def test_seeding_one_or_many_transactions_over_http(client, sandbox):
-    one = requests.post(f"{sandbox.url}/_sandbox/transactions", json={"externalId": "RHCI-DN-1-x", "msisdn": MSISDN, "outcome": "pending"}, timeout=5)
+    one = requests.post(
+        f"{sandbox.url}/_sandbox/transactions",
+        json={"externalId": "RHCI-DN-1-x", "msisdn": MSISDN, "outcome": "pending"},
+        timeout=5,
+    )
     many = requests.post(
         f"{sandbox.url}/_sandbox/transactions",
-        json=[{"externalId": f"RHCI-DN-{i}-x", "msisdn": MSISDN, "provider": "Tigo", "outcome": outcome} for i, outcome in ((2, "failure"), (3, "success"))],
+        json=[
+            {"externalId": f"RHCI-DN-{i}-x", "msisdn": MSISDN, "provider": "Tigo", "outcome": outcome}
+            for i, outcome in ((2, "failure"), (3, "success"))
+        ],
         timeout=5,
     )
     assert one.status_code == many.status_code == 200
     seeded = [one.json(), *many.json()]
     assert [t["external_id"] for t in seeded] == ["RHCI-DN-1-x", "RHCI-DN-2-x", "RHCI-DN-3-x"]
-    assert [client.transaction_status(t["transaction_id"], t["provider"]).status for t in seeded] == ["PENDING", "FAILED", "SUCCESS"]
+    assert [client.transaction_status(t["transaction_id"], t["provider"]).status for t in seeded] == [
+        "PENDING",
+        "FAILED",
+        "SUCCESS",
+    ]
     assert sandbox.callback_count() == 0  # seeded, not checked out: no callback is ever sent
 
 
 def test_status_text_can_be_changed_after_checkout(client, sandbox):
     txn = pay(client, "pending")
     assert client.transaction_status(txn, "Halopesa").status == "PENDING"
-    answer = requests.post(f"{sandbox.url}/_sandbox/transactions/{txn}/status", json={"data": "Transaction successful."}, timeout=5)
+    answer = requests.post(
+        f"{sandbox.url}/_sandbox/transactions/{txn}/status", json={"data": "Transaction successful."}, timeout=5
+    )
     assert answer.status_code == 200
     assert client.transaction_status(txn, "Halopesa").status == "SUCCESS"
 
@@ -329,7 +358,9 @@ def test_status_with_another_provider_is_not_found(client):
 
 def test_token_answers_have_the_fixture_shapes(sandbox):
     url = f"{sandbox.url}/AppRegistration/GenerateToken"
-    good = requests.post(url, json={"appName": "x", "clientId": "sandbox-client", "clientSecret": "sandbox-secret"}, timeout=5)
+    good = requests.post(
+        url, json={"appName": "x", "clientId": "sandbox-client", "clientSecret": "sandbox-secret"}, timeout=5
+    )
     assert good.status_code == 200
     body = good.json()
     assert set(body) == set(fixture("token_success.json")) and set(body["data"]) == {"accessToken", "expire"}
@@ -341,7 +372,11 @@ def test_token_answers_have_the_fixture_shapes(sandbox):
 
 def test_unauthorised_checkout_has_the_fixture_shape(sandbox):
     url = f"{sandbox.url}/azampay/mno/checkout"
-    for headers in ({}, {"X-API-KEY": "sandbox-api-key"}, {"Authorization": "Bearer made-up", "X-API-KEY": "sandbox-api-key"}):
+    for headers in (
+        {},
+        {"X-API-KEY": "sandbox-api-key"},
+        {"Authorization": "Bearer made-up", "X-API-KEY": "sandbox-api-key"},
+    ):
         answer = requests.post(url, json={}, headers=headers, timeout=5)
         assert answer.status_code == 401
         assert answer.json() == fixture("status_unauthorized.json")
@@ -403,7 +438,9 @@ def test_status_answers_every_call_at_concurrency_8():
     bench.poll's to measure: a rate assertion here failed on a slower host without saying anything about the code."""
     with running_sandbox() as sb:
         client = AzamPayClient(sb.azampay_config())
-        ids = [sb.seed_transaction(f"RHCI-DN-{i}-20260101000000", MSISDN, "Tigo", "1000", "pending") for i in range(1500)]
+        ids = [
+            sb.seed_transaction(f"RHCI-DN-{i}-20260101000000", MSISDN, "Tigo", "1000", "pending") for i in range(1500)
+        ]
         client.payment_partners()
         started = time.perf_counter()
         with ThreadPoolExecutor(8) as pool:
@@ -428,7 +465,14 @@ def test_cli_serves_until_sigterm(tmp_path, receiver):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AZAM", "TOKEN"))} | {"PYTHONUNBUFFERED": "1"}
     code = "from jobs.commands.sandbox import sandbox; sandbox(prog_name='azamrecon')"
     args = ["--port", "0", "--callback-url", receiver.url, "--outcome", f"{MSISDN}=failure"]
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         url = re.search(r"http://127\.0\.0\.1:\d+", line).group(0)
@@ -448,4 +492,10 @@ def test_cli_serves_until_sigterm(tmp_path, receiver):
 def running_config(url: str):
     from pipeline.config import AzamPayConfig
 
-    return AzamPayConfig(auth_url=url, checkout_url=url, client_id="sandbox-client", client_secret="sandbox-secret", api_key="sandbox-api-key")
+    return AzamPayConfig(
+        auth_url=url,
+        checkout_url=url,
+        client_id="sandbox-client",
+        client_secret="sandbox-secret",
+        api_key="sandbox-api-key",
+    )

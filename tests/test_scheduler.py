@@ -4,6 +4,7 @@
 - SIGTERM lets the daemon finish and exit cleanly;
 - two daemons on one database do no double work (each stuck donation is asked about once).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,14 @@ def scheduler_process(config_path: Path, name: str = "scheduler"):
     out = open(config_path.parent / f"{name}.out", "wb")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("AZAMRECON_CONFIG", None)
-    process = subprocess.Popen([sys.executable, "-m", "jobs.cli", "scheduler", "--config", str(config_path)],
-                               cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jobs.cli", "scheduler", "--config", str(config_path)],
+        cwd=REPO,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         yield process
     finally:
@@ -69,10 +76,20 @@ def test_a_callback_reaches_completed_within_two_seconds_and_sigterm_stops_clean
             latencies = []
             with AzamPayClient(config.azampay, backoff_factor=0) as client:
                 for _ in range(3):
-                    result = initiate_checkout(backend.engine, config, client, patient_id=patient, amount=Decimal("5000"),
-                                               msisdn="0758285812", provider="Mpesa", now=utcnow())
+                    result = initiate_checkout(
+                        backend.engine,
+                        config,
+                        client,
+                        patient_id=patient,
+                        amount=Decimal("5000"),
+                        msisdn="0758285812",
+                        provider="Mpesa",
+                        now=utcnow(),
+                    )
                     started = time.monotonic()
-                    assert wait_until(lambda: status_of(backend.engine, result.donation_id) == "COMPLETED", 10), (tmp_path / "scheduler.out").read_text()[-2000:]
+                    assert wait_until(lambda: status_of(backend.engine, result.donation_id) == "COMPLETED", 10), (
+                        tmp_path / "scheduler.out"
+                    ).read_text()[-2000:]
                     latencies.append(time.monotonic() - started)
             assert max(latencies) <= 2.0, latencies
             os.killpg(daemon.pid, signal.SIGTERM)
@@ -91,8 +108,16 @@ def test_two_daemons_ask_about_each_stuck_donation_once(backend, tmp_path):
         patient = add_patient(backend.engine, utcnow())
         with AzamPayClient(config.azampay, backoff_factor=0) as client:
             donations = [
-                initiate_checkout(backend.engine, config, client, patient_id=patient, amount=Decimal("5000"),
-                                  msisdn="0758285812", provider="Mpesa", now=utcnow()).donation_id
+                initiate_checkout(
+                    backend.engine,
+                    config,
+                    client,
+                    patient_id=patient,
+                    amount=Decimal("5000"),
+                    msisdn="0758285812",
+                    provider="Mpesa",
+                    now=utcnow(),
+                ).donation_id
                 for _ in range(6)
             ]
         with scheduler_process(config_path, "a") as first, scheduler_process(config_path, "b") as second:
@@ -102,10 +127,14 @@ def test_two_daemons_ask_about_each_stuck_donation_once(backend, tmp_path):
                 os.killpg(daemon.pid, signal.SIGTERM)
                 assert daemon.wait(15) == 0
     assert done, (tmp_path / "a.out").read_text()[-2000:]
-    polls = dict(backend.rows("SELECT donation_id, COUNT(*) FROM payment_events WHERE source='poll' GROUP BY donation_id"))
+    polls = dict(
+        backend.rows("SELECT donation_id, COUNT(*) FROM payment_events WHERE source='poll' GROUP BY donation_id")
+    )
     assert polls == {d: 1 for d in donations}
     assert backend.scalar("SELECT COUNT(*) FROM funding_credits") == 6
-    assert backend.scalar("SELECT SUM(events_applied) FROM fold_checkpoints") == backend.scalar("SELECT COUNT(*) FROM payment_events")
+    assert backend.scalar("SELECT SUM(events_applied) FROM fold_checkpoints") == backend.scalar(
+        "SELECT COUNT(*) FROM payment_events"
+    )
 
 
 def test_scheduled_fold_records_work_and_failures_but_not_idle_runs(backend, now):

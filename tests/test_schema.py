@@ -1,4 +1,5 @@
 """Migrations produce exactly the models' schema; the log is append-only in the database itself."""
+
 import pytest
 from sqlalchemy import text
 
@@ -25,7 +26,10 @@ def _one_event(backend, now):
 
 def test_update_and_delete_are_refused(backend, now):
     event_id = _one_event(backend, now)
-    for statement in (f"UPDATE payment_events SET status='SUCCESS' WHERE id={event_id}", f"DELETE FROM payment_events WHERE id={event_id}"):
+    for statement in (
+        f"UPDATE payment_events SET status='SUCCESS' WHERE id={event_id}",
+        f"DELETE FROM payment_events WHERE id={event_id}",
+    ):
         with pytest.raises(StoreError, match="append-only"):
             with transaction(backend.engine) as session:
                 session.execute(text(statement))

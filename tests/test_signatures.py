@@ -5,6 +5,7 @@ separators (DESIGN §3, from AzamPay's SDKs). Moving characters between utilityr
 leaves that text unchanged, and the donation id hint, the transaction ids and the amount are not
 signed: an independent probe turned one genuine signed callback for donation A into three bodies that
 the receiver answered 200 as verified and the fold credited to donations C, D and E."""
+
 from __future__ import annotations
 
 import base64
@@ -41,13 +42,29 @@ def key():
 
 
 def pem_of(key) -> str:
-    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 def genuine(key, utilityref=A_REF, externalreference=A_TX, amount="1000", **unsigned) -> dict:
-    data = {"message": "success", "transactionstatus": "success", "operator": "Mpesa", "reference": A_TX, "externalreference": externalreference,
-            "utilityref": utilityref, "amount": amount, "transid": A_TX, "msisdn": "255789123456", "mnoreference": None}
-    data["signature"] = base64.b64encode(key.sign(signed_message(json.dumps(data).encode()), padding.PKCS1v15(), hashes.SHA256())).decode()
+    data = {
+        "message": "success",
+        "transactionstatus": "success",
+        "operator": "Mpesa",
+        "reference": A_TX,
+        "externalreference": externalreference,
+        "utilityref": utilityref,
+        "amount": amount,
+        "transid": A_TX,
+        "msisdn": "255789123456",
+        "mnoreference": None,
+    }
+    data["signature"] = base64.b64encode(
+        key.sign(signed_message(json.dumps(data).encode()), padding.PKCS1v15(), hashes.SHA256())
+    ).decode()
     data.update(unsigned)
     return data
 
@@ -60,7 +77,9 @@ def resplit(data: dict, cut: int) -> dict:
 
 @contextlib.contextmanager
 def receiver(backend, key):
-    with TestClient(create_app(backend.config(**{"webhook.signature_public_key_pem": pem_of(key)})), client=("127.0.0.1", 50000)) as client:
+    with TestClient(
+        create_app(backend.config(**{"webhook.signature_public_key_pem": pem_of(key)})), client=("127.0.0.1", 50000)
+    ) as client:
         yield client
 
 
@@ -72,9 +91,15 @@ def test_the_probe_reused_signed_bodies_credit_no_other_donation(backend, key):
     add_donation(backend.engine, None, donation_id=5, amount="5000")  # stores no reference (the portal's case)
     original = genuine(key)
     forged = [
-        resplit(dict(original, amount="5000", additionalProperties={"donation_id": "3"}), len(A_REF) - 3),  # C through the hint
-        resplit(dict(original, amount="5000", reference="tx-d", transid="tx-d"), len(A_REF) + 2),  # D through its transaction id
-        resplit(dict(original, amount="5000", additionalProperties={"donation_id": "5"}), 0),  # E, which stores no reference
+        resplit(
+            dict(original, amount="5000", additionalProperties={"donation_id": "3"}), len(A_REF) - 3
+        ),  # C through the hint
+        resplit(
+            dict(original, amount="5000", reference="tx-d", transid="tx-d"), len(A_REF) + 2
+        ),  # D through its transaction id
+        resplit(
+            dict(original, amount="5000", additionalProperties={"donation_id": "5"}), 0
+        ),  # E, which stores no reference
     ]
     with receiver(backend, key) as client:
         assert client.post(CALLBACK_PATH, content=json.dumps(original).encode(), headers=JSON).status_code == 200
@@ -91,7 +116,9 @@ def test_the_probe_reused_signed_bodies_credit_no_other_donation(backend, key):
 
 def test_a_signed_callback_for_a_donation_that_stores_no_reference_resolves_through_the_id_in_it(backend, key):
     config = backend.config(**{"webhook.signature_public_key_pem": pem_of(key)})
-    add_donation(backend.engine, None, donation_id=7, transaction_id=A_TX, amount="1000")  # its checkout stored AzamPay's id
+    add_donation(
+        backend.engine, None, donation_id=7, transaction_id=A_TX, amount="1000"
+    )  # its checkout stored AzamPay's id
     with receiver(backend, key) as client:
         body = genuine(key, utilityref="RHCI-DN-7-20260114093000")
         assert client.post(CALLBACK_PATH, content=json.dumps(body).encode(), headers=JSON).status_code == 200
@@ -115,22 +142,40 @@ TXS = [d.transaction_id for d in DONATIONS if d.transaction_id] + ["nothing"]
 
 @settings(max_examples=500, deadline=None)
 @given(
-    genuine_ref=st.sampled_from([A_REF, "RHCI-DN-10-20260114093000", "RHCI-DN-14-20260114093000"]),  # references we issued
-    azampay_id=st.sampled_from([A_TX, "4" + A_TX, "0-20260114093000", "4-20260114093000", ""]),  # AzamPay's ids, never ours
+    genuine_ref=st.sampled_from(
+        [A_REF, "RHCI-DN-10-20260114093000", "RHCI-DN-14-20260114093000"]
+    ),  # references we issued
+    azampay_id=st.sampled_from(
+        [A_TX, "4" + A_TX, "0-20260114093000", "4-20260114093000", ""]
+    ),  # AzamPay's ids, never ours
     cut=st.integers(min_value=0, max_value=80),
     hint=st.none() | st.sampled_from(IDS),
     transaction=st.none() | st.sampled_from(TXS),
     msisdn=st.sampled_from(["255789123456", None, "255700000000"]),
 )
-def test_no_resplit_rekey_or_unsigned_change_moves_a_signed_callback_to_another_donation(genuine_ref, azampay_id, cut, hint, transaction, msisdn):
+def test_no_resplit_rekey_or_unsigned_change_moves_a_signed_callback_to_another_donation(
+    genuine_ref, azampay_id, cut, hint, transaction, msisdn
+):
     """Whatever a replayer does to a genuine signed body (AzamPay signs one for a checkout we started, so
     its utilityref is a reference we issued) without breaking the signature, it resolves to the donation
     the genuine body resolves to, or to none."""
     # the donation the genuine reference names (other facts may make a body wait, never move it elsewhere)
     intended = {A_REF: 1, "RHCI-DN-10-20260114093000": 10, "RHCI-DN-14-20260114093000": 14}[genuine_ref]
     joined = genuine_ref + azampay_id
-    forged = FoldEvent(1, T0, "callback", SIGNED, "SUCCESS", Decimal(5000), joined[:cut] or None, joined[cut:] or None, hint, transaction,
-                       msisdn=msisdn, operator="Mpesa")
+    forged = FoldEvent(
+        1,
+        T0,
+        "callback",
+        SIGNED,
+        "SUCCESS",
+        Decimal(5000),
+        joined[:cut] or None,
+        joined[cut:] or None,
+        hint,
+        transaction,
+        msisdn=msisdn,
+        operator="Mpesa",
+    )
     assert decide(forged, lookup_keys(forged), INDEX).donation_id in (None, intended)
 
 

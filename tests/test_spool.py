@@ -1,4 +1,5 @@
 """Database outage: 503 with the request spooled; the spool ingested later exactly once, with the original received_at."""
+
 from __future__ import annotations
 
 import base64
@@ -92,7 +93,11 @@ def test_outage_503_spooled_then_ingested_exactly_once(backend, outage):
         before = datetime.now(timezone.utc)
         answers = [client.post(CALLBACK_PATH, content=_body(n), headers=JSON) for n in range(1, 4)]
         answers.append(client.post(CALLBACK_PATH, content=b"{broken", headers=JSON))
-        answers.append(client.post(CALLBACK_PATH, content=b"plain", headers={"content-type": "text/plain", "x-forwarded-for": "1.2.3.4"}))
+        answers.append(
+            client.post(
+                CALLBACK_PATH, content=b"plain", headers={"content-type": "text/plain", "x-forwarded-for": "1.2.3.4"}
+            )
+        )
         after = datetime.now(timezone.utc)
         assert [a.status_code for a in answers] == [503] * 5
         assert answers[0].headers["retry-after"] == "30"
@@ -103,7 +108,13 @@ def test_outage_503_spooled_then_ingested_exactly_once(backend, outage):
         assert client.post(CALLBACK_PATH, content=_body(9), headers=JSON).status_code == 200
     lines = spool_lines(spool_dir)
     assert len(lines) == 5 and len({line["id"] for line in lines}) == 5
-    assert [base64.b64decode(line["body_b64"]) for line in lines] == [_body(1), _body(2), _body(3), b"{broken", b"plain"]
+    assert [base64.b64decode(line["body_b64"]) for line in lines] == [
+        _body(1),
+        _body(2),
+        _body(3),
+        b"{broken",
+        b"plain",
+    ]
     assert len(event_rows(outage.engine)) == 2  # nothing of the outage is in the log yet
 
     counts = ingest_spool(outage.engine, spool_dir, datetime.now(timezone.utc))
@@ -123,9 +134,14 @@ def test_outage_503_spooled_then_ingested_exactly_once(backend, outage):
         assert before <= row.received_at <= after
     typed = [by_key["spool:" + line["id"]] for line in lines]
     assert [r.transaction_ref for r in typed[:3]] == ["OUT0001", "OUT0002", "OUT0003"]
-    assert all(r.utilityref == GUIDE_REF and r.status == "SUCCESS" and r.parse_error is None and r.auth == "n/a" for r in typed[:3])
+    assert all(
+        r.utilityref == GUIDE_REF and r.status == "SUCCESS" and r.parse_error is None and r.auth == "n/a"
+        for r in typed[:3]
+    )
     assert "invalid JSON" in typed[3].parse_error
-    assert "content type" in typed[4].parse_error and typed[4].utilityref is None and typed[4].content_type == "text/plain"
+    assert (
+        "content type" in typed[4].parse_error and typed[4].utilityref is None and typed[4].content_type == "text/plain"
+    )
     assert json.loads(typed[4].headers)["x-forwarded-for"] == "1.2.3.4"
 
 
@@ -148,7 +164,10 @@ def test_torn_last_line_is_skipped_and_file_kept(backend):
     from pipeline.store.spool import spool_record
 
     received = datetime(2026, 1, 14, 9, 30, 0, 123456, tzinfo=timezone.utc)
-    records = [spool_record(event_row(source="callback", body=_body(n), received_at=received, auth="n/a"), typed=True) for n in range(3)]
+    records = [
+        spool_record(event_row(source="callback", body=_body(n), received_at=received, auth="n/a"), typed=True)
+        for n in range(3)
+    ]
     path = spool.write(records)
     spool.close()
     with open(path, "ab") as handle:
@@ -181,7 +200,9 @@ def test_claimed_file_is_never_appended_to(sqlite_backend):
     spool_dir = sqlite_backend.tmp_path / "spool"
     spool = Spool(spool_dir)
     now = datetime.now(timezone.utc)
-    record = lambda n: spool_record(event_row(source="callback", body=_body(n), received_at=now, auth="n/a"), typed=True)
+    record = lambda n: spool_record(
+        event_row(source="callback", body=_body(n), received_at=now, auth="n/a"), typed=True
+    )
     first = spool.write([record(1)])
     counts = ingest_spool(sqlite_backend.engine, spool_dir, now)
     assert counts["ingested"] == 1 and not first.exists()
@@ -215,12 +236,24 @@ def test_ingest_spool_command(sqlite_backend):
 
     spool_dir = sqlite_backend.tmp_path / "spool"
     spool = Spool(spool_dir)
-    spool.write([spool_record(event_row(source="callback", body=_body(1), received_at=datetime.now(timezone.utc), auth="n/a"), typed=True)])
+    spool.write(
+        [
+            spool_record(
+                event_row(source="callback", body=_body(1), received_at=datetime.now(timezone.utc), auth="n/a"),
+                typed=True,
+            )
+        ]
+    )
     spool.close()
-    config = write_config(sqlite_backend.tmp_path / "cli.yaml", {
-        "database.url": sqlite_backend.url, "receiver.spool_dir": str(spool_dir), "logging.dir": str(sqlite_backend.tmp_path / "logs"),
-        "privacy.key_file": str(sqlite_backend.tmp_path / "azamrecon.key"),
-    })
+    config = write_config(
+        sqlite_backend.tmp_path / "cli.yaml",
+        {
+            "database.url": sqlite_backend.url,
+            "receiver.spool_dir": str(spool_dir),
+            "logging.dir": str(sqlite_backend.tmp_path / "logs"),
+            "privacy.key_file": str(sqlite_backend.tmp_path / "azamrecon.key"),
+        },
+    )
     runner = CliRunner()
     result = runner.invoke(cli, ["events", "ingest-spool", "--config", str(config)])
     assert result.exit_code == 0, result.output

@@ -2,6 +2,7 @@
 portal's key; AzamPay calls run on bounded pools of their own and a full pool or a slow AzamPay is answered
 at once ("checking": true, or 503 for a checkout). The load test over real HTTP is in
 tests/reliability/test_hostile_http.py."""
+
 from __future__ import annotations
 
 import contextlib
@@ -26,7 +27,9 @@ KEY = "status-key-8c1f2a"
 @contextlib.contextmanager
 def portal(backend, sandbox, **overrides):
     settings = azampay_overrides(sandbox) | {
-        "receiver.checkout_api_key": KEY, "receiver.status_wait_seconds": 0.0, "receiver.status_check_min_interval_seconds": 0.0,
+        "receiver.checkout_api_key": KEY,
+        "receiver.status_wait_seconds": 0.0,
+        "receiver.status_check_min_interval_seconds": 0.0,
     }
     settings.update(overrides)
     with TestClient(create_app(backend.config(**settings))) as client:
@@ -41,8 +44,12 @@ def status(client, donation_id, key: str | None = KEY, **headers):
 def test_status_needs_the_portal_key(backend):
     donation = add_donation(backend.engine, "RHCI-DN-1-20260114093000", transaction_id="AZ-1")
     with running_sandbox() as sandbox, portal(backend, sandbox) as client:
-        refused = [status(client, donation, key=None), status(client, donation, key="wrong-" + KEY), status(client, donation, key=""),
-                   status(client, donation, key=None, authorization="Bearer wrong")]
+        refused = [
+            status(client, donation, key=None),
+            status(client, donation, key="wrong-" + KEY),
+            status(client, donation, key=""),
+            status(client, donation, key=None, authorization="Bearer wrong"),
+        ]
         by_bearer = status(client, donation, key=None, authorization=f"Bearer {KEY}")
         allowed = status(client, donation)
     assert [r.status_code for r in refused] == [401, 401, 401, 401]
@@ -66,9 +73,12 @@ def test_a_slow_azampay_is_answered_checking_and_a_full_pool_at_once(sqlite_back
     engine = sqlite_backend.engine
     first = add_donation(engine, "RHCI-DN-1-20260114093000", transaction_id="AZ-1")
     second = add_donation(engine, "RHCI-DN-2-20260114093000", transaction_id="AZ-2")
-    with running_sandbox() as sandbox, portal(
-        sqlite_backend, sandbox, **{"receiver.status_workers": 1, "receiver.status_check_timeout_seconds": 0.3}
-    ) as client:
+    with (
+        running_sandbox() as sandbox,
+        portal(
+            sqlite_backend, sandbox, **{"receiver.status_workers": 1, "receiver.status_check_timeout_seconds": 0.3}
+        ) as client,
+    ):
         sandbox.set_status_latency(1.5)
         started = time.monotonic()
         slow = status(client, first).json()
@@ -77,7 +87,10 @@ def test_a_slow_azampay_is_answered_checking_and_a_full_pool_at_once(sqlite_back
         busy = status(client, second).json()
         busy_seconds = time.monotonic() - started
         deadline = time.monotonic() + 5
-        while sqlite_backend.scalar("SELECT COUNT(*) FROM payment_events WHERE source = 'poll'") == 0 and time.monotonic() < deadline:
+        while (
+            sqlite_backend.scalar("SELECT COUNT(*) FROM payment_events WHERE source = 'poll'") == 0
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
         asked = {row[0] for row in sqlite_backend.rows("SELECT donation_id FROM payment_events WHERE source = 'poll'")}
     assert (slow["checking"], slow["checked_with_azampay"], slow["status"]) == (True, False, "PENDING")
@@ -95,12 +108,17 @@ def test_status_check_that_answers_in_time_is_not_checking(sqlite_backend):
 
 
 def test_a_full_checkout_pool_is_503_at_once_and_creates_nothing(sqlite_backend):
-    with running_sandbox(latency=1.0) as sandbox, portal(sqlite_backend, sandbox, **{"receiver.checkout_workers": 1}) as client:
+    with (
+        running_sandbox(latency=1.0) as sandbox,
+        portal(sqlite_backend, sandbox, **{"receiver.checkout_workers": 1}) as client,
+    ):
         body = {"patient_id": None, "amount": "5000", "provider": "Mpesa"}
         results = {}
 
         def first():
-            results["first"] = client.post(CHECKOUT_PATH, json=body | {"msisdn": "0758285812"}, headers={"x-api-key": KEY}).status_code
+            results["first"] = client.post(
+                CHECKOUT_PATH, json=body | {"msisdn": "0758285812"}, headers={"x-api-key": KEY}
+            ).status_code
 
         thread = threading.Thread(target=first)
         thread.start()
@@ -136,14 +154,26 @@ def test_bounded_pool_refuses_when_every_thread_is_busy():
 def test_sandbox_status_latency_delays_only_the_status_call():
     with running_sandbox() as sandbox:
         sandbox.set_status_latency(0.5)
-        token = httpx.post(sandbox.url + "/AppRegistration/GenerateToken", json={
-            "appName": "x", "clientId": sandbox.settings.client_id, "clientSecret": sandbox.settings.client_secret}, timeout=5)
-        headers = {"Authorization": f"Bearer {token.json()['data']['accessToken']}", "X-API-KEY": sandbox.settings.api_key}
+        token = httpx.post(
+            sandbox.url + "/AppRegistration/GenerateToken",
+            json={
+                "appName": "x",
+                "clientId": sandbox.settings.client_id,
+                "clientSecret": sandbox.settings.client_secret,
+            },
+            timeout=5,
+        )
+        headers = {
+            "Authorization": f"Bearer {token.json()['data']['accessToken']}",
+            "X-API-KEY": sandbox.settings.api_key,
+        }
         started = time.monotonic()
         httpx.get(sandbox.url + "/api/v1/Partner/GetPaymentPartners", headers=headers, timeout=5)
         fast = time.monotonic() - started
         started = time.monotonic()
-        answer = httpx.get(sandbox.url + sandbox.settings.status_path, params={"pgReferenceId": "nope"}, headers=headers, timeout=5)
+        answer = httpx.get(
+            sandbox.url + sandbox.settings.status_path, params={"pgReferenceId": "nope"}, headers=headers, timeout=5
+        )
         slow = time.monotonic() - started
     assert answer.status_code == 200
     assert fast < 0.3 and slow >= 0.5, (fast, slow)
@@ -160,6 +190,18 @@ def test_kept_header_values_are_capped_with_their_size(size):
     else:
         assert kept["user-agent"] == "A" * HEADER_VALUE_CHARS + f"...[truncated: {size} bytes]"
     # seven kept headers, every character escaped (\u001f is 6 bytes), still fit MySQL's TEXT (65,535 bytes)
-    worst = select_headers({name: "\x1f" * 70_000 for name in ("content-type", "content-length", "user-agent", "x-forwarded-for",
-                                                                "x-real-ip", "x-request-id", "host")})
+    worst = select_headers(
+        {
+            name: "\x1f" * 70_000
+            for name in (
+                "content-type",
+                "content-length",
+                "user-agent",
+                "x-forwarded-for",
+                "x-real-ip",
+                "x-request-id",
+                "host",
+            )
+        }
+    )
     assert len(worst.encode()) < 65_535

@@ -1,5 +1,6 @@
 """pipeline.store.driver.Driver.update_rows on both backends: on MySQL it goes through a temporary table,
 which must neither end the transaction nor leave anything behind. Real SQLite file, real MariaDB."""
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -30,7 +31,11 @@ def test_update_rows_sets_exactly_the_rows_named(backend, now):
     before = _patients(backend)
     with transaction(backend.engine) as session:
         raw = Driver(session.connection())
-        raw.update_rows("patients", ("funding_received", "status"), [(_money(backend, "12.50"), "FULLY_FUNDED", ids[0]), (_money(backend, "7"), "FUNDING", ids[2])])
+        raw.update_rows(
+            "patients",
+            ("funding_received", "status"),
+            [(_money(backend, "12.50"), "FULLY_FUNDED", ids[0]), (_money(backend, "7"), "FUNDING", ids[2])],
+        )
         raw.update_rows("patients", ("status",), [("FULLY_FUNDED", ids[3])])  # twice in one transaction
     after = _patients(backend)
     scale = 100 if backend.name == "sqlite" else 1
@@ -74,12 +79,19 @@ def test_a_fold_without_the_temporary_table_grant_stops_with_one_line_and_loses_
     backend = mysql_backend
     database = backend.url.rsplit("/", 1)[1]
     user = "azamrecon_no_temp"
-    grants = (f"DROP USER IF EXISTS '{user}'@'%'", f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'",
-              f"GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.* TO '{user}'@'%'")
+    grants = (
+        f"DROP USER IF EXISTS '{user}'@'%'",
+        f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.* TO '{user}'@'%'",
+    )
     with backend.engine.begin() as connection:
         for statement in grants:
             connection.execute(text(statement))
-    limited = make_engine(DatabaseConfig(url=make_url(backend.url).set(username=user, password="pw").render_as_string(hide_password=False)))
+    limited = make_engine(
+        DatabaseConfig(
+            url=make_url(backend.url).set(username=user, password="pw").render_as_string(hide_password=False)
+        )
+    )
     try:
         donation_id, reference = add_donation(backend.engine, now, patient_id=add_patient(backend.engine, now))
         append(backend.engine, callback_body(reference), at(now, 5))

@@ -1,4 +1,5 @@
 """The log's raw write paths (pipeline.store.events) store exactly what SQLAlchemy's types would, on both backends."""
+
 import json
 from datetime import timedelta, timezone
 from decimal import Decimal
@@ -25,11 +26,31 @@ def _rows(now):
     body = fixture_bytes("callback_live_shape_success.json")
     return [
         # an aware time in another zone, money with cents, typed fields from a real body
-        event_row(source="callback", body=body, received_at=now.astimezone(EAST_AFRICA), auth="verified",
-                  fields=extract_fields(body), content_type="application/json", remote_addr="127.0.0.1", headers='{"host":"x"}'),
-        event_row(source="poll", body=b'{"data":"Transaction successful."}', received_at=now + timedelta(microseconds=7), auth="n/a",
-                  fields=EventFields(status="SUCCESS", status_raw="Transaction successful.", amount=Decimal("1234.5")), donation_id=42),
-        event_row(source="callback", body=b"not json", received_at=now, auth="failed", fields=EventFields(parse_error="bad JSON")),
+        event_row(
+            source="callback",
+            body=body,
+            received_at=now.astimezone(EAST_AFRICA),
+            auth="verified",
+            fields=extract_fields(body),
+            content_type="application/json",
+            remote_addr="127.0.0.1",
+            headers='{"host":"x"}',
+        ),
+        event_row(
+            source="poll",
+            body=b'{"data":"Transaction successful."}',
+            received_at=now + timedelta(microseconds=7),
+            auth="n/a",
+            fields=EventFields(status="SUCCESS", status_raw="Transaction successful.", amount=Decimal("1234.5")),
+            donation_id=42,
+        ),
+        event_row(
+            source="callback",
+            body=b"not json",
+            received_at=now,
+            auth="failed",
+            fields=EventFields(parse_error="bad JSON"),
+        ),
     ]
 
 
@@ -62,12 +83,20 @@ def test_rows_with_other_keys_keep_their_order(backend, now):
     second = {key: value for key, value in second.items() if key != "headers"}
     with transaction(backend.engine) as session:
         append_events(session, [first, second, third])
-    assert [row[0] for row in backend.rows("SELECT source FROM payment_events ORDER BY id")] == ["callback", "poll", "callback"]
+    assert [row[0] for row in backend.rows("SELECT source FROM payment_events ORDER BY id")] == [
+        "callback",
+        "poll",
+        "callback",
+    ]
     assert backend.scalar("SELECT donation_id FROM payment_events WHERE source = 'poll'") == 42
 
 
 def _claim(utilityref=None, hint=None, transaction_ref=None) -> Claim:
-    return Claim.of(EventFields(utilityref=utilityref, donation_hint=None if hint is None else str(hint), transaction_ref=transaction_ref))
+    return Claim.of(
+        EventFields(
+            utilityref=utilityref, donation_hint=None if hint is None else str(hint), transaction_ref=transaction_ref
+        )
+    )
 
 
 def _known(session, claims) -> list[int | None]:

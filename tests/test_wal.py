@@ -1,4 +1,5 @@
 """The receiver's SQLite log copies (pipeline.wal): off the group commit, and the log still starts over."""
+
 from __future__ import annotations
 
 import asyncio
@@ -211,7 +212,9 @@ def test_a_failing_copy_is_logged_not_raised(tmp_path):
         engine.dispose()
 
 
-def _largest_log_under_the_writer(directory, checkpointer_options: dict | None) -> tuple[int, GroupCommitWriter, WalCheckpointer | None]:
+def _largest_log_under_the_writer(
+    directory, checkpointer_options: dict | None
+) -> tuple[int, GroupCommitWriter, WalCheckpointer | None]:
     """480 callbacks through the real group-commit writer, in waves of 8: (longest log in bytes, writer, checkpointer)."""
     directory.mkdir()
     engine = make_receiver_engine(DatabaseConfig(url=f"sqlite:///{directory / 'wal.db'}"))
@@ -238,7 +241,9 @@ def test_the_group_commit_writer_keeps_the_log_short(tmp_path):
     """Through the real writer: rows keep arriving while the checkpointer copies; the log starts over
     again and again instead of growing as it does with nobody copying."""
     unbounded, _, _ = _largest_log_under_the_writer(tmp_path / "nobody-copies", None)
-    largest, writer, checkpointer = _largest_log_under_the_writer(tmp_path / "checkpointer", {"interval_seconds": 0.02, "restart_frames": 30})
+    largest, writer, checkpointer = _largest_log_under_the_writer(
+        tmp_path / "checkpointer", {"interval_seconds": 0.02, "restart_frames": 30}
+    )
     assert writer.rows_committed == 480
     assert checkpointer.catch_ups >= 2
     assert largest < unbounded / 3

@@ -1,4 +1,5 @@
 """azamrecon init."""
+
 from __future__ import annotations
 
 import click
@@ -23,7 +24,9 @@ def init(ctx: Context) -> None:
     click.echo(f"database {ctx.engine.url.render_as_string(hide_password=True)}: {state} revision {after}")
     existed = Path(ctx.config.privacy.key_file).exists()
     key = load_key(ctx.config.privacy.key_file)
-    click.echo(f"privacy key {key.path}: {'present' if existed else 'created (mode 0600; back it up apart from the database)'}, fingerprint {key.fingerprint}")
+    click.echo(
+        f"privacy key {key.path}: {'present' if existed else 'created (mode 0600; back it up apart from the database)'}, fingerprint {key.fingerprint}"
+    )
 
 
 COMMANDS = [init]

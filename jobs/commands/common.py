@@ -1,4 +1,5 @@
 """Options and helpers shared by every command module."""
+
 from __future__ import annotations
 
 import contextlib
@@ -67,7 +68,9 @@ class Context:
         """Logging is configured here, at the entry point, and nowhere in library code."""
         from pipeline.logs import configure_logging, secrets_of
 
-        configure_logging(self.config.logging, component=component, secrets=secrets_of(self.config), stderr_level=stderr_level)
+        configure_logging(
+            self.config.logging, component=component, secrets=secrets_of(self.config), stderr_level=stderr_level
+        )
 
 
 def parse_when(value: str | None, name: str) -> datetime | None:
@@ -77,7 +80,9 @@ def parse_when(value: str | None, name: str) -> datetime | None:
     try:
         return parse_utc(value)
     except ValueError:
-        raise InputError(f"{name}: not an ISO-8601 date or timestamp between {EARLIEST.year} and {LATEST.year - 1}: {value!r}") from None
+        raise InputError(
+            f"{name}: not an ISO-8601 date or timestamp between {EARLIEST.year} and {LATEST.year - 1}: {value!r}"
+        ) from None
 
 
 MAX_AMOUNT = Decimal("1e12")  # DECIMAL(14,2)
@@ -95,7 +100,9 @@ def parse_decimal(value: str | None, name: str, positive: bool = True) -> Decima
     if amount.as_tuple().exponent < -2:
         raise InputError(f"{name}: at most 2 decimal places: {value!r}")
     if amount >= MAX_AMOUNT:
-        raise InputError(f"{name}: must be below {MAX_AMOUNT:,} (the money columns hold 12 digits before the point): {value!r}")
+        raise InputError(
+            f"{name}: must be below {MAX_AMOUNT:,} (the money columns hold 12 digits before the point): {value!r}"
+        )
     return amount
 
 
@@ -121,7 +128,9 @@ def _cell(value: Any) -> Any:
     return _jsonable(value)
 
 
-def emit_rows(rows: list[dict[str, Any]], output_format: str, title: str | None = None, columns: Iterable[str] | None = None) -> None:
+def emit_rows(
+    rows: list[dict[str, Any]], output_format: str, title: str | None = None, columns: Iterable[str] | None = None
+) -> None:
     """Print rows as a rich table, JSON or CSV."""
     columns = list(columns or (rows[0].keys() if rows else []))
     if output_format == "json":

@@ -1,4 +1,5 @@
 """azamrecon demo."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -11,7 +12,13 @@ from pipeline.errors import InputError
 
 
 @click.command()
-@click.option("--dir", "folder", type=click.Path(file_okay=False), default=None, help="Where to put the demo's database, config and logs (must not exist; default: ./demo-run/<timestamp>).")
+@click.option(
+    "--dir",
+    "folder",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where to put the demo's database, config and logs (must not exist; default: ./demo-run/<timestamp>).",
+)
 @pass_context
 def demo(ctx: Context, folder) -> None:
     """Run sandbox + receiver + scheduler on loopback over SQLite and walk through six payment scenarios.

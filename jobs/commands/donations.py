@@ -1,4 +1,5 @@
 """azamrecon donations create|show|resolve|list."""
+
 from __future__ import annotations
 
 import sys
@@ -6,7 +7,15 @@ import sys
 import click
 from sqlalchemy import select
 
-from jobs.commands.common import Context, emit_object, emit_result, emit_rows, format_option, pass_context, result_format_option
+from jobs.commands.common import (
+    Context,
+    emit_object,
+    emit_result,
+    emit_rows,
+    format_option,
+    pass_context,
+    result_format_option,
+)
 from jobs.runs import utcnow
 from pipeline.db import transaction
 
@@ -21,7 +30,9 @@ def donation_dict(session, donation) -> dict:
     from pipeline.models import Anomaly, DonationEvent, FundingCredit
 
     credit = session.scalar(select(FundingCredit).where(FundingCredit.donation_id == donation.id))
-    anomalies = session.scalars(select(Anomaly).where(Anomaly.donation_id == donation.id).order_by(Anomaly.event_id)).all()
+    anomalies = session.scalars(
+        select(Anomaly).where(Anomaly.donation_id == donation.id).order_by(Anomaly.event_id)
+    ).all()
     return {
         "id": donation.id,
         "patient_id": donation.patient_id,
@@ -41,10 +52,22 @@ def donation_dict(session, donation) -> dict:
         "review_reason": donation.review_reason,
         "needs_check": bool(donation.needs_check),
         "last_event_id": donation.last_event_id,
-        "events": ",".join(str(event_id) for event_id in session.scalars(
-            select(DonationEvent.event_id).where(DonationEvent.donation_id == donation.id).order_by(DonationEvent.event_id)
-        )),
-        "credit": None if credit is None else {"amount": credit.amount, "patient_id": credit.patient_id, "event_id": credit.event_id, "credited_at": credit.credited_at},
+        "events": ",".join(
+            str(event_id)
+            for event_id in session.scalars(
+                select(DonationEvent.event_id)
+                .where(DonationEvent.donation_id == donation.id)
+                .order_by(DonationEvent.event_id)
+            )
+        ),
+        "credit": None
+        if credit is None
+        else {
+            "amount": credit.amount,
+            "patient_id": credit.patient_id,
+            "event_id": credit.event_id,
+            "credited_at": credit.credited_at,
+        },
         "anomalies": [{"event_id": a.event_id, "kind": a.kind, "detail": a.detail} for a in anomalies],
         "decisions": decisions(session, donation.id),
     }
@@ -65,14 +88,32 @@ def show(ctx: Context, donation_id: int, output_format) -> None:
 
 @donations.command("resolve")
 @click.argument("donation_id", type=click.IntRange(min=1))
-@click.option("--status", required=True, type=click.Choice(["COMPLETED", "FAILED", "CANCELLED"], case_sensitive=False), help="The operator's decision.")
+@click.option(
+    "--status",
+    required=True,
+    type=click.Choice(["COMPLETED", "FAILED", "CANCELLED"], case_sensitive=False),
+    help="The operator's decision.",
+)
 @click.option("--note", required=True, help="Why; kept in the log with the decision.")
-@click.option("--actor", default=None, help="The person you decide for, recorded beside (never instead of) your OS user and SUDO_USER.")
-@click.option("--yes", "yes", is_flag=True, help="Confirm a decision that reverses a credit or replaces a final status (needed when stdin is no terminal).")
-@click.option("--fold/--no-fold", "fold_now", default=True, show_default=True, help="Fold right away so the decision shows.")
+@click.option(
+    "--actor",
+    default=None,
+    help="The person you decide for, recorded beside (never instead of) your OS user and SUDO_USER.",
+)
+@click.option(
+    "--yes",
+    "yes",
+    is_flag=True,
+    help="Confirm a decision that reverses a credit or replaces a final status (needed when stdin is no terminal).",
+)
+@click.option(
+    "--fold/--no-fold", "fold_now", default=True, show_default=True, help="Fold right away so the decision shows."
+)
 @result_format_option
 @pass_context
-def resolve(ctx: Context, donation_id: int, status: str, note: str, actor, yes: bool, fold_now: bool, output_format: str) -> None:
+def resolve(
+    ctx: Context, donation_id: int, status: str, note: str, actor, yes: bool, fold_now: bool, output_format: str
+) -> None:
     """Append an operator decision for a donation (the only way out of REVIEW, and the only override).
 
     A decision that reverses a credit (the donation is COMPLETED) or replaces
@@ -120,18 +161,44 @@ def _confirm(what: str) -> None:
 
 
 @donations.command("create")
-@click.option("--patient", "patient_id", type=click.IntRange(min=1), default=None, help="The patient the donation funds.")
+@click.option(
+    "--patient", "patient_id", type=click.IntRange(min=1), default=None, help="The patient the donation funds."
+)
 @click.option("--general", is_flag=True, help="A general-fund donation (no patient).")
 @click.option("--amount", required=True, help="Total amount in the funding currency, e.g. 25000.")
-@click.option("--patient-amount", default=None, help="The patient's share (default: the amount minus --support-amount).")
-@click.option("--support-amount", default=None, help="The organisation's share (default: 0, or the amount minus --patient-amount).")
+@click.option(
+    "--patient-amount", default=None, help="The patient's share (default: the amount minus --support-amount)."
+)
+@click.option(
+    "--support-amount",
+    default=None,
+    help="The organisation's share (default: 0, or the amount minus --patient-amount).",
+)
 @click.option("--msisdn", required=True, help="The donor's mobile number: 0XXXXXXXXX, 255XXXXXXXXX or +255XXXXXXXXX.")
 @click.option("--provider", required=True, help="Airtel, Tigo, Halopesa, Azampesa or Mpesa.")
-@click.option("--currency", default=None, help="Currency of --amount (default: donations.currency, the only one a patient donation may use; a --general donation may use any in donations.exchange_rates); charged in TZS.")
-@click.option("--fold/--no-fold", "fold_now", default=True, show_default=True, help="Fold right away so the state shows.")
+@click.option(
+    "--currency",
+    default=None,
+    help="Currency of --amount (default: donations.currency, the only one a patient donation may use; a --general donation may use any in donations.exchange_rates); charged in TZS.",
+)
+@click.option(
+    "--fold/--no-fold", "fold_now", default=True, show_default=True, help="Fold right away so the state shows."
+)
 @result_format_option
 @pass_context
-def create(ctx: Context, patient_id, general: bool, amount: str, patient_amount, support_amount, msisdn: str, provider: str, currency, fold_now: bool, output_format: str) -> None:
+def create(
+    ctx: Context,
+    patient_id,
+    general: bool,
+    amount: str,
+    patient_amount,
+    support_amount,
+    msisdn: str,
+    provider: str,
+    currency,
+    fold_now: bool,
+    output_format: str,
+) -> None:
     """Create a donation and initiate the AzamPay mobile-money checkout (the donor confirms on the phone)."""
     from jobs.checkout import initiate_checkout
     from jobs.commands.common import parse_decimal
@@ -152,9 +219,17 @@ def create(ctx: Context, patient_id, general: bool, amount: str, patient_amount,
     now = utcnow()
     with AzamPayClient(ctx.config.azampay) as client:
         result = initiate_checkout(
-            ctx.engine, ctx.config, client,
-            patient_id=patient_id, amount=total, msisdn=msisdn, provider=provider, now=now,
-            patient_amount=patient_share, support_amount=support_share, currency=currency,
+            ctx.engine,
+            ctx.config,
+            client,
+            patient_id=patient_id,
+            amount=total,
+            msisdn=msisdn,
+            provider=provider,
+            now=now,
+            patient_amount=patient_share,
+            support_amount=support_share,
+            currency=currency,
         )
     status = result.event_status
     if fold_now:
@@ -183,7 +258,12 @@ def create(ctx: Context, patient_id, general: bool, amount: str, patient_amount,
 
 
 @donations.command("list")
-@click.option("--status", type=click.Choice(["PENDING", "COMPLETED", "FAILED", "CANCELLED", "EXPIRED", "REVIEW"], case_sensitive=False), default=None, help="Only this status.")
+@click.option(
+    "--status",
+    type=click.Choice(["PENDING", "COMPLETED", "FAILED", "CANCELLED", "EXPIRED", "REVIEW"], case_sensitive=False),
+    default=None,
+    help="Only this status.",
+)
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True, help="How many, newest first.")
 @format_option
 @pass_context
@@ -191,7 +271,16 @@ def list_donations(ctx: Context, status, limit: int, output_format) -> None:
     """List donations, newest first."""
     from pipeline.models import Donation
 
-    columns = ["id", "patient_id", "status", "amount", "charge_amount", "external_reference", "created_at", "completed_at"]
+    columns = [
+        "id",
+        "patient_id",
+        "status",
+        "amount",
+        "charge_amount",
+        "external_reference",
+        "created_at",
+        "completed_at",
+    ]
     query = select(Donation).order_by(Donation.id.desc()).limit(limit)
     if status:
         query = query.where(Donation.status == status.upper())

@@ -1,9 +1,18 @@
 """azamrecon events list|show|ingest|ingest-spool."""
+
 from __future__ import annotations
 
 import click
 
-from jobs.commands.common import Context, emit_object, emit_result, emit_rows, format_option, pass_context, result_format_option
+from jobs.commands.common import (
+    Context,
+    emit_object,
+    emit_result,
+    emit_rows,
+    format_option,
+    pass_context,
+    result_format_option,
+)
 from pipeline.db import transaction
 from pipeline.errors import NotFound
 from pipeline.redact import SECRET_MARKER, redact_body
@@ -30,10 +39,25 @@ def _summary(event) -> dict:
 
 
 @events.command("list")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True, help="How many events, newest first.")
-@click.option("--before", "before_id", type=click.IntRange(min=1), default=None, help="Only events with an id below this.")
-@click.option("--source", type=click.Choice(["callback", "poll", "checkout", "operator", "import"]), default=None, help="Only this source.")
-@click.option("--donation", "donation_id", type=click.IntRange(min=1), default=None, help="Only events appended for this donation id.")
+@click.option(
+    "--limit", type=click.IntRange(1, 10_000), default=50, show_default=True, help="How many events, newest first."
+)
+@click.option(
+    "--before", "before_id", type=click.IntRange(min=1), default=None, help="Only events with an id below this."
+)
+@click.option(
+    "--source",
+    type=click.Choice(["callback", "poll", "checkout", "operator", "import"]),
+    default=None,
+    help="Only this source.",
+)
+@click.option(
+    "--donation",
+    "donation_id",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Only events appended for this donation id.",
+)
 @format_option
 @pass_context
 def list_events(ctx: Context, limit, before_id, source, donation_id, output_format) -> None:
@@ -41,7 +65,10 @@ def list_events(ctx: Context, limit, before_id, source, donation_id, output_form
     from pipeline.store.events import list_events as query
 
     with transaction(ctx.engine) as session:
-        rows = [_summary(e) for e in query(session, limit=limit, before_id=before_id, source=source, donation_id=donation_id)]
+        rows = [
+            _summary(e)
+            for e in query(session, limit=limit, before_id=before_id, source=source, donation_id=donation_id)
+        ]
     emit_rows(rows, output_format, title="payment_events")
 
 
@@ -94,7 +121,9 @@ def _password_used(ctx: Context, body: bytes) -> str | None:
 
 
 @events.command("ingest-spool")
-@click.option("--spool-dir", type=click.Path(file_okay=False), default=None, help="Spool directory (default: receiver.spool_dir).")
+@click.option(
+    "--spool-dir", type=click.Path(file_okay=False), default=None, help="Spool directory (default: receiver.spool_dir)."
+)
 @result_format_option
 @pass_context
 def ingest_spool_command(ctx: Context, spool_dir: str | None, output_format: str) -> None:
@@ -106,8 +135,12 @@ def ingest_spool_command(ctx: Context, spool_dir: str | None, output_format: str
     ctx.setup_logging("spool")
     now = utcnow()
     with recorded_run(ctx.engine, "spool", now) as run:
-        counts = run.counts = ingest_spool(ctx.engine, spool_dir or ctx.config.receiver.spool_dir, now, redactor_for(ctx.config))
-    emit_result(counts, output_format, [" ".join(f"{key}={value}" for key, value in counts.items())], title="ingest-spool")
+        counts = run.counts = ingest_spool(
+            ctx.engine, spool_dir or ctx.config.receiver.spool_dir, now, redactor_for(ctx.config)
+        )
+    emit_result(
+        counts, output_format, [" ".join(f"{key}={value}" for key, value in counts.items())], title="ingest-spool"
+    )
 
 
 COMMANDS = [events]

@@ -1,4 +1,5 @@
 """azamrecon fold | rebuild [--check] [--as-of T]."""
+
 from __future__ import annotations
 
 import json
@@ -6,12 +7,26 @@ from pathlib import Path
 
 import click
 
-from jobs.commands.common import Context, emit_object, emit_rows, format_option, parse_when, pass_context, progress_bar, to_json
+from jobs.commands.common import (
+    Context,
+    emit_object,
+    emit_rows,
+    format_option,
+    parse_when,
+    pass_context,
+    progress_bar,
+    to_json,
+)
 from jobs.runs import recorded_run, utcnow
 
 
 @click.command()
-@click.option("--max-batches", type=click.IntRange(min=1), default=None, help="Stop after this many batches (default: until caught up).")
+@click.option(
+    "--max-batches",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after this many batches (default: until caught up).",
+)
 @format_option
 @pass_context
 def fold(ctx: Context, max_batches, output_format) -> None:
@@ -27,10 +42,30 @@ def fold(ctx: Context, max_batches, output_format) -> None:
 
 
 @click.command()
-@click.option("--check", is_flag=True, help="Rebuild in memory and print every difference from the live state; exit 1 if any. Writes nothing.")
-@click.option("--as-of", "as_of_text", default=None, metavar="T", help="Print the state as known at T (ISO-8601) from events received by then. Writes nothing.")
-@click.option("--output", type=click.Path(dir_okay=False, writable=True), default=None, help="With --as-of: write the JSON state to this file.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar on stderr (only when stderr is a terminal).")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Rebuild in memory and print every difference from the live state; exit 1 if any. Writes nothing.",
+)
+@click.option(
+    "--as-of",
+    "as_of_text",
+    default=None,
+    metavar="T",
+    help="Print the state as known at T (ISO-8601) from events received by then. Writes nothing.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="With --as-of: write the JSON state to this file.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=True,
+    show_default=True,
+    help="Show a progress bar on stderr (only when stderr is a terminal).",
+)
 @format_option
 @pass_context
 def rebuild(ctx: Context, check, as_of_text, output, progress, output_format) -> None:
@@ -53,7 +88,9 @@ def rebuild(ctx: Context, check, as_of_text, output, progress, output_format) ->
                 Path(output).write_text(to_json(data))
             except OSError as exc:
                 raise InputError(f"--output {output}: {exc.strerror or exc}") from None
-            click.echo(f"state as of {instant.isoformat()} written to {output}: {len(data['donations'])} donations, {len(data['credits'])} credits")
+            click.echo(
+                f"state as of {instant.isoformat()} written to {output}: {len(data['donations'])} donations, {len(data['credits'])} credits"
+            )
         elif output_format == "json":
             click.echo(to_json(data))
         else:
@@ -63,13 +100,25 @@ def rebuild(ctx: Context, check, as_of_text, output, progress, output_format) ->
         with progress_bar("check", progress) as update:
             result = jobs_rebuild.check(ctx.engine, ctx.config, progress=update)
         if output_format == "json":
-            click.echo(json.dumps({"differences": result.differences, "position": result.position, "events": result.events_compared, "note": result.lag_note}, indent=2))
+            click.echo(
+                json.dumps(
+                    {
+                        "differences": result.differences,
+                        "position": result.position,
+                        "events": result.events_compared,
+                        "note": result.lag_note,
+                    },
+                    indent=2,
+                )
+            )
         elif output_format == "csv":
             emit_rows([{"difference": line} for line in result.differences], "csv", columns=["difference"])
         else:
             for line in result.differences:
                 click.echo(line)
-            click.echo(f"rebuild --check: {len(result.differences)} difference(s) over {result.events_compared} events (fold position {result.position})")
+            click.echo(
+                f"rebuild --check: {len(result.differences)} difference(s) over {result.events_compared} events (fold position {result.position})"
+            )
             if result.lag_note:
                 click.echo(result.lag_note)
         if result.differences:
@@ -90,7 +139,9 @@ _AS_OF_PATIENT_COLUMNS = ["funding_received", "status", "fully_funded_at"]
 def _print_as_of(data: dict, output_format: str) -> None:
     donations = [{"donation": k, **{f: v[f] for f in _AS_OF_DONATION_COLUMNS}} for k, v in data["donations"].items()]
     patients = [{"patient": k, **v} for k, v in data["patients"].items()]
-    if output_format == "csv":  # one document a CSV reader can take whole: a `kind` column, cells left empty where they do not apply
+    if (
+        output_format == "csv"
+    ):  # one document a CSV reader can take whole: a `kind` column, cells left empty where they do not apply
         rows = [{"kind": "donation", "id": row.pop("donation"), **row} for row in donations]
         rows += [{"kind": "patient", "id": row.pop("patient"), **row} for row in patients]
         emit_rows(rows, "csv", columns=["kind", "id", *dict.fromkeys(_AS_OF_DONATION_COLUMNS + _AS_OF_PATIENT_COLUMNS)])

@@ -1,4 +1,5 @@
 """azamrecon events ingest FILE: backfill callbacks from an existing deployment's logs (jobs.ingest)."""
+
 from __future__ import annotations
 
 import click
@@ -10,7 +11,12 @@ from pipeline.errors import AzamreconError
 
 @events.command("ingest")
 @click.argument("file", metavar="FILE")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar on stderr (only when stderr is a terminal).")
+@click.option(
+    "--progress/--no-progress",
+    default=True,
+    show_default=True,
+    help="Show a progress bar on stderr (only when stderr is a terminal).",
+)
 @click.option(
     "--naive-offset",
     default="+00:00",
@@ -50,7 +56,9 @@ def ingest(ctx: Context, file: str, progress: bool, naive_offset: str, output_fo
         run.counts = counts
     emit_result(counts, output_format, [" ".join(f"{key}={value}" for key, value in counts.items())], title="ingest")
     if counts["errors"]:  # a backfill that lost callbacks must not look done to the script that ran it
-        raise AzamreconError(f"{counts['errors']} line(s) of {file} could not be imported (the warnings give their line numbers); the other lines were")
+        raise AzamreconError(
+            f"{counts['errors']} line(s) of {file} could not be imported (the warnings give their line numbers); the other lines were"
+        )
 
 
 COMMANDS: list = []

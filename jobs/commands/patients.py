@@ -1,4 +1,5 @@
 """azamrecon patients add|show|list."""
+
 from __future__ import annotations
 
 import click
@@ -17,7 +18,9 @@ def patients() -> None:
 def patient_dict(session, patient) -> dict:
     from pipeline.models import Donation, FundingCredit
 
-    credits = session.scalar(select(func.count()).select_from(FundingCredit).where(FundingCredit.patient_id == patient.id))
+    credits = session.scalar(
+        select(func.count()).select_from(FundingCredit).where(FundingCredit.patient_id == patient.id)
+    )
     donations = session.scalar(select(func.count()).select_from(Donation).where(Donation.patient_id == patient.id))
     required = patient.funding_required
     percent = (patient.funding_received * 100 / required).quantize(type(required)("0.1")) if required else None
@@ -74,10 +77,18 @@ def list_patients(ctx: Context, limit: int, output_format) -> None:
 
     with transaction(ctx.engine) as session:
         rows = [
-            {"id": p.id, "name": p.name, "funding_received": p.funding_received, "funding_required": p.funding_required, "status": p.status}
+            {
+                "id": p.id,
+                "name": p.name,
+                "funding_received": p.funding_received,
+                "funding_required": p.funding_required,
+                "status": p.status,
+            }
             for p in session.scalars(select(Patient).order_by(Patient.id).limit(limit))
         ]
-    emit_rows(rows, output_format, title="patients", columns=["id", "name", "funding_received", "funding_required", "status"])
+    emit_rows(
+        rows, output_format, title="patients", columns=["id", "name", "funding_received", "funding_required", "status"]
+    )
 
 
 COMMANDS = [patients]

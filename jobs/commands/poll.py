@@ -1,4 +1,5 @@
 """azamrecon poll [--donation ID] [--limit N] [--fold/--no-fold]."""
+
 from __future__ import annotations
 
 import click
@@ -6,13 +7,38 @@ import click
 from jobs.commands.common import Context, emit_object, format_option, pass_context
 from jobs.runs import recorded_run, utcnow
 
-COUNT_KEYS = ("candidates", "checked", "success", "failed", "pending", "unknown", "expired", "errors", "skipped_backoff", "no_transaction_id", "appended")
+COUNT_KEYS = (
+    "candidates",
+    "checked",
+    "success",
+    "failed",
+    "pending",
+    "unknown",
+    "expired",
+    "errors",
+    "skipped_backoff",
+    "no_transaction_id",
+    "appended",
+)
 
 
 @click.command()
-@click.option("--donation", "donation_id", type=click.IntRange(min=1), default=None, help="Ask about this one donation now (ignores threshold and backoff).")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Check at most this many donations in this run (oldest first).")
-@click.option("--fold/--no-fold", "fold_after", default=True, show_default=True, help="Fold afterwards so the answers show.")
+@click.option(
+    "--donation",
+    "donation_id",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Ask about this one donation now (ignores threshold and backoff).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Check at most this many donations in this run (oldest first).",
+)
+@click.option(
+    "--fold/--no-fold", "fold_after", default=True, show_default=True, help="Fold afterwards so the answers show."
+)
 @format_option
 @pass_context
 def poll(ctx: Context, donation_id, limit, fold_after: bool, output_format) -> None:

@@ -1,14 +1,27 @@
 """azamrecon privacy scrub|retain|find|erase: secrets and personal data at rest (jobs.privacy, docs/privacy.md)."""
+
 from __future__ import annotations
 
 import click
 
-from jobs.commands.common import Context, emit_result, emit_rows, format_option, parse_when, pass_context, result_format_option, to_json
+from jobs.commands.common import (
+    Context,
+    emit_result,
+    emit_rows,
+    format_option,
+    parse_when,
+    pass_context,
+    result_format_option,
+    to_json,
+)
 from pipeline.errors import InputError
 
 REWRITE_FLAG = "--rewrite-log"
 rewrite_option = click.option(
-    "--rewrite-log", "rewrite_log", is_flag=True, default=False,
+    "--rewrite-log",
+    "rewrite_log",
+    is_flag=True,
+    default=False,
     help="Rewrite stored events: the one exception to the append-only log, recorded in privacy_rewrites. Required unless --dry-run.",
 )
 dry_run_option = click.option("--dry-run", is_flag=True, default=False, help="Count what would change; change nothing.")
@@ -57,7 +70,9 @@ def scrub(ctx: Context, rewrite_log: bool, dry_run: bool, output_format: str) ->
 
 
 @privacy.command("retain")
-@click.option("--now", "now_text", default=None, metavar="T", help="The instant retention is applied at (ISO-8601; default: now).")
+@click.option(
+    "--now", "now_text", default=None, metavar="T", help="The instant retention is applied at (ISO-8601; default: now)."
+)
 @dry_run_option
 @result_format_option
 @pass_context
@@ -94,8 +109,18 @@ def find(ctx: Context, msisdn: str, output_format: str) -> None:
     if output_format == "json":
         click.echo(to_json(found))
         return
-    emit_rows(found["donations"], output_format, title="donations", columns=("id", "created_at", "status", "amount", "currency", "msisdn", "provider"))
-    emit_rows(found["events"], output_format, title="payment_events", columns=("id", "received_at", "source", "status", "amount", "msisdn"))
+    emit_rows(
+        found["donations"],
+        output_format,
+        title="donations",
+        columns=("id", "created_at", "status", "amount", "currency", "msisdn", "provider"),
+    )
+    emit_rows(
+        found["events"],
+        output_format,
+        title="payment_events",
+        columns=("id", "received_at", "source", "status", "amount", "msisdn"),
+    )
 
 
 @privacy.command("erase")

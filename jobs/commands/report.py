@@ -1,4 +1,5 @@
 """azamrecon report [--date YYYY-MM-DD] [--as-of T] [--format table|json|csv]."""
+
 from __future__ import annotations
 
 import csv
@@ -27,12 +28,26 @@ def parse_day(value: str | None, name: str = "--date") -> date | None:
             raise ValueError
         return day
     except ValueError:
-        raise InputError(f"{name}: not a date in the form YYYY-MM-DD between {EARLIEST.year} and {LATEST.year - 1}: {value!r}") from None
+        raise InputError(
+            f"{name}: not a date in the form YYYY-MM-DD between {EARLIEST.year} and {LATEST.year - 1}: {value!r}"
+        ) from None
 
 
 @click.command()
-@click.option("--date", "day_text", default=None, metavar="YYYY-MM-DD", help="The UTC day whose completed/failed/cancelled donations are counted (default: today, or the day of --as-of).")
-@click.option("--as-of", "as_of_text", default=None, metavar="T", help="Answer from the state as known at T (ISO-8601; naive means UTC), refolded in memory from events received by then. Writes nothing.")
+@click.option(
+    "--date",
+    "day_text",
+    default=None,
+    metavar="YYYY-MM-DD",
+    help="The UTC day whose completed/failed/cancelled donations are counted (default: today, or the day of --as-of).",
+)
+@click.option(
+    "--as-of",
+    "as_of_text",
+    default=None,
+    metavar="T",
+    help="Answer from the state as known at T (ISO-8601; naive means UTC), refolded in memory from events received by then. Writes nothing.",
+)
 @format_option
 @pass_context
 def report(ctx: Context, day_text, as_of_text, output_format) -> None:
@@ -115,7 +130,10 @@ def _print_tables(data: dict) -> None:
         f"report {data['day']} ({basis})",
         ["question", "answer"],
         [
-            ["completed", f"{data['completed']['count']}  " + "  ".join(f"{c} {a}" for c, a in data["completed"]["sum"].items())],
+            [
+                "completed",
+                f"{data['completed']['count']}  " + "  ".join(f"{c} {a}" for c, a in data["completed"]["sum"].items()),
+            ],
             ["failed", data["failed"]["count"]],
             ["cancelled", data["cancelled"]["count"]],
             [f"stuck PENDING > {data['stuck_pending']['threshold_minutes']:g} min", data["stuck_pending"]["count"]],
@@ -132,28 +150,49 @@ def _print_tables(data: dict) -> None:
             table(
                 f"{name} on {data['day']}" + (" (first rows)" if section["truncated"] else ""),
                 ["id", "external_reference", "patient", "amount", "currency", at],
-                [[d["id"], d["external_reference"], d["patient_id"], d["amount"], d["currency"], d[at]] for d in section["donations"]],
+                [
+                    [d["id"], d["external_reference"], d["patient_id"], d["amount"], d["currency"], d[at]]
+                    for d in section["donations"]
+                ],
             )
     stuck = data["stuck_pending"]
     if stuck["donations"]:
         table(
             f"stuck PENDING (ages at {_text(stuck['measured_at'])})" + (" (oldest rows)" if stuck["truncated"] else ""),
             ["id", "external_reference", "amount", "currency", "created_at", "age_minutes"],
-            [[d["id"], d["external_reference"], d["amount"], d["currency"], d["created_at"], d["age_minutes"]] for d in stuck["donations"]],
+            [
+                [d["id"], d["external_reference"], d["amount"], d["currency"], d["created_at"], d["age_minutes"]]
+                for d in stuck["donations"]
+            ],
         )
     if data["patients"]:
         table(
             "patient funding",
             ["id", "name", "received", "required", "%", "status"],
-            [[p["id"], p["name"], p["funding_received"], p["funding_required"], p["percent"], p["status"]] for p in data["patients"]],
+            [
+                [p["id"], p["name"], p["funding_received"], p["funding_required"], p["percent"], p["status"]]
+                for p in data["patients"]
+            ],
         )
     if data["anomalies"]["by_kind"]:
         rows = []
         for kind, entry in data["anomalies"]["by_kind"].items():
             for position, example in enumerate(entry["latest"]):
-                rows.append([kind if position == 0 else "", entry["count"] if position == 0 else "", example["event_id"], example["donation_id"], example["detail"]])
+                rows.append(
+                    [
+                        kind if position == 0 else "",
+                        entry["count"] if position == 0 else "",
+                        example["event_id"],
+                        example["donation_id"],
+                        example["detail"],
+                    ]
+                )
         table("anomalies by kind (latest examples)", ["kind", "count", "event", "donation", "detail"], rows)
-        table("what each kind means", ["kind", "meaning"], [[kind, entry["meaning"]] for kind, entry in data["anomalies"]["by_kind"].items()])
+        table(
+            "what each kind means",
+            ["kind", "meaning"],
+            [[kind, entry["meaning"]] for kind, entry in data["anomalies"]["by_kind"].items()],
+        )
     if invariants["violations"]:
         table("invariant violations", ["violation"], [[line] for line in invariants["violations"]])
 

@@ -1,4 +1,5 @@
 """`azamrecon sandbox`: run the local AzamPay simulator in the foreground."""
+
 from __future__ import annotations
 
 import click
@@ -21,12 +22,24 @@ def _parse_outcomes(values: tuple[str, ...]) -> dict[str, str]:
 
 @click.command("sandbox")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8100, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on (0: any free port).")
-@click.option("--callback-url", default=None, help="Where callbacks are POSTed after each checkout; none are sent without it.")
+@click.option(
+    "--port",
+    default=8100,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on (0: any free port).",
+)
+@click.option(
+    "--callback-url", default=None, help="Where callbacks are POSTed after each checkout; none are sent without it."
+)
 @click.option("--webhook-password", default=None, help="Sent in the callback's 'password' field (null without it).")
 @click.option("--client-id", default=DEFAULT_CLIENT_ID, show_default=True, help="clientId accepted by GenerateToken.")
-@click.option("--client-secret", default=DEFAULT_CLIENT_SECRET, show_default=True, help="clientSecret accepted by GenerateToken.")
-@click.option("--api-key", default=DEFAULT_API_KEY, show_default=True, help="X-API-KEY required on checkout, partners and status.")
+@click.option(
+    "--client-secret", default=DEFAULT_CLIENT_SECRET, show_default=True, help="clientSecret accepted by GenerateToken."
+)
+@click.option(
+    "--api-key", default=DEFAULT_API_KEY, show_default=True, help="X-API-KEY required on checkout, partners and status."
+)
 @click.option(
     "--outcome",
     "outcomes",
@@ -34,13 +47,50 @@ def _parse_outcomes(values: tuple[str, ...]) -> dict[str, str]:
     metavar="MSISDN=OUTCOME",
     help=f"Scripted outcome for checkouts from MSISDN (repeatable). OUTCOME: {', '.join(OUTCOMES)}.",
 )
-@click.option("--default-outcome", default="success", show_default=True, type=click.Choice(OUTCOMES), help="Outcome for every other MSISDN.")
-@click.option("--latency", default=0.0, show_default=True, type=click.FloatRange(0), help="Seconds added before every AzamPay answer.")
-@click.option("--delay-seconds", default=2.0, show_default=True, type=click.FloatRange(0), help="Callback delay of the 'delayed' outcome.")
-@click.option("--token-ttl", default=3600, show_default=True, type=click.IntRange(1), help="Lifetime of issued tokens, in seconds.")
+@click.option(
+    "--default-outcome",
+    default="success",
+    show_default=True,
+    type=click.Choice(OUTCOMES),
+    help="Outcome for every other MSISDN.",
+)
+@click.option(
+    "--latency",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds added before every AzamPay answer.",
+)
+@click.option(
+    "--delay-seconds",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Callback delay of the 'delayed' outcome.",
+)
+@click.option(
+    "--token-ttl",
+    default=3600,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Lifetime of issued tokens, in seconds.",
+)
 @pass_context
-def sandbox(ctx, host, port, callback_url, webhook_password, client_id, client_secret, api_key, outcomes, default_outcome,
-            latency, delay_seconds, token_ttl) -> None:
+def sandbox(
+    ctx,
+    host,
+    port,
+    callback_url,
+    webhook_password,
+    client_id,
+    client_secret,
+    api_key,
+    outcomes,
+    default_outcome,
+    latency,
+    delay_seconds,
+    token_ttl,
+) -> None:
     """Run a local AzamPay simulator (token, checkout, partners, status, callbacks) until Ctrl-C or SIGTERM.
 
     The status path and parameter names come from the config's azampay.status, so the client and the

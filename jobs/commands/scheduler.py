@@ -1,4 +1,5 @@
 """azamrecon scheduler."""
+
 from __future__ import annotations
 
 import click

@@ -1,4 +1,5 @@
 """azamrecon serve: the callback receiver on uvicorn."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -32,7 +33,9 @@ def _check_listen(host: str, port: int) -> None:
 @click.command()
 @click.option("--host", default=None, help="Interface to listen on (default: receiver.host).")
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (default: receiver.port).")
-@click.option("--workers", type=click.IntRange(1, 64), default=None, help="Worker processes (default: receiver.workers).")
+@click.option(
+    "--workers", type=click.IntRange(1, 64), default=None, help="Worker processes (default: receiver.workers)."
+)
 @pass_context
 def serve(ctx: Context, host: str | None, port: int | None, workers: int | None) -> None:
     """Run the AzamPay callback receiver (HTTP)."""
@@ -49,7 +52,9 @@ def serve(ctx: Context, host: str | None, port: int | None, workers: int | None)
     try:
         Path(config.receiver.spool_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"invalid config value for receiver.spool_dir: cannot create {config.receiver.spool_dir}: {exc.strerror}") from None
+        raise ConfigError(
+            f"invalid config value for receiver.spool_dir: cannot create {config.receiver.spool_dir}: {exc.strerror}"
+        ) from None
     _check_listen(host, port)
     configure_logging(config.logging, component="receiver", secrets=secrets_of(config))
     if workers > 1 and config.database.url.startswith("sqlite"):

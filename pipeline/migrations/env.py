@@ -1,4 +1,5 @@
 """Alembic environment: runs against the connection handed in by pipeline.schema, or the configured URL."""
+
 from alembic import context
 
 from pipeline.models import metadata

@@ -1,4 +1,5 @@
 """Patients and donations: creation and lookup. Their derived columns belong to the fold."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -19,7 +20,13 @@ def create_patient(session: Session, *, name: str, funding_required: Decimal, no
         raise InputError("patient name must not be empty")
     if funding_required <= 0:
         raise InputError("funding_required must be positive")
-    patient = Patient(name=name.strip(), funding_required=funding_required, created_at=now, funding_received=Decimal("0"), status="FUNDING")
+    patient = Patient(
+        name=name.strip(),
+        funding_required=funding_required,
+        created_at=now,
+        funding_received=Decimal("0"),
+        status="FUNDING",
+    )
     session.add(patient)
     session.flush()
     return patient
@@ -79,7 +86,9 @@ def create_donation(
     if patient_amount < 0 or support_amount < 0:
         raise InputError("patient and support amounts must not be negative")
     if patient_amount + support_amount != amount:
-        raise InputError(f"patient amount {patient_amount} + support amount {support_amount} must equal amount {amount}")
+        raise InputError(
+            f"patient amount {patient_amount} + support amount {support_amount} must equal amount {amount}"
+        )
     normalised_msisdn = None
     if msisdn is not None:
         normalised_msisdn = normalise_msisdn(msisdn)

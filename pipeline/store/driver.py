@@ -1,5 +1,6 @@
 """Raw DBAPI statements on a session's own connection, for the hot paths (fold batches, the receiver's
 group commit), with the conversions SQLAlchemy's column types would apply done once per value."""
+
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -44,8 +45,16 @@ class Driver:
         disconnect = self.dialect.is_disconnect(exc, self.connection.connection.driver_connection, None)
         if disconnect:
             self.connection.invalidate(exc)
-        return DBAPIError.instance(sql, params, exc, self.dialect.loaded_dbapi.Error, hide_parameters=True,
-                                   connection_invalidated=disconnect, dialect=self.dialect, ismulti=many)
+        return DBAPIError.instance(
+            sql,
+            params,
+            exc,
+            self.dialect.loaded_dbapi.Error,
+            hide_parameters=True,
+            connection_invalidated=disconnect,
+            dialect=self.dialect,
+            ismulti=many,
+        )
 
     def fetch(self, sql: str, params: Sequence = ()) -> list[tuple]:
         cursor = self._cursor()
@@ -109,7 +118,9 @@ class Driver:
     def marks(self, count: int) -> str:
         return "(" + ", ".join([self.mark] * count) + ")"
 
-    def fetch_in(self, sql_before_in: str, values: Sequence, sql_after_in: str = "", params_before: Sequence = ()) -> list[tuple]:
+    def fetch_in(
+        self, sql_before_in: str, values: Sequence, sql_after_in: str = "", params_before: Sequence = ()
+    ) -> list[tuple]:
         """`sql_before_in (?, ?, ...) sql_after_in` per chunk of values; rows of every chunk."""
         rows: list[tuple] = []
         for part in chunks(values):

@@ -1,4 +1,5 @@
 """The append-only log: building rows, appending them (in groups), and reading them back."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,7 +15,17 @@ from pipeline.errors import StoreError
 from pipeline.events import EventFields
 from pipeline.fold import AUTH_VALUES, SIGNED
 from pipeline.models import Money, PaymentEvent, UTCDateTime
-from pipeline.resolution import DEFAULT_FORMAT, DonationFacts, DonationIndex, Key, ReferenceFormat, Resolution, decide, lookup_keys, wanted_values
+from pipeline.resolution import (
+    DEFAULT_FORMAT,
+    DonationFacts,
+    DonationIndex,
+    Key,
+    ReferenceFormat,
+    Resolution,
+    decide,
+    lookup_keys,
+    wanted_values,
+)
 from pipeline.store.driver import Driver, chunks
 
 SOURCES = ("callback", "poll", "checkout", "operator", "import")
@@ -38,7 +49,13 @@ def select_headers(headers: Mapping[str, str]) -> str:
     """The kept headers as json.dumps(kept, ensure_ascii=False, sort_keys=True) writes them, built from
     json's own C string encoder: dumps' per-call encoder set-up was 5% of the receiver's CPU. Each value
     is capped at HEADER_VALUE_CHARS characters, with a marker naming its full size."""
-    return "{" + ", ".join(f"{key}: {encode_basestring(_capped(headers[name]))}" for name, key in _KEPT_IN_ORDER if name in headers) + "}"
+    return (
+        "{"
+        + ", ".join(
+            f"{key}: {encode_basestring(_capped(headers[name]))}" for name, key in _KEPT_IN_ORDER if name in headers
+        )
+        + "}"
+    )
 
 
 def event_row(
@@ -164,7 +181,11 @@ def resolve_claims(session: Session, claims: Sequence[Claim]) -> list[Resolution
     """Each claim's Resolution, decided by pipeline.resolution.decide as the fold decides it. One query for
     the whole group (one per IN_CHUNK keys), on the raw driver: the Core query's compilation cost as much
     as the insert."""
-    wanted = [(column, value) for column, values in wanted_values(key for claim in claims for key in claim.keys).items() for value in values]
+    wanted = [
+        (column, value)
+        for column, values in wanted_values(key for claim in claims for key in claim.keys).items()
+        for value in values
+    ]
     index = DonationIndex()
     if wanted:
         raw = Driver(session.connection())
@@ -174,7 +195,9 @@ def resolve_claims(session: Session, claims: Sequence[Claim]) -> list[Resolution
                 by_column.setdefault(column, []).append(value)
             where = " OR ".join(f"{column} IN {raw.marks(len(values))}" for column, values in by_column.items())
             params = [value for values in by_column.values() for value in values]
-            for row in raw.fetch(f"SELECT id, external_reference, transaction_id, msisdn, provider FROM donations WHERE {where}", params):
+            for row in raw.fetch(
+                f"SELECT id, external_reference, transaction_id, msisdn, provider FROM donations WHERE {where}", params
+            ):
                 index.add(DonationFacts(*row))
     return [decide(claim.event, claim.keys, index) for claim in claims]
 

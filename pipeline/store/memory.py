@@ -3,6 +3,7 @@
 It offers the methods jobs.fold.fold_batch calls on SqlFoldStore, over dicts, and produces a
 Snapshot that can be compared with the live state's (pipeline.store.snapshot).
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -38,7 +39,8 @@ class MemoryFoldStore:
             if donation_high is None or state.id <= donation_high:
                 self.index.add(state)
         self.patient_rows = {
-            patient_id: PatientRow(patient_id, required, Decimal("0"), "FUNDING", None) for patient_id, required in session.execute(patients)
+            patient_id: PatientRow(patient_id, required, Decimal("0"), "FUNDING", None)
+            for patient_id, required in session.execute(patients)
         }
         self.credits: dict[int, Credit] = {}
         self.anomalies: dict[int | None, list[AnomalyRecord]] = defaultdict(list)
@@ -63,7 +65,11 @@ class MemoryFoldStore:
         return found
 
     def applied_events(self, donation_ids: Iterable[int]) -> dict[int, list[int]]:
-        return {donation_id: sorted(self.applied[donation_id]) for donation_id in donation_ids if donation_id in self.applied}
+        return {
+            donation_id: sorted(self.applied[donation_id])
+            for donation_id in donation_ids
+            if donation_id in self.applied
+        }
 
     def add_applied(self, pairs: Sequence[tuple[int, int]]) -> None:
         for event_id, donation_id in pairs:
@@ -110,7 +116,11 @@ class MemoryFoldStore:
     def write_patients(self, totals: dict[int, PatientTotals]) -> None:
         for patient_id, total in totals.items():
             row = self.patient_rows[patient_id]
-            row.funding_received, row.status, row.fully_funded_at = total.funding_received, total.status, total.fully_funded_at
+            row.funding_received, row.status, row.fully_funded_at = (
+                total.funding_received,
+                total.status,
+                total.fully_funded_at,
+            )
 
     # -- result -----------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:

@@ -1,4 +1,5 @@
 """Derived state as comparable values: what `rebuild --check` diffs and `rebuild --as-of` exports."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -16,7 +17,9 @@ from pipeline.store.state import STATE_COLUMNS
 
 # What a person compares; the remaining derived fields (aggregates, event_ids) follow from the log.
 DONATION_FIELDS = ("status", "completed_at", "credit_event_id", "review_reason", "needs_check") + tuple(
-    name for name in DERIVED_FIELDS if name not in ("status", "completed_at", "credit_event_id", "review_reason", "needs_check")
+    name
+    for name in DERIVED_FIELDS
+    if name not in ("status", "completed_at", "credit_event_id", "review_reason", "needs_check")
 )
 
 
@@ -28,7 +31,13 @@ class Snapshot:
     anomalies: Counter
 
     @classmethod
-    def build(cls, donations: Iterable[DonationState], credits: Iterable[Credit], patients: Iterable[tuple], anomalies: Iterable[AnomalyRecord]) -> "Snapshot":
+    def build(
+        cls,
+        donations: Iterable[DonationState],
+        credits: Iterable[Credit],
+        patients: Iterable[tuple],
+        anomalies: Iterable[AnomalyRecord],
+    ) -> "Snapshot":
         return cls(
             donations={state.id: tuple(_norm(getattr(state, name)) for name in DONATION_FIELDS) for state in donations},
             credits={c.donation_id: (c.patient_id, _norm(c.amount), c.event_id, _norm(c.credited_at)) for c in credits},
@@ -39,9 +48,18 @@ class Snapshot:
     def as_dict(self) -> dict[str, Any]:
         return {
             "donations": {str(k): dict(zip(DONATION_FIELDS, v)) for k, v in sorted(self.donations.items())},
-            "credits": {str(k): dict(zip(("patient_id", "amount", "event_id", "credited_at"), v)) for k, v in sorted(self.credits.items())},
-            "patients": {str(k): dict(zip(("funding_received", "status", "fully_funded_at"), v)) for k, v in sorted(self.patients.items())},
-            "anomalies": [dict(zip(("event_id", "donation_id", "kind", "detail"), key)) for key in sorted(self.anomalies.elements(), key=repr)],
+            "credits": {
+                str(k): dict(zip(("patient_id", "amount", "event_id", "credited_at"), v))
+                for k, v in sorted(self.credits.items())
+            },
+            "patients": {
+                str(k): dict(zip(("funding_received", "status", "fully_funded_at"), v))
+                for k, v in sorted(self.patients.items())
+            },
+            "anomalies": [
+                dict(zip(("event_id", "donation_id", "kind", "detail"), key))
+                for key in sorted(self.anomalies.elements(), key=repr)
+            ],
         }
 
 
@@ -60,11 +78,20 @@ def live_snapshot(session: Session) -> Snapshot:
     credits = (
         Credit(*row)
         for row in session.execute(
-            select(FundingCredit.donation_id, FundingCredit.patient_id, FundingCredit.amount, FundingCredit.event_id, FundingCredit.credited_at)
+            select(
+                FundingCredit.donation_id,
+                FundingCredit.patient_id,
+                FundingCredit.amount,
+                FundingCredit.event_id,
+                FundingCredit.credited_at,
+            )
         )
     )
     patients = session.execute(select(Patient.id, Patient.funding_received, Patient.status, Patient.fully_funded_at))
-    anomalies = (AnomalyRecord(*row) for row in session.execute(select(Anomaly.event_id, Anomaly.donation_id, Anomaly.kind, Anomaly.detail)))
+    anomalies = (
+        AnomalyRecord(*row)
+        for row in session.execute(select(Anomaly.event_id, Anomaly.donation_id, Anomaly.kind, Anomaly.detail))
+    )
     return Snapshot.build(donations, credits, patients, anomalies)
 
 
@@ -76,7 +103,9 @@ def differences(live: Snapshot, rebuilt: Snapshot, limit: int = 1000) -> list[st
         if have == want:
             continue
         if have is None or want is None:
-            lines.append(f"donation {donation_id}: live {'absent' if have is None else 'present'}, rebuild {'absent' if want is None else 'present'}")
+            lines.append(
+                f"donation {donation_id}: live {'absent' if have is None else 'present'}, rebuild {'absent' if want is None else 'present'}"
+            )
             continue
         for name, a, b in zip(DONATION_FIELDS, have, want):
             if a != b:

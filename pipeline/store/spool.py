@@ -12,6 +12,7 @@ A line:
                     absent in lines written before: the body is then the bytes received, and is redacted
                     when it is replayed)}
 """
+
 from __future__ import annotations
 
 import base64

@@ -3,6 +3,7 @@
 `SqlFoldStore` works on a live session (incremental fold, rebuild). pipeline.store.memory.MemoryFoldStore
 offers the same methods over dicts, for `rebuild --check` and `--as-of`, which must not write.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,19 @@ from sqlalchemy.orm import Session
 
 from pipeline.fold import DERIVED_FIELDS, STATIC_FIELDS, AnomalyRecord, Credit, DonationState, FoldEvent, PatientTotals
 from pipeline.resolution import ID, REFERENCE, TRANSACTION, WAITING_KINDS, Key
-from pipeline.models import Anomaly, Donation, DonationEvent, EventCount, FoldCheckpoint, FundingCredit, Money, Patient, PaymentEvent, UTCDateTime, WaitingKey
+from pipeline.models import (
+    Anomaly,
+    Donation,
+    DonationEvent,
+    EventCount,
+    FoldCheckpoint,
+    FundingCredit,
+    Money,
+    Patient,
+    PaymentEvent,
+    UTCDateTime,
+    WaitingKey,
+)
 from pipeline.store.driver import UTC, Driver, chunks
 
 CHECKPOINT = "main"  # the fold's checkpoint row; its lock is the fold's lock
@@ -57,7 +70,9 @@ _STATE_TYPES = [Donation.__table__.c[column.key].type for column in STATE_COLUMN
 _STATE_DATETIMES = tuple(i for i, kind in enumerate(_STATE_TYPES) if isinstance(kind, UTCDateTime))
 _STATE_BOOLS = tuple(i for i, kind in enumerate(_STATE_TYPES) if isinstance(kind, Boolean))
 assert [i for i, kind in enumerate(_STATE_TYPES) if isinstance(kind, Money)] == [2, 3]
-_DERIVED_DATETIMES = tuple(i for i, name in enumerate(DERIVED_FIELDS) if isinstance(Donation.__table__.c[name].type, UTCDateTime))
+_DERIVED_DATETIMES = tuple(
+    i for i, name in enumerate(DERIVED_FIELDS) if isinstance(Donation.__table__.c[name].type, UTCDateTime)
+)
 assert not any(isinstance(Donation.__table__.c[name].type, Money) for name in DERIVED_FIELDS)
 
 
@@ -79,7 +94,18 @@ class _FoldDriver(Driver):
         if self.sqlite:
             parse = datetime.fromisoformat
             return [
-                new(FoldEvent, (r[0], parse(r[1] + "+00:00"), r[2], r[3], r[4], cache[r[5]] if r[5] in cache else money(r[5]), *r[6:]))
+                new(
+                    FoldEvent,
+                    (
+                        r[0],
+                        parse(r[1] + "+00:00"),
+                        r[2],
+                        r[3],
+                        r[4],
+                        cache[r[5]] if r[5] in cache else money(r[5]),
+                        *r[6:],
+                    ),
+                )
                 for r in rows
             ]
         return [new(FoldEvent, (r[0], r[1].replace(tzinfo=UTC), r[2], r[3], r[4], money(r[5]), *r[6:])) for r in rows]
@@ -165,7 +191,9 @@ class SqlFoldStore:
         query = select(FoldCheckpoint).where(FoldCheckpoint.name == name).with_for_update()
         row = session.execute(query).scalar_one_or_none()
         if row is None:
-            statement = insert(FoldCheckpoint).prefix_with("OR IGNORE", dialect="sqlite").prefix_with("IGNORE", dialect="mysql")
+            statement = (
+                insert(FoldCheckpoint).prefix_with("OR IGNORE", dialect="sqlite").prefix_with("IGNORE", dialect="mysql")
+            )
             session.execute(statement.values(name=name, position=0, gaps="[]", events_applied=0, donation_high=0))
             row = session.execute(query).scalar_one()
         checkpoint = _checkpoint_of(row)
@@ -238,7 +266,10 @@ class SqlFoldStore:
         ids = set(wanted.get(ID, ()))
         for column in (REFERENCE, TRANSACTION):
             if wanted.get(column):
-                ids.update(row[0] for row in raw.fetch_in(f"SELECT id FROM donations WHERE {column} IN ", sorted(wanted[column])))
+                ids.update(
+                    row[0]
+                    for row in raw.fetch_in(f"SELECT id FROM donations WHERE {column} IN ", sorted(wanted[column]))
+                )
         states: dict[int, DonationState] = {}
         state = raw.state
         for row in raw.fetch_in(_STATE_SELECT, sorted(ids)):
@@ -247,14 +278,18 @@ class SqlFoldStore:
 
     def transaction_ids_of(self, ids: Iterable[int]) -> set[str]:
         """The transaction ids (where set) of these donations."""
-        rows = self.raw.fetch_in("SELECT transaction_id FROM donations WHERE transaction_id IS NOT NULL AND id IN ", sorted(set(ids)))
+        rows = self.raw.fetch_in(
+            "SELECT transaction_id FROM donations WHERE transaction_id IS NOT NULL AND id IN ", sorted(set(ids))
+        )
         return {row[0] for row in rows}
 
     def donation_keys_above(self, donation_id: int) -> tuple[int, set[str], set[int], set[str]]:
         """(highest id, references, ids, transaction ids) of donations created after `donation_id`."""
         references, ids, transactions = set(), set(), set()
         high = donation_id
-        rows = self.raw.fetch(f"SELECT id, external_reference, transaction_id FROM donations WHERE id > {self.raw.mark}", (donation_id,))
+        rows = self.raw.fetch(
+            f"SELECT id, external_reference, transaction_id FROM donations WHERE id > {self.raw.mark}", (donation_id,)
+        )
         for donation, reference, transaction in rows:
             high = max(high, donation)
             ids.add(donation)
@@ -308,7 +343,9 @@ class SqlFoldStore:
     def retire_waiting(self, received_before: datetime) -> int:
         """Stop offering new donations to events that have waited since before `received_before`; their
         anomaly stays, and a rebuild reconsiders them."""
-        return self.raw.run("DELETE FROM waiting_keys WHERE received_at < " + self.raw.mark, [self.raw.bind_when(received_before)])
+        return self.raw.run(
+            "DELETE FROM waiting_keys WHERE received_at < " + self.raw.mark, [self.raw.bind_when(received_before)]
+        )
 
     def count_events(self, events: Iterable[FoldEvent]) -> None:
         """Add a batch's events to event_counts (source, auth), under the fold lock like the rest of the batch."""
@@ -317,13 +354,20 @@ class SqlFoldStore:
         for event in events:
             counts[(event.source, event.auth)] = counts.get((event.source, event.auth), 0) + 1
         for (source, auth), count in counts.items():
-            if not raw.run(f"UPDATE event_counts SET count = count + {raw.mark} WHERE source = {raw.mark} AND auth = {raw.mark}", [count, source, auth]):
-                raw.execute(f"INSERT INTO event_counts (source, auth, count) VALUES {raw.marks(3)}", [source, auth, count])
+            if not raw.run(
+                f"UPDATE event_counts SET count = count + {raw.mark} WHERE source = {raw.mark} AND auth = {raw.mark}",
+                [count, source, auth],
+            ):
+                raw.execute(
+                    f"INSERT INTO event_counts (source, auth, count) VALUES {raw.marks(3)}", [source, auth, count]
+                )
 
     def applied_events(self, donation_ids: Iterable[int]) -> dict[int, list[int]]:
         """The events applied to each of these donations, in id order (an exact replay refolds them)."""
         found: dict[int, list[int]] = {}
-        for donation_id, event_id in self.raw.fetch_in("SELECT donation_id, event_id FROM donation_events WHERE donation_id IN ", sorted(set(donation_ids))):
+        for donation_id, event_id in self.raw.fetch_in(
+            "SELECT donation_id, event_id FROM donation_events WHERE donation_id IN ", sorted(set(donation_ids))
+        ):
             found.setdefault(donation_id, []).append(event_id)
         for ids in found.values():
             ids.sort()
@@ -335,13 +379,17 @@ class SqlFoldStore:
 
     def add_anomalies(self, anomalies: Sequence[AnomalyRecord]) -> None:
         if anomalies:
-            self.raw.many(f"INSERT INTO anomalies (event_id, donation_id, kind, detail) VALUES {self.raw.marks(4)}", anomalies)
+            self.raw.many(
+                f"INSERT INTO anomalies (event_id, donation_id, kind, detail) VALUES {self.raw.marks(4)}", anomalies
+            )
 
     def drop_anomalies(self, donation_ids: Iterable[int] = (), waiting_events: Iterable[int] = ()) -> None:
         """Anomalies a replay of these donations, or a new look at these waiting events, raises again (or no
         longer raises). A waiting event's anomaly may name a donation it was not applied to: a replay keeps it."""
         for part in chunks(sorted(set(donation_ids))):
-            self.session.execute(delete(Anomaly).where(Anomaly.donation_id.in_(part), Anomaly.kind.not_in(WAITING_KINDS)))
+            self.session.execute(
+                delete(Anomaly).where(Anomaly.donation_id.in_(part), Anomaly.kind.not_in(WAITING_KINDS))
+            )
         for part in chunks(sorted(set(waiting_events))):
             self.session.execute(delete(Anomaly).where(Anomaly.kind.in_(WAITING_KINDS), Anomaly.event_id.in_(part)))
 
@@ -362,23 +410,38 @@ class SqlFoldStore:
         ]
         for part in chunks(removed):
             self.session.execute(delete(FundingCredit).where(FundingCredit.donation_id.in_(part)))
-        raw.many(f"INSERT INTO funding_credits (donation_id, patient_id, amount, event_id, credited_at) VALUES {raw.marks(5)}", added)
-        raw.update_rows("funding_credits", ("event_id", "credited_at", "amount", "patient_id"), moved, key="donation_id")
+        raw.many(
+            f"INSERT INTO funding_credits (donation_id, patient_id, amount, event_id, credited_at) VALUES {raw.marks(5)}",
+            added,
+        )
+        raw.update_rows(
+            "funding_credits", ("event_id", "credited_at", "amount", "patient_id"), moved, key="donation_id"
+        )
 
     def patients(self, ids: Iterable[int]) -> dict[int, PatientRow]:
         raw = self.raw
         found: dict[int, PatientRow] = {}
-        rows = raw.fetch_in("SELECT id, funding_required, funding_received, status, fully_funded_at FROM patients WHERE id IN ", sorted(set(ids)))
+        rows = raw.fetch_in(
+            "SELECT id, funding_required, funding_received, status, fully_funded_at FROM patients WHERE id IN ",
+            sorted(set(ids)),
+        )
         for patient_id, required, received, status, fully_funded_at in rows:
-            found[patient_id] = PatientRow(patient_id, raw.money(required), raw.money(received), status, raw.when(fully_funded_at))
+            found[patient_id] = PatientRow(
+                patient_id, raw.money(required), raw.money(received), status, raw.when(fully_funded_at)
+            )
         return found
 
     def credits_of_patients(self, ids: Iterable[int]) -> dict[int, list[Credit]]:
         raw = self.raw
         found: dict[int, list[Credit]] = {}
-        rows = raw.fetch_in("SELECT donation_id, patient_id, amount, event_id, credited_at FROM funding_credits WHERE patient_id IN ", sorted(set(ids)))
+        rows = raw.fetch_in(
+            "SELECT donation_id, patient_id, amount, event_id, credited_at FROM funding_credits WHERE patient_id IN ",
+            sorted(set(ids)),
+        )
         for donation_id, patient_id, amount, event_id, credited_at in rows:
-            found.setdefault(patient_id, []).append(Credit(donation_id, patient_id, raw.money(amount), event_id, raw.when(credited_at)))
+            found.setdefault(patient_id, []).append(
+                Credit(donation_id, patient_id, raw.money(amount), event_id, raw.when(credited_at))
+            )
         return found
 
     def write_patients(self, totals: dict[int, PatientTotals]) -> None:
@@ -390,7 +453,9 @@ class SqlFoldStore:
         raw.update_rows("patients", ("funding_received", "status", "fully_funded_at"), rows)
 
     # -- invariants -------------------------------------------------------------------------
-    def invariant_violations(self, patient_ids: Iterable[int] | None = None, donation_ids: Iterable[int] | None = None) -> list[str]:
+    def invariant_violations(
+        self, patient_ids: Iterable[int] | None = None, donation_ids: Iterable[int] | None = None
+    ) -> list[str]:
         """Each patient's funding_received equals the sum of its credits; only COMPLETED donations have
         credits, of their patient_amount; a COMPLETED donation has exactly one credit. With ids given (a
         fold batch), only those patients and donations are checked."""
@@ -407,7 +472,9 @@ class SqlFoldStore:
             )
             for patient_id, received, total in rows:
                 if received != total:
-                    problems.append(f"patient {patient_id}: funding_received {raw.money(received)} != sum of credits {raw.money(total)}")
+                    problems.append(
+                        f"patient {patient_id}: funding_received {raw.money(received)} != sum of credits {raw.money(total)}"
+                    )
         for part in chunks(sorted(set(donation_ids or ()))):
             rows = raw.fetch(
                 "SELECT d.id, d.status, d.patient_amount, c.amount FROM donations d LEFT OUTER JOIN funding_credits c ON c.donation_id = d.id "
@@ -416,7 +483,9 @@ class SqlFoldStore:
                 part,
             )
             for donation_id, status, patient_amount, credited in rows:
-                problems.append(f"donation {donation_id}: status {status}, credit {raw.money(credited)}, patient_amount {raw.money(patient_amount)}")
+                problems.append(
+                    f"donation {donation_id}: status {status}, credit {raw.money(credited)}, patient_amount {raw.money(patient_amount)}"
+                )
         return problems
 
     def _all_invariant_violations(self) -> list[str]:
@@ -427,7 +496,9 @@ class SqlFoldStore:
             .group_by(FundingCredit.patient_id)
             .subquery()
         )
-        query = select(Patient.id, Patient.funding_received, func.coalesce(sums.c.total, 0)).outerjoin(sums, sums.c.patient_id == Patient.id)
+        query = select(Patient.id, Patient.funding_received, func.coalesce(sums.c.total, 0)).outerjoin(
+            sums, sums.c.patient_id == Patient.id
+        )
         for patient_id, received, total in session.execute(query):
             if Decimal(received) != Decimal(total):
                 problems.append(f"patient {patient_id}: funding_received {received} != sum of credits {total}")
@@ -437,13 +508,18 @@ class SqlFoldStore:
             .outerjoin(FundingCredit, FundingCredit.donation_id == Donation.id)
             .where(
                 or_(
-                    and_(FundingCredit.id.is_not(None), or_(Donation.status != "COMPLETED", FundingCredit.amount != Donation.patient_amount)),
+                    and_(
+                        FundingCredit.id.is_not(None),
+                        or_(Donation.status != "COMPLETED", FundingCredit.amount != Donation.patient_amount),
+                    ),
                     and_(FundingCredit.id.is_(None), Donation.status == "COMPLETED"),
                 )
             )
         )
         for donation_id, status, patient_amount, credited in session.execute(credit_query.limit(20)):
-            problems.append(f"donation {donation_id}: status {status}, credit {credited}, patient_amount {patient_amount}")
+            problems.append(
+                f"donation {donation_id}: status {status}, credit {credited}, patient_amount {patient_amount}"
+            )
         return problems
 
     # -- rebuild ----------------------------------------------------------------------------
@@ -460,7 +536,9 @@ class SqlFoldStore:
         session.execute(delete(FoldCheckpoint).where(FoldCheckpoint.name == checkpoint_name))
 
 
-def offered_keys(ids: Iterable[int] = (), references: Iterable[str] = (), transactions: Iterable[str] = ()) -> set[tuple[str, Any]]:
+def offered_keys(
+    ids: Iterable[int] = (), references: Iterable[str] = (), transactions: Iterable[str] = ()
+) -> set[tuple[str, Any]]:
     """Donation facts as the (column, value) pairs SqlFoldStore.waiting_matching takes."""
     offered = {(ID, donation_id) for donation_id in ids}
     offered.update((REFERENCE, reference) for reference in references)
@@ -478,4 +556,3 @@ def fold_lag(session: Session, name: str = CHECKPOINT) -> tuple[int, datetime | 
         select(func.count(PaymentEvent.id), func.min(PaymentEvent.received_at)).where(PaymentEvent.id > position)
     ).one()
     return count, oldest
-

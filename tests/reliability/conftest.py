@@ -5,6 +5,7 @@ longer variants. Every test records its figures as JSON lines in $AZAMRECON_RELI
 (default: <tmp>/azamrecon-reliability); `python -m tests.reliability.report` renders them as the table
 of docs/RELIABILITY.md.
 """
+
 from __future__ import annotations
 
 import json

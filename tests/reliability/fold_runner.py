@@ -9,6 +9,7 @@ time it passes that point, so the parent's `kill -9` lands exactly there):
   loop           no hook: folds until the log is exhausted, `HOOK_AT` times (killed at a random moment)
   duration       no hook: folds again and again (every 20 ms) for `HOOK_AT` seconds, then exits
 """
+
 from __future__ import annotations
 
 import sys

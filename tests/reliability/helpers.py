@@ -1,5 +1,6 @@
 """Shared helpers of the reliability suite: bounded concurrent callback senders, markers in the log,
 process kills, database set-up. Loopback only; every loop is bounded in count and in time."""
+
 from __future__ import annotations
 
 import json
@@ -26,13 +27,32 @@ T0 = datetime(2026, 1, 14, 9, 30, 0, tzinfo=timezone.utc)
 _MARKER = re.compile(rb'"mnoreference": "([^"]+)"')
 
 
-def callback_json(reference: str, marker: str, status: str = "success", amount: str = "1000", transaction_id: str | None = None, **extra) -> bytes:
+def callback_json(
+    reference: str,
+    marker: str,
+    status: str = "success",
+    amount: str = "1000",
+    transaction_id: str | None = None,
+    **extra,
+) -> bytes:
     """A live-shaped callback; `marker` (mnoreference) makes every request's body unique."""
     tx = transaction_id or f"TX-{marker}"
     body = {
-        "message": "SUCCESS", "user": None, "password": None, "clientId": None, "transactionstatus": status,
-        "operator": "Mpesa", "reference": tx, "externalreference": tx, "utilityref": reference, "amount": amount,
-        "transid": tx, "msisdn": "0758285812", "mnoreference": marker, "submerchantAcc": None, "additionalProperties": {},
+        "message": "SUCCESS",
+        "user": None,
+        "password": None,
+        "clientId": None,
+        "transactionstatus": status,
+        "operator": "Mpesa",
+        "reference": tx,
+        "externalreference": tx,
+        "utilityref": reference,
+        "amount": amount,
+        "transid": tx,
+        "msisdn": "0758285812",
+        "mnoreference": marker,
+        "submerchantAcc": None,
+        "additionalProperties": {},
     }
     body.update(extra)
     return json.dumps(body).encode()
@@ -46,13 +66,25 @@ def add_patient_row(engine, name: str = "Amina", required: str = "100000000") ->
         return patient.id
 
 
-def add_donation_row(engine, reference: str, patient_id: int | None, amount: str = "1000", transaction_id: str | None = None) -> int:
+def add_donation_row(
+    engine, reference: str, patient_id: int | None, amount: str = "1000", transaction_id: str | None = None
+) -> int:
     """A PENDING donation with an explicit external_reference (so a test can name it before it exists)."""
     with transaction(engine) as session:
         donation = Donation(
-            patient_id=patient_id, amount=Decimal(amount), currency="TZS", patient_amount=Decimal(amount), support_amount=Decimal("0"),
-            charge_amount=Decimal(amount), charge_currency="TZS", msisdn="255758285812", provider="Mpesa",
-            external_reference=reference, transaction_id=transaction_id, created_at=T0, status="PENDING",
+            patient_id=patient_id,
+            amount=Decimal(amount),
+            currency="TZS",
+            patient_amount=Decimal(amount),
+            support_amount=Decimal("0"),
+            charge_amount=Decimal(amount),
+            charge_currency="TZS",
+            msisdn="255758285812",
+            provider="Mpesa",
+            external_reference=reference,
+            transaction_id=transaction_id,
+            created_at=T0,
+            status="PENDING",
         )
         session.add(donation)
         session.flush()
@@ -96,8 +128,15 @@ class SendLog:
         return self.with_status(lambda s: 200 <= s < 300)
 
 
-def send_concurrently(urls: list[str], bodies: list[tuple[str, bytes]], log: SendLog, threads: int = 8, stop: threading.Event | None = None,
-                      deadline_seconds: float = 30.0, timeout: float = 10.0) -> None:
+def send_concurrently(
+    urls: list[str],
+    bodies: list[tuple[str, bytes]],
+    log: SendLog,
+    threads: int = 8,
+    stop: threading.Event | None = None,
+    deadline_seconds: float = 30.0,
+    timeout: float = 10.0,
+) -> None:
     """POST each (marker, body) once to one of `urls` (round robin) from `threads` threads. No retries:
     a request that gets no answer is logged as None. Stops early when `stop` is set or at the deadline."""
     stop = stop or threading.Event()
@@ -114,7 +153,9 @@ def send_concurrently(urls: list[str], bodies: list[tuple[str, bytes]], log: Sen
                     return
                 marker, body = bodies[i]
                 try:
-                    answer = client.post(urls[i % len(urls)], content=body, headers={"content-type": "application/json"})
+                    answer = client.post(
+                        urls[i % len(urls)], content=body, headers={"content-type": "application/json"}
+                    )
                     log.put(marker, answer.status_code)
                 except httpx.HTTPError:
                     log.put(marker, None)

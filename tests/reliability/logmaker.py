@@ -1,5 +1,6 @@
 """Grows a realistic, hostile log for the crash and concurrency tests: duplicates, conflicts, amount
 mismatches, unknown statuses, references named before their donation exists, polls and operator decisions."""
+
 from __future__ import annotations
 
 import random
@@ -30,10 +31,16 @@ class LogMaker:
         """Add donations and events; returns how many events were appended."""
         rng = self.rng
         if not self.patients:
-            self.patients = [add_patient_row(self.engine, f"P{i}", required=str(rng.choice([3000, 5000, 100000]))) for i in range(3)]
+            self.patients = [
+                add_patient_row(self.engine, f"P{i}", required=str(rng.choice([3000, 5000, 100000]))) for i in range(3)
+            ]
         for _ in range(new_donations):
             self.counter += 1
-            reference = self.named_early.pop(0) if self.named_early and rng.random() < 0.7 else f"RHCI-DN-X{self.counter}-{self.seed}"
+            reference = (
+                self.named_early.pop(0)
+                if self.named_early and rng.random() < 0.7
+                else f"RHCI-DN-X{self.counter}-{self.seed}"
+            )
             patient = rng.choice(self.patients + [None])
             self.donations.append((add_donation_row(self.engine, reference, patient, amount="1000"), reference))
         rows = []
@@ -43,7 +50,19 @@ class LogMaker:
             at = T0 + timedelta(seconds=self.counter + rng.uniform(-30, 30))
             donation_id, reference = rng.choice(self.donations)
             kind = rng.choices(
-                ["success", "duplicate", "failed", "cancelled", "mismatch", "weird", "unknown_ref", "poll_success", "poll_failed", "operator", "garbage"],
+                [
+                    "success",
+                    "duplicate",
+                    "failed",
+                    "cancelled",
+                    "mismatch",
+                    "weird",
+                    "unknown_ref",
+                    "poll_success",
+                    "poll_failed",
+                    "operator",
+                    "garbage",
+                ],
                 weights=[30, 12, 10, 4, 5, 4, 6, 6, 4, 2, 3],
             )[0]
             marker = f"m{self.seed}-{self.counter}"
@@ -63,13 +82,32 @@ class LogMaker:
                 continue
             else:
                 status = "SUCCESS" if kind == "poll_success" else "FAILED"
-                rows.append(event_row(source="poll", body=b'{"data":"x"}', received_at=at, auth="n/a",
-                                      fields=EventFields(status=status, status_raw=status), donation_id=donation_id))
+                rows.append(
+                    event_row(
+                        source="poll",
+                        body=b'{"data":"x"}',
+                        received_at=at,
+                        auth="n/a",
+                        fields=EventFields(status=status, status_raw=status),
+                        donation_id=donation_id,
+                    )
+                )
                 continue
             self.sent.append(body)
-            rows.append(event_row(source="callback", body=body, received_at=at, auth="n/a", fields=extract_fields(body), content_type="application/json"))
+            rows.append(
+                event_row(
+                    source="callback",
+                    body=body,
+                    received_at=at,
+                    auth="n/a",
+                    fields=extract_fields(body),
+                    content_type="application/json",
+                )
+            )
         with transaction(self.engine) as session:
             append_events(session, rows)
         for donation_id, status in operator:
-            resolve_donation(self.engine, donation_id, status, "reliability test", T0 + timedelta(seconds=self.counter), actor="test")
+            resolve_donation(
+                self.engine, donation_id, status, "reliability test", T0 + timedelta(seconds=self.counter), actor="test"
+            )
         return len(rows) + len(operator)

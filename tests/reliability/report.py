@@ -1,7 +1,8 @@
 """Render the figures recorded by tests/reliability as a Markdown table (the last record of each row wins).
 
-    python -m tests.reliability.report [DIR]      # DIR defaults to $AZAMRECON_RELIABILITY_OUT
+python -m tests.reliability.report [DIR]      # DIR defaults to $AZAMRECON_RELIABILITY_OUT
 """
+
 from __future__ import annotations
 
 import json

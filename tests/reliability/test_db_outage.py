@@ -5,6 +5,7 @@ During the outage callbacks are answered 503 and spooled to disk; after recovery
 leaves every one of them in the log exactly once (running it twice adds nothing). A dying disk (the
 spool directory replaced by a file, since root ignores permission bits) during a second outage gives a
 5xx, never a 2xx."""
+
 from __future__ import annotations
 
 import threading
@@ -16,7 +17,15 @@ import httpx
 import pytest
 
 from jobs.spool import ingest_spool
-from tests.reliability.helpers import SendLog, add_donation_row, add_patient_row, callback_json, markers_in_log, send_concurrently, with_port
+from tests.reliability.helpers import (
+    SendLog,
+    add_donation_row,
+    add_patient_row,
+    callback_json,
+    markers_in_log,
+    send_concurrently,
+    with_port,
+)
 from tests.servers import ServerProcess, config_settings, write_config
 from tests.tcp_proxy import TcpProxy
 
@@ -41,15 +50,24 @@ def test_mariadb_outage_spools_and_ingests_exactly_once(mysql_backend, tmp_path,
     outages = 4 if long_run else 2
     spool_dir = tmp_path / "spool"
     with TcpProxy("127.0.0.1", urlsplit(backend.url).port or 3306) as proxy:
-        config = write_config(tmp_path / "serve.yaml", config_settings(backend, **{"database.url": with_port(backend.url, proxy.port), "receiver.spool_dir": str(spool_dir)}))
+        config = write_config(
+            tmp_path / "serve.yaml",
+            config_settings(
+                backend, **{"database.url": with_port(backend.url, proxy.port), "receiver.spool_dir": str(spool_dir)}
+            ),
+        )
         server = ServerProcess(config, log_dir=tmp_path / "server").start()
         log = SendLog()
         try:
             for outage in range(outages):
                 bodies = [(f"o{outage}-{i}", callback_json(reference, f"o{outage}-{i}")) for i in range(300)]
                 stop = threading.Event()
-                sender = threading.Thread(target=send_concurrently, args=([server.callback_url], bodies, log),
-                                          kwargs={"threads": 6, "stop": stop, "deadline_seconds": 25}, daemon=True)
+                sender = threading.Thread(
+                    target=send_concurrently,
+                    args=([server.callback_url], bodies, log),
+                    kwargs={"threads": 6, "stop": stop, "deadline_seconds": 25},
+                    daemon=True,
+                )
                 sender.start()
                 time.sleep(0.3)
                 proxy.stop()  # the outage starts while callbacks arrive
@@ -66,14 +84,26 @@ def test_mariadb_outage_spools_and_ingests_exactly_once(mysql_backend, tmp_path,
             spool_dir.rename(moved)
             spool_dir.write_text("not a directory: the disk is failing\n")
             disk_log = SendLog()
-            send_concurrently([server.callback_url], [(f"d-{i}", callback_json(reference, f"d-{i}")) for i in range(40)], disk_log, threads=4, deadline_seconds=20)
+            send_concurrently(
+                [server.callback_url],
+                [(f"d-{i}", callback_json(reference, f"d-{i}")) for i in range(40)],
+                disk_log,
+                threads=4,
+                deadline_seconds=20,
+            )
             spool_dir.unlink()
             moved.rename(spool_dir)
             proxy.start()
             assert wait_health(server.url, 200)
             time.sleep(1.0)  # past the writer's outage back-off (0.5 s), within which callbacks are still spooled
             after = SendLog()
-            send_concurrently([server.callback_url], [(f"a-{i}", callback_json(reference, f"a-{i}")) for i in range(20)], after, threads=4, deadline_seconds=20)
+            send_concurrently(
+                [server.callback_url],
+                [(f"a-{i}", callback_json(reference, f"a-{i}")) for i in range(20)],
+                after,
+                threads=4,
+                deadline_seconds=20,
+            )
             # ingest while the receiver still runs (it holds its spool file open), then again: idempotent
             now = datetime.now(timezone.utc)
             first = ingest_spool(backend.engine, spool_dir, now)
@@ -92,19 +122,30 @@ def test_mariadb_outage_spools_and_ingests_exactly_once(mysql_backend, tmp_path,
         "3. MariaDB outage (TcpProxy stop/restart)",
         f"{outages} outages of ~1-2 s under 6 concurrent clients, then spool ingest run twice",
         outages,
-        {"answered 200": len(ok), "answered 503 and spooled": len(spooled), "not exactly once in the log after ingest": len(lost),
-         "ingested by the 1st ingest": first["ingested"], "committed as the link dropped, spooled too, skipped by ingest": first["duplicates"],
-         "added by repeated ingests": second["ingested"] + third["ingested"]},
+        {
+            "answered 200": len(ok),
+            "answered 503 and spooled": len(spooled),
+            "not exactly once in the log after ingest": len(lost),
+            "ingested by the 1st ingest": first["ingested"],
+            "committed as the link dropped, spooled too, skipped by ingest": first["duplicates"],
+            "added by repeated ingests": second["ingested"] + third["ingested"],
+        },
     )
     figures.record(
         "3b. MariaDB outage + unwritable spool",
         "outage while the spool directory is replaced by a file (a dying disk)",
         len(disk_log.answers),
-        {"answers": ", ".join(map(str, disk_statuses)), "2xx": len(disk_2xx), "200 after recovery": len(after.with_status(lambda s: s == 200))},
+        {
+            "answers": ", ".join(map(str, disk_statuses)),
+            "2xx": len(disk_2xx),
+            "200 after recovery": len(after.with_status(lambda s: s == 200)),
+        },
     )
     assert spooled, "no callback arrived during an outage"
     assert not others, f"unexpected answers during an outage: {others}"
-    assert not lost, f"{len(lost)} acknowledged or spooled callbacks not exactly once in the log, e.g. {[(m, in_log.get(m)) for m in lost[:5]]}"
+    assert not lost, (
+        f"{len(lost)} acknowledged or spooled callbacks not exactly once in the log, e.g. {[(m, in_log.get(m)) for m in lost[:5]]}"
+    )
     # the ingest works while the receiver runs (the scheduler's case), and a repeat adds nothing
     # (a batch whose COMMIT reached the server just before the connection dropped is spooled too: the ingest
     # recognises those rows, same body and arrival instant, and skips them)
@@ -124,8 +165,15 @@ def test_ingest_skips_a_spooled_row_whose_commit_did_happen(sqlite_backend, tmp_
     from receiver.spool import Spool
 
     body = callback_json("RHCI-DN-1-20260114093000", "once")
-    row = event_row(source="callback", body=body, received_at=datetime(2026, 1, 14, 9, 30, 0, 123456, tzinfo=timezone.utc), auth="n/a",
-                    fields=extract_fields(body), content_type="application/json", remote_addr="127.0.0.1")
+    row = event_row(
+        source="callback",
+        body=body,
+        received_at=datetime(2026, 1, 14, 9, 30, 0, 123456, tzinfo=timezone.utc),
+        auth="n/a",
+        fields=extract_fields(body),
+        content_type="application/json",
+        remote_addr="127.0.0.1",
+    )
     retry = dict(row, received_at=datetime(2026, 1, 14, 9, 30, 5, tzinfo=timezone.utc))  # AzamPay's retry: kept
     with transaction(sqlite_backend.engine) as session:
         append_events(session, [dict(row)])

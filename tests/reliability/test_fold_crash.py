@@ -3,6 +3,7 @@ written, credits not), between the checkpoint write and COMMIT, during a rebuild
 during its fold), and at random moments. The log keeps growing between kills. After a restart the state
 equals a rebuild (jobs.rebuild.check and the `rebuild --check` CLI: zero differences), the invariants
 hold and no donation has two credits."""
+
 from __future__ import annotations
 
 import random
@@ -27,7 +28,11 @@ MODES = ("mid-batch", "before-commit", "rebuild-reset", "rebuild-fold", "loop")
 def start_runner(config_path, mode: str, hook_at: int, log_path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.reliability.fold_runner", str(config_path), mode, str(hook_at)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=open(log_path, "ab"), start_new_session=True, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=open(log_path, "ab"),
+        start_new_session=True,
+        text=True,
     )
 
 
@@ -87,8 +92,14 @@ def test_kill9_fold_then_state_equals_rebuild(db, request, tmp_path, long_run, f
         f"2. fold kill -9 ({db})",
         "kill -9 of a fold process: mid-batch, between checkpoint write and COMMIT, during a rebuild (after reset, mid-fold), at random; log grows between kills",
         sum(killed.values()),
-        {"kills by point": ", ".join(f"{k} {v}" for k, v in killed.items()), "rebuild --check differences": len(result.differences),
-         "invariant violations": len(problems), "donations credited twice": len(doubles), "events": events, "credits": len(credits)},
+        {
+            "kills by point": ", ".join(f"{k} {v}" for k, v in killed.items()),
+            "rebuild --check differences": len(result.differences),
+            "invariant violations": len(problems),
+            "donations credited twice": len(doubles),
+            "events": events,
+            "credits": len(credits),
+        },
     )
     assert sum(killed.values()) >= 20, killed
     assert all(killed[mode] for mode in MODES), killed

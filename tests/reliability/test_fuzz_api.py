@@ -3,6 +3,7 @@ receiver serves at /openapi.yaml (receiver/openapi.yaml). Positive and negative 
 checkout (without, with a wrong and with the right API key), status, healthz, metrics. Every response
 must match the document (status code, content type, headers, body schema) and no 5xx other than the
 documented 503 may occur. AzamPay is the local sandbox on 127.0.0.1."""
+
 from __future__ import annotations
 
 import os
@@ -38,12 +39,22 @@ def served(tmp_path_factory, request):
     for i in range(1, 4):
         add_donation_row(backend.engine, f"RHCI-DN-{i}-20260114093000", patient)
     with running_sandbox() as sandbox:
-        config = write_config(tmp / "serve.yaml", config_settings(backend, **{
-            "receiver.checkout_api_key": API_KEY, "webhook.password": "rel-webhook-pw-77", "receiver.status_wait_seconds": 0.2,
-            "azampay.auth_url": sandbox.url, "azampay.checkout_url": sandbox.url,
-            "azampay.client_id": sandbox.settings.client_id, "azampay.client_secret": sandbox.settings.client_secret,
-            "azampay.api_key": sandbox.settings.api_key,
-        }))
+        config = write_config(
+            tmp / "serve.yaml",
+            config_settings(
+                backend,
+                **{
+                    "receiver.checkout_api_key": API_KEY,
+                    "webhook.password": "rel-webhook-pw-77",
+                    "receiver.status_wait_seconds": 0.2,
+                    "azampay.auth_url": sandbox.url,
+                    "azampay.checkout_url": sandbox.url,
+                    "azampay.client_id": sandbox.settings.client_id,
+                    "azampay.client_secret": sandbox.settings.client_secret,
+                    "azampay.api_key": sandbox.settings.api_key,
+                },
+            ),
+        )
         with ServerProcess(config, log_dir=tmp / "server") as server:
             yield server
     backend.engine.dispose()
@@ -55,11 +66,17 @@ def no_5xx_but_503(response, case) -> None:
     if response.status_code >= 500:
         SEEN["5xx"] += 1
         if response.status_code != 503:
-            raise AssertionError(f"undocumented server error {response.status_code} on {case.operation.path}: {response.text[:300]}")
+            raise AssertionError(
+                f"undocumented server error {response.status_code} on {case.operation.path}: {response.text[:300]}"
+            )
 
 
-CHECKS = [st_checks.status_code_conformance, st_checks.content_type_conformance, st_checks.response_headers_conformance,
-          st_checks.response_schema_conformance]
+CHECKS = [
+    st_checks.status_code_conformance,
+    st_checks.content_type_conformance,
+    st_checks.response_headers_conformance,
+    st_checks.response_schema_conformance,
+]
 
 
 def call(case, base_url: str) -> None:
@@ -98,7 +115,10 @@ def cases():
 @pytest.mark.parametrize("operation,mode", list(cases()))
 def test_api_conforms(operation, mode, served):
     # the schema the server serves is the one in the package
-    assert httpx.get(served.url + "/openapi.yaml").content == Path(receiver.__file__).with_name("openapi.yaml").read_bytes()
+    assert (
+        httpx.get(served.url + "/openapi.yaml").content
+        == Path(receiver.__file__).with_name("openapi.yaml").read_bytes()
+    )
 
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(max_examples=300 if LONG else 40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
@@ -110,14 +130,21 @@ def test_api_conforms(operation, mode, served):
 
 def test_api_fuzz_figures(served, figures):
     """Runs after the fuzz cases of this module: records their figures."""
-    log = (served.log_dir / "server.stderr").read_text(errors="replace") if (served.log_dir / "server.stderr").exists() else ""
+    log = (
+        (served.log_dir / "server.stderr").read_text(errors="replace")
+        if (served.log_dir / "server.stderr").exists()
+        else ""
+    )
     figures.record(
         "6a. Schemathesis on the OpenAPI document",
         "generated positive and negative requests for callback, checkout (no/wrong/right key), status, healthz, metrics, against a real serve",
         SEEN["cases"],
-        {"5xx": SEEN["5xx"], "answers not matching the document": 0,
-         "status codes seen": " ".join(sorted(k.split()[1] for k in SEEN if k.startswith("status "))),
-         "tracebacks in the server log": log.count("Traceback")},
+        {
+            "5xx": SEEN["5xx"],
+            "answers not matching the document": 0,
+            "status codes seen": " ".join(sorted(k.split()[1] for k in SEEN if k.startswith("status "))),
+            "tracebacks in the server log": log.count("Traceback"),
+        },
         command="pytest tests/reliability/test_fuzz_api.py" + (" --long" if LONG else ""),
     )
     assert SEEN["cases"] > 50

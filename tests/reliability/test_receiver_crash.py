@@ -4,6 +4,7 @@ Every callback that got a 2xx must be in the log exactly once (group commit answ
 commit): the client's ack record is compared with the log by a unique marker (mnoreference) per request.
 The client never retries, so no marker may be in the log twice either.
 """
+
 from __future__ import annotations
 
 import random
@@ -12,7 +13,15 @@ import time
 
 import pytest
 
-from tests.reliability.helpers import SendLog, add_donation_row, add_patient_row, callback_json, kill9, markers_in_log, send_concurrently
+from tests.reliability.helpers import (
+    SendLog,
+    add_donation_row,
+    add_patient_row,
+    callback_json,
+    kill9,
+    markers_in_log,
+    send_concurrently,
+)
 from tests.servers import ServerProcess, config_settings, write_config
 
 
@@ -31,7 +40,12 @@ def test_kill9_receiver_loses_no_acknowledged_callback(db, request, tmp_path, lo
     for round_number in range(rounds):
         server = ServerProcess(config, log_dir=tmp_path / f"round{round_number}").start()
         bodies = [(f"r{round_number}-{i}", callback_json(reference, f"r{round_number}-{i}")) for i in range(per_round)]
-        sender = threading.Thread(target=send_concurrently, args=([server.callback_url], bodies, log), kwargs={"threads": 12, "deadline_seconds": 20}, daemon=True)
+        sender = threading.Thread(
+            target=send_concurrently,
+            args=([server.callback_url], bodies, log),
+            kwargs={"threads": 12, "deadline_seconds": 20},
+            daemon=True,
+        )
         sender.start()
         time.sleep(rng.uniform(0.15, 0.8))  # a random moment, while requests are in flight
         kill9(server.process)
@@ -47,9 +61,12 @@ def test_kill9_receiver_loses_no_acknowledged_callback(db, request, tmp_path, lo
         f"1. receiver kill -9 ({db})",
         f"{rounds} × kill -9 of `serve` at a random moment under 12 concurrent clients",
         kills,
-        {"acknowledged callbacks lost": f"0 of {len(acked)}" if not lost else f"{len(lost)} of {len(acked)}",
-         "stored twice": len(doubled), "requests refused or cut by the kills (AzamPay retries)": unanswered,
-         "unanswered but stored": sum(1 for m, s in log.answers.items() if s is None and in_log.get(m))},
+        {
+            "acknowledged callbacks lost": f"0 of {len(acked)}" if not lost else f"{len(lost)} of {len(acked)}",
+            "stored twice": len(doubled),
+            "requests refused or cut by the kills (AzamPay retries)": unanswered,
+            "unanswered but stored": sum(1 for m, s in log.answers.items() if s is None and in_log.get(m)),
+        },
     )
     assert acked, "no callback was acknowledged: the test did not exercise anything"
     assert unanswered, "no request was cut by a kill: the kills came too late"

@@ -8,6 +8,7 @@ later the scheduler (the fold); both are restarted.
 Reported (docs/RELIABILITY.md): acknowledged vs stored, double credits, `rebuild --check` differences,
 callback p99 per minute, receiver RSS per minute. Passes with 0 lost, 0 double credits, 0 differences.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,15 @@ import pytest
 
 from jobs.fold import run_fold
 from jobs.rebuild import check
-from tests.reliability.helpers import add_donation_row, add_patient_row, callback_json, credits_per_donation, kill9, markers_in_log, stop_process
+from tests.reliability.helpers import (
+    add_donation_row,
+    add_patient_row,
+    callback_json,
+    credits_per_donation,
+    kill9,
+    markers_in_log,
+    stop_process,
+)
 from tests.servers import REPO, ServerProcess, config_settings, free_port, write_config
 
 KINDS = ("valid", "duplicate", "hostile", "unmatched", "malformed", "nested")
@@ -70,7 +79,13 @@ class Traffic:
             reference = self.rng.choice(self.references)
             body = callback_json(reference, marker, transaction_id=f"TX-{reference}")
         elif kind == "hostile":  # another system's reference, naming one of ours only by id
-            body = callback_json("RHCI-DN-1-20251201000000", marker, amount="5000", additionalProperties={"donation_id": "1"}, msisdn="0711000111")
+            body = callback_json(
+                "RHCI-DN-1-20251201000000",
+                marker,
+                amount="5000",
+                additionalProperties={"donation_id": "1"},
+                msisdn="0711000111",
+            )
         elif kind == "unmatched":
             body = callback_json(f"RHCI-DN-{900_000 + self.n}-20260114093000", marker)
         elif kind == "malformed":
@@ -81,12 +96,26 @@ class Traffic:
 
 
 def spawn_scheduler(config_path, log_path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "jobs.cli", "scheduler", "--config", str(config_path)], cwd=REPO,
-                            stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "jobs.cli", "scheduler", "--config", str(config_path)],
+        cwd=REPO,
+        stdout=open(log_path, "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
-def paced(url_of, traffic: Traffic, rate: float, seconds: float, threads: int, answers: dict, timings: list, lock: threading.Lock,
-          stop: threading.Event) -> None:
+def paced(
+    url_of,
+    traffic: Traffic,
+    rate: float,
+    seconds: float,
+    threads: int,
+    answers: dict,
+    timings: list,
+    lock: threading.Lock,
+    stop: threading.Event,
+) -> None:
     """POST at `rate` per second in total for `seconds`, from `threads` clients; no retries."""
     begin = time.monotonic()
     slot = iter(range(10**9))
@@ -106,7 +135,9 @@ def paced(url_of, traffic: Traffic, rate: float, seconds: float, threads: int, a
                     time.sleep(delay)
                 started = time.monotonic()
                 try:
-                    status = client.post(url_of(), content=body, headers={"content-type": "application/json"}).status_code
+                    status = client.post(
+                        url_of(), content=body, headers={"content-type": "application/json"}
+                    ).status_code
                 except httpx.HTTPError:
                     status = None
                 with lock:
@@ -131,7 +162,11 @@ def ceiling(url: str, traffic: Traffic, seconds: float = 3.0, threads: int = 16)
             while time.monotonic() < deadline:
                 kind, marker, body = traffic.next()
                 try:
-                    client.post(url, content=callback_json("RHCI-DN-CEILING-1", f"ceiling-{marker}"), headers={"content-type": "application/json"})
+                    client.post(
+                        url,
+                        content=callback_json("RHCI-DN-CEILING-1", f"ceiling-{marker}"),
+                        headers={"content-type": "application/json"},
+                    )
                     done["n"] += 1
                 except httpx.HTTPError:
                     pass
@@ -154,9 +189,17 @@ def test_soak(db, request, tmp_path, long_run, figures):
     for reference in references:
         add_donation_row(backend.engine, reference, patient, transaction_id=f"TX-{reference}")
     dead = f"http://127.0.0.1:{free_port()}"  # AzamPay is never reached: the poller would only hit loopback
-    config_path = write_config(tmp_path / "soak.yaml", config_settings(backend, **{
-        "azampay.auth_url": dead, "azampay.checkout_url": dead, "scheduler.poll_interval_seconds": 3600,
-    }))
+    config_path = write_config(
+        tmp_path / "soak.yaml",
+        config_settings(
+            backend,
+            **{
+                "azampay.auth_url": dead,
+                "azampay.checkout_url": dead,
+                "scheduler.poll_interval_seconds": 3600,
+            },
+        ),
+    )
     config = backend.config()
     traffic = Traffic(references, rng)
     server = ServerProcess(config_path, log_dir=tmp_path / "serve0").start()
@@ -169,8 +212,11 @@ def test_soak(db, request, tmp_path, long_run, figures):
     try:
         measured = ceiling(server.callback_url, traffic)
         rate = max(5.0, 0.8 * measured)
-        sender = threading.Thread(target=paced, args=(lambda: current["server"].callback_url, traffic, rate, seconds, 12, answers, timings, lock, stop),
-                                  daemon=True)
+        sender = threading.Thread(
+            target=paced,
+            args=(lambda: current["server"].callback_url, traffic, rate, seconds, 12, answers, timings, lock, stop),
+            daemon=True,
+        )
         began = time.monotonic()
         sender.start()
         kills = {"receiver": False, "fold": False}
@@ -196,27 +242,44 @@ def test_soak(db, request, tmp_path, long_run, figures):
         current["server"].stop()
     run_fold(backend.engine, config, __import__("datetime").datetime.now(__import__("datetime").timezone.utc))
     in_log = markers_in_log(backend.engine)
-    acked = [marker for marker, (kind, status) in answers.items() if status is not None and 200 <= status < 500 and kind != "malformed"]
+    acked = [
+        marker
+        for marker, (kind, status) in answers.items()
+        if status is not None and 200 <= status < 500 and kind != "malformed"
+    ]
     lost = [marker for marker in acked if in_log.get(marker, 0) == 0]
     doubled = [marker for marker, count in in_log.items() if count > 1]
     credits = credits_per_donation(backend.engine)
     double_credits = [donation for donation, count in credits.items() if count > 1]
-    paid = {json.loads(body)["utilityref"] for marker, body in traffic.sent_valid if answers.get(marker, ("", None))[1] == 200}
+    paid = {
+        json.loads(body)["utilityref"]
+        for marker, body in traffic.sent_valid
+        if answers.get(marker, ("", None))[1] == 200
+    }
     completed = backend.scalar("SELECT COUNT(*) FROM donations WHERE status = 'COMPLETED'")
     differences = check(backend.engine, config).differences
     per_minute = {}
     for at, took in timings:
         per_minute.setdefault(int(at // 60), []).append(took)
-    p99 = {minute: sorted(values)[int(0.99 * (len(values) - 1))] * 1000 for minute, values in sorted(per_minute.items())}
+    p99 = {
+        minute: sorted(values)[int(0.99 * (len(values) - 1))] * 1000 for minute, values in sorted(per_minute.items())
+    }
     statuses = Counter(status for _, status in answers.values())
     figures.record(
         f"soak ({db})",
         f"{seconds:.0f} s at {rate:.0f}/s (80% of {measured:.0f}/s measured): valid, duplicate, hostile, unmatched, malformed, 950-deep; "
         "kill -9 of the receiver and of the fold partway",
         len(answers),
-        {"acknowledged": len(acked), "acknowledged but not stored": len(lost), "stored twice": len(doubled), "double credits": len(double_credits),
-         "rebuild --check differences": len(differences), "callback p99 ms per minute": {m: round(v, 1) for m, v in p99.items()},
-         "receiver RSS MB per minute": {m: round(v, 1) for m, v in sorted(rss.items())}, "statuses": {str(k): v for k, v in sorted(statuses.items(), key=str)}},
+        {
+            "acknowledged": len(acked),
+            "acknowledged but not stored": len(lost),
+            "stored twice": len(doubled),
+            "double credits": len(double_credits),
+            "rebuild --check differences": len(differences),
+            "callback p99 ms per minute": {m: round(v, 1) for m, v in p99.items()},
+            "receiver RSS MB per minute": {m: round(v, 1) for m, v in sorted(rss.items())},
+            "statuses": {str(k): v for k, v in sorted(statuses.items(), key=str)},
+        },
     )
     assert kills == {"receiver": True, "fold": True}
     assert len(acked) > 0.5 * rate * seconds * 0.5, (len(acked), rate, seconds)

@@ -8,6 +8,7 @@ the end: credits unique; the sum of patient funding equals the sum of patient cr
 incremental == rebuild (jobs.rebuild.check: no difference); and the terminal state does not depend
 on order (each donation's events folded purely in reverse and shuffled order give the same status,
 completed_at and credit)."""
+
 from __future__ import annotations
 
 import itertools
@@ -59,7 +60,14 @@ class Ledger(RuleBasedStateMachine):
         self.dir = Path(tempfile.mkdtemp(prefix="azamrecon-sm-"))
         path = self.dir / "db.sqlite"
         shutil.copy(template(), path)
-        self.config = load_config(environ={}, overrides={"database.url": f"sqlite:///{path}", "webhook.password": PASSWORD, "logging.dir": str(self.dir / "logs")})
+        self.config = load_config(
+            environ={},
+            overrides={
+                "database.url": f"sqlite:///{path}",
+                "webhook.password": PASSWORD,
+                "logging.dir": str(self.dir / "logs"),
+            },
+        )
         self.engine = make_engine(self.config.database)
         self.auth = Authenticator.from_config(self.config.webhook)
         self.patients = [add_patient_row(self.engine, f"P{i}", required="2500") for i in range(2)]
@@ -86,22 +94,35 @@ class Ledger(RuleBasedStateMachine):
         n = next(self.counter)
         reference = reference or f"RHCI-DN-S{n}-20260114093000"
         patient = (self.patients + [None])[patient_choice % 3]
-        self.donations.append((add_donation_row(self.engine, reference, patient, amount="1000", transaction_id=f"AZ-{n}"), reference))
+        self.donations.append(
+            (add_donation_row(self.engine, reference, patient, amount="1000", transaction_id=f"AZ-{n}"), reference)
+        )
 
     def _append(self, body: bytes, offset: int) -> None:
         STATS["callbacks"] += 1
         fields = extract_fields(body)
         auth = self.auth.check(fields, body) if fields.parse_error is None else self.auth.unchecked_auth()
         with transaction(self.engine) as session:
-            append_event(session, event_row(source="callback", body=body, received_at=T0 + timedelta(seconds=offset), auth=auth, fields=fields,
-                                            content_type="application/json"))
+            append_event(
+                session,
+                event_row(
+                    source="callback",
+                    body=body,
+                    received_at=T0 + timedelta(seconds=offset),
+                    auth=auth,
+                    fields=fields,
+                    content_type="application/json",
+                ),
+            )
         self.bodies.append(body)
 
     def _check_all(self) -> None:
         STATS["checks"] += 1
         with transaction(self.engine) as session:
             problems = SqlFoldStore(session).invariant_violations()
-            credits = list(session.execute(select(FundingCredit.donation_id, FundingCredit.patient_id, FundingCredit.amount)))
+            credits = list(
+                session.execute(select(FundingCredit.donation_id, FundingCredit.patient_id, FundingCredit.amount))
+            )
             funding = session.scalar(select(func.coalesce(func.sum(Patient.funding_received), 0)))
         STATS["violations"] += len(problems)
         assert problems == []
@@ -118,25 +139,47 @@ class Ledger(RuleBasedStateMachine):
             rows = list(session.scalars(select(Donation)))
             for row in rows:
                 events = store.events_by_ids(store.applied_events([row.id]).get(row.id, []))
-                fresh = lambda: DonationState(row.id, row.patient_id, row.charge_amount, row.patient_amount, row.external_reference, row.transaction_id)
-                for order in (list(reversed(events)), random.Random(row.id).sample(events, len(events)), events + events):
+                fresh = lambda: DonationState(
+                    row.id,
+                    row.patient_id,
+                    row.charge_amount,
+                    row.patient_amount,
+                    row.external_reference,
+                    row.transaction_id,
+                )
+                for order in (
+                    list(reversed(events)),
+                    random.Random(row.id).sample(events, len(events)),
+                    events + events,
+                ):
                     state = fresh()
                     fold_donation(state, order, policy)
-                    assert (state.status, state.completed_at) == (row.status, row.completed_at), (row.id, [e.id for e in order])
+                    assert (state.status, state.completed_at) == (row.status, row.completed_at), (
+                        row.id,
+                        [e.id for e in order],
+                    )
                     credit = credit_of(state)
-                    live_credit = session.scalar(select(FundingCredit.amount).where(FundingCredit.donation_id == row.id))
+                    live_credit = session.scalar(
+                        select(FundingCredit.amount).where(FundingCredit.donation_id == row.id)
+                    )
                     assert (credit.amount if credit else None) == live_credit
 
     # -- rules -------------------------------------------------------------------------------
-    @rule(which=st.integers(0, 50), status=st.sampled_from(["success", "SUCCESS", "Completed", "failed", "FAILURE", "cancelled", "pending?", ""]),
-          amount=st.sampled_from(["1000", "1000.00", "1001", "999.99", None]), credential=st.sampled_from(["good", "bad", "absent"]),
-          offset=st.integers(0, 3600))
+    @rule(
+        which=st.integers(0, 50),
+        status=st.sampled_from(["success", "SUCCESS", "Completed", "failed", "FAILURE", "cancelled", "pending?", ""]),
+        amount=st.sampled_from(["1000", "1000.00", "1001", "999.99", None]),
+        credential=st.sampled_from(["good", "bad", "absent"]),
+        offset=st.integers(0, 3600),
+    )
     def callback(self, which, status, amount, credential, offset):
         STATS["steps"] += 1
         donation_id, reference = self.donations[which % len(self.donations)]
         n = next(self.counter)
         password = {"good": PASSWORD, "bad": PASSWORD + "x", "absent": None}[credential]
-        body = callback_json(reference, f"s{n}", status=status, amount=amount, transaction_id=f"AZ-X{n}", password=password)
+        body = callback_json(
+            reference, f"s{n}", status=status, amount=amount, transaction_id=f"AZ-X{n}", password=password
+        )
         self._append(body, offset)
 
     @precondition(lambda self: self.bodies)
@@ -150,7 +193,9 @@ class Ledger(RuleBasedStateMachine):
         """A callback of one donation replayed against another with a changed amount."""
         STATS["steps"] += 1
         _, reference = self.donations[which % len(self.donations)]
-        body = callback_json(reference, f"r{next(self.counter)}", amount="10", password=PASSWORD if credential == "good" else "guess")
+        body = callback_json(
+            reference, f"r{next(self.counter)}", amount="10", password=PASSWORD if credential == "good" else "guess"
+        )
         self._append(body, offset)
 
     @rule(offset=st.integers(0, 3600), good=st.booleans())
@@ -167,25 +212,46 @@ class Ledger(RuleBasedStateMachine):
         reference = self.named_early.pop(0) if early and self.named_early else None
         self._new_donation(reference, patient_choice)
 
-    @rule(which=st.integers(0, 50), status=st.sampled_from(["SUCCESS", "FAILED", "PENDING", "EXPIRED", "UNKNOWN"]), offset=st.integers(0, 3600))
+    @rule(
+        which=st.integers(0, 50),
+        status=st.sampled_from(["SUCCESS", "FAILED", "PENDING", "EXPIRED", "UNKNOWN"]),
+        offset=st.integers(0, 3600),
+    )
     def poll(self, which, status, offset):
         STATS["steps"] += 1
         donation_id, _ = self.donations[which % len(self.donations)]
         with transaction(self.engine) as session:
-            append_event(session, event_row(source="poll", body=b'{"data":"Transaction x."}', received_at=T0 + timedelta(seconds=offset), auth="n/a",
-                                            fields=EventFields(status=status, status_raw=status), donation_id=donation_id))
+            append_event(
+                session,
+                event_row(
+                    source="poll",
+                    body=b'{"data":"Transaction x."}',
+                    received_at=T0 + timedelta(seconds=offset),
+                    auth="n/a",
+                    fields=EventFields(status=status, status_raw=status),
+                    donation_id=donation_id,
+                ),
+            )
 
-    @rule(which=st.integers(0, 50), status=st.sampled_from(["COMPLETED", "FAILED", "CANCELLED"]), offset=st.integers(0, 3600))
+    @rule(
+        which=st.integers(0, 50),
+        status=st.sampled_from(["COMPLETED", "FAILED", "CANCELLED"]),
+        offset=st.integers(0, 3600),
+    )
     def operator(self, which, status, offset):
         STATS["steps"] += 1
         donation_id, _ = self.donations[which % len(self.donations)]
-        resolve_donation(self.engine, donation_id, status, "decided by the state machine", T0 + timedelta(seconds=offset), actor="sm")
+        resolve_donation(
+            self.engine, donation_id, status, "decided by the state machine", T0 + timedelta(seconds=offset), actor="sm"
+        )
 
     @rule(batches=st.integers(1, 3), size=st.integers(1, 8))
     def fold(self, batches, size):
         STATS["steps"] += 1
         STATS["folds"] += 1
-        run_fold(self.engine, self.config, T0 + timedelta(hours=2), max_batches=batches, batch_size=size, announce=False)
+        run_fold(
+            self.engine, self.config, T0 + timedelta(hours=2), max_batches=batches, batch_size=size, announce=False
+        )
         self._check_all()
 
     @rule()
@@ -200,8 +266,13 @@ def test_state_machine(request, figures):
     long_run = request.config.getoption("--long", default=False)
     for key in STATS:
         STATS[key] = 0
-    Ledger.TestCase.settings = settings(max_examples=400 if long_run else 60, stateful_step_count=40 if long_run else 30, deadline=None,
-                                        suppress_health_check=list(HealthCheck), database=None)
+    Ledger.TestCase.settings = settings(
+        max_examples=400 if long_run else 60,
+        stateful_step_count=40 if long_run else 30,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
     try:
         Ledger.TestCase().runTest()
     finally:
@@ -209,6 +280,13 @@ def test_state_machine(request, figures):
             "5. stateful Hypothesis (RuleBasedStateMachine)",
             "random interleavings of trusted/forged/credential-less/duplicate/replayed/unknown-reference/conflicting callbacks, polls, operator decisions, late donations, folds at random points, rebuilds",
             STATS["examples"],
-            {"steps": STATS["steps"], "callbacks": STATS["callbacks"], "folds": STATS["folds"], "rebuilds": STATS["rebuilds"],
-             "rebuild checks with differences": 0 if STATS["checks"] else "n/a", "checks": STATS["checks"], "invariant violations": STATS["violations"]},
+            {
+                "steps": STATS["steps"],
+                "callbacks": STATS["callbacks"],
+                "folds": STATS["folds"],
+                "rebuilds": STATS["rebuilds"],
+                "rebuild checks with differences": 0 if STATS["checks"] else "n/a",
+                "checks": STATS["checks"],
+                "invariant violations": STATS["violations"],
+            },
         )
