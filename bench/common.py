@@ -18,11 +18,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from pipeline.config import write_config_file as write_config  # noqa: F401  (re-exported for tests/benches)
 from sandbox.testing import free_port, stop_process_group, wait_healthy
@@ -87,7 +88,7 @@ def machine() -> dict[str, str]:
         "cpu": model,
         "python": platform.python_version(),
         "kernel": platform.release(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 
@@ -131,7 +132,7 @@ class Process:
         self.env = {**_env(), **(env or {})}
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "Process":
+    def start(self) -> Process:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             self.command,
@@ -198,7 +199,7 @@ class HttpServer(Process):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> "HttpServer":
+    def start(self, timeout: float = 30.0) -> HttpServer:
         super().start()
         problem = wait_healthy(self.url, self.process, timeout)
         if problem is None:
@@ -361,7 +362,7 @@ def seed_donations(url: str, count: int, status: str = "PENDING", created_now: b
 
     from pipeline.models import Donation
 
-    created = datetime.now(timezone.utc) if created_now else datetime(2026, 1, 14, 9, 30, tzinfo=timezone.utc)
+    created = datetime.now(UTC) if created_now else datetime(2026, 1, 14, 9, 30, tzinfo=UTC)
     rows = [
         dict(
             id=i,
@@ -419,7 +420,7 @@ def storage_ceiling(url: str, seconds: float, max_rows: int = 200_000) -> dict[s
     engine = engine_for(url)
     body = callback_body(donation_reference(1), "ceiling")
     digest = hashlib.sha256(body).hexdigest()
-    received = datetime.now(timezone.utc).replace(tzinfo=None).isoformat(sep=" ")
+    received = datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ")
     sqlite = url.startswith("sqlite")
     marker = "?" if sqlite else "%s"
     sql = (
@@ -555,7 +556,7 @@ async def _loadgen(spec: dict[str, Any]) -> dict[str, Any]:
     async def connection(index: int) -> None:
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             state["errors"] += 1
             return
         try:
@@ -578,7 +579,7 @@ async def _loadgen(spec: dict[str, Any]) -> dict[str, Any]:
                 status = int(header[9:12])
                 statuses[status] = statuses.get(status, 0) + 1
                 state["last"] = t1
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
             state["errors"] += 1
         finally:
             writer.close()
@@ -684,7 +685,7 @@ def _run_wrk(
         f"http://127.0.0.1:{port}",
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
-    line = next((l for l in done.stdout.splitlines() if l.startswith("BENCHJSON ")), None)
+    line = next((out for out in done.stdout.splitlines() if out.startswith("BENCHJSON ")), None)
     if done.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout[-1500:]} {done.stderr[-1500:]}")
     data = json.loads(line[len("BENCHJSON ") :])
@@ -712,10 +713,14 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A GitHub-flavoured Markdown table (readable as plain text too)."""
     rows = [[_cell(v) for v in row] for row in rows]
     widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)]
-    out = ["| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths)) + " |"]
+    out = ["| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"]
     out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
-        out.append("| " + " | ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(row, widths)) + " |")
+        out.append(
+            "| "
+            + " | ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(row, widths, strict=True))
+            + " |"
+        )
     return "\n".join(out)
 
 

@@ -35,15 +35,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, fresh_mysql, fresh_sqlite, machine_line, mysql_reachable
 
-NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
-START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 3, 1, tzinfo=UTC)
+START = datetime(2026, 1, 1, tzinfo=UTC)
 DEFAULT_MYSQL_BENCH = "mysql+pymysql://root@127.0.0.1:3306/azamrecon_benchfold_run"
 
 EVENT_INSERT_COLUMNS = (

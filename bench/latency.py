@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import UTC
 from pathlib import Path
 
 from bench import common
@@ -47,7 +48,7 @@ def run(args) -> int:
     if args.waiting:
         base = results[0]
         rows = []
-        for waiting, result in zip(waits, results):
+        for waiting, result in zip(waits, results, strict=True):
             ratio_answer = result["answer_p99"] / base["answer_p99"] if base["answer_p99"] else None
             ratio_complete = result["p99"] / base["p99"] if base["p99"] else None
             rows.append(
@@ -85,7 +86,7 @@ def run(args) -> int:
 
 def fill_waiting(url: str, count: int) -> None:
     """`count` callbacks naming no donation, folded once so they wait (unknown_reference, waiting_keys)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from jobs.fold import run_fold
     from pipeline.config import Config
@@ -94,7 +95,7 @@ def fill_waiting(url: str, count: int) -> None:
     from pipeline.store.events import append_events, event_row
 
     engine = common.engine_for(url)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     try:
         for start in range(0, count, 20_000):
             rows = []
@@ -255,7 +256,7 @@ def run_once(args, waiting: int | None) -> dict:
 
 
 def create_donation(engine, donation_id: int) -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from sqlalchemy import insert
 
@@ -276,7 +277,7 @@ def create_donation(engine, donation_id: int) -> None:
                     msisdn="255628630936",
                     provider="Halopesa",
                     external_reference=common.donation_reference(donation_id),
-                    created_at=datetime.now(timezone.utc),
+                    created_at=datetime.now(UTC),
                     status="PENDING",
                 )
             ],

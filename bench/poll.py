@@ -20,11 +20,11 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Iterator
 
 from bench.common import fresh_mysql, fresh_sqlite, machine_line, mysql_reachable
 
@@ -123,7 +123,7 @@ def seed(url: str, sandbox, count: int, created_at: datetime) -> None:
         ]
     )
     rows = []
-    for donation_id, reference, transaction_id in zip(range(1, count + 1), references, transaction_ids):
+    for donation_id, reference, transaction_id in zip(range(1, count + 1), references, transaction_ids, strict=True):
         rows.append(
             dict(
                 id=donation_id,
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             if reason:
                 raise SystemExit(f"MariaDB not reachable: {reason}")
             url = fresh_mysql(base)
-        now = datetime.now(timezone.utc).replace(microsecond=0)
+        now = datetime.now(UTC).replace(microsecond=0)
         with sandbox_for(args.sandbox, Path(temp)) as sandbox:
             print(f"bench.poll: seeding {count:,} stuck donations ...", file=sys.stderr, flush=True)
             seed(url, sandbox, count, now - timedelta(minutes=30))

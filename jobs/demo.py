@@ -13,11 +13,11 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
 
 import yaml
 
@@ -176,7 +176,7 @@ def run_demo(folder: Path, say: Callable[[str], None] = print, deadline_seconds:
             if problem is not None:
                 raise AzamreconError(f"demo: the receiver {problem}; see {folder / 'serve.out'}")
             with _process("scheduler", ["scheduler", *cli], folder, say):
-                now = datetime.now(timezone.utc)
+                now = datetime.now(UTC)
                 with transaction(engine) as session:
                     amina = create_patient(
                         session, name="Amina (heart surgery)", funding_required=Decimal("60000"), now=now
@@ -197,7 +197,7 @@ def run_demo(folder: Path, say: Callable[[str], None] = print, deadline_seconds:
                             amount=Decimal("25000"),
                             msisdn=scenario.msisdn,
                             provider="Mpesa",
-                            now=datetime.now(timezone.utc),
+                            now=datetime.now(UTC),
                         )
                         created[scenario.name] = result.donation_id
                         say(

@@ -17,11 +17,12 @@ from __future__ import annotations
 import gc
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 from loguru import logger
 from sqlalchemy.engine import Engine
@@ -135,7 +136,7 @@ def fold_batch(
     anomalies: list[AnomalyRecord] = []
     by_donation: dict[int, list[FoldEvent]] = {}
     waiting: list[tuple[FoldEvent, tuple]] = []
-    for event, decision, event_keys in zip(everything, decisions, keys):
+    for event, decision, event_keys in zip(everything, decisions, keys, strict=True):
         if event.parse_error:
             anomalies.append(AnomalyRecord(event.id, None, "invalid_payload", event.parse_error[:500]))
             continue
@@ -225,7 +226,7 @@ def _resolve_all(
     index = DonationIndex()
     for state in states.values():
         index.add(state)
-    decisions = [decide(event, event_keys, index) for event, event_keys in zip(events, keys)]
+    decisions = [decide(event, event_keys, index) for event, event_keys in zip(events, keys, strict=True)]
     again = [
         i
         for i, decision in enumerate(decisions)

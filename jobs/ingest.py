@@ -38,9 +38,10 @@ import hashlib
 import json
 import re
 import time
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 from loguru import logger
 from sqlalchemy import select
@@ -53,8 +54,8 @@ from pipeline.events import EventFields, decode_json, extract_fields
 from pipeline.models import PaymentEvent
 from pipeline.privacy import BodyRedactor, redactor_for
 from pipeline.redact import is_redacted, log_value
-from pipeline.store.events import append_events, event_row
 from pipeline.store.driver import chunks
+from pipeline.store.events import append_events, event_row
 from pipeline.times import parse_utc
 
 MARKER = "Received Azam Pay callback:"
@@ -97,7 +98,7 @@ class LineError(ValueError):
 
 def _zone(text: str | None) -> timezone:
     if not text or text == "Z":
-        return timezone.utc
+        return UTC
     sign = -1 if text[0] == "-" else 1
     digits = text[1:].replace(":", "")
     return timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:4])))
@@ -114,7 +115,7 @@ def parse_offset(text: str) -> timezone:
     return _zone(text)
 
 
-def parse_timestamp(text: str, naive_zone: timezone = timezone.utc) -> datetime | None:
+def parse_timestamp(text: str, naive_zone: timezone = UTC) -> datetime | None:
     """The first recognised timestamp in `text` as an aware UTC datetime; one written without an offset
     is taken to be in `naive_zone` (Django writes its asctime in its TIME_ZONE, often +03:00)."""
     candidates = []
@@ -138,7 +139,7 @@ def parse_timestamp(text: str, naive_zone: timezone = timezone.utc) -> datetime 
             moment = datetime(year, month, day, hour, minute, second, int(fraction or 0), tzinfo=zone)
         except ValueError:
             continue
-        return moment.astimezone(timezone.utc)
+        return moment.astimezone(UTC)
     return None
 
 
@@ -219,7 +220,7 @@ def _looks_like_callback(data: dict) -> bool:
 
 
 def parse_line(
-    text: str, now: datetime, naive_zone: timezone = timezone.utc
+    text: str, now: datetime, naive_zone: timezone = UTC
 ) -> tuple[datetime, bytes, str, datetime | None] | None:
     """(received_at, stored body bytes, canonical body, the instant its dedupe key names) for a callback
     line; None for any other line. `naive_zone`: see parse_timestamp (log lines only). The key's instant
@@ -235,7 +236,7 @@ def parse_line(
         received_at = parse_timestamp(text[:marker], naive_zone)
         if received_at is None:
             raise LineError("no timestamp on the line")
-        key_at = received_at if naive_zone is timezone.utc else parse_timestamp(text[:marker])
+        key_at = received_at if naive_zone is UTC else parse_timestamp(text[:marker])
         return received_at, compact(body), canonical(body), key_at
     stripped = text.strip()
     if not stripped.startswith("{"):
@@ -331,7 +332,7 @@ def ingest_file(
     path: str | Path,
     now: datetime,
     progress: Progress | None = None,
-    naive_zone: timezone = timezone.utc,
+    naive_zone: timezone = UTC,
 ) -> dict[str, int]:
     """Import one file; returns counts {read, imported, duplicates, skipped, errors}. Idempotent, whatever
     `naive_zone` (see parse_line: the dedupe key reads an offset-less stamp as written)."""

@@ -11,8 +11,8 @@ import contextlib
 import os
 import socket
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta
-from typing import Iterator
 
 from sqlalchemy import insert, or_, select, update
 from sqlalchemy.engine import Engine

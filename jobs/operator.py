@@ -77,7 +77,8 @@ def resolve_donation(
     """
     status, note, actor = check_decision(status, note, actor)
     body = json.dumps(
-        dict(zip(BODY_KEYS, (donation_id, status, note, os_user(), sudo_user(), actor))), ensure_ascii=False
+        dict(zip(BODY_KEYS, (donation_id, status, note, os_user(), sudo_user(), actor), strict=True)),
+        ensure_ascii=False,
     ).encode()
     fields = EventFields(status=status, status_raw=status)
     with transaction(engine, immediate=True) as session:  # read then write: take SQLite's write lock first

@@ -24,17 +24,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from loguru import logger
 from sqlalchemy import String, bindparam, cast, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from pipeline.store.state import CHECKPOINT  # the fold's lock is this checkpoint row's
 from jobs.operator import os_user, sudo_user
 from jobs.runs import utcnow
 from pipeline.config import Config
@@ -56,7 +56,10 @@ from pipeline.privacy import (
     without_numbers,
 )
 from pipeline.store.driver import chunks
-from pipeline.store.state import SqlFoldStore
+from pipeline.store.state import (
+    CHECKPOINT,  # the fold's lock is this checkpoint row's
+    SqlFoldStore,
+)
 
 SCRUB, RETAIN, ERASE = "scrub-secrets", "retain-msisdn", "erase-msisdn"
 READ_CHUNK = 2000  # rows read per query while looking for work

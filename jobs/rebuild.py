@@ -3,9 +3,9 @@ memory and compare it with the live state (--check), or compute the state as kno
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable
 
 from loguru import logger
 from sqlalchemy.engine import Engine

@@ -19,11 +19,12 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from loguru import logger
 from sqlalchemy import and_, func, or_, select
@@ -83,11 +84,11 @@ class Facts:
 def _utc(value: datetime, name: str) -> datetime:
     if value.tzinfo is None:
         raise ValueError(f"{name} must be timezone-aware (UTC)")
-    return value.astimezone(timezone.utc)
+    return value.astimezone(UTC)
 
 
 def day_bounds(day: date) -> tuple[datetime, datetime]:
-    start = datetime.combine(day, time.min, tzinfo=timezone.utc)
+    start = datetime.combine(day, time.min, tzinfo=UTC)
     return start, start + timedelta(days=1)
 
 
@@ -252,7 +253,7 @@ def _live_facts(session: Session, start: datetime, end: datetime, stuck_before: 
     donations = [DonationView(*row) for row in session.execute(select(*_VIEW_COLUMNS).where(wanted))]
     status_counts = dict(session.execute(select(Donation.status, func.count()).group_by(Donation.status)).all())
     patients = [
-        dict(zip(("id", "name", "funding_required", "funding_received", "status", "fully_funded_at"), row))
+        dict(zip(("id", "name", "funding_required", "funding_received", "status", "fully_funded_at"), row, strict=True))
         for row in session.execute(
             select(
                 Patient.id,
@@ -316,7 +317,7 @@ def _snapshot_facts(session: Session, snapshot: Snapshot, as_of: datetime) -> Fa
     }
     donations: list[DonationView] = []
     for donation_id, values in snapshot.donations.items():
-        derived = dict(zip(DONATION_FIELDS, values))
+        derived = dict(zip(DONATION_FIELDS, values, strict=True))
         _, patient_id, reference, amount, currency, patient_amount, created_at = static[donation_id]
         donations.append(
             DonationView(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-from datetime import datetime, timezone
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
@@ -17,7 +17,7 @@ from pipeline.models import JobRun
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class RunRecord:

@@ -7,7 +7,7 @@ import binascii
 import functools
 import hmac
 import ipaddress
-from typing import Iterable
+from collections.abc import Iterable
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -71,7 +71,7 @@ class Authenticator:
         self._trusted = trusted_proxies
 
     @classmethod
-    def from_config(cls, webhook: WebhookConfig) -> "Authenticator":
+    def from_config(cls, webhook: WebhookConfig) -> Authenticator:
         public_key = None
         try:
             pem = webhook.public_key_pem()

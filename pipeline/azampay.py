@@ -12,11 +12,12 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import requests
@@ -146,7 +147,7 @@ class AzamPayClient:
         self,
         config: AzamPayConfig,
         session: requests.Session | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         backoff_factor: float = 0.5,
     ):
         self.config = config
@@ -175,7 +176,7 @@ class AzamPayClient:
         if self._owns_session:
             self._session.close()
 
-    def __enter__(self) -> "AzamPayClient":
+    def __enter__(self) -> AzamPayClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -247,7 +248,7 @@ class AzamPayClient:
     def _authorised(self, method: str, url: str, what: str, **kwargs: Any) -> requests.Response:
         """Send with Bearer token and X-API-KEY; on 401 refresh the token once and resend once."""
         api_key = self.config.api_key.get_secret_value()
-        for attempt in (1, 2):
+        for _attempt in (1, 2):
             token = self._get_token()
             headers = {"Authorization": f"Bearer {token}", "X-API-KEY": api_key, "Accept": "application/json"}
             response = self._send(method, url, what, headers=headers, **kwargs)

@@ -7,9 +7,10 @@ applied through the explicit table ENV_OVERRIDES rather than pydantic-settings' 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -120,7 +121,7 @@ class AzamPayConfig(_Section):
     status: StatusApiConfig = StatusApiConfig()
 
     @model_validator(mode="after")
-    def _hosts_from_environment(self) -> "AzamPayConfig":
+    def _hosts_from_environment(self) -> AzamPayConfig:
         auth, checkout = HOSTS[self.environment]
         if not self.auth_url:
             object.__setattr__(self, "auth_url", auth)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -97,7 +97,7 @@ class JsonNumber(float):
 
     __slots__ = ("text",)
 
-    def __new__(cls, text: str) -> "JsonNumber":
+    def __new__(cls, text: str) -> JsonNumber:
         number = super().__new__(cls, text)
         number.text = text
         return number
@@ -295,7 +295,7 @@ def _plain_callback(data: dict) -> _PlainCallback | None:
     return _PlainCallback(data, properties)
 
 
-def _callback(body: bytes, decoded: Decoded | None) -> "CallbackBody | _PlainCallback":
+def _callback(body: bytes, decoded: Decoded | None) -> CallbackBody | _PlainCallback:
     """parse_callback, with the common case validated without pydantic (same result, same errors)."""
     if decoded is None:
         decoded = decode_json(body)

@@ -13,11 +13,12 @@ applied, so they do depend on order; the caller therefore always applies a donat
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
 from operator import attrgetter
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 PENDING, COMPLETED, FAILED, CANCELLED, EXPIRED, REVIEW = (
     "PENDING",
@@ -121,11 +122,11 @@ class DonationState:
     operator_at: datetime | None = None
     operator_status: str | None = None
 
-    def reset(self) -> "DonationState":
+    def reset(self) -> DonationState:
         """The state before any event: static facts kept, every derived field at its default."""
         return DonationState(*_STATIC_FIELDS(self))
 
-    def copy(self) -> "DonationState":
+    def copy(self) -> DonationState:
         # dataclasses.replace walks the fields in Python each call: 6x slower, and rebuild --check copies every touched state
         return DonationState(*_ALL_FIELDS(self))
 

@@ -236,7 +236,7 @@ class _Deferred:
 
     __slots__ = ("body", "decoded", "moment", "owner", "text")
 
-    def __init__(self, body: bytes, decoded, moment: float, owner: "_ReceivedLine"):
+    def __init__(self, body: bytes, decoded, moment: float, owner: _ReceivedLine):
         self.body = body
         self.decoded = decoded
         self.moment = moment
@@ -299,7 +299,7 @@ class _ReceivedLine:
             sink.write_deferred(item, size)
 
 
-_received_line: "_ReceivedLine | None" = None
+_received_line: _ReceivedLine | None = None
 
 
 def log_received_callback(body: bytes, decoded=None) -> None:
@@ -392,7 +392,7 @@ class BatchedFileSink:
         _BATCHED.discard(self)
 
 
-_BATCHED: "weakref.WeakSet[BatchedFileSink]" = weakref.WeakSet()
+_BATCHED: weakref.WeakSet[BatchedFileSink] = weakref.WeakSet()
 
 
 def flush_logs() -> None:

@@ -19,9 +19,10 @@ import json
 import os
 import re
 import secrets as token_source
+from collections.abc import Callable, Iterable
 from json.encoder import encode_basestring, encode_basestring_ascii
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from pipeline.errors import ConfigError
 from pipeline.events import Decoded, JsonNumber, normalise_msisdn

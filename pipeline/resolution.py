@@ -14,9 +14,10 @@ name is accepted only when every fact the event states that the donation also ha
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable, NamedTuple
+from typing import Any, NamedTuple
 
 from pipeline.events import normalise_msisdn
 from pipeline.fold import SIGNED

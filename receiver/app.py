@@ -21,7 +21,7 @@ import contextlib
 import dataclasses
 import gc
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from loguru import logger
 from starlette.applications import Starlette
@@ -141,7 +141,7 @@ class CallbackEndpoint:
         return body, declared_over, False
 
     async def __call__(self, scope, receive, send) -> None:
-        received_at = datetime.now(timezone.utc)
+        received_at = datetime.now(UTC)
         headers: dict[str, str] = {}
         for raw_name, raw_value in scope["headers"]:
             name = raw_name.decode("latin-1").lower()
@@ -248,7 +248,7 @@ class ReceiverApp(Starlette):
     middleware stack and the router (about a tenth of a callback's CPU). An exception there is
     answered 500 by the server (uvicorn), as Starlette's error middleware would."""
 
-    callback_endpoint: "CallbackEndpoint | None" = None
+    callback_endpoint: CallbackEndpoint | None = None
 
     async def __call__(self, scope, receive, send) -> None:
         endpoint = self.callback_endpoint

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -135,7 +135,7 @@ def render(engine, config, writer, now: datetime) -> str:
 def endpoint(engine, config, writer):
     async def metrics(request: Request) -> PlainTextResponse:
         try:
-            text = await run_in_threadpool(render, engine, config, writer, datetime.now(timezone.utc))
+            text = await run_in_threadpool(render, engine, config, writer, datetime.now(UTC))
         except StoreError as exc:
             return PlainTextResponse(f"# database unavailable: {exc}\n", status_code=503, media_type=CONTENT_TYPE)
         return PlainTextResponse(text, media_type=CONTENT_TYPE)

@@ -30,7 +30,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from concurrent.futures import Future
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from loguru import logger
@@ -278,7 +278,7 @@ class Portal:
     def _initiate(self, fields: dict):
         from jobs.checkout import initiate_checkout
 
-        return initiate_checkout(self.engine, self.config, self.client(), now=datetime.now(timezone.utc), **fields)
+        return initiate_checkout(self.engine, self.config, self.client(), now=datetime.now(UTC), **fields)
 
     # -- GET status ----------------------------------------------------------------------------
     async def status(self, request: Request) -> JSONResponse:
@@ -326,7 +326,7 @@ class Portal:
             event_id = await asyncio.wait_for(
                 asyncio.shield(asyncio.wrap_future(future)), self.config.receiver.status_check_timeout_seconds
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None, True  # the call goes on in the pool; its answer is appended when it comes
         return event_id, False
 
@@ -353,9 +353,7 @@ class Portal:
         from jobs.poll import run_poll
 
         try:
-            report = run_poll(
-                self.engine, self.config, self.client(), datetime.now(timezone.utc), donation_id=donation_id
-            )
+            report = run_poll(self.engine, self.config, self.client(), datetime.now(UTC), donation_id=donation_id)
         except AzamreconError as exc:  # AzamPay unreachable, a rebuild in progress, ...: answer from the folded state
             logger.warning(f"status check for donation {donation_id}: {exc}")
             return None

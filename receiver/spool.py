@@ -13,8 +13,9 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pipeline.store.spool import SUFFIX, encode_record
 

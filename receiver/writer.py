@@ -19,7 +19,8 @@ import errno
 import queue
 import threading
 import time
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 from loguru import logger
 
@@ -224,7 +225,9 @@ class GroupCommitWriter:
         lookups = [item for item in batch if item.keys is not None]
         with transaction(self.engine, immediate=True) as session:
             if lookups:
-                for item, resolution in zip(lookups, resolve_claims(session, [item.keys for item in lookups])):
+                for item, resolution in zip(
+                    lookups, resolve_claims(session, [item.keys for item in lookups]), strict=True
+                ):
                     item.outcome = KNOWN if resolution.donation_id is not None else UNKNOWN
             rows = [item.row for item in batch]
             if after_failure:

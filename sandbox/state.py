@@ -8,7 +8,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sandbox.outcomes import check_outcome, normalise_msisdn, status_text
@@ -72,7 +72,7 @@ class SandboxState:
                 self.tokens = {t: e for t, e in self.tokens.items() if e > now}
             self.tokens[token] = expires
             self.counters["tokens_issued"] += 1
-        return token, datetime.fromtimestamp(expires, timezone.utc)
+        return token, datetime.fromtimestamp(expires, UTC)
 
     def authorised(self, authorization: str | None, api_key: str | None) -> bool:
         token = (authorization or "")[7:] if (authorization or "").startswith("Bearer ") else None
@@ -136,7 +136,7 @@ class SandboxState:
             additional_properties=additional_properties or {},
             outcome=check_outcome(outcome),
             status_text=status_text(outcome),
-            created_at=datetime.now(timezone.utc).isoformat(),
+            created_at=datetime.now(UTC).isoformat(),
         )
         with self.lock:
             self.transactions[txn.transaction_id] = txn

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -108,7 +108,7 @@ def _mysql_ready() -> str:
             f"MariaDB/MySQL not reachable at {MYSQL_SERVER} ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
         )
         _mysql_state["error"] = pytest.fail.Exception(reason) if MYSQL_REQUIRED else pytest.skip.Exception(reason)
-        raise _mysql_state["error"]
+        raise _mysql_state["error"] from exc
     _mysql_state["url"] = url
     return url
 
@@ -157,7 +157,7 @@ def mysql_backend(tmp_path) -> Backend:
 
 @pytest.fixture
 def now() -> datetime:
-    return datetime(2026, 1, 14, 9, 30, 0, tzinfo=timezone.utc)
+    return datetime(2026, 1, 14, 9, 30, 0, tzinfo=UTC)
 
 
 def pytest_addoption(parser):

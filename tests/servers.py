@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
+from datetime import UTC
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from pipeline.config import write_config_file as write_config  # noqa: F401  (re-exported for tests/benches)
 from sandbox.testing import free_port, stop_process_group, wait_healthy
@@ -67,7 +69,7 @@ class ServerProcess:
                 parts.append(path.read_text(errors="replace"))
         return "\n".join(parts)
 
-    def start(self, timeout: float = 20.0, require_healthy: bool = True) -> "ServerProcess":
+    def start(self, timeout: float = 20.0, require_healthy: bool = True) -> ServerProcess:
         """Start and wait until /healthz answers (200, or any answer when require_healthy is False)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         command = [
@@ -105,7 +107,7 @@ class ServerProcess:
             return None
         return stop_process_group(process, timeout)
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         if self.process is None:
             self.start()
         return self
@@ -139,7 +141,7 @@ def add_donation(
     provider: str = "Mpesa",
 ) -> int:
     """Insert a PENDING donation with this external_reference (directly, so any id/reference works)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
     from decimal import Decimal
 
     from pipeline.db import transaction
@@ -158,7 +160,7 @@ def add_donation(
             provider=provider,
             external_reference=reference,
             transaction_id=transaction_id,
-            created_at=datetime(2025, 12, 19, 12, 0, tzinfo=timezone.utc),
+            created_at=datetime(2025, 12, 19, 12, 0, tzinfo=UTC),
             status="PENDING",
         )
         session.add(donation)

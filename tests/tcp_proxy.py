@@ -38,7 +38,7 @@ class TcpProxy:
 
     # --- control --------------------------------------------------------------------------------
 
-    def start(self) -> "TcpProxy":
+    def start(self) -> TcpProxy:
         """Listen (again) on 127.0.0.1:port; the first start picks a free port."""
         if self._running.is_set():
             return self
@@ -91,11 +91,11 @@ class TcpProxy:
             with contextlib.suppress(OSError):
                 sock.close()
 
-    def restart(self) -> "TcpProxy":
+    def restart(self) -> TcpProxy:
         self.stop()
         return self.start()
 
-    def __enter__(self) -> "TcpProxy":
+    def __enter__(self) -> TcpProxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -107,7 +107,7 @@ class TcpProxy:
         while self._running.is_set():
             try:
                 client, _ = listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return

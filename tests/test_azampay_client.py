@@ -6,7 +6,7 @@ import json
 import re
 import socket
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -25,7 +25,7 @@ MSISDN = "0628630936"
 
 class Clock:
     def __init__(self) -> None:
-        self.now = datetime.now(timezone.utc)
+        self.now = datetime.now(UTC)
 
     def __call__(self) -> datetime:
         return self.now
@@ -122,7 +122,7 @@ def test_token_is_cached_until_expire_minus_margin(client, sandbox, clock):
     clock.now += timedelta(seconds=10)  # now past expire - margin
     client.payment_partners()
     assert sandbox.tokens_issued == 2
-    clock.now = datetime.now(timezone.utc)  # the sandbox dates the new token by real time
+    clock.now = datetime.now(UTC)  # the sandbox dates the new token by real time
     client.payment_partners()
     assert sandbox.tokens_issued == 2
 

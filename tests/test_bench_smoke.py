@@ -22,7 +22,9 @@ def _table(output: str) -> list[dict[str, str]]:
     lines = [line for line in output.splitlines() if line.startswith("|")]
     assert len(lines) >= 3, output
     headers = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    return [dict(zip(headers, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[2:]]
+    return [
+        dict(zip(headers, (cell.strip() for cell in line.strip("|").split("|")), strict=True)) for line in lines[2:]
+    ]
 
 
 def _number(text: str) -> float:

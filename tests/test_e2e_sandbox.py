@@ -10,9 +10,9 @@ import contextlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
-from typing import Iterator
 
 import httpx
 import pytest

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 from sqlalchemy import insert
 
 from jobs.fold import _resolve_all, run_fold
-from pipeline.resolution import DEFAULT_FORMAT, ID, REFERENCE, TRANSACTION, DonationIndex, decide, lookup_keys
 from jobs.rebuild import check, rebuild
 from pipeline.config import Config, load_config
 from pipeline.db import make_engine, transaction
@@ -37,13 +36,14 @@ from pipeline.fold import (
     patient_update,
 )
 from pipeline.models import PaymentEvent
+from pipeline.resolution import DEFAULT_FORMAT, ID, REFERENCE, TRANSACTION, DonationIndex, decide, lookup_keys
 from pipeline.schema import upgrade
 from pipeline.store.events import event_row
 from pipeline.store.snapshot import differences, live_snapshot
 from pipeline.store.state import SqlFoldStore
 from tests.builders import add_donation, add_patient, callback_body
 
-T0 = datetime(2026, 1, 14, 9, 30, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 14, 9, 30, 0, tzinfo=UTC)
 CHARGE = Decimal("25000.00")
 
 # -- 1. pure: order and duplication ---------------------------------------------------------------
@@ -236,12 +236,12 @@ def test_batched_resolution_equals_decide_against_every_donation(donations, even
     """jobs.fold looks transaction ids up only for what references and ids left unresolved; every event
     must still resolve exactly as decide() does against the whole donations table, conflicts included."""
     states, seen_references, seen_transactions = [], set(), set()
-    for donation_id, (reference, transaction, msisdn) in enumerate(donations, start=1):
+    for donation_id, (reference, txn, msisdn) in enumerate(donations, start=1):
         reference = reference if reference and reference not in seen_references else None  # both columns are unique
-        transaction = transaction if transaction and transaction not in seen_transactions else None
+        txn = txn if txn and txn not in seen_transactions else None
         seen_references.add(reference)
-        seen_transactions.add(transaction)
-        states.append(DonationState(donation_id, None, CHARGE, CHARGE, reference, transaction, msisdn))
+        seen_transactions.add(txn)
+        states.append(DonationState(donation_id, None, CHARGE, CHARGE, reference, txn, msisdn))
     everything = DonationIndex()
     for state in states:
         everything.add(state)

@@ -7,7 +7,7 @@ Each callback event is built the way the log builds it: fixture bytes -> pipelin
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -34,7 +34,7 @@ from pipeline.fold import (
 from pipeline.resolution import DonationIndex, decide, lookup_keys
 from tests.conftest import fixture_bytes
 
-T0 = datetime(2026, 1, 14, 9, 30, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 14, 9, 30, 0, tzinfo=UTC)
 OPEN = TrustPolicy()  # no credential configured: every callback trusted
 LOCKED = TrustPolicy(credential_configured=True)  # password or signature configured
 VERIFY = TrustPolicy(credential_configured=True, verify_only=True)  # mode `verify`

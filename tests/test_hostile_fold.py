@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import event
@@ -21,7 +21,7 @@ from pipeline.store.events import event_row
 from pipeline.store.state import SqlFoldStore
 from tests.builders import add_donation, append, callback_body
 
-T0 = datetime(2026, 1, 14, 9, 30, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 14, 9, 30, tzinfo=UTC)
 
 
 def flood(engine, rows: list[dict], ids: list[int] | None = None) -> None:

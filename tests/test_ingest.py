@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -26,12 +26,12 @@ from tests.servers import write_config
 LEGACY_LOG = Path(__file__).parent / "fixtures" / "legacy" / "payments.log"
 PASSWORD = "legacy-hook-pw-7781"
 WRONG_PASSWORD = "wrong-hook-pw-0000"
-CREATED = datetime(2025, 12, 19, 11, 55, 0, tzinfo=timezone.utc)
+CREATED = datetime(2025, 12, 19, 11, 55, 0, tzinfo=UTC)
 LEGACY_COUNTS = {"read": 20, "imported": 7, "duplicates": 0, "skipped": 10, "errors": 3}
 
 
 def utc(*parts) -> datetime:
-    return datetime(*parts, tzinfo=timezone.utc)
+    return datetime(*parts, tzinfo=UTC)
 
 
 def legacy_donations(engine) -> list[int]:
@@ -188,7 +188,7 @@ def test_own_redacted_payments_log_imports(backend, now, tmp_path):
     assert seven.auth == "unverified"  # the redacted '***' is no credential, not a wrong one
     assert json.loads(seven.body)["password"] == "***"
     assert (eight.status, eight.amount, eight.auth) == ("FAILED", Decimal("500.00"), "unverified")
-    stamp = datetime.strptime(lines[0][:23], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=timezone.utc)
+    stamp = datetime.strptime(lines[0][:23], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
     assert seven.received_at == stamp
     assert ingest_file(backend.engine, config, log, now)["imported"] == 0
 
@@ -228,7 +228,7 @@ def test_json_lines_envelopes_and_bare_bodies(backend, now, tmp_path):
     )
     assert bare.received_at == now and bare.body == lines[2].encode() and bare.utilityref == "RHCI-DN-3-20251219115500"
     # a second import, later, still adds nothing (the bare body's import time is not part of its identity)
-    later = datetime(2026, 2, 1, tzinfo=timezone.utc)
+    later = datetime(2026, 2, 1, tzinfo=UTC)
     assert ingest_file(backend.engine, config, path, later)["imported"] == 0
     assert len(events(backend.engine)) == 3
 
@@ -334,7 +334,7 @@ def test_a_naive_timestamp_is_taken_at_the_given_offset_and_an_explicit_one_is_k
     dar = parse_offset("+03:00")
     assert parse_timestamp("INFO 2025-12-19 15:00:00,123 views 1 2 x", dar) == utc(2025, 12, 19, 12, 0, 0, 123000)
     assert parse_timestamp("2025-12-19T15:00:00-02:00 x", dar) == utc(2025, 12, 19, 17, 0, 0)  # its own offset wins
-    assert parse_offset("+0300") == dar and parse_offset("Z") == timezone.utc
+    assert parse_offset("+0300") == dar and parse_offset("Z") == UTC
     for bad in ("3", "+3:00", "+24:00", "+03:60", "EAT", ""):
         with pytest.raises(InputError, match="UTC offset"):
             parse_offset(bad)
@@ -352,7 +352,7 @@ def test_cli_ingest_naive_offset_moves_received_at(backend):
         next(line for line in LEGACY_LOG.read_text().splitlines() if "Received Azam Pay callback" in line)
     )
     stored = backend.scalar("SELECT MIN(received_at) FROM payment_events WHERE source = 'import'")
-    stored = datetime.fromisoformat(str(stored)).replace(tzinfo=timezone.utc)
+    stored = datetime.fromisoformat(str(stored)).replace(tzinfo=UTC)
     assert stored == utc_first - timedelta(hours=3)
     again = CliRunner().invoke(
         cli, ["events", "ingest", str(LEGACY_LOG), "--no-progress", "--config", str(config)], env={"DATABASE_URL": None}

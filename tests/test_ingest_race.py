@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from jobs.ingest import ingest_file
 from jobs.runs import utcnow
 
-T0 = datetime(2026, 1, 14, 9, 30, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 14, 9, 30, tzinfo=UTC)
 
 
 def test_concurrent_imports_of_one_file_report_true_counts(backend, tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from click.testing import CliRunner
 from loguru import logger
@@ -75,7 +75,7 @@ def test_crafted_bodies_add_nothing_to_the_guides_greps(backend):
     with receiving(backend) as (client, config):
         answers = [client.post(CALLBACK_PATH, content=crafted, headers=JSON).status_code for crafted in CRAFTED]
         assert client.post(CALLBACK_PATH, content=body(GENUINE), headers=JSON).status_code == 200
-        run_fold(backend.engine, config, datetime.now(timezone.utc))
+        run_fold(backend.engine, config, datetime.now(UTC))
     assert 500 not in answers
     lines = payments_lines(backend)
     # the guide's greps (deploy.md "Logs and the guide's greps"), on what the crafted bodies left

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from starlette.testclient import TestClient
 
@@ -27,7 +27,7 @@ def parse(text: str) -> dict[str, float]:
 
 
 def test_metrics_report_log_lag_stuck_and_jobs(backend):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     patient = add_patient(backend.engine, now - timedelta(hours=1))
     _, reference = add_donation(backend.engine, now - timedelta(hours=1), patient)
     add_donation(backend.engine, now - timedelta(hours=1), patient)  # stays PENDING: stuck
@@ -86,8 +86,8 @@ def test_metrics_never_scan_the_whole_log(backend):
     from receiver.metrics import render
 
     config = backend.config()
-    _, reference = add_donation(backend.engine, datetime(2026, 1, 14, tzinfo=timezone.utc))
-    at = datetime(2026, 1, 14, 9, 30, tzinfo=timezone.utc)
+    _, reference = add_donation(backend.engine, datetime(2026, 1, 14, tzinfo=UTC))
+    at = datetime(2026, 1, 14, 9, 30, tzinfo=UTC)
     for n in range(30):
         append(
             backend.engine, callback_body(reference, transaction_id=f"tx-{n}"), at + timedelta(seconds=n), auth="n/a"

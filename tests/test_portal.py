@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from starlette.testclient import TestClient
@@ -113,12 +113,12 @@ def test_status_asks_azampay_and_waits_for_the_scheduled_fold(backend):
         portal(backend, sandbox) as (client, config),
     ):
         donation_id = checkout(client).json()["donation_id"]
-        run_fold(backend.engine, config, datetime.now(timezone.utc))
+        run_fold(backend.engine, config, datetime.now(UTC))
         stop = threading.Event()
 
         def scheduler():
             while not stop.is_set():
-                run_fold(backend.engine, config, datetime.now(timezone.utc))
+                run_fold(backend.engine, config, datetime.now(UTC))
                 time.sleep(0.1)
 
         folder = threading.Thread(target=scheduler, daemon=True)

@@ -17,7 +17,7 @@ import json
 import os
 import re
 import stat
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -32,6 +32,7 @@ from jobs.ingest import ingest_file
 from jobs.privacy import erase_donor, find_donor, retain, sanctioned_rewrite, sweep_logs
 from jobs.rebuild import check
 from jobs.spool import ingest_spool
+from pipeline.auth import Authenticator
 from pipeline.config import load_config
 from pipeline.db import transaction
 from pipeline.errors import ConfigError, InputError, StoreError
@@ -41,7 +42,6 @@ from pipeline.privacy import BodyRedactor, PrivacyKey, load_key, retained_msisdn
 from pipeline.store.events import append_event, event_row
 from pipeline.store.spool import spool_record
 from receiver.app import CALLBACK_PATH, create_app
-from pipeline.auth import Authenticator
 from receiver.spool import Spool
 from tests.conftest import fixture_bytes
 from tests.servers import add_donation, event_rows, write_config
@@ -284,7 +284,7 @@ def test_the_spool_holds_no_password_and_its_replay_neither(backend, tmp_path):
             event_row(
                 source="callback",
                 body=callback(password=CURRENT, reference="SP4"),
-                received_at=datetime.now(timezone.utc),
+                received_at=datetime.now(UTC),
                 auth="verified",
             ),
             typed=True,
@@ -295,7 +295,7 @@ def test_the_spool_holds_no_password_and_its_replay_neither(backend, tmp_path):
             counts = ingest_spool(
                 outage.engine,
                 spool_dir,
-                datetime.now(timezone.utc),
+                datetime.now(UTC),
                 BodyRedactor(load_key(config.privacy.key_file), [CURRENT, PREVIOUS]),
             )
         assert counts["ingested"] == 4
@@ -506,8 +506,8 @@ def _retention_scene(backend, log_dir: Path):
             ).status_code
         )
         assert answers == [200, 200, 200, 415, 400]
-        ingest_file(backend.engine, config, LEGACY_LOG, datetime.now(timezone.utc))
-        run_fold(backend.engine, config, datetime.now(timezone.utc))
+        ingest_file(backend.engine, config, LEGACY_LOG, datetime.now(UTC))
+        run_fold(backend.engine, config, datetime.now(UTC))
     return config
 
 
@@ -531,7 +531,7 @@ def test_after_the_window_no_full_number_is_left_and_a_rebuild_agrees(backend, l
         "2025-01-01 00:00:00.000 | INFO | receiver | Received Azam Pay callback: {'msisdn': '255758285812'}\n"
     )
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     early = retain(backend.engine, config, now)  # nothing is older than the window yet
     assert early["bodies_rewritten"] == 0 and early["log_files_deleted"] == 0
     assert all(national in stored_text(backend) for national in NATIONAL[:3])
@@ -600,7 +600,7 @@ def test_retain_cli_dry_run_and_the_scheduled_job(backend, now):
     }
     cli_config = str(write_config(backend.tmp_path / "retain.yaml", settings))
     runner = CliRunner()
-    later = (datetime.now(timezone.utc) + timedelta(days=500)).isoformat()
+    later = (datetime.now(UTC) + timedelta(days=500)).isoformat()
     dry = runner.invoke(
         cli,
         ["privacy", "retain", "--now", later, "--dry-run", "--format", "json", "--config", cli_config],
@@ -695,10 +695,10 @@ def test_sweep_keeps_recent_files_and_narrows_their_mode(tmp_path):
     for path in (recent, old_rotated, old_live, other):
         path.write_text("255758285812\n")
         path.chmod(0o644)
-    past = datetime(2024, 1, 2, tzinfo=timezone.utc).timestamp()
+    past = datetime(2024, 1, 2, tzinfo=UTC).timestamp()
     for path in (old_rotated, old_live, other):
         os.utime(path, (past, past))
-    counts = sweep_logs(logs, datetime(2025, 1, 1, tzinfo=timezone.utc))
+    counts = sweep_logs(logs, datetime(2025, 1, 1, tzinfo=UTC))
     assert counts == {"log_files_deleted": 1, "log_files_emptied": 1}
     assert not old_rotated.exists() and old_live.read_text() == "" and other.exists() and recent.read_text()
     assert (

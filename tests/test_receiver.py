@@ -6,7 +6,7 @@ import base64
 import contextlib
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -110,12 +110,12 @@ def test_every_fixture_has_expectations():
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_fixture_payload_stored_byte_exact_with_typed_fields(backend, name):
     raw = fixture_bytes(name)
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     with receiver(backend) as client:
         answer = client.post(
             CALLBACK_PATH, content=raw, headers={**JSON, "user-agent": "AzamPay/1", "cookie": "secret=1"}
         )
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
     assert answer.status_code == 404  # no donation exists
     [row] = event_rows(backend.engine)
     assert row.body == raw

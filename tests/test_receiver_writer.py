@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import event
 
@@ -25,7 +25,7 @@ def _row(n: int, body: bytes | None = None):
     row = event_row(
         source="callback",
         body=raw,
-        received_at=datetime.now(timezone.utc),
+        received_at=datetime.now(UTC),
         auth="n/a",
         fields=fields,
         content_type="application/json",

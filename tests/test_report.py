@@ -6,7 +6,7 @@ import csv
 import io
 import json
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -69,7 +69,7 @@ def scenario(engine, now) -> Scenario:
     """Known data around now = 2026-01-14 09:30 UTC (see the conftest `now` fixture)."""
     hours = lambda h: now - timedelta(hours=h)  # noqa: E731
     minutes = lambda m: now - timedelta(minutes=m)  # noqa: E731
-    yesterday = datetime(2026, 1, 13, 19, 0, tzinfo=timezone.utc)
+    yesterday = datetime(2026, 1, 13, 19, 0, tzinfo=UTC)
     with transaction(engine) as session:
         a = create_patient(session, name="Amina", funding_required=Decimal("100000"), now=yesterday).id
         b = create_patient(session, name="Baraka", funding_required=Decimal("50000"), now=yesterday).id
@@ -98,13 +98,13 @@ def scenario(engine, now) -> Scenario:
 
     cb("d1", hours(2))
     cb("d2", hours(1))
-    cb("d3", datetime(2026, 1, 13, 20, 0, tzinfo=timezone.utc))
+    cb("d3", datetime(2026, 1, 13, 20, 0, tzinfo=UTC))
     cb("d4", minutes(100), status="failure")
     cb("d5", minutes(80), status="cancelled")
     mismatch = cb("d8", minutes(70), amount="8000")
     cb("d9", minutes(50))
     cb("d10", minutes(40))
-    cb("d11", datetime(2026, 1, 13, 21, 0, tzinfo=timezone.utc), status="failed")
+    cb("d11", datetime(2026, 1, 13, 21, 0, tzinfo=UTC), status="failed")
     unknown = append(engine, callback_body("RHCI-DN-999-20251219120000", transaction_id="tx-unknown"), minutes(30))
     duplicate = cb("d1", minutes(20))
     return Scenario(a, b, d, refs, duplicate, unknown, mismatch)
@@ -288,7 +288,7 @@ def test_write_daily_report_writes_yesterday_and_logs_one_line(sqlite_backend, n
         path = write_daily_report(
             sqlite_backend.engine,
             config,
-            datetime(2026, 1, 15, 0, 5, tzinfo=timezone.utc),
+            datetime(2026, 1, 15, 0, 5, tzinfo=UTC),
             directory=tmp_path / "reports",
         )
     finally:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -31,7 +31,7 @@ from tests.builders import add_patient, append
 from tests.servers import add_donation
 
 JSON = {"content-type": "application/json"}
-T0 = datetime(2026, 1, 14, 9, 30, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 14, 9, 30, tzinfo=UTC)
 
 
 @contextlib.contextmanager
@@ -224,10 +224,10 @@ event_specs = st.tuples(
 def _store_donations(session, specs) -> list[DonationFacts]:
     session.execute(delete(Donation))
     facts, seen = [], set()
-    for donation_id, (reference, transaction, msisdn, provider) in enumerate(specs, start=1):
+    for donation_id, (reference, txn, msisdn, provider) in enumerate(specs, start=1):
         reference = reference if reference not in seen else None  # both columns are unique
-        transaction = transaction if transaction not in seen else None
-        seen.update((reference, transaction))
+        txn = txn if txn not in seen else None
+        seen.update((reference, txn))
         session.add(
             Donation(
                 id=donation_id,
@@ -239,12 +239,12 @@ def _store_donations(session, specs) -> list[DonationFacts]:
                 msisdn=msisdn,
                 provider=provider,
                 external_reference=reference,
-                transaction_id=transaction,
+                transaction_id=txn,
                 created_at=T0,
                 status="PENDING",
             )
         )
-        facts.append(DonationFacts(donation_id, reference, transaction, msisdn, provider))
+        facts.append(DonationFacts(donation_id, reference, txn, msisdn, provider))
     session.flush()
     return facts
 

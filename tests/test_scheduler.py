@@ -87,7 +87,7 @@ def test_a_callback_reaches_completed_within_two_seconds_and_sigterm_stops_clean
                         now=utcnow(),
                     )
                     started = time.monotonic()
-                    assert wait_until(lambda: status_of(backend.engine, result.donation_id) == "COMPLETED", 10), (
+                    assert wait_until(lambda r=result: status_of(backend.engine, r.donation_id) == "COMPLETED", 10), (
                         tmp_path / "scheduler.out"
                     ).read_text()[-2000:]
                     latencies.append(time.monotonic() - started)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -23,15 +23,15 @@ from starlette.testclient import TestClient
 
 from jobs.fold import run_fold
 from jobs.rebuild import check
+from pipeline.auth import Authenticator
 from pipeline.events import extract_fields, signed_message
 from pipeline.fold import SIGNED, FoldEvent
 from pipeline.resolution import DonationFacts, DonationIndex, decide, lookup_keys
 from receiver.app import CALLBACK_PATH, create_app
-from pipeline.auth import Authenticator
 from tests.servers import add_donation
 
 JSON = {"content-type": "application/json"}
-T0 = datetime(2026, 1, 14, 9, 30, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 14, 9, 30, tzinfo=UTC)
 A_REF = "RHCI-DN-1-20260114093000"
 A_TX = "7be2443c9e51a0d6c2b8e317"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
@@ -90,7 +90,7 @@ def test_outage_503_spooled_then_ingested_exactly_once(backend, outage):
     with TestClient(app) as client:
         assert client.post(CALLBACK_PATH, content=_body(0), headers=JSON).status_code == 200
         outage.down(app.state.engine)
-        before = datetime.now(timezone.utc)
+        before = datetime.now(UTC)
         answers = [client.post(CALLBACK_PATH, content=_body(n), headers=JSON) for n in range(1, 4)]
         answers.append(client.post(CALLBACK_PATH, content=b"{broken", headers=JSON))
         answers.append(
@@ -98,7 +98,7 @@ def test_outage_503_spooled_then_ingested_exactly_once(backend, outage):
                 CALLBACK_PATH, content=b"plain", headers={"content-type": "text/plain", "x-forwarded-for": "1.2.3.4"}
             )
         )
-        after = datetime.now(timezone.utc)
+        after = datetime.now(UTC)
         assert [a.status_code for a in answers] == [503] * 5
         assert answers[0].headers["retry-after"] == "30"
         assert client.get("/healthz").status_code == 503
@@ -117,10 +117,10 @@ def test_outage_503_spooled_then_ingested_exactly_once(backend, outage):
     ]
     assert len(event_rows(outage.engine)) == 2  # nothing of the outage is in the log yet
 
-    counts = ingest_spool(outage.engine, spool_dir, datetime.now(timezone.utc))
+    counts = ingest_spool(outage.engine, spool_dir, datetime.now(UTC))
     assert counts["ingested"] == 5 and counts["duplicates"] == 0 and counts["files_deleted"] == 1
     assert list(spool_dir.iterdir()) == []
-    again = ingest_spool(outage.engine, spool_dir, datetime.now(timezone.utc))
+    again = ingest_spool(outage.engine, spool_dir, datetime.now(UTC))
     assert again["ingested"] == 0 and again["lines"] == 0
 
     rows = event_rows(outage.engine)
@@ -163,7 +163,7 @@ def test_torn_last_line_is_skipped_and_file_kept(backend):
     from pipeline.store.events import event_row
     from pipeline.store.spool import spool_record
 
-    received = datetime(2026, 1, 14, 9, 30, 0, 123456, tzinfo=timezone.utc)
+    received = datetime(2026, 1, 14, 9, 30, 0, 123456, tzinfo=UTC)
     records = [
         spool_record(event_row(source="callback", body=_body(n), received_at=received, auth="n/a"), typed=True)
         for n in range(3)
@@ -172,11 +172,11 @@ def test_torn_last_line_is_skipped_and_file_kept(backend):
     spool.close()
     with open(path, "ab") as handle:
         handle.write(b'{"v":1,"id":"torn","received_at":"2026-')  # a crash mid-write
-    counts = ingest_spool(backend.engine, spool_dir, datetime.now(timezone.utc))
+    counts = ingest_spool(backend.engine, spool_dir, datetime.now(UTC))
     assert counts["ingested"] == 3 and counts["torn"] == 1 and counts["files_deleted"] == 0
     [kept] = list(spool_dir.iterdir())
     assert kept.name.endswith(CLAIMED_SUFFIX)
-    again = ingest_spool(backend.engine, spool_dir, datetime.now(timezone.utc))
+    again = ingest_spool(backend.engine, spool_dir, datetime.now(UTC))
     assert again["ingested"] == 0 and again["duplicates"] == 3
     rows = event_rows(backend.engine)
     assert len(rows) == 3 and all(r.received_at == received for r in rows)
@@ -187,7 +187,7 @@ def test_invalid_line_is_counted_and_file_kept(sqlite_backend):
     spool_dir = sqlite_backend.tmp_path / "spool"
     spool_dir.mkdir()
     (spool_dir / "callbacks-x-1-ab-1.jsonl").write_bytes(b'{"id": "a"}\nnot json\n')
-    counts = ingest_spool(sqlite_backend.engine, spool_dir, datetime.now(timezone.utc))
+    counts = ingest_spool(sqlite_backend.engine, spool_dir, datetime.now(UTC))
     assert counts["invalid"] == 2 and counts["ingested"] == 0 and counts["files_deleted"] == 0
     assert len(list(spool_dir.iterdir())) == 1
 
@@ -199,10 +199,11 @@ def test_claimed_file_is_never_appended_to(sqlite_backend):
 
     spool_dir = sqlite_backend.tmp_path / "spool"
     spool = Spool(spool_dir)
-    now = datetime.now(timezone.utc)
-    record = lambda n: spool_record(
-        event_row(source="callback", body=_body(n), received_at=now, auth="n/a"), typed=True
-    )
+    now = datetime.now(UTC)
+
+    def record(n):
+        return spool_record(event_row(source="callback", body=_body(n), received_at=now, auth="n/a"), typed=True)
+
     first = spool.write([record(1)])
     counts = ingest_spool(sqlite_backend.engine, spool_dir, now)
     assert counts["ingested"] == 1 and not first.exists()
@@ -239,7 +240,7 @@ def test_ingest_spool_command(sqlite_backend):
     spool.write(
         [
             spool_record(
-                event_row(source="callback", body=_body(1), received_at=datetime.now(timezone.utc), auth="n/a"),
+                event_row(source="callback", body=_body(1), received_at=datetime.now(UTC), auth="n/a"),
                 typed=True,
             )
         ]

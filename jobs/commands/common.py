@@ -7,11 +7,12 @@ import csv
 import io
 import json
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from functools import cached_property
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import click
 

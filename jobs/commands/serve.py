@@ -41,8 +41,8 @@ def serve(ctx: Context, host: str | None, port: int | None, workers: int | None)
     """Run the AzamPay callback receiver (HTTP)."""
     import uvicorn
 
-    from pipeline.logs import configure_logging, secrets_of
     from pipeline.auth import Authenticator
+    from pipeline.logs import configure_logging, secrets_of
 
     config = ctx.config
     host = host or config.receiver.host

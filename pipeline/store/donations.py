@@ -7,10 +7,10 @@ from decimal import Decimal
 
 from sqlalchemy.orm import Session
 
-from pipeline.resolution import ReferenceFormat
 from pipeline.errors import InputError, NotFound
 from pipeline.events import normalise_msisdn
 from pipeline.models import Donation, Patient
+from pipeline.resolution import ReferenceFormat
 
 PROVIDERS = ("Airtel", "Tigo", "Halopesa", "Azampesa", "Mpesa")
 

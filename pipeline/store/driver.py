@@ -3,16 +3,17 @@ group commit), with the conversions SQLAlchemy's column types would apply done o
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 IN_CHUNK = 900  # stays under SQLite's bound-parameter limit on old builds
 
-UTC = timezone.utc
+UTC = UTC
 CENT = Decimal("0.01")
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from json.encoder import encode_basestring
 from operator import itemgetter
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
@@ -173,7 +174,7 @@ class Claim(NamedTuple):
     keys: tuple[Key, ...]
 
     @classmethod
-    def of(cls, fields: EventFields, references: ReferenceFormat = DEFAULT_FORMAT, auth: str | None = None) -> "Claim":
+    def of(cls, fields: EventFields, references: ReferenceFormat = DEFAULT_FORMAT, auth: str | None = None) -> Claim:
         return cls(fields, lookup_keys(fields, references, signed=auth == SIGNED))
 
 

@@ -7,16 +7,16 @@ Snapshot that can be compared with the live state's (pipeline.store.snapshot).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Iterable, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipeline.fold import AnomalyRecord, Credit, DonationState, PatientTotals
-from pipeline.resolution import WAITING_KINDS, DonationIndex, Key
 from pipeline.models import Donation, Patient
+from pipeline.resolution import WAITING_KINDS, DonationIndex, Key
 from pipeline.store.snapshot import Snapshot
 from pipeline.store.state import STATIC_COLUMNS, PatientRow, SqlFoldStore
 

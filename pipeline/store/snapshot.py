@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Iterable
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -37,7 +38,7 @@ class Snapshot:
         credits: Iterable[Credit],
         patients: Iterable[tuple],
         anomalies: Iterable[AnomalyRecord],
-    ) -> "Snapshot":
+    ) -> Snapshot:
         return cls(
             donations={state.id: tuple(_norm(getattr(state, name)) for name in DONATION_FIELDS) for state in donations},
             credits={c.donation_id: (c.patient_id, _norm(c.amount), c.event_id, _norm(c.credited_at)) for c in credits},
@@ -47,17 +48,19 @@ class Snapshot:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "donations": {str(k): dict(zip(DONATION_FIELDS, v)) for k, v in sorted(self.donations.items())},
+            "donations": {
+                str(k): dict(zip(DONATION_FIELDS, v, strict=True)) for k, v in sorted(self.donations.items())
+            },
             "credits": {
-                str(k): dict(zip(("patient_id", "amount", "event_id", "credited_at"), v))
+                str(k): dict(zip(("patient_id", "amount", "event_id", "credited_at"), v, strict=True))
                 for k, v in sorted(self.credits.items())
             },
             "patients": {
-                str(k): dict(zip(("funding_received", "status", "fully_funded_at"), v))
+                str(k): dict(zip(("funding_received", "status", "fully_funded_at"), v, strict=True))
                 for k, v in sorted(self.patients.items())
             },
             "anomalies": [
-                dict(zip(("event_id", "donation_id", "kind", "detail"), key))
+                dict(zip(("event_id", "donation_id", "kind", "detail"), key, strict=True))
                 for key in sorted(self.anomalies.elements(), key=repr)
             ],
         }
@@ -107,7 +110,7 @@ def differences(live: Snapshot, rebuilt: Snapshot, limit: int = 1000) -> list[st
                 f"donation {donation_id}: live {'absent' if have is None else 'present'}, rebuild {'absent' if want is None else 'present'}"
             )
             continue
-        for name, a, b in zip(DONATION_FIELDS, have, want):
+        for name, a, b in zip(DONATION_FIELDS, have, want, strict=True):
             if a != b:
                 lines.append(f"donation {donation_id} {name}: live {a!r} rebuild {b!r}")
     for donation_id in sorted(live.credits.keys() | rebuilt.credits.keys()):

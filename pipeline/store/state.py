@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import json
 import weakref
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from operator import attrgetter
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import Boolean, and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.fold import DERIVED_FIELDS, STATIC_FIELDS, AnomalyRecord, Credit, DonationState, FoldEvent, PatientTotals
-from pipeline.resolution import ID, REFERENCE, TRANSACTION, WAITING_KINDS, Key
 from pipeline.models import (
     Anomaly,
     Donation,
@@ -32,10 +32,11 @@ from pipeline.models import (
     UTCDateTime,
     WaitingKey,
 )
+from pipeline.resolution import ID, REFERENCE, TRANSACTION, WAITING_KINDS, Key
 from pipeline.store.driver import UTC, Driver, chunks
 
 CHECKPOINT = "main"  # the fold's checkpoint row; its lock is the fold's lock
-_ID_STEPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # engine -> auto_increment_increment
+_ID_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # engine -> auto_increment_increment
 
 EVENT_COLUMNS = (
     PaymentEvent.id,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from jobs.fold import run_fold
 from jobs.rebuild import rebuild
@@ -42,7 +42,7 @@ def hook_after(cls, name: str, label: str, hook_at: int) -> None:
 def main(config_path: str, mode: str, hook_at: int) -> None:
     config = load_config(config_path, environ={})
     engine = make_engine(config.database)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     print("READY", flush=True)
     if mode == "mid-batch":
         hook_after(SqlFoldStore, "write_donations", mode, hook_at)
@@ -53,7 +53,7 @@ def main(config_path: str, mode: str, hook_at: int) -> None:
     if mode == "duration":
         deadline = time.monotonic() + hook_at
         while time.monotonic() < deadline:
-            run_fold(engine, config, datetime.now(timezone.utc))
+            run_fold(engine, config, datetime.now(UTC))
             time.sleep(0.02)
     elif mode.startswith("rebuild"):
         rebuild(engine, config, now)

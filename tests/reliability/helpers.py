@@ -12,7 +12,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,7 +23,7 @@ from pipeline.db import transaction
 from pipeline.models import Donation, Patient, PaymentEvent
 from sandbox.testing import stop_process_group
 
-T0 = datetime(2026, 1, 14, 9, 30, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 14, 9, 30, 0, tzinfo=UTC)
 _MARKER = re.compile(rb'"mnoreference": "([^"]+)"')
 
 

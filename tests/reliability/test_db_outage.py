@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import httpx
@@ -105,12 +105,12 @@ def test_mariadb_outage_spools_and_ingests_exactly_once(mysql_backend, tmp_path,
                 deadline_seconds=20,
             )
             # ingest while the receiver still runs (it holds its spool file open), then again: idempotent
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             first = ingest_spool(backend.engine, spool_dir, now)
             second = ingest_spool(backend.engine, spool_dir, now)
         finally:
             server.stop()
-    third = ingest_spool(backend.engine, spool_dir, datetime.now(timezone.utc))  # after the receiver closed its file
+    third = ingest_spool(backend.engine, spool_dir, datetime.now(UTC))  # after the receiver closed its file
     in_log = markers_in_log(backend.engine)
     spooled = log.with_status(lambda s: s == 503)
     ok = log.with_status(lambda s: s == 200)
@@ -168,18 +168,18 @@ def test_ingest_skips_a_spooled_row_whose_commit_did_happen(sqlite_backend, tmp_
     row = event_row(
         source="callback",
         body=body,
-        received_at=datetime(2026, 1, 14, 9, 30, 0, 123456, tzinfo=timezone.utc),
+        received_at=datetime(2026, 1, 14, 9, 30, 0, 123456, tzinfo=UTC),
         auth="n/a",
         fields=extract_fields(body),
         content_type="application/json",
         remote_addr="127.0.0.1",
     )
-    retry = dict(row, received_at=datetime(2026, 1, 14, 9, 30, 5, tzinfo=timezone.utc))  # AzamPay's retry: kept
+    retry = dict(row, received_at=datetime(2026, 1, 14, 9, 30, 5, tzinfo=UTC))  # AzamPay's retry: kept
     with transaction(sqlite_backend.engine) as session:
         append_events(session, [dict(row)])
     spool = Spool(tmp_path / "spool")
     spool.write([spool_record(row, True), spool_record(retry, True)])
     spool.close()
-    counts = ingest_spool(sqlite_backend.engine, tmp_path / "spool", datetime.now(timezone.utc))
+    counts = ingest_spool(sqlite_backend.engine, tmp_path / "spool", datetime.now(UTC))
     assert (counts["ingested"], counts["duplicates"]) == (1, 1)
     assert markers_in_log(sqlite_backend.engine)["once"] == 2  # the original and the retry, not the spooled copy

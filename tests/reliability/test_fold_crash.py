@@ -10,7 +10,7 @@ import random
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -80,7 +80,7 @@ def test_kill9_fold_then_state_equals_rebuild(db, request, tmp_path, long_run, f
         # invariants hold at every committed state, even right after a kill
         with transaction(backend.engine) as session:
             assert SqlFoldStore(session).invariant_violations() == []
-    run_fold(backend.engine, config, datetime.now(timezone.utc))
+    run_fold(backend.engine, config, datetime.now(UTC))
     result = check(backend.engine, config)
     with transaction(backend.engine) as session:
         problems = SqlFoldStore(session).invariant_violations()

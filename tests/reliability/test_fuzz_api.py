@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-
 from pathlib import Path
 
 import httpx
@@ -19,7 +18,6 @@ from schemathesis import GenerationMode
 from schemathesis import checks as st_checks
 
 import receiver
-
 from sandbox.testing import running_sandbox
 from tests.reliability.helpers import add_donation_row, add_patient_row
 from tests.servers import ServerProcess, config_settings, write_config

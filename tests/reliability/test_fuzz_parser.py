@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -41,7 +41,7 @@ KEYS = [
     "signature",
     "additionalProperties",
 ]
-NOW = datetime(2026, 1, 14, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 14, tzinfo=UTC)
 
 json_scalars = (
     st.none()

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+
 from sandbox.testing import running_sandbox
 from tests.reliability.helpers import add_donation_row, add_patient_row, callback_json, with_port
 from tests.servers import ServerProcess, config_settings, event_rows, run_cli, write_config
@@ -226,7 +227,7 @@ def test_slow_and_idle_clients_are_cut_and_store_nothing(db, request, tmp_path, 
         f"POST {CALLBACK} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n".encode()
         + b'{"transactionstatus": "suc'
     )
-    keep_alive = f"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    keep_alive = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
     with ServerProcess(config, log_dir=tmp_path / "server") as server:
         before = len(event_rows(backend.engine))
         started = time.monotonic()

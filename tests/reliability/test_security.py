@@ -8,7 +8,7 @@ import base64
 import hmac
 import json
 import socket
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -18,11 +18,11 @@ from sqlalchemy import inspect as sa_inspect
 
 from jobs.fold import run_fold
 from jobs.rebuild import check
+from pipeline import auth as auth_module
+from pipeline.auth import Authenticator
 from pipeline.db import transaction
 from pipeline.events import extract_fields
 from pipeline.store.events import append_event, event_row
-from pipeline import auth as auth_module
-from pipeline.auth import Authenticator
 from sandbox.testing import running_sandbox
 from tests.reliability.helpers import add_donation_row, add_patient_row, callback_json, credits_per_donation
 from tests.servers import ServerProcess, config_settings, event_rows, run_cli, write_config
@@ -124,7 +124,7 @@ def test_forged_callbacks_never_credit(world, figures):
     replay = json.loads(good)
     replay.update(utilityref=d1_ref, amount="1")
     assert post(server.callback_url, json.dumps(replay).encode()).status_code == 200
-    run_fold(backend.engine, world["config"], datetime.now(timezone.utc))
+    run_fold(backend.engine, world["config"], datetime.now(UTC))
     credits = credits_per_donation(backend.engine)
     status_d1 = backend.scalar("SELECT status FROM donations WHERE id = :i", i=world["d1"])
     figures.record(
@@ -333,7 +333,7 @@ def test_injection_and_control_characters_are_stored_verbatim(db, request, tmp_p
     assert backend.scalar("SELECT COUNT(*) FROM donations") == 1 and backend.scalar(
         "SELECT COUNT(*) FROM payment_events"
     ) == len(sent)
-    run_fold(backend.engine, backend.config(), datetime.now(timezone.utc))
+    run_fold(backend.engine, backend.config(), datetime.now(UTC))
     assert check(backend.engine, backend.config()).differences == []
     figures.record(
         f"7e. SQL injection / control characters ({db})",

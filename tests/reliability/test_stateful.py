@@ -22,10 +22,12 @@ from pathlib import Path
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
+from sqlalchemy import func, select
 
 from jobs.fold import run_fold, trust_policy
 from jobs.operator import resolve_donation
 from jobs.rebuild import check, rebuild
+from pipeline.auth import Authenticator
 from pipeline.config import load_config
 from pipeline.db import make_engine, transaction
 from pipeline.events import EventFields, extract_fields
@@ -34,9 +36,7 @@ from pipeline.models import Donation, FundingCredit, Patient
 from pipeline.schema import upgrade
 from pipeline.store.events import append_event, event_row
 from pipeline.store.state import SqlFoldStore
-from pipeline.auth import Authenticator
 from tests.reliability.helpers import T0, add_donation_row, add_patient_row, callback_json
-from sqlalchemy import func, select
 
 PASSWORD = "stateful-webhook-pw"
 STATS = {"examples": 0, "steps": 0, "folds": 0, "rebuilds": 0, "checks": 0, "callbacks": 0, "violations": 0}
@@ -139,14 +139,17 @@ class Ledger(RuleBasedStateMachine):
             rows = list(session.scalars(select(Donation)))
             for row in rows:
                 events = store.events_by_ids(store.applied_events([row.id]).get(row.id, []))
-                fresh = lambda: DonationState(
-                    row.id,
-                    row.patient_id,
-                    row.charge_amount,
-                    row.patient_amount,
-                    row.external_reference,
-                    row.transaction_id,
-                )
+
+                def fresh(row=row):
+                    return DonationState(
+                        row.id,
+                        row.patient_id,
+                        row.charge_amount,
+                        row.patient_amount,
+                        row.external_reference,
+                        row.transaction_id,
+                    )
+
                 for order in (
                     list(reversed(events)),
                     random.Random(row.id).sample(events, len(events)),
