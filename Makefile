@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench-quick clean
+.PHONY: install test lint format demo bench-quick clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,15 @@ install: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/pytest -q -rs $(PYTEST_ARGS)
+
+# ruff's lint and format check, as CI runs them before the tests; `make format` rewrites the tree
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(BIN)/.installed
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 demo: $(BIN)/.installed
 	$(BIN)/azamrecon demo

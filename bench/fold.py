@@ -507,9 +507,10 @@ def phase_profile(url: str, workdir: str, limit: int | None) -> dict:
 
 
 def phase_incremental(url: str, workdir: str, limit: int | None) -> dict:
-    from jobs.fold import CHECKPOINT, run_fold
+    from jobs.fold import run_fold
     from pipeline.db import make_engine, transaction
     from pipeline.logs import configure_logging, secrets_of
+    from pipeline.store.checkpoint import CHECKPOINT
     from pipeline.store.state import SqlFoldStore
 
     config = _config(url, workdir)
@@ -535,10 +536,11 @@ def phase_naive(url: str, workdir: str, limit: int | None) -> dict:
     """One ORM transaction per event, the way a hand-written webhook view folds (the baseline)."""
     from sqlalchemy import or_, select
 
-    from jobs.fold import CHECKPOINT, trust_policy
     from pipeline.db import make_engine, transaction
     from pipeline.fold import DERIVED_FIELDS, STATIC_FIELDS, DonationState, FoldEvent, apply, credit_of
+    from pipeline.fold_batch import trust_policy
     from pipeline.models import Anomaly, Donation, FundingCredit, Patient, PaymentEvent
+    from pipeline.store.checkpoint import CHECKPOINT
     from pipeline.store.state import SqlFoldStore
 
     config = _config(url, workdir)
@@ -605,9 +607,10 @@ def phase_rules(url: str, workdir: str, limit: int | None) -> dict:
     """The fold's Python alone: the whole log folded into rebuild --check's in-memory store, batch by batch
     as a rebuild does, timing only fold_batch (reading each batch is not timed; nothing is written). With
     the storage floor it bounds what any rebuild of this design can reach on this machine."""
-    from jobs.fold import collector_paused, fold_batch, trust_policy
+    from jobs.fold import collector_paused
     from jobs.rebuild import REBUILD_BATCH
     from pipeline.db import make_engine, transaction
+    from pipeline.fold_batch import fold_batch, trust_policy
     from pipeline.store.memory import MemoryFoldStore
 
     config = _config(url, workdir)

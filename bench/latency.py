@@ -8,7 +8,7 @@ timing setting is the default: scheduler.fold_interval_seconds, fold.batch_size,
 PENDING donations, posts one success callback per donation at a steady rate (paced, one connection),
 and polls the database every 10 ms for donations that read COMPLETED. Latency is from the start of
 the callback's POST to the first poll that sees COMPLETED (so it includes up to 10 ms of polling
-granularity). Target (DESIGN §6): p99 <= 2 s.
+granularity). Target: p99 <= 2 s.
 
 --waiting N,M,...: one run per value, side by side, with that many unmatched callbacks waiting (folded
 as unknown_reference before serve and scheduler start), each donation created just before its callback

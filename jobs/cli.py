@@ -6,29 +6,25 @@ traceback unless AZAMRECON_DEBUG is set.
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 
 import click
 
+from jobs.commands.admin import init
+from jobs.commands.demo import demo
+from jobs.commands.donations import donations
+from jobs.commands.events import events
+from jobs.commands.fold import fold, rebuild
+from jobs.commands.ingest import ingest
+from jobs.commands.patients import patients
+from jobs.commands.poll import poll
+from jobs.commands.privacy import privacy
+from jobs.commands.report import report
+from jobs.commands.sandbox import sandbox
+from jobs.commands.scheduler import scheduler
+from jobs.commands.serve import serve
 from pipeline.errors import AzamreconError
-
-COMMAND_MODULES = [
-    "jobs.commands.admin",
-    "jobs.commands.events",
-    "jobs.commands.ingest",
-    "jobs.commands.serve",
-    "jobs.commands.fold",
-    "jobs.commands.donations",
-    "jobs.commands.patients",
-    "jobs.commands.poll",
-    "jobs.commands.sandbox",
-    "jobs.commands.scheduler",
-    "jobs.commands.report",
-    "jobs.commands.demo",
-    "jobs.commands.privacy",
-]
 
 
 class AzamreconGroup(click.Group):
@@ -70,19 +66,21 @@ def cli() -> None:
     """azamrecon: AzamPay callbacks into an append-only log, folded into donation status and patient funding."""
 
 
-def _register() -> None:
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue  # command module not written yet
-            raise
-        for command in module.COMMANDS:
-            cli.add_command(command)
-
-
-_register()
+# The command modules import their heavy dependencies inside the commands: importing them all here stays cheap.
+cli.add_command(init)
+cli.add_command(events)
+cli.add_command(serve)
+cli.add_command(fold)
+cli.add_command(rebuild)
+cli.add_command(donations)
+cli.add_command(patients)
+cli.add_command(poll)
+cli.add_command(sandbox)
+cli.add_command(scheduler)
+cli.add_command(report)
+cli.add_command(demo)
+cli.add_command(privacy)
+events.add_command(ingest)  # `events ingest` lives in its own module (jobs/commands/ingest.py)
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import ENV_OVERRIDES
+from pipeline.fold import Status
 from sandbox.testing import stop_process_group
 
 WEBHOOK_PASSWORD = "demo-webhook-password"
@@ -66,22 +67,29 @@ class Scenario:
     name: str
     outcome: str  # the sandbox outcome
     msisdn: str
-    expected: str  # donation status at the end
+    expected: Status  # donation status at the end
     expected_anomaly: str | None
     story: str
 
 
 SCENARIOS = (
     Scenario(
-        "success", "success", "0758000001", "COMPLETED", None, "callback arrives, donation COMPLETED, patient credited"
+        "success",
+        "success",
+        "0758000001",
+        Status.COMPLETED,
+        None,
+        "callback arrives, donation COMPLETED, patient credited",
     ),
-    Scenario("failure", "failure", "0758000002", "FAILED", None, "callback says failure"),
-    Scenario("duplicate", "duplicate", "0758000003", "COMPLETED", "duplicate", "callback sent twice, credited once"),
+    Scenario("failure", "failure", "0758000002", Status.FAILED, None, "callback says failure"),
+    Scenario(
+        "duplicate", "duplicate", "0758000003", Status.COMPLETED, "duplicate", "callback sent twice, credited once"
+    ),
     Scenario(
         "no callback -> poll",
         "no_callback",
         "0758000004",
-        "COMPLETED",
+        Status.COMPLETED,
         None,
         "no callback; the poller asks AzamPay after the threshold",
     ),
@@ -89,7 +97,7 @@ SCENARIOS = (
         "forged",
         "forged",
         "0758000005",
-        "COMPLETED",
+        Status.COMPLETED,
         "unauthenticated",
         "callback with a wrong password is stored but not trusted; the poll decides",
     ),
@@ -97,7 +105,7 @@ SCENARIOS = (
         "amount mismatch",
         "amount_mismatch",
         "0758000006",
-        "REVIEW",
+        Status.REVIEW,
         "amount_mismatch",
         "callback amount differs: REVIEW, nothing credited",
     ),
@@ -149,8 +157,8 @@ def _process(name: str, args: list[str], folder: Path, say: Callable[[str], None
 
 
 def run_demo(folder: Path, say: Callable[[str], None] = print, deadline_seconds: float = 45.0) -> int:
-    from jobs.checkout import initiate_checkout
     from pipeline.azampay import AzamPayClient
+    from pipeline.checkout import initiate_checkout
     from pipeline.config import load_config
     from pipeline.db import make_engine, transaction
     from pipeline.errors import AzamreconError

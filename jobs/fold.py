@@ -1,28 +1,31 @@
-"""The incremental fold: new log events -> donation status, funding credits, patient totals, anomalies.
+"""The incremental fold job: new log events -> donation status, funding credits, patient totals, anomalies.
 
-Each batch is one transaction that holds the fold lock (BEGIN IMMEDIATE on SQLite, SELECT ... FOR
-UPDATE on the checkpoint row on MySQL), reads the next events without their bodies, applies the pure
-fold, writes every effect with executemany, checks the invariants for what it touched, and moves the
+The rules are pipeline's: pipeline.fold_batch.fold_batch decides a batch (resolution, replay, anomalies,
+credits, patient totals) and pipeline/fold.py each donation (docs/fold.md says where each rule lives).
+This module owns what is around them: the transaction and its lock, the checkpoint, the gaps, the retry
+of a batch and the choice of waiting events to retry, and the log lines.
+
+Each batch is one transaction that holds the fold lock (BEGIN IMMEDIATE on SQLite, SELECT ... FOR UPDATE
+on the checkpoint row on MySQL), reads the next events without their bodies, applies the pure fold,
+writes every effect with executemany, checks the invariants for what it touched, and moves the
 checkpoint, all in that same transaction: a crash anywhere leaves either the whole batch or none of it.
 
-Never skipping an event (DESIGN §4, Hazard): on MySQL, auto-increment ids can commit out of order. A
-missing id below the newest one read is recorded as a gap in the checkpoint and looked up again on
-every batch until it appears or is older than fold.gap_timeout_seconds. An event that appears late is
-older than events already applied to its donation, so that donation is replayed from scratch in id
-order, which makes the incremental state identical to a rebuild.
+Never skipping an event (docs/fold.md, "Never skipping an event"): on MySQL, auto-increment ids can
+commit out of order. A missing id below the newest one read is recorded as a gap in the checkpoint and
+looked up again on every batch until it appears or is older than fold.gap_timeout_seconds. An event that
+appears late is older than events already applied to its donation, so that donation is replayed from
+scratch in id order, which makes the incremental state identical to a rebuild.
 """
 
 from __future__ import annotations
 
 import gc
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Protocol
 
 from loguru import logger
 from sqlalchemy.engine import Engine
@@ -30,34 +33,13 @@ from sqlalchemy.engine import Engine
 from pipeline.config import Config
 from pipeline.db import transaction
 from pipeline.errors import InvariantViolation, StoreConflict
-from pipeline.fold import (
-    COMPLETED,
-    FAILED,
-    AnomalyRecord,
-    Credit,
-    DonationState,
-    FoldEvent,
-    PatientTotals,
-    Transition,
-    TrustPolicy,
-    credit_of,
-    fold_donation,
-    patient_totals,
-    patient_update,
-)
+from pipeline.fold import COMPLETED, FAILED, DonationState, FoldEvent, Source, Transition, TrustPolicy, credit_of
+from pipeline.fold_batch import BatchResult, fold_batch, reference_format, trust_policy
 from pipeline.logs import payments
-from pipeline.resolution import (
-    CONFLICT_KIND,
-    DEFAULT_FORMAT,
-    TRANSACTION,
-    DonationIndex,
-    ReferenceFormat,
-    Resolution,
-    decide,
-    lookup_keys,
-    wanted_values,
-)
-from pipeline.store.state import CHECKPOINT, Checkpoint, SqlFoldStore, fold_lag, offered_keys
+from pipeline.resolution import ReferenceFormat
+from pipeline.store.checkpoint import CHECKPOINT, Checkpoint, fold_lag
+from pipeline.store.state import SqlFoldStore
+from pipeline.store.waiting import offered_keys
 
 MAX_GAP_SPAN = 10_000  # a jump wider than this is not an in-flight transaction; it is not waited for
 CONFLICT_ATTEMPTS = (
@@ -68,11 +50,10 @@ CONFLICT_ATTEMPTS = (
 @contextmanager
 def collector_paused() -> Iterator[None]:
     """A fold batch allocates millions of short-lived tuples that form no cycles. Reference counting frees
-    them; the cyclic collector only rescanned them, a fifth of a rebuild's time. Cycles made during the
-    batch are collected after it. Wrap the call that returns from the batch, not the work inside it: the
-    first collection after gc.enable() (at the next allocations) traverses whatever is still alive, and
-    inside the batch that is all of its objects (4% of a rebuild); after the return, only what the batch
-    hands back."""
+    them; the cyclic collector would only rescan them (bench/RESULTS.md has the cost). Cycles made during
+    the batch are collected after it. Wrap the call that returns from the batch, not the work inside it:
+    the first collection after gc.enable() (at the next allocations) traverses whatever is still alive,
+    and inside the batch that is all of its objects; after the return, only what the batch hands back."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -80,212 +61,6 @@ def collector_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def trust_policy(config: Config) -> TrustPolicy:
-    return TrustPolicy(
-        credential_configured=config.webhook.credential_configured, verify_only=config.webhook.mode == "verify"
-    )
-
-
-def reference_format(config: Config) -> ReferenceFormat:
-    return ReferenceFormat(config.donations.reference_prefix)
-
-
-class FoldStore(Protocol):
-    """What fold_batch needs; SqlFoldStore and MemoryFoldStore provide it."""
-
-    def donations_matching(self, wanted) -> dict[int, DonationState]: ...
-    def events_by_ids(self, ids) -> list[FoldEvent]: ...
-    def write_donations(self, states) -> None: ...
-    def add_anomalies(self, anomalies) -> None: ...
-    def drop_anomalies(self, donation_ids=(), waiting_events=()) -> None: ...
-    def applied_events(self, donation_ids) -> dict[int, list[int]]: ...
-    def add_applied(self, pairs) -> None: ...
-    def set_waiting(self, dropped, added) -> None: ...
-    def apply_credit_changes(self, changes) -> None: ...
-    def patients(self, ids): ...
-    def credits_of_patients(self, ids): ...
-    def write_patients(self, totals) -> None: ...
-
-
-@dataclass
-class BatchResult:
-    events: int = 0
-    transitions: list[tuple[Transition, DonationState]] = field(default_factory=list)
-    credits_added: int = 0
-    credits_removed: int = 0
-    anomalies: int = 0
-    patients: dict[int, PatientTotals] = field(default_factory=dict)
-    patient_required: dict[int, object] = field(default_factory=dict)
-    donations: set[int] = field(default_factory=set)
-
-
-def fold_batch(
-    store: FoldStore,
-    events: list[FoldEvent],
-    retried: list[FoldEvent],
-    policy: TrustPolicy,
-    references: ReferenceFormat = DEFAULT_FORMAT,
-) -> BatchResult:
-    """Apply new events (and waiting events retried against new donations) through `store`."""
-    result = BatchResult(events=len(events))
-    everything = sorted(events + retried)  # by id: ids are unique, so tuples compare on their first field
-    states, decisions, keys = _resolve_all(store, everything, references)
-
-    anomalies: list[AnomalyRecord] = []
-    by_donation: dict[int, list[FoldEvent]] = {}
-    waiting: list[tuple[FoldEvent, tuple]] = []
-    for event, decision, event_keys in zip(everything, decisions, keys, strict=True):
-        if event.parse_error:
-            anomalies.append(AnomalyRecord(event.id, None, "invalid_payload", event.parse_error[:500]))
-            continue
-        donation_id = decision.donation_id
-        if donation_id is None:
-            anomalies.append(_waiting_anomaly(event, decision))
-            waiting.append((event, event_keys))
-            continue
-        if donation_id in by_donation:
-            by_donation[donation_id].append(event)
-        else:
-            by_donation[donation_id] = [event]
-
-    replayed = [
-        donation_id
-        for donation_id, donation_events in by_donation.items()
-        if states[donation_id].last_event_id is not None and donation_events[0].id <= states[donation_id].last_event_id
-    ]
-    applied = store.applied_events(replayed) if replayed else {}
-    to_fetch = {event_id for ids in applied.values() for event_id in ids}
-    earlier = {event.id: event for event in store.events_by_ids(to_fetch)} if to_fetch else {}
-
-    changes: list[tuple[Credit | None, Credit | None]] = []
-    changed_states: list[DonationState] = []
-    replay_set = set(replayed)
-    for donation_id, donation_events in by_donation.items():
-        state = states[donation_id]
-        before_status, before_credit = state.status, credit_of(state)
-        if donation_id in replay_set:
-            merged = {event_id: earlier[event_id] for event_id in applied.get(donation_id, ()) if event_id in earlier}
-            merged.update((event.id, event) for event in donation_events)
-            donation_events = [merged[event_id] for event_id in sorted(merged)]
-            state = states[donation_id] = state.reset()
-        raised, transitions = fold_donation(state, donation_events, policy)
-        anomalies.extend(raised)
-        changed_states.append(state)
-        after_credit = credit_of(state)
-        if after_credit != before_credit:
-            changes.append((before_credit, after_credit))
-        if state.status != before_status and transitions:
-            last = transitions[-1]
-            result.transitions.append(
-                (
-                    Transition(
-                        last.donation_id, last.event_id, before_status, last.after, last.reference, last.event_status
-                    ),
-                    state,
-                )
-            )
-    result.donations = set(by_donation)
-
-    # a retried event's anomaly is raised again from what it resolves to now, as a rebuild would raise it
-    store.drop_anomalies(donation_ids=replayed, waiting_events=[event.id for event in retried])
-    store.set_waiting([event.id for event in retried], waiting)
-    # new, gap-filled and retried events were never applied before: each gets its row once
-    store.add_applied(
-        [(event.id, donation_id) for donation_id, donation_events in by_donation.items() for event in donation_events]
-    )
-    store.write_donations(changed_states)
-    store.add_anomalies(anomalies)
-    store.apply_credit_changes(changes)
-    result.anomalies = len(anomalies)
-    result.credits_added = sum(1 for old, new in changes if old is None)
-    result.credits_removed = sum(1 for old, new in changes if new is None)
-    _update_patients(store, changes, result)
-    return result
-
-
-def _waiting_anomaly(event: FoldEvent, decision: Resolution) -> AnomalyRecord:
-    """The anomaly of an event that resolved to no donation; its event waits for one (WAITING_KINDS)."""
-    if decision.conflict is not None:
-        return AnomalyRecord(event.id, decision.candidate, CONFLICT_KIND, decision.conflict[:500])
-    detail = event.utilityref or event.externalreference or event.transaction_ref or str(event.donation_id)
-    return AnomalyRecord(event.id, None, "unknown_reference", f"no donation for {detail}"[:500])
-
-
-def _resolve_all(
-    store: FoldStore, events: list[FoldEvent], references: ReferenceFormat
-) -> tuple[dict[int, DonationState], list[Resolution], list[tuple]]:
-    """(the donation states the events name, each event's Resolution, each event's keys), as pipeline.resolution.decide over
-    every donation decides. References and ids are looked up first; transaction ids only for the events
-    that no reference or own donation_id resolved: most events carry one, and the transaction lookups were
-    a third of the reads. A strong key that matches wins, so what the first look-up resolved stays."""
-    keys = [lookup_keys(event, references) for event in events]
-    first = wanted_values(key for event_keys in keys for key in event_keys if key.column != TRANSACTION)
-    states = store.donations_matching(first)
-    index = DonationIndex()
-    for state in states.values():
-        index.add(state)
-    decisions = [decide(event, event_keys, index) for event, event_keys in zip(events, keys, strict=True)]
-    again = [
-        i
-        for i, decision in enumerate(decisions)
-        if not _strong(decision, keys[i], index) and any(key.column == TRANSACTION for key in keys[i])
-    ]
-    if again:
-        found = store.donations_matching(
-            wanted_values(key for i in again for key in keys[i] if key.column == TRANSACTION)
-        )
-        for donation_id, state in found.items():
-            if donation_id not in states:
-                states[donation_id] = state
-                index.add(state)
-        for i in again:
-            decisions[i] = decide(events[i], keys[i], index)
-    return states, decisions, keys
-
-
-def _strong(decision: Resolution, keys, index: DonationIndex) -> bool:
-    """Whether a strong key the first look-up covered (a reference or an own donation_id, which come
-    before every transaction id) made this decision, so no transaction id can change it."""
-    return decision.donation_id is not None and any(
-        key.strong and key.column != TRANSACTION and index.find(key) == decision.donation_id for key in keys
-    )
-
-
-def _update_patients(store: FoldStore, changes: list[tuple[Credit | None, Credit | None]], result: BatchResult) -> None:
-    by_patient: dict[int, list[tuple[Credit | None, Credit | None]]] = defaultdict(list)
-    for old, new in changes:
-        for patient_id in {
-            credit.patient_id for credit in (old, new) if credit is not None and credit.patient_id is not None
-        }:
-            by_patient[patient_id].append(
-                (
-                    old if old and old.patient_id == patient_id else None,
-                    new if new and new.patient_id == patient_id else None,
-                )
-            )
-    if not by_patient:
-        return
-    patients = store.patients(by_patient)
-    totals: dict[int, PatientTotals] = {}
-    recompute: list[int] = []
-    for patient_id, patient_changes in by_patient.items():
-        patient = patients[patient_id]
-        updated = patient_update(
-            patient.funding_required, patient.funding_received, patient.status, patient.fully_funded_at, patient_changes
-        )
-        if updated is None:
-            recompute.append(patient_id)
-        else:
-            totals[patient_id] = updated
-    if recompute:
-        credits = store.credits_of_patients(recompute)
-        for patient_id in recompute:
-            totals[patient_id] = patient_totals(patients[patient_id].funding_required, credits.get(patient_id, []))
-    store.write_patients(totals)
-    result.patients = totals
-    result.patient_required = {patient_id: patients[patient_id].funding_required for patient_id in totals}
 
 
 def next_events(
@@ -345,7 +120,7 @@ def _waiting_to_retry(store: SqlFoldStore, checkpoint: Checkpoint, events: list[
     checkout_ids = {
         e.donation_id
         for e in events
-        if e.source == "checkout"
+        if e.source == Source.CHECKOUT
         and e.donation_id is not None
         and (checkpoint.rebuild_until is None or e.id > checkpoint.rebuild_until)
     }

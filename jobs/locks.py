@@ -1,6 +1,6 @@
 """Lease locks in the database, for jobs that must not run twice at once across daemons (poll, report).
 
-The fold does not use these: it holds its lock for exactly its transaction (pipeline.store.state).
+The fold does not use these: it holds its lock for exactly its transaction (pipeline.store.checkpoint.CheckpointRows.lock_checkpoint).
 A lease is taken with one atomic conditional UPDATE, so two daemons racing for it cannot both win;
 a holder that died loses it after `lease_seconds`; a long run renews it.
 """

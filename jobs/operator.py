@@ -1,4 +1,5 @@
-"""Operator decisions: the only way out of REVIEW and the only override (DESIGN §4). Appended to the log.
+"""Operator decisions: the only way out of REVIEW and the only override (docs/fold.md,
+"Status is derived from order-independent aggregates"). Appended to the log.
 
 Each decision's body records who made it: the OS account that ran the command and sudo's invoking
 user, always, plus `actor`, the person the operator says they act for (--actor), which is only a
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session
 from pipeline.db import transaction
 from pipeline.errors import AzamreconError, InputError
 from pipeline.events import EventFields
-from pipeline.fold import CANCELLED, COMPLETED, EXPIRED, FAILED, OPERATOR_STATUSES
+from pipeline.fold import CANCELLED, COMPLETED, EXPIRED, FAILED, OPERATOR_STATUSES, Source
 from pipeline.models import PaymentEvent
 from pipeline.store.donations import get_donation
 from pipeline.store.events import append_event, event_row
@@ -90,7 +91,7 @@ def resolve_donation(
         return append_event(
             session,
             event_row(
-                source="operator",
+                source=Source.OPERATOR,
                 body=body,
                 received_at=now,
                 auth="n/a",
@@ -105,7 +106,7 @@ def decisions(session: Session, donation_id: int) -> list[dict]:
     """The donation's operator events, oldest first, with who decided (keys absent from older bodies are None)."""
     query = (
         select(PaymentEvent)
-        .where(PaymentEvent.source == "operator", PaymentEvent.donation_id == donation_id)
+        .where(PaymentEvent.source == Source.OPERATOR, PaymentEvent.donation_id == donation_id)
         .order_by(PaymentEvent.id)
     )
     rows = []

@@ -1,8 +1,7 @@
 """The poller: ask AzamPay about donations still unconfirmed after a threshold, and append the answers.
 
-It never writes donation state. Every answer becomes a `poll` event (raw answer bytes, status mapped to
-SUCCESS | FAILED | PENDING | UNKNOWN, status_raw = AzamPay's `data` text, donation_id, transaction_ref);
-the fold does the rest. Appends are grouped (one executemany transaction per group of answers), so
+It never writes donation state. Every answer becomes a `poll` event and the fold does the rest; what one
+answer appends is pipeline.status_check.rows_for, the rule the single-donation check uses too. Appends are grouped (one executemany transaction per group of answers), so
 10,000 stuck donations cost a handful of queries, not 10,000 transactions.
 
 Which donations are due (one selection query, one grouped query over earlier poll events):
@@ -24,18 +23,16 @@ authentication failure stops the run early: every further call would fail the sa
 
 Two pollers on one database never ask about the same donations: a run holds the `poll` row of job_locks
 as a lease (atomic conditional UPDATE, renewed while the run lasts, released at the end). A second run
-meanwhile raises LockBusy. `donation_id=` (one donation, now) takes no lease: a single extra question is
-harmless, and the receiver's status endpoint must not be blocked by a scheduled run.
+meanwhile raises LockBusy. `donation_id=` (one donation, now) is pipeline.status_check.check_donation,
+which takes no lease: a single extra question is harmless, and the status endpoint must not wait for a run.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -47,65 +44,18 @@ from jobs import locks
 from pipeline.azampay import AzamPayClient, StatusAnswer
 from pipeline.config import Config
 from pipeline.db import transaction
-from pipeline.errors import AzamPayAuthError, AzamPayError, LockBusy, NotFound
-from pipeline.events import EventFields
+from pipeline.errors import AzamPayError
+from pipeline.fold import Source, Status
 from pipeline.logs import payments
 from pipeline.models import Donation, PaymentEvent
-from pipeline.store.events import append_events, event_row
+from pipeline.status_check import Candidate, PollReport, check_donation, refuse_during_rebuild, rows_for
+from pipeline.store.events import append_events
 
 LOCK_NAME = "poll"
 DEFAULT_LEASE_SECONDS = 300.0  # a crashed poller's lease is taken over after this long
 RENEW_EVERY_SECONDS = 30.0  # a live poller renews its lease this often
 GROUP_ROWS = 500  # answers appended per transaction
 GROUP_SECONDS = 1.0  # ... or at least this often
-MAX_ERROR_MESSAGES = 5
-
-
-@dataclass
-class PollReport:
-    """Counts of one run. `checked` = answers appended; success/failed/pending/unknown split them."""
-
-    candidates: int = 0  # PENDING donations past the threshold or needing a check
-    checked: int = 0
-    success: int = 0
-    failed: int = 0
-    pending: int = 0
-    unknown: int = 0
-    expired: int = 0
-    errors: int = 0
-    skipped_backoff: int = 0
-    no_transaction_id: int = 0
-    appended: int = 0  # events written (answers + expiries)
-    aborted: str | None = None  # why the run stopped early (authentication refused)
-    error_messages: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__, error_messages=list(self.error_messages))
-
-    def summary(self) -> str:
-        keys = (
-            "checked",
-            "success",
-            "failed",
-            "pending",
-            "unknown",
-            "expired",
-            "errors",
-            "skipped_backoff",
-            "no_transaction_id",
-        )
-        return ", ".join(f"{key}={getattr(self, key)}" for key in keys)
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    id: int
-    transaction_id: str | None
-    provider: str | None
-    created_at: datetime
-    status: str
-    expire: bool  # PENDING and older than max_age: expire unless the answer is definite
 
 
 def backoff_delay(config: Config, earlier_polls: int) -> timedelta:
@@ -127,7 +77,10 @@ def _due_candidates(
     poll = config.poll
     threshold = now - timedelta(minutes=poll.threshold_minutes)
     max_age = now - timedelta(hours=poll.max_age_hours)
-    selection = (Donation.status == "PENDING", or_(Donation.created_at < threshold, Donation.needs_check == true()))
+    selection = (
+        Donation.status == Status.PENDING,
+        or_(Donation.created_at < threshold, Donation.needs_check == true()),
+    )
     with transaction(engine) as session:
         rows = session.execute(
             select(
@@ -151,7 +104,7 @@ def _due_candidates(
                     func.max(PaymentEvent.id),
                 )
                 .join(Donation, Donation.id == PaymentEvent.donation_id)
-                .where(PaymentEvent.source == "poll", *selection)
+                .where(PaymentEvent.source == Source.POLL, *selection)
                 .group_by(PaymentEvent.donation_id)
             )
         }
@@ -168,76 +121,10 @@ def _due_candidates(
         if not transaction_id and not expire:
             report.no_transaction_id += 1
             continue
-        due.append(Candidate(donation_id, transaction_id, provider, created_at, "PENDING", expire))
+        due.append(Candidate(donation_id, transaction_id, provider, created_at, Status.PENDING, expire))
         if limit is not None and len(due) >= limit:
             break
     return due
-
-
-def _one_donation(engine: Engine, config: Config, donation_id: int, now: datetime) -> Candidate:
-    with transaction(engine) as session:
-        row = session.execute(
-            select(Donation.id, Donation.transaction_id, Donation.provider, Donation.created_at, Donation.status).where(
-                Donation.id == donation_id
-            )
-        ).one_or_none()
-    if row is None:
-        raise NotFound(f"donation {donation_id} not found")
-    expire = row.status == "PENDING" and row.created_at <= now - timedelta(hours=config.poll.max_age_hours)
-    return Candidate(row.id, row.transaction_id, row.provider, row.created_at, row.status, expire)
-
-
-# --- events -------------------------------------------------------------------------------------------------
-
-
-def answer_row(candidate: Candidate, answer: StatusAnswer, received_at: datetime) -> dict[str, Any]:
-    fields = EventFields(
-        status=answer.status,
-        status_raw=(answer.text or None) and answer.text[:255],
-        transaction_ref=candidate.transaction_id and candidate.transaction_id[:255],
-        operator=candidate.provider and candidate.provider[:64],
-    )
-    return event_row(
-        source="poll",
-        body=answer.raw,
-        received_at=received_at,
-        auth="n/a",
-        fields=fields,
-        content_type="application/json",
-        donation_id=candidate.id,
-    )
-
-
-def expiry_row(candidate: Candidate, config: Config, received_at: datetime, last_status: str | None) -> dict[str, Any]:
-    hours = config.poll.max_age_hours
-    reason = f"no definite answer {hours:g} h after checkout" + (
-        f" (last answer {last_status})" if last_status else " (no transactionId to ask about)"
-    )
-    body = json.dumps(
-        {
-            "expired": True,
-            "donation_id": candidate.id,
-            "transactionId": candidate.transaction_id,
-            "created_at": candidate.created_at.isoformat(),
-            "max_age_hours": hours,
-            "reason": reason,
-        },
-        sort_keys=True,
-    ).encode()
-    fields = EventFields(
-        status="EXPIRED",
-        status_raw=reason[:255],
-        transaction_ref=candidate.transaction_id and candidate.transaction_id[:255],
-    )
-    return event_row(
-        source="poll",
-        body=body,
-        received_at=received_at,
-        auth="n/a",
-        fields=fields,
-        content_type="application/json",
-        donation_id=candidate.id,
-    )
 
 
 # --- the run ------------------------------------------------------------------------------------------------
@@ -269,18 +156,6 @@ class _Appender:
             self.report.appended += len(rows)
 
 
-def _refuse_during_rebuild(engine: Engine) -> None:
-    """While a rebuild refolds the log, statuses read PENDING until their events are folded again:
-    polling them would ask AzamPay about paid donations and append expiry events for old ones."""
-    from jobs.fold import CHECKPOINT
-    from pipeline.store.state import SqlFoldStore
-
-    with transaction(engine) as session:
-        rebuilding = SqlFoldStore(session).read_checkpoint(CHECKPOINT).rebuild_until is not None
-    if rebuilding:
-        raise LockBusy("poll: a rebuild is in progress; polling resumes when it has refolded the log")
-
-
 def run_poll(
     engine: Engine,
     config: Config,
@@ -296,23 +171,15 @@ def run_poll(
     Raises LockBusy when another poller holds the lease, NotFound for an unknown `donation_id`.
     `now` is the run's clock origin: events are stamped now + elapsed time.
     """
+    if donation_id is not None:
+        return check_donation(engine, config, client, donation_id, now)
     started = time.monotonic()
 
     def clock() -> datetime:
         return now + timedelta(seconds=time.monotonic() - started)
 
     report = PollReport()
-    _refuse_during_rebuild(engine)
-    if donation_id is not None:
-        candidate = _one_donation(engine, config, donation_id, now)
-        report.candidates = 1
-        if not candidate.transaction_id and not candidate.expire:
-            report.no_transaction_id = 1
-            return report
-        _ask_all(engine, config, client, [candidate], report, clock, renew=None)
-        report.seconds = time.monotonic() - started
-        return report
-
+    refuse_during_rebuild(engine)
     holder = locks.holder_name()
     locks.acquire(engine, LOCK_NAME, holder, now, lease_seconds)
     try:
@@ -358,27 +225,9 @@ def _ask_all(engine, config, client, candidates: list[Candidate], report: PollRe
             return candidate, None, exc, clock()
 
     def handle(candidate: Candidate, answer: StatusAnswer | None, error: AzamPayError | None, at: datetime) -> None:
-        if error is not None:
-            report.errors += 1
-            if len(report.error_messages) < MAX_ERROR_MESSAGES:
-                report.error_messages.append(str(error)[:300])
-            if isinstance(error, AzamPayAuthError) and not stop.is_set():
-                stop.set()
-                report.aborted = str(error)[:300]
-            return
-        rows: list[dict[str, Any]] = []
-        last_status = None
-        if answer is not None:
-            rows.append(answer_row(candidate, answer, at))
-            report.checked += 1
-            last_status = answer.status
-            setattr(report, answer.status.lower(), getattr(report, answer.status.lower()) + 1)
-        elif candidate.transaction_id:
-            return  # skipped after an abort
-        if candidate.expire and last_status not in ("SUCCESS", "FAILED"):
-            rows.append(expiry_row(candidate, config, at, last_status))
-            report.expired += 1
-        appender.add(rows)
+        appender.add(rows_for(report, candidate, answer, error, config, at))
+        if report.aborted is not None:  # authentication refused: every further call would fail the same way
+            stop.set()
 
     renewed_at = time.monotonic()
     work: Iterator[Candidate] = iter(candidates)

@@ -4,17 +4,21 @@ memory and compare it with the live state (--check), or compute the state as kno
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from loguru import logger
 from sqlalchemy.engine import Engine
 
-from jobs.fold import CHECKPOINT, FoldReport, collector_paused, fold_batch, reference_format, run_fold, trust_policy
+from jobs.fold import FoldReport, collector_paused, run_fold
 from pipeline.config import Config
 from pipeline.db import transaction
+from pipeline.fold_batch import fold_batch, reference_format, trust_policy
+from pipeline.invariants import violations
+from pipeline.snapshot import Snapshot, differences
+from pipeline.store.checkpoint import CHECKPOINT
 from pipeline.store.memory import MemoryFoldStore
-from pipeline.store.snapshot import Snapshot, differences, live_snapshot
+from pipeline.store.snapshot import live_snapshot
 from pipeline.store.state import SqlFoldStore
 
 REBUILD_BATCH = 50_000
@@ -71,6 +75,8 @@ class CheckResult:
     position: int
     events_compared: int
     lag_note: str
+    # pipeline.invariants over the live state and over the rebuild, each line prefixed "live " or "rebuild "
+    violations: list[str] = field(default_factory=list)
 
 
 def check(engine: Engine, config: Config, progress: Progress | None = None) -> CheckResult:
@@ -83,14 +89,18 @@ def check(engine: Engine, config: Config, progress: Progress | None = None) -> C
         compared = _fold_in_memory(
             memory, config, checkpoint.position, set(checkpoint.gap_ids()), progress, checkpoint.position
         )
-        found = differences(live_snapshot(session), memory.snapshot())
+        live, rebuilt = live_snapshot(session), memory.snapshot()
+        found = differences(live, rebuilt)
+        amounts = {donation_id: state.patient_amount for donation_id, state in memory.states.items()}
+        broken = [f"live {line}" for line in violations(live, amounts)]
+        broken += [f"rebuild {line}" for line in violations(rebuilt, amounts)]
     behind = total - checkpoint.position
     note = (
         f"live fold is at event {checkpoint.position}; {behind} newer event id(s) not folded yet and not compared"
         if behind
         else ""
     )
-    return CheckResult(found, checkpoint.position, compared, note)
+    return CheckResult(found, checkpoint.position, compared, note, broken)
 
 
 def as_of(engine: Engine, config: Config, instant: datetime, progress: Progress | None = None) -> Snapshot:

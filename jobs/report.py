@@ -8,6 +8,9 @@
 - the fold's lag (events not folded yet, and how old the oldest of them is);
 - the invariant check (funding_received == sum of credits; credits only for COMPLETED donations).
 
+The sections are pipeline.report_sections' rules over the facts read here; the invariants are
+pipeline.invariants' (on the live tables through their SQL fast path, SqlFoldStore.invariant_violations).
+
 By default it reads the live tables in one consistent read. With `as_of` it computes the state as
 known at that instant (jobs.rebuild.as_of: donations and patients created by then, events received by
 then, folded in memory) and answers the same questions from it; ages are then measured at `as_of`.
@@ -20,9 +23,8 @@ import json
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
-from decimal import ROUND_DOWN, Decimal
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -33,52 +35,15 @@ from sqlalchemy.orm import Session
 
 from pipeline.config import Config
 from pipeline.db import transaction
-from pipeline.fold import ANOMALY_KINDS, ANOMALY_MEANINGS, CANCELLED, COMPLETED, DONATION_STATUSES, FAILED, PENDING
+from pipeline.fold import CANCELLED, COMPLETED, FAILED, PENDING
+from pipeline.invariants import violations as invariant_violations
 from pipeline.models import Anomaly, Donation, FundingCredit, Patient, PaymentEvent
-from pipeline.store.snapshot import DONATION_FIELDS, Snapshot
-from pipeline.store.state import SqlFoldStore, fold_lag
+from pipeline.report_sections import LIST_LIMIT, DonationView, Facts, day_bounds, report_of
+from pipeline.snapshot import DONATION_FIELDS, Snapshot
+from pipeline.store.checkpoint import fold_lag
+from pipeline.store.state import SqlFoldStore
 
 EXAMPLES_PER_KIND = 5
-LIST_LIMIT = 200  # rows kept in each donation list; the counts are always complete
-CENT = Decimal("0.01")
-
-
-@dataclass
-class DonationView:
-    """What the report needs of one donation, from the live table or an as-of snapshot."""
-
-    id: int
-    patient_id: int | None
-    external_reference: str | None
-    amount: Decimal
-    currency: str
-    patient_amount: Decimal
-    created_at: datetime
-    status: str
-    completed_at: datetime | None
-    failure_at: datetime | None
-    failure_status: str | None
-    operator_at: datetime | None
-    operator_status: str | None
-
-    def ended_at(self) -> datetime | None:
-        """When a FAILED/CANCELLED donation became so: the operator's decision if that is what set it."""
-        if self.operator_status is not None and self.operator_status == self.status:
-            return self.operator_at
-        return self.failure_at
-
-
-@dataclass
-class Facts:
-    donations: list[DonationView]  # at least every donation any section can list
-    status_counts: dict[str, int]
-    patients: list[dict[str, Any]]  # id, name, funding_required, funding_received, status, fully_funded_at
-    general_fund: Decimal
-    anomaly_counts: dict[str, int]
-    anomaly_examples: dict[str, list[dict[str, Any]]]
-    lag_events: int
-    lag_oldest: datetime | None
-    violations: list[str]
 
 
 def _utc(value: datetime, name: str) -> datetime:
@@ -87,21 +52,14 @@ def _utc(value: datetime, name: str) -> datetime:
     return value.astimezone(UTC)
 
 
-def day_bounds(day: date) -> tuple[datetime, datetime]:
-    start = datetime.combine(day, time.min, tzinfo=UTC)
-    return start, start + timedelta(days=1)
-
-
 def build_report(
     engine: Engine, config: Config, *, day: date, now: datetime, as_of: datetime | None = None, limit: int = LIST_LIMIT
 ) -> dict[str, Any]:
     """The report as a dict of plain values (Decimal amounts, aware datetimes); see report_json()."""
     now = _utc(now, "now")
     as_of = None if as_of is None else _utc(as_of, "as_of")
-    reference = as_of or now  # ages and lag are measured at this instant
     start, end = day_bounds(day)
-    threshold = timedelta(minutes=config.poll.threshold_minutes)
-    stuck_before = reference - threshold
+    stuck_before = (as_of or now) - timedelta(minutes=config.poll.threshold_minutes)
     if as_of is None:
         with transaction(engine, isolation="REPEATABLE READ") as session:
             facts = _live_facts(session, start, end, stuck_before)
@@ -111,111 +69,7 @@ def build_report(
         snapshot = rebuild_as_of(engine, config, as_of)
         with transaction(engine, isolation="REPEATABLE READ") as session:
             facts = _snapshot_facts(session, snapshot, as_of)
-
-    completed = [
-        d
-        for d in facts.donations
-        if d.status == COMPLETED and d.completed_at is not None and start <= d.completed_at < end
-    ]
-    failed = [d for d in facts.donations if d.status == FAILED and _within(d.ended_at(), start, end)]
-    cancelled = [d for d in facts.donations if d.status == CANCELLED and _within(d.ended_at(), start, end)]
-    stuck = sorted(
-        (d for d in facts.donations if d.status == PENDING and d.created_at < stuck_before),
-        key=lambda d: (d.created_at, d.id),
-    )
-
-    return {
-        "day": day.isoformat(),
-        "generated_at": now,
-        "basis": "as_of" if as_of else "live",
-        "as_of": as_of,
-        "completed": _money_section(completed, limit, "completed_at", lambda d: d.completed_at),
-        "failed": _money_section(failed, limit, "failed_at", DonationView.ended_at),
-        "cancelled": _money_section(cancelled, limit, "cancelled_at", DonationView.ended_at),
-        "stuck_pending": {
-            "threshold_minutes": config.poll.threshold_minutes,
-            "measured_at": reference,
-            "count": len(stuck),
-            "donations": [
-                {
-                    "id": d.id,
-                    "external_reference": d.external_reference,
-                    "amount": d.amount,
-                    "currency": d.currency,
-                    "created_at": d.created_at,
-                    "age_seconds": int((reference - d.created_at).total_seconds()),
-                    "age_minutes": round((reference - d.created_at).total_seconds() / 60, 1),
-                }
-                for d in stuck[:limit]
-            ],
-            "truncated": len(stuck) > limit,
-        },
-        "status_counts": {status: facts.status_counts.get(status, 0) for status in DONATION_STATUSES},
-        "patients": [_patient_row(p) for p in facts.patients],
-        "general_fund_received": facts.general_fund,
-        "anomalies": {
-            "total": sum(facts.anomaly_counts.values()),
-            "by_kind": {
-                kind: {
-                    "count": facts.anomaly_counts[kind],
-                    "meaning": ANOMALY_MEANINGS.get(kind, ""),
-                    "latest": facts.anomaly_examples.get(kind, []),
-                }
-                for kind in sorted(
-                    facts.anomaly_counts, key=lambda k: (ANOMALY_KINDS.index(k) if k in ANOMALY_KINDS else 99, k)
-                )
-            },
-        },
-        "fold_lag": {
-            "events": facts.lag_events,
-            "seconds": 0.0
-            if facts.lag_oldest is None
-            else max(0.0, round((reference - facts.lag_oldest).total_seconds(), 3)),
-            "oldest_unfolded_at": facts.lag_oldest,
-        },
-        "invariants": {"ok": not facts.violations, "violations": facts.violations},
-    }
-
-
-def _within(moment: datetime | None, start: datetime, end: datetime) -> bool:
-    return moment is not None and start <= moment < end
-
-
-def _money_section(donations: list[DonationView], limit: int, at_name: str, at) -> dict[str, Any]:
-    sums: dict[str, Decimal] = defaultdict(lambda: Decimal("0.00"))
-    for d in donations:
-        sums[d.currency] += d.amount
-    ordered = sorted(donations, key=lambda d: (at(d), d.id))
-    return {
-        "count": len(donations),
-        "sum": {currency: sums[currency].quantize(CENT) for currency in sorted(sums)},
-        "donations": [
-            {
-                "id": d.id,
-                "external_reference": d.external_reference,
-                "patient_id": d.patient_id,
-                "amount": d.amount,
-                "currency": d.currency,
-                at_name: at(d),
-            }
-            for d in ordered[:limit]
-        ],
-        "truncated": len(donations) > limit,
-    }
-
-
-def _patient_row(p: dict[str, Any]) -> dict[str, Any]:
-    required, received = Decimal(p["funding_required"]), Decimal(p["funding_received"])
-    percent = (received * 100 / required).quantize(CENT, rounding=ROUND_DOWN) if required > 0 else Decimal("0.00")
-    return {
-        "id": p["id"],
-        "name": p["name"],
-        "funding_received": received.quantize(CENT),
-        "funding_required": required.quantize(CENT),
-        "percent": percent,
-        "status": p["status"],
-        "fully_funded_at": p["fully_funded_at"],
-    }
+    return report_of(facts, day=day, now=now, as_of=as_of, threshold_minutes=config.poll.threshold_minutes, limit=limit)
 
 
 # -- live tables ------------------------------------------------------------------------------
@@ -384,35 +238,9 @@ def _snapshot_facts(session: Session, snapshot: Snapshot, as_of: datetime) -> Fa
         kind: [_example(e, d, detail, received.get(e)) for e, d, detail in items] for kind, items in latest.items()
     }
 
-    violations = snapshot_violations(snapshot, {d.id: d.patient_amount for d in donations})
+    violations = invariant_violations(snapshot, {d.id: d.patient_amount for d in donations})
     # The as-of state folds every event received by `as_of`: nothing is behind.
     return Facts(donations, status_counts, patients, general, dict(counts), examples, 0, None, violations)
-
-
-def snapshot_violations(snapshot: Snapshot, patient_amounts: dict[int, Decimal]) -> list[str]:
-    """The fold's invariants over a Snapshot (the same checks SqlFoldStore.invariant_violations runs on tables)."""
-    problems: list[str] = []
-    sums: dict[int, Decimal] = defaultdict(lambda: Decimal("0"))
-    for patient_id, amount, _, _ in snapshot.credits.values():
-        if patient_id is not None:
-            sums[patient_id] += Decimal(amount)
-    for patient_id, (received, _, _) in sorted(snapshot.patients.items()):
-        if Decimal(received) != sums.get(patient_id, Decimal("0")):
-            problems.append(
-                f"patient {patient_id}: funding_received {received} != sum of credits {sums.get(patient_id, Decimal('0'))}"
-            )
-    status_at = DONATION_FIELDS.index("status")
-    for donation_id, values in sorted(snapshot.donations.items()):
-        status = values[status_at]
-        credit = snapshot.credits.get(donation_id)
-        credited = None if credit is None else Decimal(credit[1])
-        if (credit is None and status == COMPLETED) or (
-            credit is not None and (status != COMPLETED or credited != Decimal(patient_amounts[donation_id]))
-        ):
-            problems.append(
-                f"donation {donation_id}: status {status}, credit {credited}, patient_amount {patient_amounts[donation_id]}"
-            )
-    return problems
 
 
 # -- output -----------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ class Jobs:
 
     def fold(self) -> None:
         # The fold runs every fraction of a second; only runs that did something (or failed) are
-        # recorded in job_runs, or the table would grow by ~170k idle rows a day.
+        # recorded in job_runs, or the table would gain an idle row at every run.
         from jobs.fold import run_fold
 
         now = self.clock()
@@ -67,11 +67,10 @@ class Jobs:
         now = self.clock()
         with recorded_run(self.engine, "poll", now, clock=self.clock) as run:
             report = run_poll(self.engine, self.config, self.client(), now)
-            run.counts = report.as_dict() if hasattr(report, "as_dict") else dict(report.__dict__)
+            run.counts = report.as_dict()
         run_fold(self.engine, self.config, self.clock())
 
     def spool(self) -> None:
-
         from jobs.spool import ingest_spool
 
         now = self.clock()
@@ -79,9 +78,9 @@ class Jobs:
             run.counts = ingest_spool(self.engine, self.config.receiver.spool_dir, now, self.redactor())
 
     def retain(self) -> None:
-        """privacy.msisdn_retention_days, once a day (jobs.privacy.retain; a lease: one daemon at a time)."""
+        """privacy.msisdn_retention_days, once a day (jobs.retain.retain; a lease: one daemon at a time)."""
         from jobs.locks import lease
-        from jobs.privacy import retain
+        from jobs.retain import retain
 
         now = self.clock()
         with recorded_run(self.engine, "privacy-retain", now, clock=self.clock) as run:

@@ -1,4 +1,4 @@
-"""AzamPay HTTP client: token, MNO checkout, payment partners and transaction status (DESIGN §3).
+"""AzamPay HTTP client: token, MNO checkout, payment partners and transaction status.
 
 Every error leaving this module is an AzamPayError whose message names the call and the cause but never a
 token, client secret or API key. Transport exceptions are not chained (`from None`) because a requests
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -33,9 +33,8 @@ from pipeline.errors import (
     AzamPayValidationError,
     ConfigError,
 )
+from pipeline.fold import Status
 from pipeline.times import parse_utc
-
-Status = Literal["SUCCESS", "FAILED", "PENDING", "UNKNOWN"]
 
 TOKEN_PATH = "/AppRegistration/GenerateToken"
 CHECKOUT_PATH = "/azampay/mno/checkout"
@@ -73,15 +72,15 @@ def map_status_text(text: str | None, status_config: StatusApiConfig) -> Status:
     "Transaction not successful." or "could not be completed" must never read as a success. Anything
     unrecognised is UNKNOWN: no state change, an unknown_status anomaly."""
     if not text:
-        return "UNKNOWN"
+        return Status.UNKNOWN
     for status, patterns in (
-        ("FAILED", status_config.failed_patterns),
-        ("PENDING", status_config.pending_patterns),
-        ("SUCCESS", status_config.success_patterns),
+        (Status.FAILED, status_config.failed_patterns),
+        (Status.PENDING, status_config.pending_patterns),
+        (Status.SUCCESS, status_config.success_patterns),
     ):
         if any(p.search(text) for p in _compiled(tuple(patterns))):
-            return status  # type: ignore[return-value]
-    return "UNKNOWN"
+            return status
+    return Status.UNKNOWN
 
 
 class _GetOnlyRetry(Retry):
@@ -321,5 +320,5 @@ class AzamPayClient:
             return StatusAnswer(map_status_text(text, status_config), text, response.content, response.status_code)
         if data.get("success") is False:
             # A refusal's message ("Failed to fetch ...") is not the transaction's state: never map it to FAILED.
-            return StatusAnswer("UNKNOWN", str(data.get("message") or ""), response.content, response.status_code)
+            return StatusAnswer(Status.UNKNOWN, str(data.get("message") or ""), response.content, response.status_code)
         raise AzamPayUnexpectedAnswer(f"{what}: answer has no text in `data`")

@@ -82,7 +82,7 @@ class DatabaseConfig(_Section):
 
 
 class StatusApiConfig(_Section):
-    """The transaction-status call. Path, parameter names and text patterns are uncertain (DESIGN §3)."""
+    """The transaction-status call. Path, parameter names and text patterns are uncertain (docs/architecture.md, "Departures")."""
 
     path: str = "/azampay/gettransactionstatus"
     reference_param: str = "pgReferenceId"
@@ -133,7 +133,7 @@ class AzamPayConfig(_Section):
 
 
 class WebhookConfig(_Section):
-    """How callbacks are authenticated and which ones the fold trusts (DESIGN §4, Trust).
+    """How callbacks are authenticated and which ones the fold trusts (docs/architecture.md, "Where each rule lives").
 
     mode `auto`: trust every callback when no credential is configured (the old view's behaviour,
     warned about at startup); otherwise trust only verified ones.  mode `verify`: trust no callback,
@@ -253,8 +253,7 @@ class LoggingConfig(_Section):
     retention: str = "30 days"
 
     # loguru parses these only when pipeline.logs adds its file sinks; its own parsers run here instead so
-    # that every command rejects a bad value at load time. (pipeline.logs already relies on loguru's
-    # private _file_sink and _string_parsers modules.)
+    # that every command rejects a bad value at load time (through pipeline.loguru_adapter).
     @field_validator("level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -266,17 +265,17 @@ class LoggingConfig(_Section):
     @field_validator("rotation")
     @classmethod
     def _loguru_rotation(cls, value: str) -> str:
-        from loguru._file_sink import FileSink
+        from pipeline import loguru_adapter
 
-        FileSink._make_rotation_function(value)
+        loguru_adapter.check_rotation(value)
         return value
 
     @field_validator("retention")
     @classmethod
     def _loguru_retention(cls, value: str) -> str:
-        from loguru._file_sink import FileSink
+        from pipeline import loguru_adapter
 
-        FileSink._make_retention_function(value)
+        loguru_adapter.check_retention(value)
         return value
 
 

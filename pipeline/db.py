@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from pipeline.config import DatabaseConfig
 from pipeline.errors import ConfigError, StoreConflict, StoreError, StoreUnavailable
@@ -29,7 +29,7 @@ _INIT_HINT = " (run `azamrecon init`)"
 
 def make_engine(config: DatabaseConfig, *, sqlite_autocheckpoint: bool = True, **kwargs) -> Engine:
     """sqlite_autocheckpoint=False: commits never copy the WAL into the database file; whoever asks for
-    that runs a pipeline.wal.WalCheckpointer beside the engine (the receiver does)."""
+    that runs a receiver.wal.WalCheckpointer beside the engine (the receiver does)."""
     url = config.url
     if url.startswith("sqlite"):
         engine = _create_engine(
@@ -106,10 +106,6 @@ def _configure_sqlite(engine: Engine, config: DatabaseConfig, autocheckpoint: bo
 
 def is_sqlite(bind) -> bool:
     return bind.dialect.name == "sqlite"
-
-
-def session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(bind=engine, expire_on_commit=False, future=True)
 
 
 def translate(exc: BaseException) -> StoreError:

@@ -15,25 +15,18 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from pipeline.errors import ParseError
+from pipeline.fold import Status
 
-SUCCESS, FAILED, CANCELLED, UNKNOWN, PENDING, EXPIRED = (
-    "SUCCESS",
-    "FAILED",
-    "CANCELLED",
-    "UNKNOWN",
-    "PENDING",
-    "EXPIRED",
-)
-
+# AzamPay's transactionstatus words (its wire values, any case) and the status each one means
 _STATUS_WORDS = {
-    "success": SUCCESS,
-    "successful": SUCCESS,
-    "completed": SUCCESS,
-    "failure": FAILED,
-    "failed": FAILED,
-    "fail": FAILED,
-    "cancelled": CANCELLED,
-    "canceled": CANCELLED,
+    "success": Status.SUCCESS,
+    "successful": Status.SUCCESS,
+    "completed": Status.SUCCESS,
+    "failure": Status.FAILED,
+    "failed": Status.FAILED,
+    "fail": Status.FAILED,
+    "cancelled": Status.CANCELLED,
+    "canceled": Status.CANCELLED,
 }
 
 MSISDN_PATTERN = re.compile(r"^(?:0|255|\+255)?(6[1-9]|7[1-8])([0-9]{7})$")
@@ -42,11 +35,11 @@ MSISDN_PATTERN = re.compile(r"^(?:0|255|\+255)?(6[1-9]|7[1-8])([0-9]{7})$")
 _LENGTHS = {"ref": 255, "hint": 64, "status_raw": 255, "operator": 64, "msisdn": 64}
 
 
-def normalise_status(raw: Any) -> str:
+def normalise_status(raw: Any) -> Status:
     """AzamPay's transactionstatus, case-insensitive, to SUCCESS | FAILED | CANCELLED | UNKNOWN."""
     if not isinstance(raw, str):
-        return UNKNOWN
-    return _STATUS_WORDS.get(raw.strip().lower(), UNKNOWN)
+        return Status.UNKNOWN
+    return _STATUS_WORDS.get(raw.strip().lower(), Status.UNKNOWN)
 
 
 def normalise_msisdn(raw: Any) -> str | None:
@@ -230,13 +223,7 @@ def parse_callback(body: bytes, decoded: Decoded | None = None) -> CallbackBody:
         first = exc.errors()[0] if isinstance(exc, ValidationError) else {"loc": (), "msg": "too deeply nested"}
         where = ".".join(str(part) for part in first["loc"]) or "body"
         raise ParseError(f"schema: {where}: {first['msg']}") from None
-    if callback.text("transactionstatus") is None:
-        raise ParseError("schema: transactionstatus is missing")
-    if not any(
-        callback.text(name) for name in ("utilityref", "externalreference", "reference", "transid")
-    ) and not _hint(callback):
-        raise ParseError("schema: no reference (utilityref, externalreference, reference, transid) present")
-    return callback
+    return _required(callback)
 
 
 _FIELD_NAMES = frozenset(CallbackBody.model_fields)
@@ -303,17 +290,23 @@ def _callback(body: bytes, decoded: Decoded | None) -> CallbackBody | _PlainCall
     if decoded.error is None and data.__class__ is dict:
         callback = _plain_callback(data)
         if callback is not None:
-            if callback.text("transactionstatus") is None:
-                raise ParseError("schema: transactionstatus is missing")
-            if not any(
-                callback.text(name) for name in ("utilityref", "externalreference", "reference", "transid")
-            ) and not _hint(callback):
-                raise ParseError("schema: no reference (utilityref, externalreference, reference, transid) present")
-            return callback
+            return _required(callback)
     return parse_callback(body, decoded)
 
 
-def _hint(callback: CallbackBody) -> str | None:
+_REFERENCES = ("utilityref", "externalreference", "reference", "transid")
+
+
+def _required(callback: CallbackBody | _PlainCallback) -> CallbackBody | _PlainCallback:
+    """The callback, when it has the fields every callback must have: a status and a reference."""
+    if callback.text("transactionstatus") is None:
+        raise ParseError("schema: transactionstatus is missing")
+    if not any(callback.text(name) for name in _REFERENCES) and not _hint(callback):
+        raise ParseError("schema: no reference (utilityref, externalreference, reference, transid) present")
+    return callback
+
+
+def _hint(callback: CallbackBody | _PlainCallback) -> str | None:
     properties = callback.additionalProperties or {}
     value = properties.get("donation_id")
     if value is None or isinstance(value, (bool, dict, list)):

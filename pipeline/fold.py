@@ -1,8 +1,8 @@
 """The pure fold: (donation state, event) -> donation state, plus anomalies and a transition.
 
-No SQLAlchemy, no clock, no I/O, no logging. The caller (jobs/fold.py) loads the states an event batch
-touches, calls `fold_donation` for each, and writes the results in the same transaction as its
-checkpoint.
+No SQLAlchemy, no clock, no I/O, no logging. The caller (pipeline/fold_batch.py) loads the states an
+event batch touches, calls `fold_donation` for each, and writes the results through its store; jobs/fold.py
+commits them in the same transaction as its checkpoint.
 
 Why the final status cannot depend on order: a donation keeps order-independent aggregates (the
 earliest trusted matching success, the earliest trusted failure, the latest operator decision, ...)
@@ -17,18 +17,45 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
 from operator import attrgetter
 from typing import NamedTuple
 
+
+class Status(StrEnum):
+    """A donation's status, and an event's normalised transaction status (SUCCESS and UNKNOWN are events' only).
+
+    A StrEnum so the values stay the plain strings stored in the database and written to logs."""
+
+    PENDING = "PENDING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    EXPIRED = "EXPIRED"
+    REVIEW = "REVIEW"
+    SUCCESS = "SUCCESS"
+    UNKNOWN = "UNKNOWN"
+
+
+class Source(StrEnum):
+    """Who appended an event to the log."""
+
+    CALLBACK = "callback"
+    POLL = "poll"
+    CHECKOUT = "checkout"
+    OPERATOR = "operator"
+    IMPORT = "import"
+
+
 PENDING, COMPLETED, FAILED, CANCELLED, EXPIRED, REVIEW = (
-    "PENDING",
-    "COMPLETED",
-    "FAILED",
-    "CANCELLED",
-    "EXPIRED",
-    "REVIEW",
+    Status.PENDING,
+    Status.COMPLETED,
+    Status.FAILED,
+    Status.CANCELLED,
+    Status.EXPIRED,
+    Status.REVIEW,
 )
-SUCCESS, UNKNOWN = "SUCCESS", "UNKNOWN"
+SUCCESS, UNKNOWN = Status.SUCCESS, Status.UNKNOWN
 DONATION_STATUSES = (PENDING, COMPLETED, FAILED, CANCELLED, EXPIRED, REVIEW)
 OPERATOR_STATUSES = (COMPLETED, FAILED, CANCELLED)
 
@@ -46,7 +73,7 @@ ANOMALY_MEANINGS = {
 }
 ANOMALY_KINDS = tuple(ANOMALY_MEANINGS)
 
-TRUSTED_SOURCES = ("poll", "checkout", "operator")
+TRUSTED_SOURCES = (Source.POLL, Source.CHECKOUT, Source.OPERATOR)
 # a callback's auth: a matching password vouches for the whole body; an RSA signature only for the fields
 # it covers (utilityref, externalreference, transactionstatus, operator), so resolution reads only those
 VERIFIED, SIGNED, UNVERIFIED, AUTH_FAILED, NOT_APPLICABLE = "verified", "signed", "unverified", "failed", "n/a"
@@ -75,7 +102,7 @@ class FoldEvent(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class TrustPolicy:
-    """DESIGN §4, Trust. `credential_configured`: a webhook password or signature key is set."""
+    """Which events count (docs/fold.md, Trust). `credential_configured`: a webhook password or signature key is set."""
 
     credential_configured: bool = False
     verify_only: bool = False  # mode `verify`: callbacks never count, only poll answers
@@ -127,7 +154,7 @@ class DonationState:
         return DonationState(*_STATIC_FIELDS(self))
 
     def copy(self) -> DonationState:
-        # dataclasses.replace walks the fields in Python each call: 6x slower, and rebuild --check copies every touched state
+        # not dataclasses.replace, which walks the fields in Python each call: rebuild --check copies every touched state
         return DonationState(*_ALL_FIELDS(self))
 
 
@@ -177,7 +204,7 @@ def amount_matches(state: DonationState, event: FoldEvent) -> bool:
 def poll_confirms(event: FoldEvent, status: str) -> bool:
     """A poll answer that agrees with a terminal status is a record, not an anomaly. AzamPay's status API
     says only success, failure or pending, so a failure confirms FAILED and CANCELLED alike."""
-    if event.source != "poll":
+    if event.source != Source.POLL:
         return False
     return (event.status == SUCCESS and status == COMPLETED) or (
         event.status == FAILED and status in (FAILED, CANCELLED)
@@ -231,7 +258,7 @@ def apply(state: DonationState, event: FoldEvent, policy: TrustPolicy) -> tuple[
                 f"{event.source} auth={event.auth} status={status}; not trusted, poll requested",
             )
         )
-    elif event.source == "operator":
+    elif event.source == Source.OPERATOR:
         if status in OPERATOR_STATUSES and (state.operator_event_id is None or event_id > state.operator_event_id):
             state.operator_event_id, state.operator_at, state.operator_status = event_id, event.received_at, status
     elif status == SUCCESS:

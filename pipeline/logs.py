@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
-import weakref
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from loguru import logger
 
+from pipeline import loguru_adapter
 from pipeline.config import Config, LoggingConfig
 from pipeline.errors import ConfigError
-from pipeline.redact import REDACTED, escape_controls, redact_body, redact_text
+from pipeline.redact import REDACTED, escape_controls, redact_text
 
 # Library code logs payment lines through this; the sink filter routes them to payments.log.
 payments = logger.bind(channel="payments")
@@ -30,14 +32,15 @@ payments_redacted = payments.bind(redacted=True)
 
 # {extra[utc]} is the record's time as YYYY-MM-DD HH:mm:ss.SSS in UTC, rendered once per record by the
 # patcher (loguru's {time:...!UTC} would render it again for every file the record goes to).
-_FORMAT = "{extra[utc]} | {level:<8} | {extra[component]} | {message}"
+FORMAT = "{extra[utc]} | {level:<8} | {extra[component]} | {message}"
 # loguru's diagnose mode prints every local variable of a traceback: a request's headers (Bearer
 # token, X-API-KEY) would reach errors.log untouched by the message scrubber. Plain tracebacks only.
 _SAFE_TRACEBACKS = {"diagnose": False, "backtrace": False}
 
 
-class _UtcStamp:
-    """YYYY-MM-DD HH:mm:ss.SSS (UTC) of a record time; the part up to the second is cached."""
+class UtcStamp:
+    """YYYY-MM-DD HH:mm:ss.SSS (UTC) of a record's datetime or of a time.time() value; the part up to the
+    second is cached (one instance per thread, or behind a lock)."""
 
     __slots__ = ("_second", "_prefix")
 
@@ -45,12 +48,16 @@ class _UtcStamp:
         self._second = None
         self._prefix = ""
 
-    def __call__(self, moment) -> str:
-        second = int(moment.timestamp())  # exact: whole seconds since the epoch, microseconds dropped
+    def __call__(self, moment: datetime | float) -> str:
+        if moment.__class__ is float:
+            second, millis = divmod(int(moment * 1000), 1000)
+        else:
+            second = int(moment.timestamp())  # exact: whole seconds since the epoch, microseconds dropped
+            millis = moment.microsecond // 1000
         if second != self._second:
             self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
             self._second = second
-        return f"{self._prefix}.{moment.microsecond // 1000:03d}"
+        return f"{self._prefix}.{millis:03d}"
 
 
 PAYMENTS_LOG, ERRORS_LOG, APP_LOG = "payments.log", "errors.log", "app.log"
@@ -118,12 +125,7 @@ class SizeRotation:
 def _rotation(setting):
     """A size setting ("10 MB") becomes a SizeRotation (size and UTC day); anything else is loguru's own."""
     if isinstance(setting, str):
-        from loguru._string_parsers import parse_size
-
-        try:
-            size = parse_size(setting)
-        except ValueError:
-            size = None
+        size = loguru_adapter.parse_size(setting)
         if size is not None:
             return SizeRotation(size)
     return setting
@@ -146,10 +148,11 @@ def configure_logging(
     component: str = "app",
     secrets: tuple[str, ...] = (),
     stderr_level: str | None = "WARNING",
-    batched: bool = False,
-) -> None:
-    """batched=True (the receiver's workers): file lines are written in batches, at most 0.1 s late
-    (BatchedFileSink), instead of one write() per line per file."""
+    file_sink: Callable[..., Any] | None = None,
+) -> dict[str, Any]:
+    """The sinks: the three files, and stderr from `stderr_level` up. `file_sink(path, **file_options)`, when
+    given, builds each file's sink object (the receiver's batched sink, receiver.logsink) instead of loguru's
+    own; the objects it built are returned by file name."""
     directory = Path(config.dir)
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -158,28 +161,23 @@ def configure_logging(
             f"invalid config value for logging.dir: cannot create {directory}: {exc.strerror or exc}"
         ) from None
 
-    stamp = _UtcStamp()
+    stamp = UtcStamp()
 
     def scrub(record) -> None:
         record["extra"]["utc"] = stamp(record["time"])
         if record["extra"].get("redacted"):
             # the caller already passed its text through pipeline.redact (e.g. redact_body on the hot
             # callback path); only the literal secrets are scrubbed again, which is cheap
-            message = record["message"]
-            for secret in secrets:
-                if secret and len(secret) >= 4:
-                    message = message.replace(secret, REDACTED)
-            record["message"] = escape_controls(message)
+            record["message"] = escape_controls(scrub_secrets(record["message"], secrets))
         else:
             record["message"] = escape_controls(redact_text(record["message"], secrets))
         record["extra"].setdefault("component", component)
 
-    global _received_line
-    _received_line = None
     logger.remove()
     logger.configure(patcher=scrub, extra={"component": component})
+    sinks: dict[str, Any] = {}
 
-    def add_file(name: str, **options):
+    def add_file(name: str, **options) -> None:
         # one rotation object per file: each counts its own file's size
         # watch: a file another process rotated (several `serve` workers, the scheduler and the CLI share
         # them) is reopened by name at the next write instead of written on under its rotated name; one
@@ -191,214 +189,31 @@ def configure_logging(
             "opener": open_log_file,
             "watch": True,
         }
-        if batched:
-            sink = BatchedFileSink(directory / name, **file_options)
-            logger.add(sink, format=_FORMAT, enqueue=False, **_SAFE_TRACEBACKS, **options)
-            return sink
-        logger.add(directory / name, format=_FORMAT, enqueue=False, **_SAFE_TRACEBACKS, **file_options, **options)
-        return None
+        if file_sink is not None:
+            sinks[name] = file_sink(directory / name, **file_options)
+            logger.add(sinks[name], format=FORMAT, enqueue=False, **_SAFE_TRACEBACKS, **options)
+        else:
+            logger.add(directory / name, format=FORMAT, enqueue=False, **_SAFE_TRACEBACKS, **file_options, **options)
 
-    payments_sink = add_file(PAYMENTS_LOG, level="INFO", filter=_payments_only)
+    add_file(PAYMENTS_LOG, level="INFO", filter=_payments_only)
     add_file(ERRORS_LOG, level="ERROR")
-    app_sink = add_file(APP_LOG, level=config.level)
+    add_file(APP_LOG, level=config.level)
     if stderr_level:
         logger.add(sys.stderr, level=stderr_level, format="{level}: {message}", **_SAFE_TRACEBACKS)
-    if batched:
-        info = logger.level("INFO").no
-        if not stderr_level or logger.level(stderr_level).no > info:
-            # exactly the files loguru would send a payments INFO line to
-            sinks = (payments_sink, app_sink) if logger.level(config.level).no <= info else (payments_sink,)
-            _received_line = _ReceivedLine(sinks, component, secrets)
+    return sinks
 
 
-class _UtcStampOf:
-    """YYYY-MM-DD HH:mm:ss.SSS (UTC) of a time.time() value; the part up to the second is cached."""
-
-    __slots__ = ("_second", "_prefix")
-
-    def __init__(self) -> None:
-        self._second = None
-        self._prefix = ""
-
-    def __call__(self, moment: float) -> str:
-        millis = int(moment * 1000)
-        second = millis // 1000
-        if second != self._second:
-            self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
-            self._second = second
-        return f"{self._prefix}.{millis % 1000:03d}"
+def scrub_secrets(text: str, secrets: tuple[str, ...]) -> str:
+    """Literal secrets (4 characters or more) replaced in text pipeline.redact has already redacted."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, REDACTED)
+    return text
 
 
-class _Deferred:
-    """A `Received Azam Pay callback` line whose redaction and formatting are left to the batched sinks'
-    writer threads: it renders (once, whichever sink gets there first) to the very text loguru would
-    have written through _FORMAT and the scrub patcher."""
-
-    __slots__ = ("body", "decoded", "moment", "owner", "text")
-
-    def __init__(self, body: bytes, decoded, moment: float, owner: _ReceivedLine):
-        self.body = body
-        self.decoded = decoded
-        self.moment = moment
-        self.owner = owner
-        self.text = None
-
-    def render_safely(self) -> str:
-        """The line, or a line saying it could not be rendered: one bad body never drops its batch."""
-        try:
-            return self.render()
-        except Exception as exc:  # noqa: BLE001 - the other lines of the batch must still be written
-            stamp = self.owner.stamp_of(self.moment)
-            return f"{stamp}{self.owner.prefix}Received Azam Pay callback: [body not rendered: {type(exc).__name__}]\n"
-
-    def render(self) -> str:
-        text = self.text
-        if text is None:
-            with self.owner.rendering:  # two sinks' threads: the second must not find the body already dropped
-                text = self.text
-                if text is None:
-                    text = self.text = self.owner.render(self)
-                    self.body = self.decoded = None
-        return text
-
-
-class _ReceivedLine:
-    """The receiver's per-callback payments line without loguru on the request path: the request hands
-    the raw body (and its decoded JSON) to the batched file sinks, whose threads redact and format it.
-
-    Valid only while loguru's handlers are the ones configure_logging() installed (anything added or
-    removed since, e.g. a test's own sink, and log_received_callback goes through loguru again)."""
-
-    def __init__(self, sinks, component: str, secrets: tuple[str, ...]):
-        self.sinks = tuple(sinks)
-        self.handlers = logger._core.handlers  # loguru replaces this dict on every add/remove
-        self.prefix = f" | INFO     | {component} | "
-        self.secrets = tuple(secret for secret in secrets if secret and len(secret) >= 4)
-        self.stamp = _UtcStampOf()
-        self.lock = threading.Lock()
-        self.rendering = threading.Lock()
-
-    def active(self) -> bool:
-        core = logger._core
-        return core.handlers is self.handlers and core.activation_none and not core.activation_list
-
-    def render(self, item: _Deferred) -> str:
-        message = "Received Azam Pay callback: " + redact_body(item.body, decoded=item.decoded)
-        for secret in self.secrets:  # as the scrub patcher does for text already redacted
-            message = message.replace(secret, REDACTED)
-        return self.stamp_of(item.moment) + self.prefix + message + "\n"
-
-    def stamp_of(self, moment: float) -> str:
-        with self.lock:  # the stamp's cache is shared by the sinks' threads
-            return self.stamp(moment)
-
-    def submit(self, body: bytes, decoded) -> None:
-        item = _Deferred(body, decoded, time.time(), self)
-        size = len(body) + 96
-        for sink in self.sinks:
-            sink.write_deferred(item, size)
-
-
-_received_line: _ReceivedLine | None = None
-
-
-def log_received_callback(body: bytes, decoded=None) -> None:
-    """payments: `Received Azam Pay callback: {redacted body}`. With the receiver's batched logging the
-    redaction and formatting happen on the log writer threads, not on the caller's (event loop) thread;
-    otherwise (and whenever loguru's handlers changed since configure_logging) it is an ordinary loguru line."""
-    fast = _received_line
-    if fast is not None and fast.active():
-        fast.submit(body, decoded)
-    else:
-        payments_redacted.info("Received Azam Pay callback: {}", redact_body(body, decoded=decoded))
-
-
-class BatchedFileSink:
-    """A loguru file sink (loguru's own FileSink: same rotation, retention, encoding) written in batches of
-    whole lines: at most `interval` seconds (or `max_pending` characters) after the record, by a
-    background thread, instead of one write() system call per line per file.
-
-    Used by the receiver only, where every callback logs a line to two files. Every write is whole
-    lines, so files shared by several `serve` workers (O_APPEND) never get a line split. flush_logs()
-    (the receiver's shutdown) and stop() (logger.remove) write what is pending."""
-
-    def __init__(self, path, interval: float = 0.1, max_pending: int = 64 * 1024, **file_options):
-        from loguru._file_sink import FileSink
-
-        self._file = FileSink(str(path), **file_options)
-        self._pending: list = []  # lines (str) and _Deferred lines, in order
-        self._size = 0
-        self._max = max_pending
-        self._lock = threading.Lock()  # guards _pending and _size (held only to append or swap)
-        self._io_lock = threading.Lock()  # one flush at a time, so batches reach the file in order
-        self._wake = threading.Event()
-        self._stopped = threading.Event()
-        self._failed = False
-        _BATCHED.add(self)
-        self._thread = threading.Thread(target=self._run, args=(interval,), name="azamrecon-log-flush", daemon=True)
-        self._thread.start()
-
-    def write(self, message) -> None:
-        self._append(message, len(message))
-
-    def write_deferred(self, item: _Deferred, size: int) -> None:
-        """A line rendered later, on the writer thread (see log_received_callback)."""
-        self._append(item, size)
-
-    def _append(self, message, size: int) -> None:
-        with self._lock:
-            self._pending.append(message)
-            self._size += size
-            pending = self._size
-        if pending >= self._max:
-            if pending >= 16 * self._max:  # the writer thread is not keeping up: write here (back pressure)
-                self.flush_pending()
-            else:
-                self._wake.set()
-
-    def flush_pending(self) -> None:
-        with self._io_lock:
-            with self._lock:
-                if not self._pending:
-                    return
-                pending = self._pending
-                self._pending = []
-                self._size = 0
-            self._write(pending)
-
-    def _write(self, pending: list) -> None:
-        try:
-            data = "".join([line.render_safely() if line.__class__ is _Deferred else line for line in pending])
-            self._file.write(data)
-        except Exception as exc:  # a full disk must not take the receiver down; say it once
-            if not self._failed:
-                self._failed = True
-                print(f"error: cannot write log file: {type(exc).__name__}: {exc}", file=sys.stderr)
-
-    def _run(self, interval: float) -> None:
-        while not self._stopped.is_set():
-            self._wake.wait(interval)
-            self._wake.clear()
-            if self._stopped.is_set():
-                break
-            self.flush_pending()
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self._wake.set()
-        self.flush_pending()
-        with self._io_lock:
-            self._file.stop()
-        _BATCHED.discard(self)
-
-
-_BATCHED: weakref.WeakSet[BatchedFileSink] = weakref.WeakSet()
-
-
-def flush_logs() -> None:
-    """Write every batched log line now (the receiver calls this when it stops)."""
-    for sink in list(_BATCHED):
-        sink.flush_pending()
+def line_prefix(level: str, component: str) -> str:
+    """What FORMAT writes between a record's time and its message."""
+    return f" | {level:<8} | {component} | "
 
 
 def _payments_only(record) -> bool:
@@ -406,7 +221,7 @@ def _payments_only(record) -> bool:
 
 
 def warn_if_open(config: Config) -> None:
-    """DESIGN §4: with no credential configured every callback is trusted, as the old view did. Say so at startup."""
+    """With no credential configured every callback is trusted (docs/architecture.md, "Departures"), as the old view did. Say so at startup."""
     if config.callbacks_trusted_without_credential:
         logger.warning(
             "No webhook password or signature key configured: every callback is trusted "

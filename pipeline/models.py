@@ -26,9 +26,50 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from pipeline.fold import Status
+
 # Ids are BIGINT on MySQL but INTEGER on SQLite, where only INTEGER PRIMARY KEY aliases the rowid.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 CENT = Decimal("0.01")
+
+
+def money_to_db(value, sqlite: bool):
+    """Decimal -> storage: integer cents on SQLite, DECIMAL(14,2) elsewhere. Floats are refused."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        raise TypeError("money must be Decimal, not float")
+    value = Decimal(value).quantize(CENT)
+    return int(value * 100) if sqlite else value
+
+
+def money_from_db(value, sqlite: bool) -> Decimal | None:
+    """Storage -> Decimal quantized to cents."""
+    if value is None:
+        return None
+    if sqlite:
+        return (Decimal(value) / 100).quantize(CENT)
+    return Decimal(value).quantize(CENT)
+
+
+def utc_to_db(value: datetime | None) -> datetime | None:
+    """Aware datetime -> naive UTC (what every backend stores). A naive datetime is refused."""
+    if value is None:
+        return None
+    if value.tzinfo is not UTC:
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given where UTC is required")
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None)
+
+
+def utc_from_db(value) -> datetime | None:
+    """Storage (a naive UTC datetime, or SQLite's text from raw queries) -> aware UTC datetime."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC)
 
 
 class Money(TypeDecorator):
@@ -47,19 +88,10 @@ class Money(TypeDecorator):
         return dialect.type_descriptor(Numeric(14, 2))
 
     def process_bind_param(self, value, dialect):
-        if value is None:
-            return None
-        if isinstance(value, float):
-            raise TypeError("money must be Decimal, not float")
-        value = Decimal(value).quantize(CENT)
-        return int(value * 100) if dialect.name == "sqlite" else value
+        return money_to_db(value, dialect.name == "sqlite")
 
     def process_result_value(self, value, dialect):
-        if value is None:
-            return None
-        if dialect.name == "sqlite":
-            return (Decimal(value) / 100).quantize(CENT)
-        return Decimal(value).quantize(CENT)
+        return money_from_db(value, dialect.name == "sqlite")
 
 
 class UTCDateTime(TypeDecorator):
@@ -74,20 +106,10 @@ class UTCDateTime(TypeDecorator):
         return dialect.type_descriptor(DateTime())
 
     def process_bind_param(self, value, dialect):
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given where UTC is required")
-
-        return value.astimezone(UTC).replace(tzinfo=None)
+        return utc_to_db(value)
 
     def process_result_value(self, value, dialect):
-        if value is None:
-            return None
-
-        if isinstance(value, str):  # raw SQLite text from text() queries
-            value = datetime.fromisoformat(value)
-        return value.replace(tzinfo=UTC)
+        return utc_from_db(value)
 
 
 metadata = MetaData(
@@ -135,7 +157,7 @@ class Donation(Base):
     transaction_id: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     # derived: owned by the fold (pipeline.fold.DonationState mirrors these), reset by a rebuild
-    status: Mapped[str] = mapped_column(String(16), default="PENDING", server_default="PENDING", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=Status.PENDING, server_default="PENDING", index=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
     credit_event_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     last_event_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
@@ -159,7 +181,7 @@ class Donation(Base):
 
 class PaymentEvent(Base):
     """The log. Append-only: triggers refuse UPDATE and DELETE (see migrations), except the sanctioned
-    rewrite of `body` and `msisdn` by jobs/privacy.py (PrivacyControl)."""
+    rewrite of `body` and `msisdn` by jobs/rewrite.py (PrivacyControl)."""
 
     __tablename__ = "payment_events"
 
@@ -243,7 +265,7 @@ class WaitingKey(Base):
 
 class PrivacyControl(Base):
     """One row, id 1. The payment_events UPDATE trigger lets `body` and `msisdn` change only while
-    rewrite_allowed is 1, which jobs/privacy.py sets and resets inside its own transaction (migration
+    rewrite_allowed is 1, which jobs/rewrite.py sets and resets inside its own transaction (migration
     0004 says why a row and not a session variable). key_fingerprint names the key the stored hashes
     were made with (never the key); bodies_retained_through is `privacy retain`'s position in the log."""
 

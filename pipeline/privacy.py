@@ -20,12 +20,12 @@ import os
 import re
 import secrets as token_source
 from collections.abc import Callable, Iterable
-from json.encoder import encode_basestring, encode_basestring_ascii
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError
-from pipeline.events import Decoded, JsonNumber, normalise_msisdn
+from pipeline.events import Decoded, normalise_msisdn
+from pipeline.json_out import dump_json, dump_plain_json
 from pipeline.redact import SECRET_MARKER, is_redacted, is_secret_key
 
 KEY_BYTES = 32
@@ -227,7 +227,7 @@ class BodyRedactor:
                 return None
             floats: list = []
             redacted = _without_secrets(self._mark, data, floats)
-            return dump_json(redacted) if floats else _dump_plain(redacted)
+            return dump_json(redacted) if floats else dump_plain_json(redacted)
         replaced = body
         for literal, marker in self._literals:  # (bytes.replace returns the same object when nothing matched)
             if literal in replaced:
@@ -337,70 +337,6 @@ def text_without_numbers(key: PrivacyKey, body: bytes, only: frozenset[str] | No
 
     replaced = _NUMBER_IN_TEXT.sub(replace, body)
     return None if replaced == body else replaced
-
-
-# --- JSON out, as it came in --------------------------------------------------------------------
-
-
-def dump_json(value: Any) -> bytes:
-    """Compact JSON of a value decoded by pipeline.events.decode_json. Unlike json.dumps, a JsonNumber is
-    written as the text it was read from (25000.000000000001 stays that, not 25000.0: parse_amount reads
-    that text when the spool is replayed). Lone surrogates are written as \\u escapes."""
-    parts: list[str] = []
-    try:
-        _dump(value, parts, encode_basestring)
-        return "".join(parts).encode("utf-8")
-    except UnicodeEncodeError:
-        parts.clear()
-        _dump(value, parts, encode_basestring_ascii)
-        return "".join(parts).encode("ascii")
-
-
-_PLAIN = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one encoder, not one per call
-_PLAIN_ASCII = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
-
-
-def _dump_plain(value: Any) -> bytes:
-    """dump_json for a value without floats, through json's C encoder (several times faster on the receiver's path)."""
-    try:
-        return _PLAIN.encode(value).encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate
-        return _PLAIN_ASCII.encode(value).encode("ascii")
-
-
-def _dump(value: Any, out: list[str], encode) -> None:
-    if isinstance(value, str):
-        out.append(encode(value))
-    elif value is None:
-        out.append("null")
-    elif value is True:
-        out.append("true")
-    elif value is False:
-        out.append("false")
-    elif isinstance(value, JsonNumber):
-        out.append(value.text)
-    elif isinstance(value, int):
-        out.append(int.__repr__(value))
-    elif isinstance(value, float):
-        out.append(json.dumps(value))  # NaN and Infinity as the decoder accepted them
-    elif isinstance(value, dict):
-        out.append("{")
-        for index, (name, child) in enumerate(value.items()):
-            if index:
-                out.append(",")
-            out.append(encode(str(name)))
-            out.append(":")
-            _dump(child, out, encode)
-        out.append("}")
-    elif isinstance(value, list):
-        out.append("[")
-        for index, child in enumerate(value):
-            if index:
-                out.append(",")
-            _dump(child, out, encode)
-        out.append("]")
-    else:
-        raise TypeError(f"not a decoded JSON value: {type(value).__name__}")
 
 
 def redactor_for(config) -> BodyRedactor:

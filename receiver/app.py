@@ -18,9 +18,7 @@ each worker process of `azamrecon serve` (config from $AZAMRECON_CONFIG).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
-import json
 from datetime import UTC, datetime
 
 from loguru import logger
@@ -30,21 +28,32 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pipeline.auth import FAILED, UNVERIFIED, Authenticator
+from pipeline.auth import Authenticator
 from pipeline.config import Config, DatabaseConfig, load_config
 from pipeline.db import is_sqlite, make_engine
-from pipeline.events import EventFields, decode_json, extract_fields
-from pipeline.logs import configure_logging, flush_logs, log_received_callback, payments, secrets_of, warn_if_open
+from pipeline.logs import payments, secrets_of, warn_if_open
 from pipeline.privacy import BodyRedactor, redactor_for
 from pipeline.redact import log_value
 from pipeline.resolution import ReferenceFormat
-from pipeline.store.events import Claim, event_row, select_headers
-from pipeline.wal import WalCheckpointer
 from receiver import metrics, portal
-from receiver import writer as outcomes
+from receiver.callback import (
+    ANSWER_FORBIDDEN,
+    ANSWER_KNOWN,
+    ANSWER_REFUSED,
+    ANSWER_UNKNOWN,
+    ANSWER_UNVERIFIED,
+    Classified,
+    Rules,
+    answer_for,
+    classify_callback,
+    declared_over,
+    decode_headers,
+)
 from receiver.http import READ_TIMEOUTS_KEY, ReadTimeouts
+from receiver.logsink import configure_batched_logging, flush_logs, log_received_callback
 from receiver.spool import Spool
-from receiver.writer import GroupCommitWriter
+from receiver.wal import WalCheckpointer
+from receiver.writer import GroupCommitWriter, Written
 
 CALLBACK_PATH = "/api/v1.0/donors/payment/azampay/callback/"
 OPENAPI_FILE = (
@@ -57,28 +66,7 @@ async def openapi_document(request: Request) -> Response:
         return Response(document.read(), media_type="application/yaml")
 
 
-def _answer(status: int, payload: dict) -> tuple[int, bytes]:
-    return status, json.dumps(payload, separators=(",", ":")).encode()
-
-
-ANSWER_KNOWN = _answer(200, {"status": "received"})
-ANSWER_UNKNOWN = _answer(404, {"status": "not_found", "detail": "no donation matches this callback; it is stored"})
-ANSWER_UNVERIFIED = _answer(
-    202, {"status": "accepted", "detail": "credentials required but absent; stored as unverified"}
-)
-ANSWER_FORBIDDEN = _answer(403, {"status": "forbidden", "detail": "credentials rejected; stored"})
-ANSWER_REFUSED = _answer(403, {"status": "forbidden", "detail": "client address not allowed; stored"})
-ANSWER_SPOOLED = _answer(
-    503, {"status": "spooled", "detail": "database unavailable; the callback is spooled and will be ingested later"}
-)
-ANSWER_FAILED = _answer(500, {"status": "error", "detail": "the callback could not be stored"})
-ANSWER_NO_SPACE = _answer(507, {"status": "error", "detail": "the callback could not be stored: no space"})
 _JSON_HEADERS = b"application/json"
-
-
-def _is_json(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
 def _messages(answer: tuple[int, bytes], extra_headers: tuple = ()) -> tuple[dict, dict]:
@@ -110,14 +98,31 @@ async def _send(send, answer: tuple[int, bytes], extra_headers: tuple = ()) -> N
     await send(body)
 
 
+def _log_answer(request: Classified, written: Written, status: int) -> None:
+    """The payments warnings the webhook guide's users grep for."""
+    fields = request.fields
+    if written == Written.UNKNOWN:
+        payments.warning(  # the legacy view's level: the guide's users filter on it
+            "Could not find donation from external_id: {} (callback stored)",
+            log_value(
+                str(fields.utilityref or fields.externalreference or fields.donation_hint or fields.transaction_ref)
+            ),
+        )
+    elif written == Written.STORED and status != 202:
+        payments.warning(
+            "Azam Pay callback answered {}: {} (stored, auth={})",
+            status,
+            log_value(fields.parse_error or "credentials rejected"),
+            request.auth,
+        )
+
+
 class CallbackEndpoint:
     """A raw ASGI endpoint (no Request/Response objects in the hot path)."""
 
     def __init__(self, config: Config, authenticator: Authenticator, writer: GroupCommitWriter, redactor: BodyRedactor):
         self.limit = config.webhook.max_body_bytes
-        self.redactor = redactor
-        self.references = ReferenceFormat(config.donations.reference_prefix)
-        self.auth = authenticator
+        self.rules = Rules(self.limit, authenticator, ReferenceFormat(config.donations.reference_prefix), redactor)
         self.writer = writer
 
     async def _read_body(self, receive, declared_over: bool) -> tuple[bytes, bool, bool]:
@@ -142,110 +147,25 @@ class CallbackEndpoint:
 
     async def __call__(self, scope, receive, send) -> None:
         received_at = datetime.now(UTC)
-        headers: dict[str, str] = {}
-        for raw_name, raw_value in scope["headers"]:
-            name = raw_name.decode("latin-1").lower()
-            value = raw_value.decode("latin-1")
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        client = scope.get("client")
-        peer = client[0] if client else None
-        auth = self.auth
-        remote_addr = auth.client_address(peer, headers.get("x-forwarded-for"))
-        content_type = headers.get("content-type", "")
-        declared = headers.get("content-length", "")
-        body, over, disconnected = await self._read_body(
-            receive, declared.isascii() and declared.isdigit() and int(declared) > self.limit
-        )
+        headers = decode_headers(scope["headers"])
+        body, over, disconnected = await self._read_body(receive, declared_over(headers, self.limit))
         if disconnected:
             # gone, or cut by receiver.body_timeout_seconds: no callback AzamPay delivered, and nobody awaits an
             # answer; storing it let anyone add rows without ever sending a whole request (docs/deploy.md)
             return
-
-        typed = False
-        decoded = None  # the body's JSON, decoded once for the typed fields and the log line
-        fields: EventFields
-        if over:
-            fields = EventFields(
-                parse_error=f"body over the limit of {self.limit} bytes (webhook.max_body_bytes); only the first {self.limit} bytes are stored"
-            )
-            answer = _answer(
-                413, {"status": "too_large", "detail": f"body over {self.limit} bytes; the prefix is stored"}
-            )
-        elif not _is_json(content_type):
-            fields = EventFields(
-                parse_error=f"unsupported content type {content_type[:100]!r}: expected application/json"
-            )
-            answer = _answer(415, {"status": "unsupported_media_type", "detail": "expected application/json; stored"})
-        else:
-            typed = True
-            decoded = decode_json(body)
-            fields = extract_fields(body, decoded)
-            answer = _answer(400, {"status": "invalid", "detail": fields.parse_error}) if fields.parse_error else None
-
-        keys = None
-        if not auth.address_allowed(remote_addr):
-            note = f"refused: client address {remote_addr} not in webhook.allowed_ips"
-            fields = dataclasses.replace(
-                fields, parse_error=f"{note}; {fields.parse_error}" if fields.parse_error else note
-            )
-            auth_value = FAILED
-            answer = ANSWER_REFUSED
-        elif typed and fields.parse_error is None:
-            auth_value = auth.check(fields, body)
-            if auth_value == FAILED:
-                answer = ANSWER_FORBIDDEN
-            elif auth_value == UNVERIFIED:
-                answer = ANSWER_UNVERIFIED
-            else:
-                keys = Claim.of(fields, self.references, auth_value)
-        else:
-            auth_value = auth.unchecked_auth()
-
-        row = event_row(
-            source="callback",
-            body=body,
-            # verified above on the bytes received; stored (and spooled) without their secrets
-            stored_body=self.redactor.stored_body(body, decoded),
-            received_at=received_at,
-            auth=auth_value,
-            fields=fields,
-            content_type=content_type or None,
-            remote_addr=remote_addr,
-            headers=select_headers(headers),
-        )
-        log_received_callback(body, decoded)  # redacted and formatted off the event loop when logging is batched
-        (outcome,) = await self.writer.submit(row, keys, typed)
-
-        if outcome == outcomes.KNOWN:
-            answer = ANSWER_KNOWN
-        elif outcome == outcomes.UNKNOWN:
-            answer = ANSWER_UNKNOWN
-            payments.warning(  # the legacy view's level: the guide's users filter on it
-                "Could not find donation from external_id: {} (callback stored)",
-                log_value(
-                    str(fields.utilityref or fields.externalreference or fields.donation_hint or fields.transaction_ref)
-                ),
-            )
-        elif outcome == outcomes.SPOOLED:
-            answer = ANSWER_SPOOLED
-        elif outcome == outcomes.NO_SPACE:
-            answer = ANSWER_NO_SPACE
-        elif outcome == outcomes.FAILED:
-            answer = ANSWER_FAILED
-        elif answer is not None and answer[0] != 202:
-            payments.warning(
-                "Azam Pay callback answered {}: {} (stored, auth={})",
-                answer[0],
-                log_value(fields.parse_error or "credentials rejected"),
-                auth_value,
-            )
+        client = scope.get("client")
+        request = classify_callback(body, over, headers, client[0] if client else None, received_at, self.rules)
+        log_received_callback(body, request.decoded)  # redacted and formatted off the event loop when batched
+        (written,) = await self.writer.submit(request.row, request.keys, request.typed)
+        answer = answer_for(request.outcome, written, self.limit, request.fields.parse_error)
+        _log_answer(request, written, answer[0])
         extra = ((b"retry-after", b"30"),) if answer[0] == 503 else ()
         await _send(send, answer, extra)
 
 
 class ReceiverApp(Starlette):
     """Starlette, except that callback POSTs go straight to the CallbackEndpoint: the hot path skips the
-    middleware stack and the router (about a tenth of a callback's CPU). An exception there is
+    middleware stack and the router (a measurable share of a callback's CPU: bench/RESULTS.md). An exception there is
     answered 500 by the server (uvicorn), as Starlette's error middleware would."""
 
     callback_endpoint: CallbackEndpoint | None = None
@@ -271,7 +191,7 @@ _CALLBACK_PATHS = frozenset((CALLBACK_PATH, CALLBACK_PATH.rstrip("/")))
 def make_receiver_engine(database: DatabaseConfig, timeout_seconds: float = 4.0):
     """The receiver's engine: like every other, plus connect/read/write timeouts on MySQL so a hung server
     turns into StoreUnavailable (and a spooled 503) instead of a hung writer, and on SQLite no WAL copy
-    inside a group commit (create_app gives the writer a pipeline.wal.WalCheckpointer instead).
+    inside a group commit (create_app gives the writer a receiver.wal.WalCheckpointer instead).
 
     A callback waits for at most two timeouts (a hung ping, then the reconnect's handshake), so
     receiver.database_timeout_seconds (4 s) keeps it well below nginx's proxy_read_timeout (60 s): at 30 s
@@ -323,7 +243,7 @@ def create_app(config: Config, engine=None, client_factory=None) -> Starlette:
         writer.start()
         # Everything loaded so far (modules, SQLAlchemy and pydantic structures) lives as long as the
         # process: move it out of the cyclic GC's generations, so a full collection under load scans only
-        # what requests allocate (it halves the receiver's p99 at 64 connections).
+        # what requests allocate (the receiver's tail latency under load: bench/RESULTS.md).
         gc.freeze()
         logger.info("receiver started: callbacks at {} (group commit up to {} rows)", CALLBACK_PATH, writer.max_batch)
         try:
@@ -372,5 +292,5 @@ def app_factory() -> Starlette:
     """Entry point for `uvicorn --factory receiver.app:app_factory` and each `serve` worker: config from
     $AZAMRECON_CONFIG (or ./config.yaml) plus the environment overrides; logging configured here."""
     config = load_config()
-    configure_logging(config.logging, component="receiver", secrets=secrets_of(config), batched=True)
+    configure_batched_logging(config.logging, component="receiver", secrets=secrets_of(config))
     return create_app(config)

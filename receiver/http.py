@@ -2,7 +2,7 @@
 
 uvicorn writes a response's head (on `http.response.start`) and its body (on `http.response.body`) to
 the transport separately, and uvloop sends each write at once, holding the GIL during the system call.
-Under load those two sends were a quarter of the receiver's GIL time (py-spy --gil, 64 connections).
+Under load those two sends were a large share of the receiver's GIL time (py-spy --gil).
 Writes made in one event-loop iteration are joined here and sent together at the end of it.
 
 uvicorn times out only idle keep-alive connections: a client that connects and sends nothing, or sends
@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, NamedTuple
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from receiver.uvicorn_adapter import HttpToolsProtocol, answer_started, app_state, awaiting_body, queued_behind
 
 READ_TIMEOUTS_KEY = "azamrecon.read_timeouts"
 
@@ -69,9 +69,11 @@ class CoalescingTransport:
 
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's protocol, overriding the hooks receiver.uvicorn_adapter.OVERRIDDEN names."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.read_timeouts: ReadTimeouts = self.app_state.get(READ_TIMEOUTS_KEY, DEFAULT_READ_TIMEOUTS)
+        self.read_timeouts: ReadTimeouts = app_state(self).get(READ_TIMEOUTS_KEY, DEFAULT_READ_TIMEOUTS)
         self._read_deadline: asyncio.TimerHandle | None = None
         self._reading: str | None = None  # "idle" (nothing sent yet), "head" or "body"
 
@@ -92,7 +94,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
-        if self.pipeline and self.pipeline[0][0] is self.cycle:
+        if queued_behind(self):
             self._disarm()  # queued behind another request: its body is read later, when its turn comes
         else:
             self._arm(self.read_timeouts.body, "body")
@@ -103,13 +105,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        cycle = self.cycle  # a request queued behind the one just answered starts now: its body is due
-        if (
-            cycle is not None
-            and getattr(cycle, "more_body", False)
-            and self._read_deadline is None
-            and not self.transport.is_closing()
-        ):
+        # a request queued behind the one just answered starts now: its body is due
+        if awaiting_body(self) and self._read_deadline is None and not self.transport.is_closing():
             self._arm(self.read_timeouts.body, "body")
 
     def _arm(self, seconds: float, reading: str) -> None:
@@ -128,8 +125,6 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if transport is None or transport.is_closing():
             return
         # a 408 only where no answer to this request has begun (an app may answer before it reads the body)
-        if self._reading == "head" or (
-            self._reading == "body" and self.cycle is not None and not self.cycle.response_started
-        ):
+        if self._reading == "head" or (self._reading == "body" and self.cycle is not None and not answer_started(self)):
             transport.write(_TIMEOUT_ANSWER)
         transport.close()  # the app's receive() now gets http.disconnect: an unfinished body is not stored

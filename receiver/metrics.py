@@ -15,6 +15,31 @@ from pipeline.store import metrics as queries
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+# (metric, help, attribute): this worker's group-commit writer, and SQLite's log copier (receiver.wal)
+WRITER_COUNTERS = (
+    ("azamrecon_receiver_rows_committed_total", "Callbacks committed by this worker.", "rows_committed"),
+    ("azamrecon_receiver_batches_total", "Group-commit transactions by this worker.", "batches"),
+    ("azamrecon_receiver_rows_spooled_total", "Callbacks spooled to disk by this worker.", "rows_spooled"),
+)
+WAL_COUNTERS = (
+    (
+        "azamrecon_receiver_wal_checkpoints_total",
+        "Rounds that copied SQLite's write-ahead log, by this worker.",
+        "rounds",
+    ),
+    (
+        "azamrecon_receiver_wal_catch_ups_total",
+        "Copies the writer finished between two groups, so the log started over.",
+        "catch_ups",
+    ),
+    (
+        "azamrecon_receiver_wal_checkpoint_failures_total",
+        "Log copies that failed (the log grows meanwhile; commits stay durable).",
+        "failures",
+    ),
+)
+
+
 def _label(value: str) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -91,44 +116,11 @@ def render(engine, config, writer, now: datetime) -> str:
         ],
     )
     if writer is not None:
-        out.metric(
-            "azamrecon_receiver_rows_committed_total",
-            "counter",
-            "Callbacks committed by this worker.",
-            [({}, writer.rows_committed)],
-        )
-        out.metric(
-            "azamrecon_receiver_batches_total",
-            "counter",
-            "Group-commit transactions by this worker.",
-            [({}, writer.batches)],
-        )
-        out.metric(
-            "azamrecon_receiver_rows_spooled_total",
-            "counter",
-            "Callbacks spooled to disk by this worker.",
-            [({}, writer.rows_spooled)],
-        )
-        checkpointer = writer.checkpointer
-        if checkpointer is not None:  # SQLite: the write-ahead log is copied off the group commit (pipeline.wal)
-            out.metric(
-                "azamrecon_receiver_wal_checkpoints_total",
-                "counter",
-                "Rounds that copied SQLite's write-ahead log, by this worker.",
-                [({}, checkpointer.rounds)],
-            )
-            out.metric(
-                "azamrecon_receiver_wal_catch_ups_total",
-                "counter",
-                "Copies the writer finished between two groups, so the log started over.",
-                [({}, checkpointer.catch_ups)],
-            )
-            out.metric(
-                "azamrecon_receiver_wal_checkpoint_failures_total",
-                "counter",
-                "Log copies that failed (the log grows meanwhile; commits stay durable).",
-                [({}, checkpointer.failures)],
-            )
+        counters = [(name, text, getattr(writer, attr)) for name, text, attr in WRITER_COUNTERS]
+        if writer.checkpointer is not None:  # SQLite: the write-ahead log is copied off the group commit
+            counters += [(name, text, getattr(writer.checkpointer, attr)) for name, text, attr in WAL_COUNTERS]
+        for name, text, value in counters:
+            out.metric(name, "counter", text, [({}, value)])
     return out.text()
 
 

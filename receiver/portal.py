@@ -4,7 +4,7 @@ Both need the portal's key, receiver.checkout_api_key, in X-API-Key (or `Authori
 no key configured both answer 404 (disabled). The status endpoint tells a donation's reference and amount,
 so it is no more public than the checkout.
 
-POST /api/v1.0/donors/payment/azampay/checkout/   creates the PENDING donation and asks AzamPay (jobs.checkout)
+POST /api/v1.0/donors/payment/azampay/checkout/   creates the PENDING donation and asks AzamPay (pipeline.checkout)
 GET  /api/v1.0/donors/payment/azampay/status/?donation_id=N
      returns the folded state. For a PENDING donation it may ask AzamPay first (at most once per
      receiver.status_check_min_interval_seconds per donation); the answer is appended as a `poll` event,
@@ -50,17 +50,22 @@ from pipeline.errors import (
     StoreError,
 )
 from pipeline.events import normalise_msisdn, parse_amount
+from pipeline.fold import Source, Status
 from pipeline.models import Donation, FoldCheckpoint, PaymentEvent
 from pipeline.resolution import as_id
-from pipeline.store.donations import PROVIDERS
-from pipeline.store.state import CHECKPOINT
+from pipeline.store.checkpoint import CHECKPOINT
+from pipeline.store.donations import PROVIDERS, known_provider
 from receiver.pool import BoundedPool
 
 CHECKOUT_PATH = "/api/v1.0/donors/payment/azampay/checkout/"
 STATUS_PATH = "/api/v1.0/donors/payment/azampay/status/"
 MAX_CHECKOUT_BODY = 8 * 1024
 MAX_ID = 2**63 - 1  # BIGINT: a larger id overflowed the driver (an OverflowError, answered 500)
-# the one amount grammar: ASCII digits, an optional single ".", at most 2 decimals (no "1e3", "1_000", "1,000")
+AMOUNT_FIELDS = ("amount", "patient_amount", "support_amount")  # only the first is required
+AMOUNT_FORMAT = (
+    "must be a decimal string of ASCII digits with at most 2 decimal places, or an integer, "
+    'below 1000000000000, e.g. "1000.00"'
+)
 
 
 def _error(status: int, detail: str) -> JSONResponse:
@@ -93,25 +98,6 @@ class RateLimiter:
                 return False
             hits.append(at)
             return True
-
-
-def _decimal(data: dict, name: str, required: bool = True) -> Decimal | None:
-    value = data.get(name)
-    if value is None:
-        if required:
-            raise InputError(f"{name} is required")
-        return None
-    try:  # the one money grammar (pipeline.events.parse_amount), as callbacks are read
-        amount = parse_amount(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
-    except ParseError:
-        amount = None
-    if amount is None:
-        raise InputError(
-            f'{name} must be a decimal string of ASCII digits with at most 2 decimal places, or an integer, below 1000000000000, e.g. "1000.00"'
-        )
-    if amount <= 0:
-        raise InputError(f"{name} must be positive")
-    return amount
 
 
 async def _read_capped(request: Request, limit: int) -> bytes | None:
@@ -242,12 +228,12 @@ class Portal:
             "transaction_id": result.transaction_id,
             "charge_amount": str(result.charge_amount),
             "charge_currency": result.charge_currency,
-            "status": "FAILED" if result.event_status == "FAILED" else "PENDING",
+            "status": Status.FAILED if result.event_status == Status.FAILED else Status.PENDING,
             "message": result.message if result.accepted else str(result.error),
         }
         if result.accepted:
             return JSONResponse(answer, status_code=201)
-        return JSONResponse(answer, status_code=502 if result.event_status != "FAILED" else 422)
+        return JSONResponse(answer, status_code=502 if result.event_status != Status.FAILED else 422)
 
     def _validate(self, data: dict) -> dict:
         patient_id = data.get("patient_id")
@@ -258,25 +244,43 @@ class Portal:
         msisdn = normalise_msisdn(data.get("msisdn")) if isinstance(data.get("msisdn"), str) else None
         if msisdn is None:
             raise InputError("msisdn must be a Tanzanian mobile number: 0XXXXXXXXX, 255XXXXXXXXX or +255XXXXXXXXX")
-        provider = data.get("provider")
-        known = {p.lower(): p for p in PROVIDERS}
-        if not isinstance(provider, str) or provider.strip().lower() not in known:
+        provider = known_provider(data.get("provider"))
+        if provider is None:
             raise InputError(f"provider must be one of {', '.join(PROVIDERS)}")
         currency = data.get("currency") or self.config.donations.currency
         if not isinstance(currency, str):
             raise InputError("currency must be a string")
+        amounts = {}
+        for name in AMOUNT_FIELDS:
+            if name == "amount" and data.get(name) is None:
+                raise InputError("amount is required")
+            amounts[name] = self._amount(data.get(name), name)
         return {
             "patient_id": patient_id,
-            "amount": _decimal(data, "amount"),
-            "patient_amount": _decimal(data, "patient_amount", required=False),
-            "support_amount": _decimal(data, "support_amount", required=False),
+            **amounts,
             "msisdn": msisdn,
-            "provider": known[provider.strip().lower()],
+            "provider": provider,
             "currency": currency.upper(),
         }
 
+    @staticmethod
+    def _amount(value, name: str) -> Decimal | None:
+        """A JSON string or integer read with the one money grammar (pipeline.events.parse_amount), or None
+        when absent. Not a JSON float: its text is gone by the time the body is parsed. Must be positive."""
+        if value is None:
+            return None
+        try:
+            amount = parse_amount(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+        except ParseError:
+            amount = None
+        if amount is None:
+            raise InputError(f"{name} {AMOUNT_FORMAT}")
+        if amount <= 0:
+            raise InputError(f"{name} must be positive")
+        return amount
+
     def _initiate(self, fields: dict):
-        from jobs.checkout import initiate_checkout
+        from pipeline.checkout import initiate_checkout  # on first use, as AzamPayClient: it loads requests
 
         return initiate_checkout(self.engine, self.config, self.client(), now=datetime.now(UTC), **fields)
 
@@ -293,7 +297,7 @@ class Portal:
             if state is None:
                 return _error(404, f"donation {donation_id} not found")
             checked = checking = False
-            if state["status"] == "PENDING" and state["transaction_id"]:
+            if state["status"] == Status.PENDING and state["transaction_id"]:
                 event_id, checking = await self._check(donation_id)
                 checked = event_id is not None
                 if checked:
@@ -349,11 +353,11 @@ class Portal:
             }
 
     def _ask_azampay(self, donation_id: int) -> int | None:
-        """One status call for this donation (jobs.poll, single-donation mode); the id of the appended poll event."""
-        from jobs.poll import run_poll
+        """One status call for this donation (pipeline.status_check); the id of the appended poll event."""
+        from pipeline.status_check import check_donation  # on first use, as AzamPayClient: it loads requests
 
         try:
-            report = run_poll(self.engine, self.config, self.client(), datetime.now(UTC), donation_id=donation_id)
+            report = check_donation(self.engine, self.config, self.client(), donation_id, datetime.now(UTC))
         except AzamreconError as exc:  # AzamPay unreachable, a rebuild in progress, ...: answer from the folded state
             logger.warning(f"status check for donation {donation_id}: {exc}")
             return None
@@ -362,7 +366,7 @@ class Portal:
         with transaction(self.engine) as session:
             return session.scalar(
                 select(func.max(PaymentEvent.id)).where(
-                    PaymentEvent.donation_id == donation_id, PaymentEvent.source == "poll"
+                    PaymentEvent.donation_id == donation_id, PaymentEvent.source == Source.POLL
                 )
             )
 

@@ -8,7 +8,7 @@ is being fsynced the next group is queueing, so throughput grows with concurrenc
 When the database fails, every row of the failed group is written to the disk spool (fsync) and
 answered SPOOLED (503); if the spool cannot be written either, FAILED / NO_SPACE (500 / 507).
 
-On SQLite a pipeline.wal.WalCheckpointer copies the write-ahead log on a thread of its own; between two
+On SQLite a receiver.wal.WalCheckpointer copies the write-ahead log on a thread of its own; between two
 groups, when it asks, the writer copies the last few frames so that its next group starts the log over.
 """
 
@@ -20,6 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
+from enum import StrEnum
 from typing import Any, NamedTuple
 
 from loguru import logger
@@ -35,23 +36,29 @@ from pipeline.store.events import (
     resolve_claims,
 )
 from pipeline.store.spool import spool_record
-from pipeline.wal import WalCheckpointer
 from receiver.spool import Spool
+from receiver.wal import WalCheckpointer
 
-# outcomes
-KNOWN = "known"  # committed; the callback names a known donation
-UNKNOWN = "unknown"  # committed; no donation matches
-STORED = "stored"  # committed; no lookup was asked for
-SPOOLED = "spooled"  # database failed; the row is in the disk spool
-FAILED = "failed"  # database and spool both failed
-NO_SPACE = "no_space"  # ... and the spool failed for lack of space
+
+class Written(StrEnum):
+    """What became of a submitted row."""
+
+    KNOWN = "known"  # committed; the callback names a known donation
+    UNKNOWN = "unknown"  # committed; no donation matches
+    STORED = "stored"  # committed; no lookup was asked for
+    SPOOLED = "spooled"  # database failed; the row is in the disk spool
+    FAILED = "failed"  # database and spool both failed
+    NO_SPACE = "no_space"  # ... and the spool failed for lack of space
+
+
+KNOWN, UNKNOWN, STORED, SPOOLED, FAILED, NO_SPACE = Written
 
 _STOP = object()
 QUICK_FAILURE_SECONDS = 1.0  # a group failing faster than this is retried row by row; slower, it is spooled
 
 
 class Result(NamedTuple):
-    outcome: str  # KNOWN | UNKNOWN | STORED | SPOOLED | FAILED | NO_SPACE
+    outcome: Written
 
 
 class Pending:

@@ -143,7 +143,7 @@ class Sandbox:
                 found = [t for t in state.transaction_list() if t["transaction_id"] == tid]
                 return (200, found[0]) if found else (404, {"message": "no such transaction"})
             case "POST", ["transactions"]:
-                if isinstance(body, list):  # many at once: a benchmark seeds 10,000 without 10,000 requests
+                if isinstance(body, list):  # many at once: a benchmark seeds thousands in one request
                     return 200, [self._seed(state, item) for item in body]
                 return 200, self._seed(state, body)
             case "POST", ["transactions", tid, "status"]:
@@ -213,14 +213,14 @@ class Sandbox:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the poller reuses connections
-    disable_nagle_algorithm = True  # headers and body are two writes; Nagle would add ~40 ms per answer
+    disable_nagle_algorithm = True  # headers and body are two writes; Nagle would hold the second back
     timeout = 30  # idle keep-alive connections do not pin a thread forever
     server_version = "azamrecon-sandbox"
     sys_version = ""
     app: Sandbox  # set on the subclass made per server
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        pass  # one line per request would flood the terminal at 500 calls/s
+        pass  # one line per request would flood the terminal under a benchmark's load
 
     def do_GET(self) -> None:
         self._serve("GET")

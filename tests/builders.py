@@ -11,6 +11,28 @@ from pipeline.events import extract_fields
 from pipeline.store.donations import create_donation, create_patient
 from pipeline.store.events import append_event, event_row
 
+
+def pending_donation(
+    reference, created_at, amount="1000", transaction_id=None, msisdn="255758285812", provider="Mpesa", **columns
+) -> dict:
+    """A PENDING donation's columns, all of the amount for the patient, for direct inserts with any reference."""
+    return dict(
+        amount=Decimal(amount),
+        currency="TZS",
+        patient_amount=Decimal(amount),
+        support_amount=Decimal("0"),
+        charge_amount=Decimal(amount),
+        charge_currency="TZS",
+        msisdn=msisdn,
+        provider=provider,
+        external_reference=reference,
+        transaction_id=transaction_id,
+        created_at=created_at,
+        status="PENDING",
+        **columns,
+    )
+
+
 LIVE_SHAPE = {
     "message": "SUCCESS",
     "user": None,

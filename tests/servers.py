@@ -142,26 +142,15 @@ def add_donation(
 ) -> int:
     """Insert a PENDING donation with this external_reference (directly, so any id/reference works)."""
     from datetime import datetime
-    from decimal import Decimal
 
     from pipeline.db import transaction
     from pipeline.models import Donation
+    from tests.builders import pending_donation
 
     with transaction(engine) as session:
+        created_at = datetime(2025, 12, 19, 12, 0, tzinfo=UTC)
         donation = Donation(
-            id=donation_id,
-            amount=Decimal(amount),
-            currency="TZS",
-            patient_amount=Decimal(amount),
-            support_amount=Decimal("0"),
-            charge_amount=Decimal(amount),
-            charge_currency="TZS",
-            msisdn=msisdn,
-            provider=provider,
-            external_reference=reference,
-            transaction_id=transaction_id,
-            created_at=datetime(2025, 12, 19, 12, 0, tzinfo=UTC),
-            status="PENDING",
+            id=donation_id, **pending_donation(reference, created_at, amount, transaction_id, msisdn, provider)
         )
         session.add(donation)
         session.flush()

@@ -1,7 +1,8 @@
 """Checkout initiation against the real sandbox over loopback, on SQLite and MariaDB.
 
 Accepted -> PENDING donation with AzamPay's transactionId and a `checkout` event; refused -> FAILED after
-the fold with the reason in the error; timeout -> UNKNOWN (needs_check), never FAILED.
+the fold with the reason in the error; timeout -> UNKNOWN (needs_check), never FAILED. The CLI's
+`donations create` is in tests/test_checkout_cli.py.
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ import time
 from decimal import Decimal
 
 import pytest
-from click.testing import CliRunner
 
-from jobs.checkout import charge_amount_of, initiate_checkout
 from jobs.fold import run_fold
 from pipeline.azampay import AzamPayClient
+from pipeline.checkout import charge_amount_of, initiate_checkout
 from pipeline.errors import AzamPayAuthError, AzamPayUnavailable, AzamPayValidationError, InputError, NotFound
 from sandbox.testing import running_sandbox
 from tests.builders import add_patient
-from tests.servers import config_settings, write_config
 
 MSISDN = "0758285812"
 
@@ -64,6 +63,21 @@ def anomaly_kinds(backend, donation_id) -> list[str]:
     ]
 
 
+def checkout(backend, config, client, now, *, amount: str, provider: str, patient_id=None, **extra):
+    """initiate_checkout from this file's donor number, the amount as text."""
+    return initiate_checkout(
+        backend.engine,
+        config,
+        client,
+        patient_id=patient_id,
+        amount=Decimal(amount),
+        msisdn=MSISDN,
+        provider=provider,
+        now=now,
+        **extra,
+    )
+
+
 @pytest.fixture
 def sandbox():
     with running_sandbox() as handle:
@@ -80,16 +94,7 @@ def setup(backend, sandbox):
 def test_accepted_checkout_is_pending_with_transaction_id_and_event(backend, sandbox, setup, now):
     config, client = setup
     patient = add_patient(backend.engine, now)
-    result = initiate_checkout(
-        backend.engine,
-        config,
-        client,
-        patient_id=patient,
-        amount=Decimal("25000"),
-        msisdn=MSISDN,
-        provider="mpesa",
-        now=now,
-    )
+    result = checkout(backend, config, client, now, patient_id=patient, amount="25000", provider="mpesa")
     assert result.accepted and result.error is None and result.event_status == "PENDING"
     assert re.fullmatch(rf"RHCI-DN-{result.donation_id}-20260114093000", result.reference)
     assert result.charge_amount == Decimal("25000") and result.charge_currency == "TZS"
@@ -126,15 +131,14 @@ def test_charge_amount_is_converted_to_whole_shillings(backend, sandbox, now):
     )
     patient = add_patient(backend.engine, now, required="1000")
     with AzamPayClient(config.azampay) as client:
-        result = initiate_checkout(
-            backend.engine,
+        result = checkout(
+            backend,
             config,
             client,
+            now,
             patient_id=patient,
-            amount=Decimal("10.25"),
-            msisdn=MSISDN,
+            amount="10.25",
             provider="Airtel",
-            now=now,
             patient_amount=Decimal("10.00"),
             currency="usd",
         )
@@ -162,28 +166,10 @@ def test_a_patient_donation_must_be_in_the_funding_currency(backend, sandbox, no
     patient = add_patient(backend.engine, now, required="1000000")
     with AzamPayClient(config.azampay) as client:
         with pytest.raises(InputError, match="a patient's funding is counted in TZS"):
-            initiate_checkout(
-                backend.engine,
-                config,
-                client,
-                patient_id=patient,
-                amount=Decimal("10"),
-                msisdn=MSISDN,
-                provider="Airtel",
-                now=now,
-                currency="USD",
-            )
+            checkout(backend, config, client, now, patient_id=patient, amount="10", provider="Airtel", currency="USD")
         assert backend.scalar("SELECT COUNT(*) FROM donations") == 0 and sandbox.transactions() == []
-        general = initiate_checkout(
-            backend.engine,
-            config,
-            client,
-            patient_id=None,
-            amount=Decimal("10"),
-            msisdn=MSISDN,
-            provider="Airtel",
-            now=now,
-            currency="USD",
+        general = checkout(
+            backend, config, client, now, patient_id=None, amount="10", provider="Airtel", currency="USD"
         )
     assert general.charge_amount == Decimal("26505")  # a general donation funds no patient: any configured currency
 
@@ -264,15 +250,14 @@ def _assert_failed_checkout(backend, config, sandbox, result, now, field_name, m
 def test_problem_details_rejection_fails_the_donation_with_the_reason(backend, sandbox, setup, now):
     config, client = setup
     patient = add_patient(backend.engine, now)
-    result = initiate_checkout(
-        backend.engine,
+    result = checkout(
+        backend,
         config,
         client,
+        now,
         patient_id=patient,
-        amount=Decimal("5000"),
-        msisdn=MSISDN,
+        amount="5000",
         provider="Tigo",
-        now=now,
         extra_properties={"sandbox_outcome": "no-such-outcome"},
     )
     _assert_failed_checkout(
@@ -286,32 +271,14 @@ def test_rejected_currency_fails_the_donation(backend, sandbox, now):
     config = backend.config(**azampay_overrides(sandbox), **{"donations.charge_currency": "USD"})
     patient = add_patient(backend.engine, now)
     with AzamPayClient(config.azampay) as client:
-        result = initiate_checkout(
-            backend.engine,
-            config,
-            client,
-            patient_id=patient,
-            amount=Decimal("5000"),
-            msisdn=MSISDN,
-            provider="Mpesa",
-            now=now,
-        )
+        result = checkout(backend, config, client, now, patient_id=patient, amount="5000", provider="Mpesa")
     _assert_failed_checkout(backend, config, sandbox, result, now, "currency", "The currency must be TZS.")
 
 
 def test_refused_credentials_fail_the_donation(backend, sandbox, now):
     config = backend.config(**azampay_overrides(sandbox, **{"azampay.client_secret": "wrong-secret"}))
     with AzamPayClient(config.azampay) as client:
-        result = initiate_checkout(
-            backend.engine,
-            config,
-            client,
-            patient_id=None,
-            amount=Decimal("1000"),
-            msisdn=MSISDN,
-            provider="Mpesa",
-            now=now,
-        )
+        result = checkout(backend, config, client, now, patient_id=None, amount="1000", provider="Mpesa")
     assert isinstance(result.error, AzamPayAuthError) and result.event_status == "FAILED"
     [event] = events(backend)
     assert "wrong-secret" not in bytes(event.body).decode()
@@ -325,16 +292,7 @@ def test_timeout_is_recorded_unknown_not_failed(backend, sandbox, now):
         client.payment_partners()  # the token is cached; only the checkout itself will be slow
         sandbox.set_latency(1.0)
         try:
-            result = initiate_checkout(
-                backend.engine,
-                config,
-                client,
-                patient_id=None,
-                amount=Decimal("1000"),
-                msisdn=MSISDN,
-                provider="Mpesa",
-                now=now,
-            )
+            result = checkout(backend, config, client, now, patient_id=None, amount="1000", provider="Mpesa")
         finally:
             sandbox.set_latency(0.0)
     assert isinstance(result.error, AzamPayUnavailable) and "read timeout" in str(result.error)
@@ -351,95 +309,3 @@ def test_timeout_is_recorded_unknown_not_failed(backend, sandbox, now):
     row = donation(backend, result.donation_id)
     assert row.status == "PENDING" and row.needs_check
     assert anomaly_kinds(backend, result.donation_id) == ["unknown_status"]
-
-
-# --- the CLI --------------------------------------------------------------------------------------------------
-
-
-def _cli(config_path, *args):
-    from jobs.cli import cli
-
-    return CliRunner().invoke(cli, [*args, "--config", str(config_path)], catch_exceptions=False)
-
-
-def test_cli_create_prints_the_donation_and_folds(backend, sandbox, now):
-    path = write_config(backend.tmp_path / "cli.yaml", config_settings(backend, **azampay_overrides(sandbox)))
-    patient = add_patient(backend.engine, now)
-    result = _cli(
-        path,
-        "donations",
-        "create",
-        "--patient",
-        str(patient),
-        "--amount",
-        "30000",
-        "--support-amount",
-        "5000",
-        "--msisdn",
-        "+255758285812",
-        "--provider",
-        "mpesa",
-    )
-    assert result.exit_code == 0, result.output
-    [txn] = sandbox.transactions()
-    assert f"transactionId {txn['transaction_id']}" in result.output
-    assert re.search(r"^donation 1$", result.output, re.M) and re.search(
-        r"^reference RHCI-DN-1-\d{14}$", result.output, re.M
-    )
-    assert "status PENDING" in result.output
-    row = donation(backend, 1)
-    assert (row.patient_amount, row.support_amount, row.transaction_id) == (
-        Decimal("25000"),
-        Decimal("5000"),
-        txn["transaction_id"],
-    )
-    assert row.last_event_id is not None  # folded
-
-    general = _cli(
-        path, "donations", "create", "--general", "--amount", "1000", "--msisdn", MSISDN, "--provider", "Airtel"
-    )
-    assert general.exit_code == 0, general.output
-    assert donation(backend, 2).patient_id is None
-
-
-def test_cli_create_errors_are_one_line_and_non_zero(backend, sandbox, now):
-    path = write_config(backend.tmp_path / "cli.yaml", config_settings(backend, **azampay_overrides(sandbox)))
-    patient = add_patient(backend.engine, now)
-    base = ["donations", "create", "--amount", "1000", "--msisdn", MSISDN, "--provider", "Mpesa"]
-    for args, text in [
-        (base, "--patient is required"),
-        (base + ["--patient", str(patient), "--general"], "exclude each other"),
-        (
-            [
-                "donations",
-                "create",
-                "--patient",
-                str(patient),
-                "--amount",
-                "1000",
-                "--msisdn",
-                "12345",
-                "--provider",
-                "Mpesa",
-            ],
-            "msisdn",
-        ),
-        (base + ["--patient", str(patient), "--amount", "1.234"], "at most 2 decimal places"),
-    ]:
-        result = _cli(path, *args)
-        assert result.exit_code == 2, (args, result.output)
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], result.stderr
-    assert backend.scalar("SELECT COUNT(*) FROM donations") == 0
-
-    # refused by AzamPay: the donation exists, is FAILED after the fold, and the reason is the one error line
-    path = write_config(
-        backend.tmp_path / "usd.yaml",
-        config_settings(backend, **azampay_overrides(sandbox), **{"donations.charge_currency": "USD"}),
-    )
-    result = _cli(path, *base, "--patient", str(patient))
-    assert result.exit_code == AzamPayValidationError.exit_code
-    assert "status FAILED" in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "The currency must be TZS." in lines[0], result.stderr
-    assert donation(backend, 1).status == "FAILED"

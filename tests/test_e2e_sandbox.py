@@ -18,11 +18,11 @@ import httpx
 import pytest
 import uvicorn
 
-from jobs.checkout import initiate_checkout
 from jobs.fold import run_fold
 from jobs.poll import run_poll
 from jobs.runs import utcnow
 from pipeline.azampay import AzamPayClient
+from pipeline.checkout import initiate_checkout
 from pipeline.db import transaction
 from pipeline.models import Patient
 from receiver.app import CALLBACK_PATH, create_app

@@ -24,10 +24,10 @@ from jobs.fold import run_fold
 from jobs.rebuild import as_of
 from pipeline.db import transaction
 from pipeline.models import Donation, JobRun, PaymentEvent
-from pipeline.store.snapshot import differences
+from pipeline.snapshot import differences
 from tests.builders import add_donation, add_patient, at, callback_body
+from tests.fold_helpers import donation_row, populate, snapshot, success
 from tests.servers import REPO
-from tests.test_fold_job import donation_row, populate, snapshot, success
 
 
 @pytest.fixture(autouse=True)
@@ -95,10 +95,14 @@ def test_rebuild_check_exit_codes(backend, now, cli_config):
     dirty = invoke(cli_config, "rebuild", "--check", "--no-progress")
     assert dirty.exit_code == 1
     assert f"donation {ids['failed']} status: live 'COMPLETED' rebuild 'FAILED'" in dirty.stdout
+    # a COMPLETED donation without its credit also breaks an invariant of the live state, named as such
+    assert f"invariant violation: live donation {ids['failed']}: status COMPLETED, credit None" in dirty.stdout
     as_json = invoke(cli_config, "rebuild", "--check", "--no-progress", "--format", "json")
     assert as_json.exit_code == 1
-    assert json.loads(as_json.stdout)["differences"] == [
-        f"donation {ids['failed']} status: live 'COMPLETED' rebuild 'FAILED'"
+    checked = json.loads(as_json.stdout)
+    assert checked["differences"] == [f"donation {ids['failed']} status: live 'COMPLETED' rebuild 'FAILED'"]
+    assert [line.split(",")[0] for line in checked["violations"]] == [
+        f"live donation {ids['failed']}: status COMPLETED"
     ]
 
     repaired = invoke(cli_config, "rebuild", "--no-progress", "--format", "json")

@@ -1,21 +1,20 @@
 """The incremental fold job (jobs/fold.py) on a real SQLite file and a real MariaDB.
 
-Each event exactly once under concurrent folds; no event skipped when ids commit out of order (DESIGN §4,
-Hazard); gaps given up after fold.gap_timeout_seconds; unknown references applied once the donation
-appears; invariant violations abort the batch; the webhook guide's log lines.
+Each event exactly once under concurrent folds; no event skipped when ids commit out of order (docs/fold.md,
+"Never skipping an event"); gaps given up after fold.gap_timeout_seconds; a batch rolled back by a lock
+conflict run again; invariant violations abort the batch. Waiting events: test_fold_waiting.py; the
+webhook guide's log lines: test_fold_log_lines.py.
 """
 
 from __future__ import annotations
 
 import gc
 import threading
-from datetime import datetime
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from loguru import logger
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert
 
 from jobs.fold import collector_paused, run_fold
 from jobs.operator import resolve_donation
@@ -23,172 +22,25 @@ from jobs.rebuild import check, rebuild
 from pipeline.config import Config
 from pipeline.db import make_engine, transaction
 from pipeline.errors import InvariantViolation
-from pipeline.events import EventFields, extract_fields
-from pipeline.logs import configure_logging, payments, secrets_of
-from pipeline.models import Donation, FundingCredit, Patient, PaymentEvent
-from pipeline.store.donations import make_reference
-from pipeline.store.events import event_row
-from pipeline.store.snapshot import differences, live_snapshot
-from pipeline.store.state import SqlFoldStore, offered_keys
-from tests.builders import add_donation, add_patient, append, at, callback_body
-
-# -- helpers shared with test_rebuild.py and test_fold_cli.py ------------------------------------------
-
-
-def write_event(
-    engine,
-    *,
-    received_at: datetime,
-    source="callback",
-    body: bytes = b"{}",
-    auth="n/a",
-    donation_id=None,
-    status=None,
-    event_id=None,
-    connection=None,
-) -> int:
-    """Append one event; with event_id, at that explicit log position (to leave or fill a gap)."""
-    fields = extract_fields(body) if source in ("callback", "import") else EventFields(status=status, status_raw=status)
-    row = event_row(
-        source=source, body=body, received_at=received_at, auth=auth, fields=fields, donation_id=donation_id
-    )
-    if event_id is not None:
-        row["id"] = event_id
-    if connection is not None:
-        return connection.execute(insert(PaymentEvent).values(**row)).inserted_primary_key[0]
-    with transaction(engine) as session:
-        return session.execute(insert(PaymentEvent).values(**row)).inserted_primary_key[0]
-
-
-def success(engine, reference: str, when: datetime, amount="25000", transaction_id=None, auth="n/a", **extra) -> int:
-    body = callback_body(
-        reference, status="success", amount=amount, transaction_id=transaction_id or f"tx-{reference}", **extra
-    )
-    return append(engine, body, when, auth=auth)
-
-
-def failure(
-    engine, reference: str, when: datetime, amount="25000", status="failure", transaction_id=None, auth="n/a", **extra
-) -> int:
-    body = callback_body(
-        reference, status=status, amount=amount, transaction_id=transaction_id or f"tx-{reference}", **extra
-    )
-    return append(engine, body, when, auth=auth)
-
-
-def _row(backend, model, key) -> dict:
-    """A row through the models' column types (money is integer cents on SQLite; raw SQL would show them)."""
-    with transaction(backend.engine) as session:
-        row = session.execute(select(model.__table__).where(model.__table__.c.id == key)).one()
-        return dict(row._mapping)
-
-
-def donation_row(backend, donation_id: int) -> dict:
-    return _row(backend, Donation, donation_id)
-
-
-def patient_row(backend, patient_id: int) -> dict:
-    return _row(backend, Patient, patient_id)
-
-
-def credits(backend) -> dict[int, tuple]:
-    """donation_id -> (patient_id, amount, event_id, credited_at)."""
-    table = FundingCredit.__table__
-    with transaction(backend.engine) as session:
-        return {
-            row.donation_id: (row.patient_id, row.amount, row.event_id, row.credited_at)
-            for row in session.execute(select(table))
-        }
-
-
-def set_patient_received(backend, patient_id: int, amount: str) -> None:
-    with transaction(backend.engine) as session:
-        session.execute(
-            update(Patient.__table__)
-            .where(Patient.__table__.c.id == patient_id)
-            .values(funding_received=Decimal(amount))
-        )
-
-
-def applied_ids(backend, donation_id: int) -> list[int]:
-    return [
-        row[0]
-        for row in backend.rows(
-            "SELECT event_id FROM donation_events WHERE donation_id = :d ORDER BY event_id", d=donation_id
-        )
-    ]
-
-
-def anomaly_kinds(backend, donation_id=None, event_id=None) -> list[str]:
-    if event_id is not None:
-        rows = backend.rows("SELECT kind FROM anomalies WHERE event_id = :e ORDER BY id", e=event_id)
-    elif donation_id is None:
-        rows = backend.rows("SELECT kind FROM anomalies WHERE donation_id IS NULL ORDER BY id")
-    else:
-        rows = backend.rows("SELECT kind FROM anomalies WHERE donation_id = :d ORDER BY event_id, id", d=donation_id)
-    return [row[0] for row in rows]
-
-
-def checkpoint(backend):
-    with transaction(backend.engine) as session:
-        return SqlFoldStore(session).read_checkpoint("main")
-
-
-def violations(backend) -> list[str]:
-    with transaction(backend.engine) as session:
-        return SqlFoldStore(session).invariant_violations()
-
-
-def snapshot(backend):
-    with transaction(backend.engine) as session:
-        return live_snapshot(session)
-
-
-def assert_same_as_rebuild(backend, config, now) -> None:
-    """rebuild --check finds nothing, and a real rebuild reproduces the live state exactly."""
-    assert check(backend.engine, config).differences == []
-    before = snapshot(backend)
-    rebuild(backend.engine, config, now)
-    after = snapshot(backend)
-    assert differences(before, after) == []
-    assert violations(backend) == []
-
-
-def populate(backend, now: datetime) -> dict:
-    """A realistic mix: completions, a review, a crossing of a funding goal, late success, duplicates,
-    a general donation, an unknown reference and an invalid payload. Returns the ids by name."""
-    engine = backend.engine
-    amina = add_patient(engine, now, required="100000", name="Amina")
-    baraka = add_patient(engine, now, required="30000", name="Baraka")
-    ids = {"amina": amina, "baraka": baraka}
-    for name, patient, amount, share in (
-        ("paid", amina, "25000", None),
-        ("review", amina, "25000", None),
-        ("share", baraka, "30000", "28000"),
-        ("crossing", baraka, "5000", None),
-        ("general", None, "10000", None),
-        ("failed", amina, "7000", None),
-        ("late", amina, "15000", None),
-    ):
-        ids[name], ids[name + "_ref"] = add_donation(
-            engine, now, patient_id=patient, amount=amount, patient_amount=share
-        )
-    ids["events"] = [
-        success(engine, ids["paid_ref"], at(now, 10)),
-        success(engine, ids["review_ref"], at(now, 11), amount="24000"),
-        success(engine, ids["share_ref"], at(now, 12), amount="30000"),
-        success(engine, ids["crossing_ref"], at(now, 13), amount="5000"),
-        success(engine, ids["general_ref"], at(now, 14), amount="10000"),
-        failure(engine, ids["failed_ref"], at(now, 15), amount="7000"),
-        failure(engine, ids["late_ref"], at(now, 16), amount="15000"),
-        success(engine, ids["late_ref"], at(now, 17), amount="15000"),
-        success(engine, ids["paid_ref"], at(now, 18)),  # redelivered
-        failure(engine, ids["paid_ref"], at(now, 19)),  # conflicting
-        success(engine, "RHCI-DN-999-20251219120000", at(now, 20), amount="1000", transaction_id="tx-nobody"),
-        append(engine, b'{"transactionstatus": "success"', at(now, 21)),
-    ]
-    return ids
-
+from pipeline.models import FundingCredit
+from pipeline.snapshot import differences
+from tests.builders import add_donation, add_patient, at, callback_body
+from tests.fold_helpers import (
+    anomaly_kinds,
+    applied_ids,
+    assert_same_as_rebuild,
+    checkpoint,
+    credits,
+    donation_row,
+    failure,
+    patient_row,
+    populate,
+    set_patient_received,
+    snapshot,
+    success,
+    violations,
+    write_event,
+)
 
 # -- a normal run ----------------------------------------------------------------------------------
 
@@ -361,7 +213,7 @@ def test_two_folds_at_once_apply_each_event_exactly_once(backend, now):
     assert_same_as_rebuild(backend, config, at(now, 400))
 
 
-# -- DESIGN §4, Hazard: ids committed out of order -------------------------------------------------
+# -- docs/fold.md, "Never skipping an event": ids committed out of order -------------------------------
 
 
 def test_event_committed_out_of_id_order_is_not_skipped(backend, now):
@@ -441,92 +293,6 @@ def test_gap_older_than_the_timeout_is_given_up(backend, now, tmp_path):
     assert any(line.startswith(f"donation {donation} status") for line in check(backend.engine, config).differences)
     rebuild(backend.engine, config, at(now, 63))
     assert donation_row(backend, donation)["status"] == "COMPLETED"
-
-
-# -- unknown references ----------------------------------------------------------------------------
-
-
-def test_unknown_reference_is_applied_once_the_donation_appears(backend, now):
-    config = backend.config(**{"fold.batch_size": 2})
-    patient = add_patient(backend.engine, now, required="25000")
-    created = at(now, 30)
-    expected_reference = make_reference("RHCI-DN", 1, created)  # the first donation of a fresh database
-    early = success(backend.engine, expected_reference, at(now, 10), transaction_id="tx-early")
-    by_transaction = failure(
-        backend.engine, "RHCI-DN-0-20000101000000", at(now, 11), amount="25000", transaction_id="tx-early"
-    )
-    run_fold(backend.engine, config, at(now, 12))
-    assert anomaly_kinds(backend) == ["unknown_reference", "unknown_reference"]
-    assert {row[0] for row in backend.rows("SELECT event_id FROM anomalies")} == {early, by_transaction}
-
-    donation, reference = add_donation(
-        backend.engine, created, patient_id=patient, amount="25000", transaction_id="tx-early"
-    )
-    assert (donation, reference) == (1, expected_reference)
-    later = success(backend.engine, reference, at(now, 40))
-    report = run_fold(backend.engine, config, at(now, 41))
-    assert report.events == 1
-    row = donation_row(backend, donation)
-    assert row["status"] == "COMPLETED"
-    assert applied_ids(backend, donation) == [early, by_transaction, later]
-    assert row["credit_event_id"] == early
-    assert anomaly_kinds(backend) == []  # the unknown_reference anomalies are gone
-    assert anomaly_kinds(backend, donation) == ["conflicting_status", "duplicate"]
-    assert patient_row(backend, patient)["status"] == "FULLY_FUNDED"
-    assert_same_as_rebuild(backend, config, at(now, 50))
-
-
-def test_unknown_reference_is_retried_even_without_new_events(backend, now):
-    config = backend.config()
-    created = at(now, 30)
-    early = success(backend.engine, make_reference("RHCI-DN", 1, created), at(now, 10))
-    run_fold(backend.engine, config, at(now, 12))
-    donation, _ = add_donation(backend.engine, created, amount="25000")
-    report = run_fold(backend.engine, config, at(now, 41))
-    assert report.events == 0
-    assert donation_row(backend, donation)["status"] == "COMPLETED"
-    assert anomaly_kinds(backend) == []
-    assert donation_row(backend, donation)["credit_event_id"] == early
-    assert_same_as_rebuild(backend, config, at(now, 50))
-
-
-def test_a_zero_padded_donation_hint_is_retried_as_resolve_reads_it(backend, now):
-    """additionalProperties.donation_id "01" names donation 1 (pipeline.resolution.as_id): the incremental
-    retry must see it as a rebuild does, or the two would disagree. The callback states no reference, and
-    its other facts (msisdn, operator) agree with the donation, so the weak key is accepted."""
-    config = backend.config()
-    early = append(
-        backend.engine, callback_body("", transaction_id=None, additionalProperties={"donation_id": "01"}), at(now, 10)
-    )
-    run_fold(backend.engine, config, at(now, 12))
-    assert anomaly_kinds(backend) == ["unknown_reference"]
-    donation, _ = add_donation(backend.engine, at(now, 30), amount="25000")
-    assert donation == 1
-    run_fold(backend.engine, config, at(now, 41))
-    assert donation_row(backend, donation)["credit_event_id"] == early
-    assert anomaly_kinds(backend) == []
-    assert_same_as_rebuild(backend, config, at(now, 50))
-
-
-def test_a_waiting_hint_whose_donation_disagrees_becomes_a_conflict_as_in_a_rebuild(backend, now):
-    """The same callback with a foreign reference: when donation 1 appears, the retry refuses it
-    (reference_conflict, nothing credited), exactly as a rebuild does."""
-    config = backend.config()
-    success(
-        backend.engine,
-        "RHCI-DN-X-not-ours",
-        at(now, 10),
-        transaction_id="tx-hint",
-        additionalProperties={"donation_id": "01"},
-    )
-    run_fold(backend.engine, config, at(now, 12))
-    assert anomaly_kinds(backend) == ["unknown_reference"]
-    donation, _ = add_donation(backend.engine, at(now, 30), amount="25000")
-    run_fold(backend.engine, config, at(now, 41))
-    assert donation_row(backend, donation)["status"] == "PENDING"
-    assert anomaly_kinds(backend) == [] and anomaly_kinds(backend, donation_id=donation) == ["reference_conflict"]
-    assert backend.scalar("SELECT COUNT(*) FROM funding_credits") == 0
-    assert_same_as_rebuild(backend, config, at(now, 50))
 
 
 def test_a_batch_rolled_back_by_a_lock_conflict_is_run_again(mysql_backend, now):
@@ -614,160 +380,6 @@ def test_invariant_violation_aborts_the_batch_and_keeps_the_checkpoint(backend, 
     assert before != tampered
 
 
-# -- the webhook guide's log lines -----------------------------------------------------------------
-
-
-@pytest.fixture
-def logging_reset():
-    yield
-    logger.remove()
-    logger.configure(patcher=None, extra={})
-
-
-SECRET = "Pw-9f3c-not-for-logs"
-
-
-def test_funding_line_gives_the_total_after_each_donation_of_a_batch(backend, now, logging_reset):
-    config = backend.config()
-    configure_logging(config.logging, component="fold", secrets=(), stderr_level=None)
-    patient = add_patient(backend.engine, now, required="100000")
-    first, first_reference = add_donation(backend.engine, now, patient_id=patient, amount="25000")
-    second, second_reference = add_donation(backend.engine, now, patient_id=patient, amount="10000")
-    success(backend.engine, first_reference, at(now, 1))
-    success(backend.engine, second_reference, at(now, 2), amount="10000")
-    run_fold(backend.engine, config, at(now, 3))  # one batch folds both
-
-    log = (Path(config.logging.dir) / "payments.log").read_text(encoding="utf-8")
-    lines = [
-        line.split(" | ")[-1]
-        for line in log.splitlines()
-        if "completed successfully" in line or "Updated patient funding" in line
-    ]
-    assert lines == [
-        f"✅ Donation {first} completed successfully",
-        "Updated patient funding: 25000.00/100000.00",
-        f"✅ Donation {second} completed successfully",
-        "Updated patient funding: 35000.00/100000.00",
-    ]
-
-
-def test_log_lines_once_per_change_and_no_secrets(backend, now, logging_reset):
-    config = backend.config(**{"webhook.password": SECRET})
-    configure_logging(config.logging, component="fold", secrets=secrets_of(config), stderr_level=None)
-    patient = add_patient(backend.engine, now, required="100000")
-    paid, paid_reference = add_donation(backend.engine, now, patient_id=patient, amount="25000")
-    failed, failed_reference = add_donation(backend.engine, now, patient_id=patient, amount="5000")
-    success(backend.engine, paid_reference, at(now, 1), auth="verified", password=SECRET)
-    failure(backend.engine, failed_reference, at(now, 2), amount="5000", auth="verified", password=SECRET)
-    success(backend.engine, paid_reference, at(now, 3), auth="failed", password="wrong-" + SECRET)  # untrusted
-    run_fold(backend.engine, config, at(now, 4))
-    payments.info(f"a careless line: password={SECRET} and {SECRET}")  # the sinks must scrub it anyway
-
-    directory = Path(config.logging.dir)
-    log = (directory / "payments.log").read_text(encoding="utf-8")
-    assert f"Processed callback - External ID: {paid_reference}, Status: SUCCESS" in log
-    assert f"Processed callback - External ID: {failed_reference}, Status: FAILED" in log
-    assert log.count("Processed callback - External ID: RHCI-DN-") == 2
-    assert log.count(f"✅ Donation {paid} completed successfully") == 1
-    assert log.count("Updated patient funding: 25000.00/100000.00") == 1
-    assert log.count(f"❌ Donation {failed} payment failed") == 1
-    assert "Rebuild finished" not in log
-
-    rebuild(backend.engine, config, at(now, 5))
-    log = (directory / "payments.log").read_text(encoding="utf-8")
-    assert log.count("Processed callback - External ID: RHCI-DN-") == 2
-    assert log.count(f"✅ Donation {paid} completed successfully") == 1
-    assert log.count("Updated patient funding:") == 1
-    assert log.count(f"❌ Donation {failed} payment failed") == 1
-    assert log.count("Rebuild finished: 3 events folded") == 1
-
-    files = list(directory.glob("*.log"))
-    assert {path.name for path in files} >= {"payments.log", "app.log", "errors.log"}
-    for path in files:
-        assert SECRET not in path.read_text(encoding="utf-8"), path.name
-
-
-def record_checkout(engine, donation_id: int, transaction_id: str, when: datetime) -> int:
-    """What jobs.checkout records on AzamPay's answer: the donation's transaction id and the checkout
-    event, in one transaction."""
-    row = event_row(
-        source="checkout",
-        body=b'{"success":true}',
-        received_at=when,
-        auth="n/a",
-        fields=EventFields(status="PENDING", transaction_ref=transaction_id),
-        donation_id=donation_id,
-    )
-    with transaction(engine) as session:
-        session.execute(update(Donation).where(Donation.id == donation_id).values(transaction_id=transaction_id))
-        return session.execute(insert(PaymentEvent).values(**row)).inserted_primary_key[0]
-
-
-def test_checkout_answer_resolves_a_callback_that_arrived_before_it(backend, now):
-    """The callback names only AzamPay's transaction id, and is folded before the checkout answer that
-    records that id is: it waits, and the checkout's batch resolves it."""
-    config = backend.config()
-    donation, _ = add_donation(backend.engine, now)
-    early = success(backend.engine, "RHCI-DN-0-20000101000000", at(now, 1), transaction_id="tx-fast")
-    run_fold(backend.engine, config, at(now, 2))
-    assert anomaly_kinds(backend, event_id=early) == ["unknown_reference"]
-    record_checkout(backend.engine, donation, "tx-fast", at(now, 3))
-    run_fold(backend.engine, config, at(now, 4))
-    assert anomaly_kinds(backend) == []
-    assert donation_row(backend, donation)["credit_event_id"] == early
-    assert_same_as_rebuild(backend, config, at(now, 5))
-
-
-def test_rebuild_offers_waiting_events_the_checkouts_recorded_while_it_runs(backend, now, monkeypatch):
-    """A rebuild does not offer the checkouts it refolds (their transaction ids were on the donations
-    before it began), but a checkout recorded after it began can resolve an event it already folded."""
-    monkeypatch.setattr("jobs.rebuild.REBUILD_BATCH", 2)
-    config = backend.config(**{"fold.batch_size": 2})
-    donation, _ = add_donation(backend.engine, now)
-    other, other_reference = add_donation(backend.engine, now)
-    early = success(backend.engine, "RHCI-DN-0-20000101000000", at(now, 1), transaction_id="tx-late")
-    success(backend.engine, other_reference, at(now, 1))
-    success(backend.engine, other_reference, at(now, 1))  # the second batch: this event, then the checkout
-    recorded = []
-
-    def checkout_after_the_first_batch(position: int, _high: int) -> None:
-        if not recorded:
-            recorded.append(record_checkout(backend.engine, donation, "tx-late", at(now, 3)))
-
-    rebuild(backend.engine, config, at(now, 2), progress=checkout_after_the_first_batch)
-    assert recorded and recorded[0] > early
-    assert anomaly_kinds(backend) == []
-    assert donation_row(backend, donation)["credit_event_id"] == early
-    assert donation_row(backend, other)["status"] == "COMPLETED"
-    assert_same_as_rebuild(backend, config, at(now, 5))
-
-
-def test_waiting_events_are_read_again_in_every_batch(backend, now):
-    """A fold run keeps the waiting events' keys across its batches; an event another fold left waiting
-    between two of its batches must still be offered the next batch's checkouts."""
-    config = backend.config(**{"fold.batch_size": 1})
-    success(backend.engine, "RHCI-DN-0-20000101000000", at(now, 1), transaction_id="tx-zero")
-    run_fold(backend.engine, config, at(now, 2))
-    first, first_reference = add_donation(backend.engine, now)
-    success(backend.engine, first_reference, at(now, 3))
-    injected = {}
-
-    def another_fold_between_batches(position: int, _high: int) -> None:
-        if injected:
-            return
-        injected["event"] = success(backend.engine, "RHCI-DN-0-20000101000001", at(now, 4), transaction_id="tx-one")
-        run_fold(backend.engine, config, at(now, 5), max_batches=1)
-        assert anomaly_kinds(backend, event_id=injected["event"]) == ["unknown_reference"]
-        injected["donation"], _ = add_donation(backend.engine, now)
-        record_checkout(backend.engine, injected["donation"], "tx-one", at(now, 6))
-
-    run_fold(backend.engine, config, at(now, 7), progress=another_fold_between_batches)
-    assert anomaly_kinds(backend, event_id=injected["event"]) == []
-    assert donation_row(backend, injected["donation"])["credit_event_id"] == injected["event"]
-    assert donation_row(backend, first)["status"] == "COMPLETED"
-    assert_same_as_rebuild(backend, config, at(now, 8))
-
-
 def test_collector_paused_is_restored_on_error():
     assert gc.isenabled()
     with pytest.raises(RuntimeError):
@@ -782,21 +394,3 @@ def test_collector_paused_is_restored_on_error():
         assert not gc.isenabled()  # a caller that had it off keeps it off
     finally:
         gc.enable()
-
-
-def test_unknown_reference_lookup_with_every_donation_as_a_key(sqlite_backend, now):
-    """The first fold (and the fold after a rebuild) offers *every* donation to the waiting unknown
-    references. That lookup must stay under SQLite's bound-parameter limit (250000 on this build, 32766
-    upstream): unchunked, it failed with "too many SQL variables" from ~42000 donations here (~5500 on a
-    default build), and no fold could run at all."""
-    many = 45_000
-    reference = "RHCI-DN-44999-20260114093000"
-    event = success(sqlite_backend.engine, reference, at(now, 1), transaction_id="tx-44999")
-    run_fold(sqlite_backend.engine, sqlite_backend.config(), at(now, 2))
-    assert anomaly_kinds(sqlite_backend, event_id=event) == ["unknown_reference"]
-    references = {f"RHCI-DN-{i}-20260114093000" for i in range(many)}
-    transactions = {f"tx-{i}" for i in range(many)}
-    with transaction(sqlite_backend.engine) as session:
-        store = SqlFoldStore(session)
-        assert store.waiting_matching(offered_keys(range(1, many), references, transactions)) == [event]
-        assert store.waiting_matching(offered_keys((), {"RHCI-DN-1-20260114093000"})) == []

@@ -14,9 +14,10 @@ from starlette.testclient import TestClient
 
 from jobs.cli import cli
 from jobs.fold import run_fold
-from pipeline import logs as logs_module
-from pipeline.logs import configure_logging, flush_logs, secrets_of
+from pipeline.logs import secrets_of
+from receiver import logsink as logs_module
 from receiver.app import CALLBACK_PATH, create_app
+from receiver.logsink import configure_batched_logging, flush_logs
 from tests.servers import add_donation, config_settings, write_config
 
 JSON = {"content-type": "application/json"}
@@ -53,7 +54,7 @@ CRAFTED = [
 @contextlib.contextmanager
 def receiving(backend):
     config = backend.config()
-    configure_logging(config.logging, component="receiver", secrets=secrets_of(config), stderr_level=None, batched=True)
+    configure_batched_logging(config.logging, component="receiver", secrets=secrets_of(config), stderr_level=None)
     try:
         with TestClient(create_app(config), client=("127.0.0.1", 50000)) as client:
             yield client, config

@@ -157,14 +157,14 @@ def test_status_check_is_rate_limited_per_donation(backend):
 
 def test_checkout_accepted_but_not_recorded_tells_the_portal_not_to_retry(backend, monkeypatch):
     """AzamPay accepted, then the database failed: a retry would prompt the donor twice."""
-    import jobs.checkout
+    import pipeline.checkout
     from pipeline.errors import StoreError
 
     def broken_append(session, row):
         raise StoreError("database error: server has gone away")
 
     with running_sandbox() as sandbox, portal(backend, sandbox) as (client, _):
-        monkeypatch.setattr(jobs.checkout, "append_event", broken_append)
+        monkeypatch.setattr(pipeline.checkout, "append_event", broken_append)
         response = checkout(client)
         calls = len(sandbox.transactions())
     assert response.status_code == 502

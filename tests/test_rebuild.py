@@ -11,10 +11,10 @@ from jobs.fold import run_fold
 from jobs.rebuild import as_of, check, rebuild
 from pipeline.db import transaction
 from pipeline.models import Anomaly, Donation, FundingCredit, Patient
+from pipeline.snapshot import differences
 from pipeline.store.donations import make_reference
-from pipeline.store.snapshot import differences
 from tests.builders import add_donation, add_patient, at, callback_body
-from tests.test_fold_job import (
+from tests.fold_helpers import (
     checkpoint,
     donation_row,
     failure,

@@ -16,8 +16,9 @@ from sqlalchemy import select, update
 
 from jobs.cli import cli
 from jobs.fold import run_fold
-from jobs.report import build_report, snapshot_violations, write_daily_report
+from jobs.report import build_report, write_daily_report
 from pipeline.db import transaction
+from pipeline.invariants import violations as snapshot_violations
 from pipeline.models import Donation, Patient
 from pipeline.store.donations import create_donation, create_patient
 from tests.builders import append, callback_body

@@ -1,6 +1,6 @@
 """The scheduler daemon, for real: subprocesses against the sandbox, bounded in time.
 
-- a callback reaches COMPLETED within DESIGN §6's 2 s with the default settings;
+- a callback reaches COMPLETED within 2 s with the default settings;
 - SIGTERM lets the daemon finish and exit cleanly;
 - two daemons on one database do no double work (each stuck donation is asked about once).
 """
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.checkout import initiate_checkout
 from jobs.runs import utcnow
 from pipeline.azampay import AzamPayClient
+from pipeline.checkout import initiate_checkout
 from pipeline.db import transaction
 from pipeline.models import Donation
 from sandbox.testing import running_sandbox

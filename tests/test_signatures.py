@@ -1,10 +1,10 @@
 """A signature-verified callback names its donation only through the fields the signature covers.
 
 The RSA signature covers utilityref+externalreference+transactionstatus+operator joined without
-separators (DESIGN §3, from AzamPay's SDKs). Moving characters between utilityref and externalreference
-leaves that text unchanged, and the donation id hint, the transaction ids and the amount are not
-signed: an independent probe turned one genuine signed callback for donation A into three bodies that
-the receiver answered 200 as verified and the fold credited to donations C, D and E."""
+separators (docs/fold.md, "Signed callbacks"; from AzamPay's SDKs). Moving characters between utilityref
+and externalreference leaves that text unchanged, and the donation id hint, the transaction ids and the
+amount are not signed: an independent probe turned one genuine signed callback for donation A into three
+bodies that the receiver answered 200 as verified and the fold credited to donations C, D and E."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The receiver's SQLite log copies (pipeline.wal): off the group commit, and the log still starts over."""
+"""The receiver's SQLite log copies (receiver.wal): off the group commit, and the log still starts over."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from loguru import logger
 from pipeline.config import DatabaseConfig
 from pipeline.db import make_engine
 from pipeline.schema import upgrade
-from pipeline.wal import WalCheckpointer
 from receiver.app import create_app, make_receiver_engine
 from receiver.spool import Spool
+from receiver.wal import WalCheckpointer
 from receiver.writer import GroupCommitWriter
 from tests.test_receiver_writer import _row
 

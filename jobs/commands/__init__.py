@@ -1,1 +1,1 @@
-"""CLI command modules. Each exposes COMMANDS, a list of click commands/groups that jobs.cli registers."""
+"""CLI command modules; jobs/cli.py registers each one's click commands with cli.add_command."""

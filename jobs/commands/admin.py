@@ -27,6 +27,3 @@ def init(ctx: Context) -> None:
     click.echo(
         f"privacy key {key.path}: {'present' if existed else 'created (mode 0600; back it up apart from the database)'}, fingerprint {key.fingerprint}"
     )
-
-
-COMMANDS = [init]

@@ -17,7 +17,8 @@ from typing import Any
 import click
 
 from pipeline.config import Config, load_config
-from pipeline.errors import InputError
+from pipeline.errors import InputError, ParseError
+from pipeline.events import MAX_AMOUNT, parse_amount
 from pipeline.times import EARLIEST, LATEST, parse_utc
 
 config_option = click.option(
@@ -86,24 +87,20 @@ def parse_when(value: str | None, name: str) -> datetime | None:
         ) from None
 
 
-MAX_AMOUNT = Decimal("1e12")  # DECIMAL(14,2)
-
-
-def parse_decimal(value: str | None, name: str, positive: bool = True) -> Decimal | None:
+def parse_amount_option(value: str | None, name: str, positive: bool = True) -> Decimal | None:
+    """A money option, read by pipeline.events.parse_amount (the one money grammar: ASCII digits, at most one
+    '.', at most 2 decimals, below MAX_AMOUNT). `positive`: 0 is refused (an amount to charge, a patient's
+    cost); else it is allowed (a share). A bad value is a one-line InputError naming the option."""
     if value is None:
         return None
     try:
-        amount = Decimal(value)
-    except Exception:
-        raise InputError(f"{name}: not a number: {value!r}") from None
-    if not amount.is_finite() or (positive and amount <= 0) or amount < 0:
-        raise InputError(f"{name}: must be a {'positive' if positive else 'non-negative'} amount: {value!r}")
-    if amount.as_tuple().exponent < -2:
-        raise InputError(f"{name}: at most 2 decimal places: {value!r}")
-    if amount >= MAX_AMOUNT:
-        raise InputError(
-            f"{name}: must be below {MAX_AMOUNT:,} (the money columns hold 12 digits before the point): {value!r}"
-        )
+        amount = parse_amount(value)
+    except ParseError as exc:
+        raise InputError(f"{name}: {exc} (ASCII digits, at most 2 decimal places, below {MAX_AMOUNT:,f})") from None
+    if amount is None:  # an empty value
+        raise InputError(f"{name}: not a number: {value!r}")
+    if positive and amount == 0:
+        raise InputError(f"{name}: must be a positive amount: {value!r}")
     return amount
 
 

@@ -42,6 +42,3 @@ def demo(ctx: Context, folder) -> None:
         click.echo(f"note: demo ignores {', '.join(ignored)} from the environment: {where}", err=True)
     os.environ.update(loopback_without_proxy())  # this process and the ones it starts
     click.get_current_context().exit(run_demo(path.resolve(), say=click.echo))
-
-
-COMMANDS = [demo]

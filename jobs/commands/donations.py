@@ -18,6 +18,7 @@ from jobs.commands.common import (
 )
 from jobs.runs import utcnow
 from pipeline.db import transaction
+from pipeline.fold import DONATION_STATUSES, OPERATOR_STATUSES
 
 
 @click.group()
@@ -91,7 +92,7 @@ def show(ctx: Context, donation_id: int, output_format) -> None:
 @click.option(
     "--status",
     required=True,
-    type=click.Choice(["COMPLETED", "FAILED", "CANCELLED"], case_sensitive=False),
+    type=click.Choice([str(status) for status in OPERATOR_STATUSES], case_sensitive=False),
     help="The operator's decision.",
 )
 @click.option("--note", required=True, help="Why; kept in the log with the decision.")
@@ -200,10 +201,10 @@ def create(
     output_format: str,
 ) -> None:
     """Create a donation and initiate the AzamPay mobile-money checkout (the donor confirms on the phone)."""
-    from jobs.checkout import initiate_checkout
-    from jobs.commands.common import parse_decimal
+    from jobs.commands.common import parse_amount_option
     from jobs.fold import run_fold
     from pipeline.azampay import AzamPayClient
+    from pipeline.checkout import initiate_checkout
     from pipeline.errors import InputError
     from pipeline.store.donations import get_donation, normalise_provider
 
@@ -211,9 +212,9 @@ def create(
         raise InputError("--patient and --general exclude each other")
     if not general and patient_id is None:
         raise InputError("--patient is required (or --general for the general fund)")
-    total = parse_decimal(amount, "--amount")
-    patient_share = parse_decimal(patient_amount, "--patient-amount", positive=False)
-    support_share = parse_decimal(support_amount, "--support-amount", positive=False)
+    total = parse_amount_option(amount, "--amount")
+    patient_share = parse_amount_option(patient_amount, "--patient-amount", positive=False)
+    support_share = parse_amount_option(support_amount, "--support-amount", positive=False)
     provider = normalise_provider(provider)
     ctx.setup_logging("checkout")
     now = utcnow()
@@ -260,7 +261,7 @@ def create(
 @donations.command("list")
 @click.option(
     "--status",
-    type=click.Choice(["PENDING", "COMPLETED", "FAILED", "CANCELLED", "EXPIRED", "REVIEW"], case_sensitive=False),
+    type=click.Choice([str(status) for status in DONATION_STATUSES], case_sensitive=False),
     default=None,
     help="Only this status.",
 )
@@ -287,6 +288,3 @@ def list_donations(ctx: Context, status, limit: int, output_format) -> None:
     with transaction(ctx.engine) as session:
         rows = [{c: getattr(d, c) for c in columns} for d in session.scalars(query)]
     emit_rows(rows, output_format, title="donations", columns=columns)
-
-
-COMMANDS = [donations]

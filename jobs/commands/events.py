@@ -15,6 +15,7 @@ from jobs.commands.common import (
 )
 from pipeline.db import transaction
 from pipeline.errors import NotFound
+from pipeline.fold import Source
 from pipeline.redact import SECRET_MARKER, redact_body
 
 
@@ -47,7 +48,7 @@ def _summary(event) -> dict:
 )
 @click.option(
     "--source",
-    type=click.Choice(["callback", "poll", "checkout", "operator", "import"]),
+    type=click.Choice([source.value for source in Source]),
     default=None,
     help="Only this source.",
 )
@@ -141,6 +142,3 @@ def ingest_spool_command(ctx: Context, spool_dir: str | None, output_format: str
     emit_result(
         counts, output_format, [" ".join(f"{key}={value}" for key, value in counts.items())], title="ingest-spool"
     )
-
-
-COMMANDS = [events]

@@ -104,6 +104,7 @@ def rebuild(ctx: Context, check, as_of_text, output, progress, output_format) ->
                 json.dumps(
                     {
                         "differences": result.differences,
+                        "violations": result.violations,
                         "position": result.position,
                         "events": result.events_compared,
                         "note": result.lag_note,
@@ -112,16 +113,20 @@ def rebuild(ctx: Context, check, as_of_text, output, progress, output_format) ->
                 )
             )
         elif output_format == "csv":
-            emit_rows([{"difference": line} for line in result.differences], "csv", columns=["difference"])
+            rows = [{"difference": line} for line in result.differences]
+            rows += [{"difference": f"invariant violation: {line}"} for line in result.violations]
+            emit_rows(rows, "csv", columns=["difference"])
         else:
             for line in result.differences:
                 click.echo(line)
+            for line in result.violations:
+                click.echo(f"invariant violation: {line}")
             click.echo(
                 f"rebuild --check: {len(result.differences)} difference(s) over {result.events_compared} events (fold position {result.position})"
             )
             if result.lag_note:
                 click.echo(result.lag_note)
-        if result.differences:
+        if result.differences or result.violations:
             click.get_current_context().exit(1)
         return
     now = utcnow()
@@ -148,6 +153,3 @@ def _print_as_of(data: dict, output_format: str) -> None:
         return
     emit_rows(donations, output_format, title="donations (as of)", columns=["donation", *_AS_OF_DONATION_COLUMNS])
     emit_rows(patients, output_format, title="patients (as of)", columns=["patient", *_AS_OF_PATIENT_COLUMNS])
-
-
-COMMANDS = [fold, rebuild]

@@ -42,8 +42,9 @@ def ingest(ctx: Context, file: str, progress: bool, naive_offset: str, output_fo
     imports nothing. Run `azamrecon fold` (or let the scheduler) to fold the
     imported events.
     """
-    from jobs.ingest import check_readable, ingest_file, parse_offset
+    from jobs.ingest import check_readable, ingest_file
     from jobs.runs import recorded_run, utcnow
+    from pipeline.import_lines import parse_offset
     from pipeline.logs import configure_logging, secrets_of
 
     naive_zone = parse_offset(naive_offset)
@@ -59,6 +60,3 @@ def ingest(ctx: Context, file: str, progress: bool, naive_offset: str, output_fo
         raise AzamreconError(
             f"{counts['errors']} line(s) of {file} could not be imported (the warnings give their line numbers); the other lines were"
         )
-
-
-COMMANDS: list = []

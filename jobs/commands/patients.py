@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from sqlalchemy import func, select
 
-from jobs.commands.common import Context, emit_object, emit_rows, format_option, parse_decimal, pass_context
+from jobs.commands.common import Context, emit_object, emit_rows, format_option, parse_amount_option, pass_context
 from jobs.runs import utcnow
 from pipeline.db import transaction
 
@@ -47,7 +47,7 @@ def add(ctx: Context, name: str, funding_required: str, output_format) -> None:
     """Add a patient."""
     from pipeline.store.donations import create_patient
 
-    amount = parse_decimal(funding_required, "--funding-required")
+    amount = parse_amount_option(funding_required, "--funding-required")
     with transaction(ctx.engine) as session:
         patient = create_patient(session, name=name, funding_required=amount, now=utcnow())
         data = patient_dict(session, patient)
@@ -89,6 +89,3 @@ def list_patients(ctx: Context, limit: int, output_format) -> None:
     emit_rows(
         rows, output_format, title="patients", columns=["id", "name", "funding_received", "funding_required", "status"]
     )
-
-
-COMMANDS = [patients]

@@ -72,6 +72,3 @@ def poll(ctx: Context, donation_id, limit, fold_after: bool, output_format) -> N
         from pipeline.errors import AzamPayAuthError
 
         raise AzamPayAuthError(f"poll aborted: {report.aborted}")
-
-
-COMMANDS = [poll]

@@ -1,4 +1,4 @@
-"""azamrecon privacy scrub|retain|find|erase: secrets and personal data at rest (jobs.privacy, docs/privacy.md)."""
+"""azamrecon privacy scrub|retain|find|erase: secrets and personal data at rest (jobs.privacy, jobs.retain, docs/privacy.md)."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def retain_command(ctx: Context, now_text: str | None, dry_run: bool, output_for
     The scheduler runs this daily at privacy.retain_cron. A number still held
     by a recent event or donation is kept everywhere until it is not.
     """
-    from jobs.privacy import retain
+    from jobs.retain import retain
     from jobs.runs import recorded_run, utcnow
 
     now = parse_when(now_text, "--now") or utcnow()
@@ -141,6 +141,3 @@ def erase(ctx: Context, msisdn: str, rewrite_log: bool, dry_run: bool, output_fo
     ctx.setup_logging("privacy")
     counts = erase_donor(ctx.engine, ctx.config, msisdn, utcnow(), dry_run=dry_run)
     emit_result(counts, output_format, _line(counts), title="privacy erase")
-
-
-COMMANDS = [privacy]

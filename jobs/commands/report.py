@@ -195,6 +195,3 @@ def _print_tables(data: dict) -> None:
         )
     if invariants["violations"]:
         table("invariant violations", ["violation"], [[line] for line in invariants["violations"]])
-
-
-COMMANDS = [report]

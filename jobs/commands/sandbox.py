@@ -124,6 +124,3 @@ def sandbox(
     except OSError as exc:
         raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     click.echo("sandbox stopped")
-
-
-COMMANDS = [sandbox]

@@ -17,6 +17,3 @@ def scheduler(ctx: Context) -> None:
     ctx.setup_logging("scheduler", stderr_level="INFO")
     warn_if_open(ctx.config)
     run_scheduler(ctx.engine, ctx.config)
-
-
-COMMANDS = [scheduler]

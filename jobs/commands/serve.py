@@ -61,7 +61,7 @@ def serve(ctx: Context, host: str | None, port: int | None, workers: int | None)
         from loguru import logger
 
         # SQLite's busy handler is not a queue: a worker that finds the write lock taken sleeps and retries,
-        # and under load another worker keeps winning (bench.receiver --workers 2: p99 4.4 s at 64 connections)
+        # and under load another worker keeps winning (bench.receiver --workers 2 measures it)
         logger.warning(
             "serve: {} worker processes on SQLite take turns at its one write lock and a worker can wait seconds "
             "for it under load; one worker commits for all concurrent callbacks (group commit): use --workers 1 "
@@ -93,6 +93,3 @@ def serve(ctx: Context, host: str | None, port: int | None, workers: int | None)
         # reading the request: slow clients are cut by the read timeouts long before that
         limit_concurrency=config.receiver.max_connections,
     )
-
-
-COMMANDS = [serve]

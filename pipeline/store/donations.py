@@ -9,10 +9,12 @@ from sqlalchemy.orm import Session
 
 from pipeline.errors import InputError, NotFound
 from pipeline.events import normalise_msisdn
+from pipeline.fold import Status
 from pipeline.models import Donation, Patient
 from pipeline.resolution import ReferenceFormat
 
 PROVIDERS = ("Airtel", "Tigo", "Halopesa", "Azampesa", "Mpesa")
+_PROVIDER_NAMES = {known.lower(): known for known in PROVIDERS}
 
 
 def create_patient(session: Session, *, name: str, funding_required: Decimal, now: datetime) -> Patient:
@@ -51,10 +53,15 @@ def make_reference(prefix: str, donation_id: int, created_at: datetime) -> str:
     return ReferenceFormat(prefix).reference(donation_id, created_at)
 
 
+def known_provider(provider: object) -> str | None:
+    """The provider's spelling in PROVIDERS (case and surrounding spaces ignored), or None when it is not one."""
+    return _PROVIDER_NAMES.get(provider.strip().lower()) if isinstance(provider, str) else None
+
+
 def normalise_provider(provider: str) -> str:
-    for known in PROVIDERS:
-        if provider.strip().lower() == known.lower():
-            return known
+    known = known_provider(provider)
+    if known is not None:
+        return known
     raise InputError(f"provider must be one of {', '.join(PROVIDERS)}: {provider!r}")
 
 
@@ -78,7 +85,7 @@ def create_donation(
         raise InputError("amount must be positive")
     if patient_id is not None:
         get_patient(session, patient_id)
-    # patient_amount defaults to amount (DESIGN §2); a given support share comes out of it
+    # patient_amount defaults to amount; a given support share comes out of it
     if support_amount is None:
         support_amount = Decimal("0") if patient_amount is None else amount - patient_amount
     if patient_amount is None:
@@ -105,7 +112,7 @@ def create_donation(
         msisdn=normalised_msisdn,
         provider=normalise_provider(provider) if provider else None,
         created_at=now,
-        status="PENDING",
+        status=Status.PENDING,
         events_applied=0,
         needs_check=False,
     )

@@ -4,17 +4,17 @@ group commit), with the conversions SQLAlchemy's column types would apply done o
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy import Boolean
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-IN_CHUNK = 900  # stays under SQLite's bound-parameter limit on old builds
+from pipeline.models import money_from_db, money_to_db, utc_from_db, utc_to_db
 
-UTC = UTC
-CENT = Decimal("0.01")
+IN_CHUNK = 900  # stays under SQLite's bound-parameter limit on old builds
 
 
 class Driver:
@@ -28,8 +28,8 @@ class Driver:
     Reads give aware UTC datetimes, Decimal money quantized to cents and bools, exactly what the ORM
     columns give. Driver errors are raised as SQLAlchemy's DBAPIError, so pipeline.db.transaction
     translates them as before (a lost MySQL connection is invalidated and reported unreachable).
-    SQLAlchemy's per-row parameter and result processing and its IN-list compilation were most of a
-    rebuild's time, and a fifth of the receiver's group-commit writer."""
+    SQLAlchemy's per-row parameter and result processing and its IN-list compilation dominated a
+    rebuild and weighed on the receiver's group-commit writer (bench/RESULTS.md)."""
 
     def __init__(self, connection: Connection):
         self.connection = connection
@@ -37,6 +37,8 @@ class Driver:
         self.sqlite = self.dialect.name == "sqlite"
         self.mark = "?" if self.sqlite else "%s"
         self._money_cache: dict[Any, Decimal | None] = {None: None}
+        # storage -> bool (or None), as the ORM's Boolean columns read it on this backend
+        self.flag = Boolean().result_processor(self.dialect, None) or _as_is
 
     # -- execution ------------------------------------------------------------------------------
     def _cursor(self):
@@ -97,7 +99,7 @@ class Driver:
     def update_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence], key: str = "id") -> None:
         """`UPDATE table SET columns WHERE key = ...` for each row (its values in `columns` order, then its key;
         keys unique). SQLite: executemany, in process. MySQL: PyMySQL's executemany sends one UPDATE per row,
-        a round trip each (it folds only INSERT ... VALUES into one statement), which was most of a MariaDB
+        a round trip each (it folds only INSERT ... VALUES into one statement), which dominated a MariaDB
         fold's writing; so the rows go into a temporary table in one multi-row INSERT, and one UPDATE ... JOIN
         applies them. CREATE and DROP TEMPORARY TABLE do not end the transaction (MySQL's implicit commits
         spare TEMPORARY), and the table is this connection's alone."""
@@ -128,47 +130,36 @@ class Driver:
             rows.extend(self.fetch(f"{sql_before_in}{self.marks(len(part))}{sql_after_in}", (*params_before, *part)))
         return rows
 
-    # -- conversions (reads) --------------------------------------------------------------------
+    # -- conversions: pipeline.models' own (one definition), bound to this backend --------------
     def money(self, value: Any) -> Decimal | None:
-        """Storage -> Decimal, as pipeline.models.Money.process_result_value (cached: amounts repeat)."""
+        """Storage -> Decimal, as pipeline.models.Money reads it (cached: amounts repeat)."""
         try:
             return self._money_cache[value]
         except KeyError:
             pass
-        converted = (Decimal(value) / 100).quantize(CENT) if self.sqlite else Decimal(value).quantize(CENT)
+        converted = money_from_db(value, self.sqlite)
         if len(self._money_cache) < 100_000:
             self._money_cache[value] = converted
         return converted
 
     def when(self, value: Any) -> datetime | None:
-        """Storage -> aware UTC datetime, as pipeline.models.UTCDateTime.process_result_value."""
-        if value is None:
-            return None
-        if isinstance(value, str):
-            value = datetime.fromisoformat(value)
-        return value.replace(tzinfo=UTC)
+        """Storage -> aware UTC datetime, as pipeline.models.UTCDateTime reads it."""
+        return utc_from_db(value)
 
-    # -- conversions (writes) -------------------------------------------------------------------
     def bind_when(self, value: datetime | None) -> Any:
-        """Aware datetime -> storage, as UTCDateTime.process_bind_param then SQLAlchemy's DATETIME."""
-        if value is None:
-            return None
-        if value.tzinfo is not UTC:
-            if value.tzinfo is None:
-                raise ValueError("naive datetime given where UTC is required")
-            value = value.astimezone(UTC)
-        if self.sqlite:
-            return value.isoformat(" ", "microseconds")[:26]  # drops the '+00:00' that UTC always prints
-        return value.replace(tzinfo=None)
+        """Aware datetime -> storage, as UTCDateTime then SQLAlchemy's DATETIME write it."""
+        value = utc_to_db(value)
+        if value is not None and self.sqlite:
+            return value.isoformat(" ", "microseconds")  # SQLAlchemy's SQLite DATETIME text
+        return value
 
     def bind_money(self, value: Any) -> Any:
-        """Decimal -> storage, as pipeline.models.Money.process_bind_param."""
-        if value is None:
-            return None
-        if isinstance(value, float):
-            raise TypeError("money must be Decimal, not float")
-        value = Decimal(value).quantize(CENT)
-        return int(value * 100) if self.sqlite else value
+        """Decimal -> storage, as pipeline.models.Money writes it."""
+        return money_to_db(value, self.sqlite)
+
+
+def _as_is(value: Any) -> Any:
+    return value
 
 
 def chunks(items: Sequence, size: int = IN_CHUNK) -> Iterator[Sequence]:

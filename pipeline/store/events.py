@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.errors import StoreError
 from pipeline.events import EventFields
-from pipeline.fold import AUTH_VALUES, SIGNED
+from pipeline.fold import AUTH_VALUES, SIGNED, Source
 from pipeline.models import Money, PaymentEvent, UTCDateTime
 from pipeline.resolution import (
     DEFAULT_FORMAT,
@@ -29,7 +29,7 @@ from pipeline.resolution import (
 )
 from pipeline.store.driver import Driver, chunks
 
-SOURCES = ("callback", "poll", "checkout", "operator", "import")
+SOURCES = tuple(Source)
 # headers worth keeping with the raw body; everything else (cookies, auth) is dropped
 KEPT_HEADERS = ("content-type", "content-length", "user-agent", "x-forwarded-for", "x-real-ip", "x-request-id", "host")
 _KEPT_IN_ORDER = tuple((name, encode_basestring(name)) for name in sorted(KEPT_HEADERS))
@@ -48,7 +48,7 @@ def _capped(value: str) -> str:
 
 def select_headers(headers: Mapping[str, str]) -> str:
     """The kept headers as json.dumps(kept, ensure_ascii=False, sort_keys=True) writes them, built from
-    json's own C string encoder: dumps' per-call encoder set-up was 5% of the receiver's CPU. Each value
+    json's own C string encoder: dumps' per-call encoder set-up is a cost on every callback. Each value
     is capped at HEADER_VALUE_CHARS characters, with a marker naming its full size."""
     return (
         "{"
@@ -111,7 +111,7 @@ def append_events(session: Session, rows: Sequence[dict[str, Any]]) -> int:
     two imports of one file may race, and each must report what it added.
 
     Everything goes through the raw driver on the session's connection: building and compiling a Core
-    insert per group commit was a tenth of the receiver's CPU.
+    insert per group commit was a measurable share of the receiver's CPU (bench/RESULTS.md).
 
     A value the column cannot store (a naive datetime, a float amount, a key that names no column) raises
     StoreError, as Core's own conversion failures do, so that the receiver's writer retries the rows of

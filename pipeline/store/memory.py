@@ -1,7 +1,8 @@
 """An in-memory fold target for `rebuild --check` and `rebuild --as-of`: reads the live log, writes nothing.
 
-It offers the methods jobs.fold.fold_batch calls on SqlFoldStore, over dicts, and produces a
-Snapshot that can be compared with the live state's (pipeline.store.snapshot).
+It offers the FoldStore methods (pipeline.fold_batch) SqlFoldStore offers, over dicts, and produces a
+Snapshot (pipeline.snapshot) that can be compared with the live state's (pipeline.store.snapshot).
+tests/test_fold_store_contract.py runs the same tests on both.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from sqlalchemy.orm import Session
 from pipeline.fold import AnomalyRecord, Credit, DonationState, PatientTotals
 from pipeline.models import Donation, Patient
 from pipeline.resolution import WAITING_KINDS, DonationIndex, Key
-from pipeline.store.snapshot import Snapshot
-from pipeline.store.state import STATIC_COLUMNS, PatientRow, SqlFoldStore
+from pipeline.snapshot import Snapshot
+from pipeline.store.fold_rows import STATIC_COLUMNS
+from pipeline.store.funding import PatientRow
+from pipeline.store.state import SqlFoldStore
 
 
 class MemoryFoldStore:
@@ -46,6 +49,7 @@ class MemoryFoldStore:
         self.anomalies: dict[int | None, list[AnomalyRecord]] = defaultdict(list)
         self.waiting: dict[int, AnomalyRecord] = {}  # unknown_reference and reference_conflict, by event
         self.applied: dict[int, list[int]] = defaultdict(list)  # donation -> events applied to it
+        self.waiting_keys: dict[int, set[tuple[str, str]]] = {}  # event -> (column, value) it waits on
 
     # -- reading the log --------------------------------------------------------------------
     def events_after(self, position: int, limit: int, until_id: int | None = None):
@@ -76,7 +80,16 @@ class MemoryFoldStore:
             self.applied[donation_id].append(event_id)
 
     def set_waiting(self, dropped, added) -> None:
-        """Nothing to keep: in memory every donation exists from the start, so no event waits for one."""
+        """Kept as SqlFoldStore keeps them (values cut at 255 like the column). A fold in memory never retries
+        them: every donation exists from the start, so no donation appears for a waiting event."""
+        for event_id in dropped:
+            self.waiting_keys.pop(event_id, None)
+        for event, keys in added:
+            self.waiting_keys[event.id] = {(key.column, str(key.value)[:255]) for key in keys}
+
+    def waiting_matching(self, offered) -> list[int]:
+        wanted = {(column, str(value)) for column, value in offered}
+        return sorted(event_id for event_id, keys in self.waiting_keys.items() if keys & wanted)
 
     def write_donations(self, states: Iterable[DonationState]) -> None:
         for state in states:

@@ -7,13 +7,14 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from pipeline.fold import PENDING
 from pipeline.models import Donation, EventCount, FoldCheckpoint, JobRun, PaymentEvent
-from pipeline.store.state import CHECKPOINT, fold_lag
+from pipeline.store.checkpoint import CHECKPOINT, fold_lag
 
 
 def events_by_source_and_auth(session: Session) -> dict[tuple[str, str], int]:
     """Events in the log by (source, auth): the fold's running counts plus the events after its position
-    (a primary-key range, as short as the fold lag). Counting the whole log took 0.3 s at 496,000 events."""
+    (a primary-key range, as short as the fold lag), not a count of the whole log, which grows without end."""
     counts = {
         (source, auth): count
         for source, auth, count in session.execute(select(EventCount.source, EventCount.auth, EventCount.count))
@@ -37,7 +38,7 @@ def stuck_pending(session: Session, now: datetime, threshold_minutes: float) -> 
     cutoff = now - timedelta(minutes=threshold_minutes)
     return (
         session.scalar(
-            select(func.count()).select_from(Donation).where(Donation.status == "PENDING", Donation.created_at < cutoff)
+            select(func.count()).select_from(Donation).where(Donation.status == PENDING, Donation.created_at < cutoff)
         )
         or 0
     )

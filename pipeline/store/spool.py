@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from pipeline.events import EventFields, decode_json, extract_fields
+from pipeline.fold import Source
 from pipeline.privacy import BodyRedactor
 from pipeline.store.events import event_row
 
@@ -78,7 +79,7 @@ def row_from_record(record: Any, redactor: BodyRedactor | None = None) -> dict[s
         if body_sha256 is not None and (not isinstance(body_sha256, str) or len(body_sha256) != 64):
             raise ValueError("bad body_sha256")
         return event_row(
-            source=record.get("source", "callback"),
+            source=record.get("source", Source.CALLBACK),
             body=body,
             stored_body=redactor.stored_body(body, decoded) if redactor is not None else None,
             body_sha256=body_sha256,

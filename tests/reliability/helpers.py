@@ -22,6 +22,7 @@ from sqlalchemy import select
 from pipeline.db import transaction
 from pipeline.models import Donation, Patient, PaymentEvent
 from sandbox.testing import stop_process_group
+from tests.builders import pending_donation
 
 T0 = datetime(2026, 1, 14, 9, 30, 0, tzinfo=UTC)
 _MARKER = re.compile(rb'"mnoreference": "([^"]+)"')
@@ -71,21 +72,7 @@ def add_donation_row(
 ) -> int:
     """A PENDING donation with an explicit external_reference (so a test can name it before it exists)."""
     with transaction(engine) as session:
-        donation = Donation(
-            patient_id=patient_id,
-            amount=Decimal(amount),
-            currency="TZS",
-            patient_amount=Decimal(amount),
-            support_amount=Decimal("0"),
-            charge_amount=Decimal(amount),
-            charge_currency="TZS",
-            msisdn="255758285812",
-            provider="Mpesa",
-            external_reference=reference,
-            transaction_id=transaction_id,
-            created_at=T0,
-            status="PENDING",
-        )
+        donation = Donation(**pending_donation(reference, T0, amount, transaction_id, patient_id=patient_id))
         session.add(donation)
         session.flush()
         return donation.id

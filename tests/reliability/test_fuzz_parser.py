@@ -126,7 +126,7 @@ def exercise(body: bytes) -> None:
         fields.msisdn,
         fields.operator,
     )
-    assert lookup_keys(event) == claim.keys  # what jobs.fold.fold_batch computes for every batch
+    assert lookup_keys(event) == claim.keys  # what pipeline.fold_batch.fold_batch computes for every batch
     index = DonationIndex()
     index.add(DonationFacts(1, "RHCI-DN-1-1", "tx-1", "255758285812", "Mpesa"))
     index.add(DonationFacts(2, None, None, None, None))

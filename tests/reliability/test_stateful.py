@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 from sqlalchemy import func, select
 
-from jobs.fold import run_fold, trust_policy
+from jobs.fold import run_fold
 from jobs.operator import resolve_donation
 from jobs.rebuild import check, rebuild
 from pipeline.auth import Authenticator
@@ -32,6 +32,7 @@ from pipeline.config import load_config
 from pipeline.db import make_engine, transaction
 from pipeline.events import EventFields, extract_fields
 from pipeline.fold import DonationState, credit_of, fold_donation
+from pipeline.fold_batch import trust_policy
 from pipeline.models import Donation, FundingCredit, Patient
 from pipeline.schema import upgrade
 from pipeline.store.events import append_event, event_row

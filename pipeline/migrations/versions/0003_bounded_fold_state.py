@@ -65,7 +65,7 @@ def _carry_over(bind) -> None:
     events waiting as unknown_reference (keys as pipeline.resolution reads them, with the default
     reference prefix; an installation with another prefix runs `azamrecon rebuild` after upgrading)."""
     from pipeline.resolution import lookup_keys
-    from pipeline.store.state import EVENT_COLUMNS, _FoldDriver
+    from pipeline.store.fold_rows import EVENT_COLUMNS, _FoldDriver
 
     applied = [
         {"event_id": int(part), "donation_id": donation_id}

@@ -2,9 +2,8 @@
 
 By default the commit that takes SQLite's write-ahead log past 1,000 pages also copies the log into the
 database file and fsyncs it before it returns. In the receiver that commit is a group commit, so every
-callback in the group waited for the copy, several times a second under load (bench/RESULTS.md: p99 at
-64 connections 21-22 ms after this change and 23-26 ms before, in alternating bench.receiver runs; the
-max latency 24-30 ms against 81-136 ms, in a one-off experiment that RESULTS describes).
+callback in the group waited for the copy, several times a second under load (the receiver's tail
+latency: bench/RESULTS.md).
 The receiver's engine turns that off (make_engine(sqlite_autocheckpoint=False)) and this thread copies
 the log on a connection of its own, beside the writer: in WAL mode a checkpoint and a write transaction
 run at the same time. Durability is unchanged: a commit is durable once its frames are fsynced in the
@@ -13,7 +12,7 @@ log, which the writer still does.
 SQLite starts the log over from its beginning only at a write transaction that begins when every frame
 has been copied and no reader is still reading from the log. Under steady load the writer begins its
 next transaction as soon as one commits, so a copy made on this thread never lands between the two,
-and the log would grow without bound (400 MB in 10 s at 5,000 callbacks/s). So when a round leaves a
+and the log would grow without bound. So when a round leaves a
 log of RESTART_FRAMES or more, `due` is set: the writer thread, between two groups, copies the last
 few frames itself (`catch_up`), and its next transaction starts the log over. A lock keeps a round and
 a catch-up apart (SQLite would answer the second "busy"); the writer never waits for it: a round in

@@ -2,8 +2,8 @@
 
 Order matters. The donation (and its external reference) is committed *before* AzamPay is called, so a
 callback that races the checkout answer already finds its donation through utilityref. The answer is then
-recorded in one transaction: AzamPay's transactionId on the donation plus a `checkout` event. This job
-never writes a derived column (status, ...): the fold reads the `checkout` event.
+recorded in one transaction: AzamPay's transactionId on the donation plus a `checkout` event. Nothing here
+writes a derived column (status, ...): the fold reads the `checkout` event.
 
 What each outcome appends (source="checkout", auth="n/a", donation_id set):
 
@@ -53,12 +53,13 @@ from pipeline.errors import (
     StoreError,
 )
 from pipeline.events import EventFields
+from pipeline.fold import NOT_APPLICABLE, Source, Status
 from pipeline.logs import payments
 from pipeline.models import Donation
 from pipeline.store.donations import PROVIDERS, create_donation, normalise_provider
 from pipeline.store.events import append_event, event_row
 
-ACCEPTED, REJECTED, UNKNOWN = "PENDING", "FAILED", "UNKNOWN"
+ACCEPTED, REJECTED, UNKNOWN = Status.PENDING, Status.FAILED, Status.UNKNOWN
 
 
 @dataclass
@@ -200,10 +201,10 @@ def initiate_checkout(
         transaction_ref=_clip(answer.transaction_id, 255),
     )
     row = event_row(
-        source="checkout",
+        source=Source.CHECKOUT,
         body=answer.raw,
         received_at=clock(),
-        auth="n/a",
+        auth=NOT_APPLICABLE,
         fields=fields,
         content_type="application/json",
         donation_id=donation_id,
@@ -252,10 +253,10 @@ def _record_failure(
     label = "no answer" if status == UNKNOWN else "rejected"
     fields = EventFields(status=status, status_raw=_clip(f"checkout {label}: {error}", 255))
     row = event_row(
-        source="checkout",
+        source=Source.CHECKOUT,
         body=error_body(error, donation_id, reference),
         received_at=received_at,
-        auth="n/a",
+        auth=NOT_APPLICABLE,
         fields=fields,
         content_type="application/json",
         donation_id=donation_id,
