@@ -197,6 +197,8 @@ class ReceiverConfig(_Section):
     keep_alive_timeout_seconds: float = Field(5.0, gt=0)
     max_connections: int = Field(500, ge=2)  # per worker process; past it requests get 503 unread
     database_timeout_seconds: float = Field(4.0, gt=0)  # MySQL connect, read and write
+    # prometheus_client's multiprocess files: every worker's counters, summed on each scrape
+    metrics_dir: str = "metrics"
 
 
 class DonationsConfig(_Section):
@@ -251,6 +253,20 @@ class LoggingConfig(_Section):
     level: str = "INFO"
     rotation: str = "10 MB"
     retention: str = "30 days"
+    # the zone log lines are stamped in, so the webhook guide's `date`-based greps count the portal team's
+    # local day; stored times stay UTC
+    timezone: str = "Africa/Dar_es_Salaam"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as Africa/Dar_es_Salaam or UTC)") from exc
+        return value
 
     # loguru parses these only when pipeline.logs adds its file sinks; its own parsers run here instead so
     # that every command rejects a bad value at load time (through pipeline.loguru_adapter).
@@ -277,6 +293,15 @@ class LoggingConfig(_Section):
 
         loguru_adapter.check_retention(value)
         return value
+
+
+class AlertsConfig(_Section):
+    """Thresholds for `report --check` and the shipped Prometheus rules (docs/monitoring.md)."""
+
+    fold_stale_seconds: float = Field(300.0, gt=0)  # no successful fold for this long
+    max_lag_seconds: float = Field(60.0, gt=0)  # the oldest unfolded event is older than this
+    max_review: int = Field(0, ge=0)  # donations in REVIEW beyond this many
+    max_stuck_pending: int = Field(0, ge=0)  # PENDING past poll.max_age_hours beyond this many
 
 
 class PrivacyConfig(_Section):
@@ -310,6 +335,7 @@ class Config(_Section):
     scheduler: SchedulerConfig = SchedulerConfig()
     logging: LoggingConfig = LoggingConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    alerts: AlertsConfig = AlertsConfig()
 
     @property
     def callbacks_trusted_without_credential(self) -> bool:
