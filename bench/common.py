@@ -284,7 +284,7 @@ def run_noop(port: int, workers: int) -> None:
 
 
 def database_config(url: str):
-    from pipeline.config import DatabaseConfig
+    from pipeline.sections import DatabaseConfig
 
     return DatabaseConfig(url=url)
 

@@ -712,8 +712,8 @@ def prepare(db: str, workdir: Path, name: str, events: int, donations: int, pati
 
 
 def sqlite_settings(url: str) -> str:
-    from pipeline.config import DatabaseConfig
     from pipeline.db import make_engine
+    from pipeline.sections import DatabaseConfig
 
     engine = make_engine(DatabaseConfig(url=url))
     with engine.connect() as connection:

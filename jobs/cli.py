@@ -12,6 +12,7 @@ import sys
 import click
 
 from jobs.commands.admin import init
+from jobs.commands.dburl import db_url
 from jobs.commands.demo import demo
 from jobs.commands.donations import donations
 from jobs.commands.events import events
@@ -62,7 +63,14 @@ class AzamreconGroup(click.Group):
 
 @click.group(cls=AzamreconGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="azamrecon")
-def cli() -> None:
+@click.option(
+    "--env-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="A systemd EnvironmentFile (KEY=VALUE, systemd's quoting, no $ expansion) whose values override the "
+    "environment, as the units' EnvironmentFile= does (default: $AZAMRECON_ENV_FILE).",
+)
+def cli(env_file: str | None) -> None:
     """azamrecon: AzamPay callbacks into an append-only log, folded into donation status and patient funding."""
 
 
@@ -80,6 +88,7 @@ cli.add_command(scheduler)
 cli.add_command(report)
 cli.add_command(demo)
 cli.add_command(privacy)
+cli.add_command(db_url)
 events.add_command(ingest)  # `events ingest` lives in its own module (jobs/commands/ingest.py)
 
 

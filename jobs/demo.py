@@ -27,12 +27,13 @@ from sandbox.testing import stop_process_group
 
 WEBHOOK_PASSWORD = "demo-webhook-password"
 
-# Every name the config layer reads from the environment: ENV_OVERRIDES beat any --config file, and
-# AZAMRECON_CONFIG picks the file when none is named (pipeline.config.load_config). An operator's shell
+# Every name the config layer reads from the environment: ENV_OVERRIDES beat any --config file,
+# AZAMRECON_CONFIG picks the file when none is named and AZAMRECON_ENV_FILE adds a systemd env file's values
+# (pipeline.config.load_config). An operator's shell
 # often has the production values loaded (docs/deploy.md), and the demo's children must not see them,
 # or `serve` and `scheduler` would write sandbox callbacks into the production database and poll the
 # real AzamPay.
-CONFIG_ENV_NAMES = frozenset({*ENV_OVERRIDES, "AZAMRECON_CONFIG"})
+CONFIG_ENV_NAMES = frozenset({*ENV_OVERRIDES, "AZAMRECON_CONFIG", "AZAMRECON_ENV_FILE"})
 
 
 def child_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:

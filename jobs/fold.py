@@ -3,7 +3,8 @@
 The rules are pipeline's: pipeline.fold_batch.fold_batch decides a batch (resolution, replay, anomalies,
 credits, patient totals) and pipeline/fold.py each donation (docs/fold.md says where each rule lives).
 This module owns what is around them: the transaction and its lock, the checkpoint, the gaps, the retry
-of a batch and the choice of waiting events to retry, and the log lines.
+of a batch and the choice of waiting events to retry, and the guide's log lines. A failure is raised,
+not logged: the entry point (the scheduler, `azamrecon fold`) tells it, once (pipeline.throttle).
 
 Each batch is one transaction that holds the fold lock (BEGIN IMMEDIATE on SQLite, SELECT ... FOR UPDATE
 on the checkpoint row on MySQL), reads the next events without their bodies, applies the pure fold,
@@ -181,16 +182,12 @@ def run_fold(
                 break
             except StoreConflict as exc:
                 if attempt == CONFLICT_ATTEMPTS:
-                    payments.error(f"Error processing Azam Pay callback: fold failed: {exc}")
-                    raise
+                    raise  # the entry point (scheduler, CLI) tells the failure, once
                 # the whole batch was rolled back with its checkpoint: running it again applies it once
                 logger.warning(
                     f"fold: batch rolled back by a lock conflict, trying again ({attempt}/{CONFLICT_ATTEMPTS - 1}): {exc}"
                 )
                 time.sleep(0.05 * attempt)
-            except Exception as exc:
-                payments.error(f"Error processing Azam Pay callback: fold failed: {exc}")
-                raise
         report.batches += 1
         report.events += result.events
         report.transitions += len(result.transitions)

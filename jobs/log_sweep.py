@@ -19,7 +19,7 @@ from pipeline.rewrites import is_rotated_log
 def sweep_logs(directory: Path, cutoff: datetime, dry_run: bool = False) -> dict[str, int]:
     """Log files past the retention: a rotated one last written before the cutoff is deleted; a live one
     (payments.log, errors.log, app.log) last written before it holds only such lines and is emptied in
-    place. Lines rotate by UTC day (pipeline.logs.SizeRotation), so a file's age is its newest line's.
+    place. Lines rotate by local day (logging.timezone; pipeline.logs.SizeRotation), so a file's age is its newest line's.
     What stays is narrowed to 0640 (files an older version left 0644)."""
     counts = {"log_files_deleted": 0, "log_files_emptied": 0}
     if not directory.is_dir():

@@ -15,6 +15,11 @@ By default it reads the live tables in one consistent read. With `as_of` it comp
 known at that instant (jobs.rebuild.as_of: donations and patients created by then, events received by
 then, folded in memory) and answers the same questions from it; ages are then measured at `as_of`.
 Nothing is written, except by write_daily_report, which writes one JSON file.
+
+check_facts reads what `report --check` alerts on (pipeline.report_sections.check_problems decides).
+The fold's freshness is the checkpoint's updated_at: every fold that commits, even one that found
+nothing to fold, saves the checkpoint, whereas job_runs records scheduled folds only when they did
+something (an idle, healthy system has no recent fold row).
 """
 
 from __future__ import annotations
@@ -35,11 +40,12 @@ from sqlalchemy.orm import Session
 
 from pipeline.config import Config
 from pipeline.db import transaction
-from pipeline.fold import CANCELLED, COMPLETED, FAILED, PENDING
+from pipeline.fold import CANCELLED, COMPLETED, FAILED, PENDING, REVIEW
 from pipeline.invariants import violations as invariant_violations
 from pipeline.models import Anomaly, Donation, FundingCredit, Patient, PaymentEvent
-from pipeline.report_sections import LIST_LIMIT, DonationView, Facts, day_bounds, report_of
+from pipeline.report_sections import LIST_LIMIT, CheckFacts, DonationView, Facts, day_bounds, report_of
 from pipeline.snapshot import DONATION_FIELDS, Snapshot
+from pipeline.store import metrics
 from pipeline.store.checkpoint import fold_lag
 from pipeline.store.state import SqlFoldStore
 
@@ -241,6 +247,30 @@ def _snapshot_facts(session: Session, snapshot: Snapshot, as_of: datetime) -> Fa
     violations = invariant_violations(snapshot, {d.id: d.patient_amount for d in donations})
     # The as-of state folds every event received by `as_of`: nothing is behind.
     return Facts(donations, status_counts, patients, general, dict(counts), examples, 0, None, violations)
+
+
+# -- report --check -------------------------------------------------------------------------------
+
+
+def check_facts(engine: Engine, config: Config, now: datetime) -> CheckFacts:
+    """The facts `report --check` judges, read as /metrics reads them (pipeline.store.metrics)."""
+    now = _utc(now, "now")
+    with transaction(engine, isolation="REPEATABLE READ") as session:
+        fold = metrics.fold_facts(session)
+        jobs = metrics.job_facts(session)
+        review = metrics.donations_by_open_status(session)[REVIEW]
+        stuck = metrics.stuck_pending(session, now, timedelta(hours=config.poll.max_age_hours))
+        violations = SqlFoldStore(session).invariant_violations()
+    return CheckFacts(
+        last_fold=metrics.fold_last_success(fold, jobs),
+        lag_events=fold.lag_events,
+        lag_oldest=fold.oldest_unfolded,
+        spool_files=metrics.spool_files(config.receiver.spool_dir),
+        spool_dir=str(config.receiver.spool_dir),
+        violations=violations,
+        review=review,
+        stuck_pending=stuck,
+    )
 
 
 # -- output -----------------------------------------------------------------------------------

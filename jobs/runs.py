@@ -8,11 +8,11 @@ import socket
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlalchemy.engine import Engine
 
 from pipeline.db import transaction
-from pipeline.errors import AzamreconError, LockBusy
+from pipeline.errors import AzamreconError, InputError, LockBusy, NotFound
 from pipeline.models import JobRun
 
 
@@ -20,10 +20,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+USAGE_ERRORS = (InputError, NotFound)  # the caller's mistake, not the job's failure
+
+
 class RunRecord:
     def __init__(self) -> None:
         self.counts: dict = {}
-        self.outcome = "ok"
+        self.outcome: str | None = "ok"  # None: a usage error, not a run
 
 
 def describe(exc: BaseException) -> str:
@@ -61,6 +64,8 @@ def recorded_run(
     """Insert a `running` job_runs row, yield a RunRecord to fill in, then close the row as ok/skipped/error.
 
     The job's own transactions are separate from this bookkeeping, so a failed job still leaves its row.
+    A usage error (bad input, an unknown donation: USAGE_ERRORS) is not a run of the job: its row is
+    removed, so a typo never shows as a failed run; the error still reaches the caller.
     """
     with transaction(engine) as session:
         run = JobRun(job=job, started_at=now, outcome="running", counts="{}", host=socket.gethostname()[:128])
@@ -73,6 +78,9 @@ def recorded_run(
         yield record
     except LockBusy as exc:
         record.outcome, error = "skipped", str(exc)
+    except USAGE_ERRORS:
+        record.outcome = None
+        raise
     except BaseException as exc:
         record.outcome, error = "error", describe(exc)
         raise
@@ -80,13 +88,16 @@ def recorded_run(
         finished = max(clock(), now)
         with contextlib.suppress(AzamreconError):
             with transaction(engine) as session:
-                session.execute(
-                    update(JobRun)
-                    .where(JobRun.id == run_id)
-                    .values(
-                        finished_at=finished,
-                        outcome=record.outcome,
-                        counts=json.dumps(record.counts, default=str),
-                        error=error,
+                if record.outcome is None:
+                    session.execute(delete(JobRun).where(JobRun.id == run_id))
+                else:
+                    session.execute(
+                        update(JobRun)
+                        .where(JobRun.id == run_id)
+                        .values(
+                            finished_at=finished,
+                            outcome=record.outcome,
+                            counts=json.dumps(record.counts, default=str),
+                            error=error,
+                        )
                     )
-                )

@@ -7,6 +7,7 @@ privacy retain take a lease lock, and spool ingest is idempotent (dedupe keys).
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from sqlalchemy.engine import Engine
 from jobs.runs import describe, record_finished_run, recorded_run, utcnow
 from pipeline.config import Config
 from pipeline.errors import AzamreconError, LockBusy
+from pipeline.logs import payments
+from pipeline.throttle import SUMMARY_SECONDS, FailureThrottle, failure_reason
 
 Clock = Callable[[], datetime]
 
@@ -55,7 +58,8 @@ class Jobs:
         try:
             report = run_fold(self.engine, self.config, now)
         except Exception as exc:
-            record_finished_run(self.engine, "fold", now, self.clock(), "error", error=describe(exc))
+            with contextlib.suppress(AzamreconError):  # the database is down: the fold's own error says so
+                record_finished_run(self.engine, "fold", now, self.clock(), "error", error=describe(exc))
             raise
         if report.events:
             record_finished_run(self.engine, "fold", now, self.clock(), "ok", counts=report.as_dict())
@@ -75,7 +79,9 @@ class Jobs:
 
         now = self.clock()
         with recorded_run(self.engine, "spool", now, clock=self.clock) as run:
-            run.counts = ingest_spool(self.engine, self.config.receiver.spool_dir, now, self.redactor())
+            run.counts = ingest_spool(
+                self.engine, self.config.receiver.spool_dir, now, self.redactor(), retell_kept=False
+            )
 
     def retain(self) -> None:
         """privacy.msisdn_retention_days, once a day (jobs.retain.retain; a lease: one daemon at a time)."""
@@ -97,46 +103,90 @@ class Jobs:
                 run.counts = {"path": str(write_daily_report(self.engine, self.config, now))}
 
 
-def _guarded(name: str, body: Callable[[], None]) -> Callable[[], None]:
-    """Log a job's failure in one line and keep the daemon alive; the next run retries."""
+class FailureReporter:
+    """Logs the scheduler's job failures through pipeline.throttle: a failure once, then a summary at most
+    every `summary_seconds`, and the recovery. The fold's lines also go to payments.log, beside the
+    payment lines they explain the absence of; every failure line is ERROR, so errors.log has them all."""
+
+    def __init__(self, clock: Clock = utcnow, summary_seconds: float = SUMMARY_SECONDS):
+        self.clock = clock
+        self.throttle = FailureThrottle(summary_seconds)
+        self._lock = threading.Lock()  # jobs run on APScheduler's thread pool
+
+    def failed(self, name: str, exc: Exception) -> None:
+        with self._lock:
+            line = self.throttle.failed(name, failure_reason(exc), describe(exc), self.clock())
+        if line is None:
+            return
+        sink = payments if name == "fold" else logger
+        if line.first and not isinstance(exc, AzamreconError):  # a bug: its traceback goes to errors.log, once
+            sink.opt(exception=exc).error(line.text)
+        else:
+            sink.error(line.text)
+
+    def succeeded(self, name: str) -> None:
+        with self._lock:
+            line = self.throttle.succeeded(name, self.clock())
+        if line is not None:
+            (payments if name == "fold" else logger).warning(line)
+
+
+def _guarded(name: str, body: Callable[[], None], failures: FailureReporter) -> Callable[[], None]:
+    """Run a job, report its failure (rate-limited) and keep the daemon alive; the next run retries."""
 
     def run() -> None:
         try:
             body()
         except LockBusy as exc:
             logger.info(f"{name}: skipped, {exc}")
-        except AzamreconError as exc:
-            logger.error(f"{name} failed: {exc}")
-        except Exception as exc:  # the daemon must survive a job's bug; the traceback goes to errors.log
-            logger.exception(f"{name} failed: {type(exc).__name__}: {exc}")
+            return
+        except Exception as exc:  # the daemon must survive a job's bug
+            failures.failed(name, exc)
+            return
+        failures.succeeded(name)
 
     return run
 
 
-def build_scheduler(engine: Engine, config: Config, clock: Clock = utcnow) -> BlockingScheduler:
+def build_scheduler(
+    engine: Engine, config: Config, clock: Clock = utcnow, summary_seconds: float = SUMMARY_SECONDS
+) -> BlockingScheduler:
     settings = config.scheduler
     jobs = Jobs(engine, config, clock)
+    failures = FailureReporter(clock, summary_seconds)
     scheduler = BlockingScheduler(
         timezone="UTC",
         job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": settings.misfire_grace_seconds},
     )
     scheduler.add_job(
-        _guarded("fold", jobs.fold), "interval", seconds=settings.fold_interval_seconds, id="fold", name="fold"
+        _guarded("fold", jobs.fold, failures),
+        "interval",
+        seconds=settings.fold_interval_seconds,
+        id="fold",
+        name="fold",
     )
     scheduler.add_job(
-        _guarded("poll", jobs.poll), "interval", seconds=settings.poll_interval_seconds, id="poll", name="poll"
+        _guarded("poll", jobs.poll, failures),
+        "interval",
+        seconds=settings.poll_interval_seconds,
+        id="poll",
+        name="poll",
     )
     scheduler.add_job(
-        _guarded("spool", jobs.spool), "interval", seconds=settings.spool_interval_seconds, id="spool", name="spool"
+        _guarded("spool", jobs.spool, failures),
+        "interval",
+        seconds=settings.spool_interval_seconds,
+        id="spool",
+        name="spool",
     )
     scheduler.add_job(
-        _guarded("report", jobs.daily_report),
+        _guarded("report", jobs.daily_report, failures),
         CronTrigger.from_crontab(settings.report_cron, timezone="UTC"),
         id="daily_report",
         name="daily report",
     )
     scheduler.add_job(
-        _guarded("retain", jobs.retain),
+        _guarded("privacy-retain", jobs.retain, failures),
         CronTrigger.from_crontab(config.privacy.retain_cron, timezone="UTC"),
         id="privacy_retain",
         name="privacy retain",
@@ -144,9 +194,12 @@ def build_scheduler(engine: Engine, config: Config, clock: Clock = utcnow) -> Bl
     return scheduler
 
 
-def run_scheduler(engine: Engine, config: Config, clock: Clock = utcnow) -> None:
-    """Run until SIGTERM/SIGINT; a running job finishes before the process exits."""
-    scheduler = build_scheduler(engine, config, clock)
+def run_scheduler(
+    engine: Engine, config: Config, clock: Clock = utcnow, summary_seconds: float = SUMMARY_SECONDS
+) -> None:
+    """Run until SIGTERM/SIGINT; a running job finishes before the process exits. summary_seconds: how
+    often a repeating job failure is summarised (pipeline.throttle)."""
+    scheduler = build_scheduler(engine, config, clock, summary_seconds)
 
     def stop(signum, _frame) -> None:
         logger.info(f"scheduler: signal {signum}, finishing the running job then exiting")

@@ -62,7 +62,8 @@ def _existing_keys(session, keys: list[str]) -> set[str]:
     return set(session.scalars(select(PaymentEvent.dedupe_key).where(PaymentEvent.dedupe_key.in_(keys))))
 
 
-def _ingest_file(engine: Engine, path: Path, counts: dict, redactor: BodyRedactor | None) -> None:
+def _ingest_file(engine: Engine, path: Path, counts: dict, redactor: BodyRedactor | None, tell: bool) -> None:
+    """tell: log the file's torn and unreadable lines (they are counted whatever it says)."""
     data = path.read_bytes()
     lines = data.split(b"\n")
     torn = lines.pop()  # b"" when the file ends with a newline, else an incomplete last line
@@ -70,7 +71,8 @@ def _ingest_file(engine: Engine, path: Path, counts: dict, redactor: BodyRedacto
     if torn:
         counts["torn"] += 1
         keep = True
-        logger.warning("spool file {}: torn last line ({} bytes) skipped; file kept", path, len(torn))
+        if tell:
+            logger.warning("spool file {}: torn last line ({} bytes) skipped; file kept", path, len(torn))
     rows = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -81,7 +83,8 @@ def _ingest_file(engine: Engine, path: Path, counts: dict, redactor: BodyRedacto
         except ValueError as exc:
             counts["invalid"] += 1
             keep = True
-            logger.error("spool file {} line {}: {}; file kept", path, number, str(exc)[:200])
+            if tell:
+                logger.error("spool file {} line {}: {}; file kept", path, number, str(exc)[:200])
     for start in range(0, len(rows), BATCH):
         chunk = rows[start : start + BATCH]
         with transaction(engine, immediate=True) as session:
@@ -104,19 +107,27 @@ def _ingest_file(engine: Engine, path: Path, counts: dict, redactor: BodyRedacto
         pass
 
 
-def ingest_spool(engine: Engine, spool_dir: str | Path, now: datetime, redactor: BodyRedactor | None = None) -> dict:
+def ingest_spool(
+    engine: Engine,
+    spool_dir: str | Path,
+    now: datetime,
+    redactor: BodyRedactor | None = None,
+    *,
+    retell_kept: bool = True,
+) -> dict:
     """Replay every spool file under `spool_dir` into the log; return counts. Idempotent. `redactor` (the
     scheduler and `events ingest-spool` pass it) takes the secrets out of lines spooled by a receiver
-    that did not yet (the receiver spools bodies without them)."""
+    that did not yet (the receiver spools bodies without them). retell_kept=False (the scheduler, every
+    30 s): a file kept by an earlier run for a torn or unreadable line is counted but its lines are not
+    logged again; they were logged when the file was claimed, and it stays until an operator acts."""
     directory = Path(spool_dir)
     counts = {"files": 0, "lines": 0, "ingested": 0, "duplicates": 0, "torn": 0, "invalid": 0, "files_deleted": 0}
     if not directory.is_dir():
         return counts
-    for path in sorted(directory.glob("*" + SUFFIX)):
-        claim(path)
+    claimed_now = {claim(path) for path in sorted(directory.glob("*" + SUFFIX))}
     for path in sorted(directory.glob("*" + CLAIMED_SUFFIX)):
         counts["files"] += 1
-        _ingest_file(engine, path, counts, redactor)
+        _ingest_file(engine, path, counts, redactor, tell=retell_kept or path in claimed_now)
     if counts["ingested"]:
         logger.info(
             "spool ingest: {} callback(s) replayed into the log from {} file(s)", counts["ingested"], counts["files"]

@@ -13,11 +13,11 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from pipeline.config import WebhookConfig
 from pipeline.errors import ConfigError
 from pipeline.events import EventFields, signed_message
 from pipeline.fold import AUTH_FAILED as FAILED
 from pipeline.fold import NOT_APPLICABLE, SIGNED, UNVERIFIED, VERIFIED
+from pipeline.sections import WebhookConfig
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -25,7 +25,6 @@ from loguru import logger
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from pipeline.config import AzamPayConfig, StatusApiConfig
 from pipeline.errors import (
     AzamPayAuthError,
     AzamPayUnavailable,
@@ -34,6 +33,7 @@ from pipeline.errors import (
     ConfigError,
 )
 from pipeline.fold import Status
+from pipeline.sections import AzamPayConfig, StatusApiConfig
 from pipeline.times import parse_utc
 
 TOKEN_PATH = "/AppRegistration/GenerateToken"

@@ -2,34 +2,36 @@
 
 The guide's names are flat (AZAM_PAY_AUTH, TOKEN, ...) while the config is nested, so overrides are
 applied through the explicit table ENV_OVERRIDES rather than pydantic-settings' prefix convention.
+What each section holds, with its defaults and checks, is in pipeline/sections.py; this module loads them.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
     ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
 )
 
 from pipeline.errors import ConfigError
-
-HOSTS = {
-    "sandbox": ("https://authenticator-sandbox.azampay.co.tz", "https://sandbox.azampay.co.tz"),
-    "production": ("https://authenticator.azampay.co.tz", "https://checkout.azampay.co.tz"),
-}
+from pipeline.sections import (
+    AlertsConfig,
+    AzamPayConfig,
+    DatabaseConfig,
+    DonationsConfig,
+    FoldConfig,
+    LoggingConfig,
+    PollConfig,
+    PrivacyConfig,
+    ReceiverConfig,
+    SchedulerConfig,
+    WebhookConfig,
+    _Section,
+)
 
 # environment name -> dotted config key
 ENV_OVERRIDES = {
@@ -39,7 +41,6 @@ ENV_OVERRIDES = {
     "AZAM_PAY_CLIENT_ID": "azampay.client_id",
     "AZAM_PAY_CLIENT_SECRET": "azampay.client_secret",
     "TOKEN": "azampay.api_key",
-    "AZAMPAY_VENDOR_ID": "azampay.vendor_id",
     "AZAM_PAY_ENVIRONMENT": "azampay.environment",
     "AZAM_PAY_TIMEOUT_CONNECT": "azampay.timeout_connect",
     "AZAM_PAY_TIMEOUT_READ": "azampay.timeout_read",
@@ -48,280 +49,6 @@ ENV_OVERRIDES = {
 }
 
 DEFAULT_CONFIG_PATH = Path("config.yaml")
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-# SQLAlchemy backend names pipeline.db.make_engine knows how to configure (MariaDB goes through "mysql").
-SUPPORTED_BACKENDS = {"sqlite": "SQLite (sqlite:///path)", "mysql": "MySQL/MariaDB (mysql+pymysql://user:pass@host/db)"}
-
-
-class DatabaseConfig(_Section):
-    url: str = "sqlite:///azamrecon.db"
-    sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
-    busy_timeout_ms: int = Field(10_000, ge=0)
-    pool_size: int = Field(5, ge=1)
-
-    @field_validator("url")
-    @classmethod
-    def _supported_url(cls, value: str) -> str:
-        # Messages never repeat the URL: it may hold the database password.
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
-
-        supported = " and ".join(SUPPORTED_BACKENDS.values())
-        try:
-            backend = make_url(value).get_backend_name()
-        except (ArgumentError, ValueError):  # ValueError: a bad port, whose message quotes part of the URL
-            raise ValueError(f"not a database URL; supported: {supported}") from None
-        if backend not in SUPPORTED_BACKENDS:
-            raise ValueError(f"unsupported database backend {backend!r}; supported: {supported}")
-        return value
-
-
-class StatusApiConfig(_Section):
-    """The transaction-status call. Path, parameter names and text patterns are uncertain (docs/architecture.md, "Departures")."""
-
-    path: str = "/azampay/gettransactionstatus"
-    reference_param: str = "pgReferenceId"
-    provider_param: str = "bankName"
-    # Case-insensitive regular expressions matched against the free-text `data` field, tried in the order
-    # failed, pending, success. Success moves money, so its defaults match only whole known sentences.
-    success_patterns: list[str] = [
-        r"^\s*(the )?(transaction|payment)( was| is| has been)? (successful|completed|completed successfully|succeeded)\.?\s*$",
-        r"^\s*success(ful)?\.?\s*$",
-    ]
-    failed_patterns: list[str] = [
-        r"\bfail(s|ed|ure)?\b",
-        r"\bcancel+ed\b",
-        r"\brejected\b",
-        r"\bexpired\b",
-        r"\bdeclined\b",
-        r"\bnot successful\b",
-        r"\bunsuccessful\b",
-    ]
-    pending_patterns: list[str] = [r"\bpending\b", r"\bprocessing\b", r"\bin progress\b"]
-
-
-class AzamPayConfig(_Section):
-    environment: Literal["sandbox", "production"] = "sandbox"
-    auth_url: str | None = None
-    checkout_url: str | None = None
-    app_name: str = "azamrecon"
-    client_id: str = ""
-    client_secret: SecretStr = SecretStr("")
-    api_key: SecretStr = SecretStr("")  # the guide's TOKEN, sent as X-API-KEY
-    vendor_id: str = ""
-    timeout_connect: float = Field(10.0, gt=0)
-    timeout_read: float = Field(30.0, gt=0)
-    token_margin_seconds: int = Field(60, ge=0)
-    get_retries: int = Field(3, ge=0)
-    status: StatusApiConfig = StatusApiConfig()
-
-    @model_validator(mode="after")
-    def _hosts_from_environment(self) -> AzamPayConfig:
-        auth, checkout = HOSTS[self.environment]
-        if not self.auth_url:
-            object.__setattr__(self, "auth_url", auth)
-        if not self.checkout_url:
-            object.__setattr__(self, "checkout_url", checkout)
-        object.__setattr__(self, "auth_url", self.auth_url.rstrip("/"))
-        object.__setattr__(self, "checkout_url", self.checkout_url.rstrip("/"))
-        return self
-
-
-class WebhookConfig(_Section):
-    """How callbacks are authenticated and which ones the fold trusts (docs/architecture.md, "Where each rule lives").
-
-    mode `auto`: trust every callback when no credential is configured (the old view's behaviour,
-    warned about at startup); otherwise trust only verified ones.  mode `verify`: trust no callback,
-    only poll answers move money.
-    """
-
-    mode: Literal["auto", "verify"] = "auto"
-    password: SecretStr = SecretStr("")
-    # the password being replaced, accepted too during a rotation window (docs/deploy.md, "Rotate the
-    # webhook password"); empty once AzamPay sends the new one
-    previous_password: SecretStr = SecretStr("")
-    signature_public_key_pem: str = ""  # PEM text, or a path to a PEM file
-    allowed_ips: list[str] = []  # empty: any client; otherwise IPs or CIDR networks
-    trusted_proxies: list[str] = []  # X-Forwarded-For is honoured only from these
-    max_body_bytes: int = Field(64 * 1024, ge=1024)
-
-    @field_validator("previous_password")
-    @classmethod
-    def _previous_needs_current(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
-        current = info.data.get("password")
-        if value.get_secret_value() and not (current and current.get_secret_value()):
-            raise ValueError("set without webhook.password: a rotation needs the new password too")
-        return value
-
-    @property
-    def credential_configured(self) -> bool:
-        return bool(self.password.get_secret_value() or self.signature_public_key_pem)
-
-    def passwords(self) -> tuple[tuple[str, str], ...]:
-        """(config key, password) of every password a callback may carry, current first."""
-        named = (("webhook.password", self.password), ("webhook.previous_password", self.previous_password))
-        return tuple((name, secret.get_secret_value()) for name, secret in named if secret.get_secret_value())
-
-    def public_key_pem(self) -> bytes | None:
-        text = self.signature_public_key_pem.strip()
-        if not text:
-            return None
-        if text.startswith("-----BEGIN"):
-            return text.encode()
-        return Path(text).read_bytes()
-
-
-class ReceiverConfig(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1)
-    spool_dir: str = "spool"
-    group_commit_max_batch: int = Field(256, ge=1)
-    checkout_api_key: SecretStr = SecretStr("")  # the portal's key for checkout and status; empty: both disabled
-    checkout_rate_limit_per_minute: int = Field(3, ge=1)  # per msisdn
-    status_check_min_interval_seconds: float = Field(30.0, ge=0)  # per donation
-    status_wait_seconds: float = Field(3.0, ge=0)  # read-your-writes wait for the fold
-    # AzamPay calls of the portal endpoints run on pools of their own, never on the threads that serve
-    # /healthz and callbacks; a full pool is answered at once (docs/deploy.md, "Timeouts")
-    status_workers: int = Field(4, ge=1)
-    status_check_timeout_seconds: float = Field(5.0, gt=0)  # then answered with "checking": true
-    checkout_workers: int = Field(4, ge=1)
-    # slow or idle clients (per connection) and the database wait; all below nginx's proxy_read_timeout
-    header_timeout_seconds: float = Field(10.0, gt=0)
-    body_timeout_seconds: float = Field(10.0, gt=0)
-    keep_alive_timeout_seconds: float = Field(5.0, gt=0)
-    max_connections: int = Field(500, ge=2)  # per worker process; past it requests get 503 unread
-    database_timeout_seconds: float = Field(4.0, gt=0)  # MySQL connect, read and write
-    # prometheus_client's multiprocess files: every worker's counters, summed on each scrape
-    metrics_dir: str = "metrics"
-
-
-class DonationsConfig(_Section):
-    reference_prefix: str = "RHCI-DN"
-    currency: str = "TZS"
-    charge_currency: str = "TZS"
-    # funding currency -> TZS; a donation's charge_amount is amount * rate, rounded to whole shillings
-    exchange_rates: dict[str, Decimal] = {"TZS": Decimal("1")}
-
-    @field_validator("reference_prefix")
-    @classmethod
-    def _ascii_prefix(cls, value: str) -> str:
-        if not value or not value.isascii() or len(value) > 64:
-            raise ValueError("must be 1-64 ASCII characters")
-        return value
-
-
-class FoldConfig(_Section):
-    batch_size: int = Field(5_000, ge=1)
-    gap_timeout_seconds: float = Field(300.0, ge=0)  # how long a missing event id is waited for
-    max_gaps: int = Field(10_000, ge=1)  # missing ids awaited at once; past it the oldest are given up
-    waiting_days: float = Field(7.0, gt=0)  # how long an unmatched event is offered new donations
-
-
-class PollConfig(_Section):
-    threshold_minutes: float = Field(10.0, ge=0)
-    backoff_base_minutes: float = Field(10.0, gt=0)
-    backoff_cap_minutes: float = Field(240.0, gt=0)
-    concurrency: int = Field(8, ge=1)
-    max_age_hours: float = Field(24.0, gt=0)
-
-
-class SchedulerConfig(_Section):
-    fold_interval_seconds: float = Field(0.5, gt=0)
-    poll_interval_seconds: float = Field(60.0, gt=0)
-    spool_interval_seconds: float = Field(30.0, gt=0)
-    report_cron: str = "5 0 * * *"  # minute hour day month day_of_week, UTC
-    misfire_grace_seconds: int = Field(30, ge=1)
-
-    @field_validator("report_cron")
-    @classmethod
-    def _crontab(cls, value: str) -> str:
-        # The scheduler's own parser, so that every command (not only `scheduler`) rejects what it would.
-        from apscheduler.triggers.cron import CronTrigger
-
-        CronTrigger.from_crontab(value, timezone="UTC")
-        return value
-
-
-class LoggingConfig(_Section):
-    dir: str = "logs"
-    level: str = "INFO"
-    rotation: str = "10 MB"
-    retention: str = "30 days"
-    # the zone log lines are stamped in, so the webhook guide's `date`-based greps count the portal team's
-    # local day; stored times stay UTC
-    timezone: str = "Africa/Dar_es_Salaam"
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r} (an IANA name such as Africa/Dar_es_Salaam or UTC)") from exc
-        return value
-
-    # loguru parses these only when pipeline.logs adds its file sinks; its own parsers run here instead so
-    # that every command rejects a bad value at load time (through pipeline.loguru_adapter).
-    @field_validator("level")
-    @classmethod
-    def _known_level(cls, value: str) -> str:
-        from loguru import logger
-
-        logger.level(value)
-        return value
-
-    @field_validator("rotation")
-    @classmethod
-    def _loguru_rotation(cls, value: str) -> str:
-        from pipeline import loguru_adapter
-
-        loguru_adapter.check_rotation(value)
-        return value
-
-    @field_validator("retention")
-    @classmethod
-    def _loguru_retention(cls, value: str) -> str:
-        from pipeline import loguru_adapter
-
-        loguru_adapter.check_retention(value)
-        return value
-
-
-class AlertsConfig(_Section):
-    """Thresholds for `report --check` and the shipped Prometheus rules (docs/monitoring.md)."""
-
-    fold_stale_seconds: float = Field(300.0, gt=0)  # no successful fold for this long
-    max_lag_seconds: float = Field(60.0, gt=0)  # the oldest unfolded event is older than this
-    max_review: int = Field(0, ge=0)  # donations in REVIEW beyond this many
-    max_stuck_pending: int = Field(0, ge=0)  # PENDING past poll.max_age_hours beyond this many
-
-
-class PrivacyConfig(_Section):
-    """Secrets and personal data at rest (docs/privacy.md)."""
-
-    # the installation's HMAC key (32 random bytes, hex); created 0600 by `azamrecon init`; never in the
-    # database. Relative paths are from the working directory, like logging.dir and receiver.spool_dir.
-    key_file: str = "azamrecon.key"
-    # phone numbers unused this long are replaced by a keyed hash and their last 3 digits, in the log,
-    # the donations and the log files: beyond AzamPay's dispute window, and a year of donor questions
-    msisdn_retention_days: int = Field(400, ge=1)
-    retain_cron: str = "20 0 * * *"  # when the scheduler runs `privacy retain`: crontab, UTC
-
-    @field_validator("retain_cron")
-    @classmethod
-    def _crontab(cls, value: str) -> str:
-        from apscheduler.triggers.cron import CronTrigger
-
-        CronTrigger.from_crontab(value, timezone="UTC")
-        return value
 
 
 class Config(_Section):
@@ -376,19 +103,30 @@ def load_config(
     path: str | Path | None = None,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    env_file: str | Path | None = None,
 ) -> Config:
     """Read config.yaml (if present), apply environment overrides, then `overrides` (dotted keys), validate.
 
     A missing default config.yaml means defaults; a missing explicitly named file is an error.
+    `env_file` (default $AZAMRECON_ENV_FILE): a systemd EnvironmentFile whose values override `environ`.
+    Relative paths (a SQLite file, directories, the key file, a PEM file) are made absolute from the config
+    file's directory, or from the working directory when there is no config file: RELATIVE_PATHS.
     """
     environ = os.environ if environ is None else environ
+    env_file = env_file or environ.get("AZAMRECON_ENV_FILE")
+    if env_file:
+        from pipeline.envfile import read_env_file
+
+        environ = {**environ, **read_env_file(env_file)}
     data: dict[str, Any] = {}
     if path is None:
         candidate = Path(environ.get("AZAMRECON_CONFIG", DEFAULT_CONFIG_PATH))
         explicit = "AZAMRECON_CONFIG" in environ
     else:
         candidate, explicit = Path(path), True
+    base = Path.cwd()
     if candidate.exists():
+        base = candidate.absolute().parent
         try:
             loaded = yaml.safe_load(candidate.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -406,6 +144,9 @@ def load_config(
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+    from pipeline.config_paths import anchor_paths
+
+    return anchor_paths(config, base)

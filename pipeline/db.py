@@ -10,21 +10,49 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Iterator
+from pathlib import Path
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from pipeline.config import DatabaseConfig
 from pipeline.errors import ConfigError, StoreConflict, StoreError, StoreUnavailable
+from pipeline.sections import DatabaseConfig
 
 # MySQL error codes that mean "the server is not there" rather than "the query is wrong".
 _MYSQL_UNREACHABLE = {2002, 2003, 2006, 2013, 2055, 1040, 1053}
 _MYSQL_NO_SUCH_TABLE = 1146
 _MYSQL_CONFLICT = {1213, 1205}  # deadlock, lock wait timeout: the server rolled the transaction back
+_MYSQL_UNKNOWN_DATABASE = 1049
 # A missing table almost always means a database nobody ran the migrations on.
 _INIT_HINT = " (run `azamrecon init`)"
+# Where the database comes from: said whenever it is not the one expected.
+WHERE_TO_SET = "set database.url with --config FILE, DATABASE_URL or --env-file FILE"
+
+
+def require_existing(config: DatabaseConfig) -> None:
+    """Every command but `init` (and `demo`, on its own folder) refuses to create a database: a command run
+    without its env file used to create ./azamrecon.db and report "0 completed, invariants OK" from it.
+    A missing SQLite file that connecting would create (its directory exists) is a StoreUnavailable naming
+    the URL; a missing directory is an outage rather than a default (SQLite cannot create the file there, and
+    the receiver must still start and spool), left to fail at connect like a missing MySQL database
+    (translate). Checked before anything else is created (log directory, key file, spool)."""
+    path = sqlite_file(config.url)
+    if path is not None and not Path(path).exists() and Path(path).parent.is_dir():
+        raise StoreUnavailable(
+            f"database {make_url(config.url).render_as_string(hide_password=True)} does not exist: {WHERE_TO_SET}, "
+            "or run `azamrecon init` to create it"
+        )
+
+
+def sqlite_file(url: str) -> str | None:
+    """The file of a SQLite URL; None for another backend or an in-memory database."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" or "mode=memory" in url:
+        return None
+    return database[len("file:") :].split("?", 1)[0] if database.startswith("file:") else database
 
 
 def make_engine(config: DatabaseConfig, *, sqlite_autocheckpoint: bool = True, **kwargs) -> Engine:
@@ -115,6 +143,10 @@ def translate(exc: BaseException) -> StoreError:
     code = original.args[0] if getattr(original, "args", None) and isinstance(original.args[0], int) else None
     if code == _MYSQL_NO_SUCH_TABLE or "no such table" in message:
         message += _INIT_HINT
+    if code == _MYSQL_UNKNOWN_DATABASE:  # an unknown database is never created for you: see require_existing
+        return StoreUnavailable(
+            f"database unreachable: {message} ({WHERE_TO_SET}, or create it and run `azamrecon init`)"
+        )
     if isinstance(exc, OperationalError) and (code in _MYSQL_UNREACHABLE or "unable to open database" in message):
         return StoreUnavailable(f"database unreachable: {message}")
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:

@@ -4,49 +4,59 @@ logs/payments.log  payment lines (the webhook guide's greps run against this fil
 logs/errors.log    every ERROR and above
 logs/app.log       everything
 Every record's message passes through pipeline.redact before any sink sees it. Files are created 0640
-(the payment lines hold donors' phone numbers: docs/privacy.md) and start anew each UTC day as well as
-at the size limit, so a file's age is the age of its newest line and `privacy retain` can delete by it.
+(the payment lines hold donors' phone numbers: docs/privacy.md), in a directory created 0750, and start anew
+each local day as well as at the size limit, so a file's age is the age of its newest line and `privacy
+retain` can delete by it. Lines are stamped in logging.timezone, with the UTC offset.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from loguru import logger
 
 from pipeline import loguru_adapter
-from pipeline.config import Config, LoggingConfig
+from pipeline.config import Config
 from pipeline.errors import ConfigError
 from pipeline.redact import REDACTED, escape_controls, redact_text
+from pipeline.sections import LoggingConfig
 
 # Library code logs payment lines through this; the sink filter routes them to payments.log.
 payments = logger.bind(channel="payments")
 # The same channel for text already redacted by pipeline.redact (the patcher then only scrubs literal secrets).
 payments_redacted = payments.bind(redacted=True)
 
-# {extra[utc]} is the record's time as YYYY-MM-DD HH:mm:ss.SSS in UTC, rendered once per record by the
-# patcher (loguru's {time:...!UTC} would render it again for every file the record goes to).
-FORMAT = "{extra[utc]} | {level:<8} | {extra[component]} | {message}"
+# {extra[stamp]} is the record's time as YYYY-MM-DD HH:mm:ss.SSS+HH:MM in logging.timezone, rendered once per
+# record by the patcher (loguru's {time:...} would render it again for every file the record goes to).
+FORMAT = "{extra[stamp]} | {level:<8} | {extra[component]} | {message}"
 # loguru's diagnose mode prints every local variable of a traceback: a request's headers (Bearer
 # token, X-API-KEY) would reach errors.log untouched by the message scrubber. Plain tracebacks only.
 _SAFE_TRACEBACKS = {"diagnose": False, "backtrace": False}
 
+# logging.timezone, set by configure_logging: the stamps and the daily rotation follow the zone the webhook
+# guide's `grep "$(date +%Y-%m-%d)"` runs in (the portal team's); stored times stay UTC.
+_zone: tzinfo = ZoneInfo(LoggingConfig.model_fields["timezone"].default)
 
-class UtcStamp:
-    """YYYY-MM-DD HH:mm:ss.SSS (UTC) of a record's datetime or of a time.time() value; the part up to the
-    second is cached (one instance per thread, or behind a lock)."""
 
-    __slots__ = ("_second", "_prefix")
+class LogStamp:
+    """YYYY-MM-DD HH:mm:ss.SSS+HH:MM of a record's datetime or of a time.time() value, local time in `zone`
+    (default: logging.timezone) with its UTC offset, so that `events ingest` reads the instant back
+    exactly; the part up to the second is cached (one instance per thread, or behind a lock)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_second", "_prefix", "_offset", "zone")
+
+    def __init__(self, zone: tzinfo | None = None) -> None:
+        self.zone = zone or _zone
         self._second = None
-        self._prefix = ""
+        self._prefix = self._offset = ""
 
     def __call__(self, moment: datetime | float) -> str:
         if moment.__class__ is float:
@@ -55,15 +65,24 @@ class UtcStamp:
             second = int(moment.timestamp())  # exact: whole seconds since the epoch, microseconds dropped
             millis = moment.microsecond // 1000
         if second != self._second:
-            self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+            local = datetime.fromtimestamp(second, self.zone)
+            self._prefix = local.strftime("%Y-%m-%d %H:%M:%S")
+            offset = local.strftime("%z")  # +0300
+            self._offset = f"{offset[:3]}:{offset[3:]}"
             self._second = second
-        return f"{self._prefix}.{millis:03d}"
+        return f"{self._prefix}.{millis:03d}{self._offset}"
+
+
+def day_bounds(now: float, zone: tzinfo | None = None) -> tuple[float, float]:
+    """Start and end (epoch seconds) of the local day in `zone` (default logging.timezone) holding `now`."""
+    midnight = datetime.fromtimestamp(now, zone or _zone).replace(hour=0, minute=0, second=0, microsecond=0)
+    return midnight.timestamp(), (midnight + timedelta(days=1)).timestamp()
 
 
 PAYMENTS_LOG, ERRORS_LOG, APP_LOG = "payments.log", "errors.log", "app.log"
 LOG_FILES = (PAYMENTS_LOG, ERRORS_LOG, APP_LOG)
 LOG_FILE_MODE = 0o640
-DAY_SECONDS = 86400
+LOG_DIR_MODE = 0o750
 
 
 def open_log_file(path: str, flags: int) -> int:
@@ -83,7 +102,7 @@ class SizeRotation:
     """loguru rotation by size, without loguru's per-message seek()+tell() on the text file (a flush and
     two syscalls for every line on every sink: the receiver's biggest cost per callback).
 
-    Also rotates at the first line of a new UTC day when the file was last written on an earlier one, so
+    Also rotates at the first line of a new local day (logging.timezone) when the file was last written on an earlier one, so
     that no file mixes days: `privacy retain` deletes a file by its age (its newest line), and a file kept
     open for months by a quiet installation would otherwise hold phone numbers past their retention.
 
@@ -93,10 +112,11 @@ class SizeRotation:
     near the limit. Rotates when the real size plus the message would pass the limit, as loguru does
     (except that an empty file is kept: a batch larger than the limit goes into one file)."""
 
-    def __init__(self, limit_bytes: float, check_every: int = 256, clock=time.time):
+    def __init__(self, limit_bytes: float, check_every: int = 256, clock=time.time, zone: tzinfo | None = None):
         self.limit = limit_bytes
         self.check_every = check_every
         self.clock = clock
+        self.zone = zone or _zone
         self._file = None
         self._size = 0
         self._countdown = 0
@@ -111,8 +131,7 @@ class SizeRotation:
             status = os.fstat(file.fileno())
             self._size = status.st_size
             self._countdown = self.check_every
-            day_start = now - now % DAY_SECONDS
-            self._day_end = day_start + DAY_SECONDS
+            day_start, self._day_end = day_bounds(now, self.zone)
             # an empty file is never rotated away
             if self._size and (self._size + length > self.limit or status.st_mtime < day_start):
                 self._file = None  # the next message goes to a new file: measure it then
@@ -123,7 +142,7 @@ class SizeRotation:
 
 
 def _rotation(setting):
-    """A size setting ("10 MB") becomes a SizeRotation (size and UTC day); anything else is loguru's own."""
+    """A size setting ("10 MB") becomes a SizeRotation (size and local day); anything else is loguru's own."""
     if isinstance(setting, str):
         size = loguru_adapter.parse_size(setting)
         if size is not None:
@@ -153,18 +172,23 @@ def configure_logging(
     """The sinks: the three files, and stderr from `stderr_level` up. `file_sink(path, **file_options)`, when
     given, builds each file's sink object (the receiver's batched sink, receiver.logsink) instead of loguru's
     own; the objects it built are returned by file name."""
+    global _zone
+    _zone = ZoneInfo(config.timezone)
     directory = Path(config.dir)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        if not directory.is_dir():
+            directory.mkdir(mode=LOG_DIR_MODE, parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):  # 0750 whatever the umask, like the files' 0640 (docs/privacy.md)
+                directory.chmod(LOG_DIR_MODE)
     except OSError as exc:  # the value is valid text; only the file system can say it is unusable
         raise ConfigError(
             f"invalid config value for logging.dir: cannot create {directory}: {exc.strerror or exc}"
         ) from None
 
-    stamp = UtcStamp()
+    stamp = LogStamp()
 
     def scrub(record) -> None:
-        record["extra"]["utc"] = stamp(record["time"])
+        record["extra"]["stamp"] = stamp(record["time"])
         if record["extra"].get("redacted"):
             # the caller already passed its text through pipeline.redact (e.g. redact_body on the hot
             # callback path); only the literal secrets are scrubbed again, which is cheap

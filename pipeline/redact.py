@@ -168,6 +168,8 @@ GUIDE_PHRASES = (
     "payment failed",
     "Error processing Azam Pay callback",
     "Could not find donation",
+    "fold failed",
+    "fold recovered",
 )
 _PHRASES = re.compile("|".join(re.escape(phrase) for phrase in GUIDE_PHRASES), re.IGNORECASE)
 

@@ -1,5 +1,6 @@
 """The report's sections from its facts: which donations completed, failed or were cancelled on a day,
-which are stuck PENDING, each patient's percent, the anomalies by kind, the lag and the invariants.
+which are stuck PENDING, each patient's percent, the anomalies by kind, the lag and the invariants; and
+the problems `report --check` alerts on (check_problems).
 
 Pure: jobs/report.py reads the facts (the live tables, or a state as of an instant) and writes the output.
 """
@@ -13,6 +14,7 @@ from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
 from pipeline.fold import ANOMALY_KINDS, ANOMALY_MEANINGS, CANCELLED, COMPLETED, DONATION_STATUSES, FAILED, PENDING
+from pipeline.sections import AlertsConfig
 
 LIST_LIMIT = 200  # rows kept in each donation list; the counts are always complete
 CENT = Decimal("0.01")
@@ -54,6 +56,69 @@ class Facts:
     lag_events: int
     lag_oldest: datetime | None
     violations: list[str]
+
+
+@dataclass
+class CheckFacts:
+    """What `report --check` looks at, read live (jobs.report.check_facts)."""
+
+    last_fold: datetime | None  # the newest successful fold: the checkpoint's updated_at, or an ok fold run
+    lag_events: int
+    lag_oldest: datetime | None  # received_at of the oldest unfolded event
+    spool_files: int  # non-empty spool files not yet ingested
+    spool_dir: str
+    violations: list[str]
+    review: int  # donations in REVIEW
+    stuck_pending: int  # donations PENDING past poll.max_age_hours
+
+
+MAX_VIOLATION_LINES = 10
+
+
+def check_problems(facts: CheckFacts, alerts: AlertsConfig, now: datetime, max_age_hours: float) -> list[str]:
+    """One line per problem, in a fixed order; empty when every check passes."""
+    problems = []
+    if facts.last_fold is None:
+        problems.append("fold stale: no successful fold recorded (is `azamrecon scheduler` running?)")
+    else:
+        idle = (now - facts.last_fold).total_seconds()
+        if idle > alerts.fold_stale_seconds:
+            problems.append(
+                f"fold stale: last successful fold {idle:.0f} s ago, at {facts.last_fold.isoformat()} "
+                f"(alerts.fold_stale_seconds {alerts.fold_stale_seconds:g})"
+            )
+    if facts.lag_oldest is not None:
+        lag = (now - facts.lag_oldest).total_seconds()
+        if lag > alerts.max_lag_seconds:
+            problems.append(
+                f"fold lag: oldest unfolded event {lag:.0f} s old, {facts.lag_events} event(s) unfolded "
+                f"(alerts.max_lag_seconds {alerts.max_lag_seconds:g})"
+            )
+    if facts.spool_files:
+        problems.append(
+            f"spool not empty: {facts.spool_files} file(s) in {facts.spool_dir} (the scheduler replays them; "
+            "`azamrecon events ingest-spool` does it now)"
+        )
+    for violation in facts.violations[:MAX_VIOLATION_LINES]:
+        problems.append(f"invariant failing: {violation}")
+    if len(facts.violations) > MAX_VIOLATION_LINES:
+        problems.append(f"invariant failing: {len(facts.violations) - MAX_VIOLATION_LINES} more violation(s)")
+    if facts.review > alerts.max_review:
+        problems.append(f"REVIEW: {facts.review} donation(s) in REVIEW (alerts.max_review {alerts.max_review})")
+    if facts.stuck_pending > alerts.max_stuck_pending:
+        problems.append(
+            f"stuck PENDING: {facts.stuck_pending} donation(s) PENDING for more than {max_age_hours:g} h "
+            f"(poll.max_age_hours; alerts.max_stuck_pending {alerts.max_stuck_pending})"
+        )
+    return problems
+
+
+def check_ok_line(facts: CheckFacts, now: datetime) -> str:
+    since = "never" if facts.last_fold is None else f"{(now - facts.last_fold).total_seconds():.1f} s ago"
+    return (
+        f"ok: last fold {since}, {facts.lag_events} event(s) unfolded, spool empty, invariants OK, "
+        f"{facts.review} REVIEW, {facts.stuck_pending} stuck PENDING"
+    )
 
 
 def day_bounds(day: date) -> tuple[datetime, datetime]:

@@ -29,12 +29,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pipeline.auth import Authenticator
-from pipeline.config import Config, DatabaseConfig, load_config
+from pipeline.config import Config, load_config
 from pipeline.db import is_sqlite, make_engine
 from pipeline.logs import payments, secrets_of, warn_if_open
 from pipeline.privacy import BodyRedactor, redactor_for
 from pipeline.redact import log_value
 from pipeline.resolution import ReferenceFormat
+from pipeline.sections import DatabaseConfig
 from receiver import metrics, portal
 from receiver.callback import (
     ANSWER_FORBIDDEN,
@@ -158,6 +159,7 @@ class CallbackEndpoint:
         log_received_callback(body, request.decoded)  # redacted and formatted off the event loop when batched
         (written,) = await self.writer.submit(request.row, request.keys, request.typed)
         answer = answer_for(request.outcome, written, self.limit, request.fields.parse_error)
+        self.writer.counters.answers.labels(answer[0]).inc()
         _log_answer(request, written, answer[0])
         extra = ((b"retry-after", b"30"),) if answer[0] == 503 else ()
         await _send(send, answer, extra)

@@ -15,17 +15,17 @@ import weakref
 from loguru import logger
 
 from pipeline import loguru_adapter
-from pipeline.config import LoggingConfig
 from pipeline.logs import (
     APP_LOG,
     PAYMENTS_LOG,
-    UtcStamp,
+    LogStamp,
     configure_logging,
     line_prefix,
     payments_redacted,
     scrub_secrets,
 )
 from pipeline.redact import redact_body
+from pipeline.sections import LoggingConfig
 
 
 def configure_batched_logging(
@@ -89,7 +89,7 @@ class _ReceivedLine:
         self.handlers = loguru_adapter.handlers_token()
         self.prefix = line_prefix("INFO", component)
         self.secrets = secrets
-        self.stamp = UtcStamp()
+        self.stamp = LogStamp()
         self.lock = threading.Lock()
         self.rendering = threading.Lock()
 

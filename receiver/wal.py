@@ -35,6 +35,8 @@ import time
 from loguru import logger
 from sqlalchemy.engine import Engine
 
+from receiver.metrics import WalCounters, process_counters
+
 INTERVAL_SECONDS = 0.25
 PASSES_PER_ROUND = 4
 RESTART_FRAMES = 1_000  # 4 MB of 4 KiB pages: the log SQLite's own autocheckpoint lets grow
@@ -65,6 +67,7 @@ class WalCheckpointer:
         self.restarts = 0
         self.restarts_given_up = 0
         self.failures = 0
+        self.counters = process_counters(WalCounters)  # /metrics, summed over every worker
         self._copying = threading.Lock()
         self._due_since = 0.0
         self._no_restart_until = 0.0
@@ -97,6 +100,7 @@ class WalCheckpointer:
             if log >= self.cap_frames and time.monotonic() >= self._no_restart_until:
                 log, copied = self._restart()
             self.rounds += 1
+            self.counters.rounds.inc()
             if log >= self.restart_frames and not self.due:
                 self.due, self._due_since = True, time.monotonic()
         return log, copied
@@ -112,6 +116,7 @@ class WalCheckpointer:
             if 0 <= log <= copied:
                 self.due = False
                 self.catch_ups += 1
+                self.counters.catch_ups.inc()
         except Exception as exc:
             self._failed(exc)
         finally:
@@ -166,6 +171,7 @@ class WalCheckpointer:
     def _failed(self, exc: Exception) -> None:
         """Commits stay durable in the log whatever happens here; only its size grows. One warning a minute."""
         self.failures += 1
+        self.counters.failures.inc()
         now = time.monotonic()
         if now - self._last_error_logged >= ERROR_LOG_INTERVAL_SECONDS:
             self._last_error_logged = now

@@ -36,6 +36,7 @@ from pipeline.store.events import (
     resolve_claims,
 )
 from pipeline.store.spool import spool_record
+from receiver.metrics import ReceiverCounters, process_counters
 from receiver.spool import Spool
 from receiver.wal import WalCheckpointer
 
@@ -89,6 +90,7 @@ class GroupCommitWriter:
         max_batch: int = 256,
         outage_backoff_seconds: float = 0.5,
         checkpointer: WalCheckpointer | None = None,
+        counters: ReceiverCounters | None = None,
     ):
         self.engine = engine
         self.spool = spool
@@ -99,7 +101,8 @@ class GroupCommitWriter:
         self._thread: threading.Thread | None = None
         self._down_until = 0.0
         self._stopped = False
-        # statistics (read by tests and benchmarks)
+        # statistics: these for tests and benchmarks, `counters` for /metrics (summed over every worker)
+        self.counters = counters or process_counters(ReceiverCounters)
         self.batches = 0
         self.rows_committed = 0
         self.rows_spooled = 0
@@ -246,6 +249,8 @@ class GroupCommitWriter:
                 item.outcome = STORED
         self.batches += 1
         self.rows_committed += len(batch)
+        self.counters.batches.inc()
+        self.counters.rows_committed.inc(len(batch))
         if len(batch) > self.largest_batch:
             self.largest_batch = len(batch)
 
@@ -267,6 +272,7 @@ class GroupCommitWriter:
         for item in batch:
             item.outcome = SPOOLED
         self.rows_spooled += len(batch)
+        self.counters.rows_spooled.inc(len(batch))
         payments.error(
             "Error processing Azam Pay callback: {}; {} callback(s) spooled to {}", log_value(reason), len(batch), path
         )

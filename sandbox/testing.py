@@ -109,7 +109,7 @@ class SandboxHandle:
 
     def azampay_config(self, **overrides: Any):
         """An AzamPayConfig pointing at this sandbox with its credentials; overrides are AzamPayConfig fields."""
-        from pipeline.config import AzamPayConfig
+        from pipeline.sections import AzamPayConfig
 
         s = self.settings
         fields = {

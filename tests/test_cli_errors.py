@@ -12,9 +12,10 @@ from loguru import logger
 from sqlalchemy.exc import ProgrammingError
 
 from jobs.cli import cli
-from pipeline.config import ENV_OVERRIDES, DatabaseConfig
+from pipeline.config import ENV_OVERRIDES
 from pipeline.db import make_engine, translate
 from pipeline.errors import ConfigError
+from pipeline.sections import DatabaseConfig
 from pipeline.times import parse_utc
 from tests.servers import config_settings, write_config
 
@@ -53,11 +54,15 @@ CASES = [
     (["report", "--date", "9999-12-31"], {}, {}, 2, ["--date", "9999-12-31", "between 1000 and 9998"]),
     (
         ["fold"],
-        {"database.url": "sqlite:///{tmp}/never-initialised.db"},
+        {"database.url": "sqlite:///{tmp}/never-created.db"},
         {},
         4,
-        ["no such table", "run `azamrecon init`"],
+        ["sqlite:///{tmp}/never-created.db does not exist", "--config", "DATABASE_URL", "--env-file", "azamrecon init"],
     ),
+    # an existing empty file is an empty SQLite database
+    (["fold"], {"database.url": "sqlite:///{tmp}/a-file"}, {}, 4, ["no such table", "run `azamrecon init`"]),
+    (["fold"], {}, {"DATABASE_URL": "mysql+pymysql://u:secret@127.0.0.1:1/x"}, 4, ["127.0.0.1", "unreachable"]),
+    (["report"], None, {"AZAMRECON_ENV_FILE": "{tmp}/no.env"}, 2, ["env file not found", "{tmp}/no.env"]),
 ]
 
 
@@ -71,7 +76,7 @@ def reset_logging():
 
 def hermetic(environ: dict) -> dict:
     """Only the case's own variables: none of the caller's overrides, and no AZAMRECON_DEBUG re-raising."""
-    cleared = {name: None for name in [*ENV_OVERRIDES, "AZAMRECON_CONFIG", "AZAMRECON_DEBUG"]}
+    cleared = {name: None for name in [*ENV_OVERRIDES, "AZAMRECON_CONFIG", "AZAMRECON_ENV_FILE", "AZAMRECON_DEBUG"]}
     return cleared | environ
 
 

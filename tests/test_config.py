@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import HOSTS, load_config
+from pipeline.config import load_config
 from pipeline.errors import ConfigError
+from pipeline.sections import HOSTS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,7 +21,7 @@ def write(tmp_path, text: str) -> Path:
 
 def test_defaults_without_a_file(tmp_path):
     config = load_config(write(tmp_path, ""), environ={})
-    assert config.database.url == "sqlite:///azamrecon.db"
+    assert config.database.url == f"sqlite:///{tmp_path}/azamrecon.db"  # beside the config file
     assert config.database.sqlite_synchronous == "FULL"
     assert (config.azampay.auth_url, config.azampay.checkout_url) == HOSTS["sandbox"]
     assert config.poll.threshold_minutes == 10 and config.poll.concurrency == 8 and config.poll.max_age_hours == 24
@@ -51,11 +52,18 @@ def test_guide_environment_names_override_the_file(tmp_path):
     assert config.azampay.client_id == "env-id"
     assert config.azampay.client_secret.get_secret_value() == "env-secret"
     assert config.azampay.api_key.get_secret_value() == "env-token"
-    assert config.azampay.vendor_id == "vendor-9"
+    assert not hasattr(config.azampay, "vendor_id")  # the guide sets it; no AzamPay call takes it
     assert (config.azampay.timeout_connect, config.azampay.timeout_read) == (30.0, 60.0)
     assert config.webhook.password.get_secret_value() == "env-pw"
     assert config.database.url == "mysql+pymysql://u:p@db/azamrecon"
     assert not config.callbacks_trusted_without_credential
+
+
+def test_a_vendor_id_left_in_an_older_config_file_is_ignored(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text('azampay:\n  vendor_id: "vendor-9"\n  client_id: "id-1"\n')
+    config = load_config(path, environ={})
+    assert config.azampay.client_id == "id-1" and "vendor_id" not in config.azampay.model_dump()
 
 
 def test_explicit_urls_beat_the_environment_hosts(tmp_path):

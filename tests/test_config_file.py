@@ -14,6 +14,7 @@ from pydantic.fields import FieldInfo
 
 from jobs.cli import cli
 from pipeline.config import ENV_OVERRIDES, Config, load_config
+from pipeline.config_paths import anchor_paths
 
 CONFIG_FILE = Path(__file__).resolve().parents[1] / "config.yaml"
 SHIPPED = yaml.safe_load(CONFIG_FILE.read_text(encoding="utf-8"))
@@ -63,20 +64,27 @@ def test_the_shipped_value_is_the_default(dotted):
 
 
 def test_the_shipped_file_loads_to_the_defaults():
-    # extra="forbid" also rejects a key the model does not have
-    assert load_config(CONFIG_FILE, environ={}) == Config()
+    # extra="forbid" also rejects a key the model does not have; its relative paths are anchored at its folder
+    assert load_config(CONFIG_FILE, environ={}) == anchor_paths(Config(), CONFIG_FILE.parent)
 
 
 def test_the_cli_runs_on_the_shipped_file(tmp_path, monkeypatch):
-    """Its relative paths (azamrecon.db, logs, spool) land in the working directory, as in the quick start."""
-    monkeypatch.chdir(tmp_path)
-    clean = {name: None for name in (*ENV_OVERRIDES, "AZAMRECON_CONFIG")}
+    """Its relative paths (azamrecon.db, logs, spool) land beside it, as in the quick start (run from the
+    folder that holds it), whatever the working directory."""
+    config_file = tmp_path / "etc" / "config.yaml"
+    config_file.parent.mkdir()
+    config_file.write_text(CONFIG_FILE.read_text(encoding="utf-8"), encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    clean = {name: None for name in (*ENV_OVERRIDES, "AZAMRECON_CONFIG", "AZAMRECON_ENV_FILE")}
     runner = CliRunner()
-    init = runner.invoke(cli, ["init", "--config", str(CONFIG_FILE)], env=clean, catch_exceptions=False)
+    init = runner.invoke(cli, ["init", "--config", str(config_file)], env=clean, catch_exceptions=False)
     assert init.exit_code == 0, init.output
     listed = runner.invoke(
-        cli, ["patients", "list", "--format", "json", "--config", str(CONFIG_FILE)], env=clean, catch_exceptions=False
+        cli, ["patients", "list", "--format", "json", "--config", str(config_file)], env=clean, catch_exceptions=False
     )
     assert listed.exit_code == 0, listed.output
     assert json.loads(listed.stdout) == []
-    assert (tmp_path / "azamrecon.db").exists()
+    assert (config_file.parent / "azamrecon.db").exists() and (config_file.parent / "azamrecon.key").exists()
+    assert list(elsewhere.iterdir()) == []

@@ -226,8 +226,8 @@ def test_tracebacks_in_logs_never_show_local_variables(tmp_path):
     Bearer token, the API key) must not be printed next to it."""
     from loguru import logger
 
-    from pipeline.config import LoggingConfig
     from pipeline.logs import configure_logging
+    from pipeline.sections import LoggingConfig
 
     configure_logging(LoggingConfig(dir=str(tmp_path)), stderr_level=None)
     try:

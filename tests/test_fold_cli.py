@@ -357,3 +357,30 @@ def test_resolve_prints_json(backend, now, cli_config):
     data = json.loads(result.stdout)
     assert (data["donation_id"], data["decision"], data["status"]) == (donation, "COMPLETED", "COMPLETED")
     assert data["event_id"] == backend.scalar("SELECT MAX(id) FROM payment_events")
+
+
+def test_a_failing_fold_is_one_line_exit_non_zero_and_no_callback_error_line(backend, now, cli_config, tmp_path):
+    """jobs/fold.py raises and the entry point tells it: the CLI's one line (it used to add an ERROR line
+    "Error processing Azam Pay callback: fold failed", which is for callbacks the receiver could not store)."""
+    patient = add_patient(backend.engine, now)
+    _, reference = add_donation(backend.engine, now, patient)
+    success(backend.engine, reference, at(now, 1))
+    with transaction(backend.engine) as session:  # a derived total that no longer matches its credits
+        session.execute(update(Donation).values(status="COMPLETED"))
+    result = invoke(cli_config, "fold")
+    assert result.exit_code == 5
+    assert "fold invariant violated" in one_error_line(result)
+    for path in (tmp_path / "cli-logs").glob("*.log"):
+        assert "Error processing Azam Pay callback" not in path.read_text(), path.name
+
+
+def test_fold_with_the_database_down_is_one_line(tmp_path):
+    """A MySQL URL at a closed loopback port: refused at once."""
+    from sandbox.testing import free_port
+
+    path = tmp_path / "down.yaml"
+    url = f"mysql+pymysql://root@127.0.0.1:{free_port()}/azamrecon"
+    path.write_text(yaml.safe_dump({"database": {"url": url}, "logging": {"dir": str(tmp_path / "logs")}}))
+    result = invoke(str(path), "fold")
+    assert result.exit_code == 4
+    assert "database unreachable" in one_error_line(result)

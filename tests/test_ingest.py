@@ -188,8 +188,9 @@ def test_own_redacted_payments_log_imports(backend, now, tmp_path):
     assert seven.auth == "unverified"  # the redacted '***' is no credential, not a wrong one
     assert json.loads(seven.body)["password"] == "***"
     assert (eight.status, eight.amount, eight.auth) == ("FAILED", Decimal("500.00"), "unverified")
-    stamp = datetime.strptime(lines[0][:23], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
-    assert seven.received_at == stamp
+    # the stamp is local time in logging.timezone with its offset: read back as the same instant
+    stamp = datetime.fromisoformat(lines[0][:29])
+    assert lines[0][23:29] == "+03:00" and seven.received_at == stamp.astimezone(UTC)
     assert ingest_file(backend.engine, config, log, now)["imported"] == 0
 
 

@@ -1,10 +1,11 @@
-"""GET /metrics: Prometheus text with events by source/auth, fold lag, stuck pending and job stats."""
+"""GET /metrics: Prometheus text with events by source/auth, fold lag, stuck pending, anomalies, jobs and the\nreceiver's counters."""
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from starlette.testclient import TestClient
 
 from jobs.fold import run_fold
@@ -12,7 +13,7 @@ from jobs.runs import recorded_run
 from receiver.app import CALLBACK_PATH, create_app
 from tests.builders import add_donation, add_patient, append, callback_body
 
-SAMPLE = re.compile(r"^([a-z_]+)(\{[^}]*\})? (-?[0-9.e+]+)$")
+SAMPLE = re.compile(r"^([a-z_]+)(\{[^}]*\})? (-?[0-9.e+]+|NaN|[+-]Inf)$")
 
 
 def parse(text: str) -> dict[str, float]:
@@ -31,6 +32,7 @@ def test_metrics_report_log_lag_stuck_and_jobs(backend):
     patient = add_patient(backend.engine, now - timedelta(hours=1))
     _, reference = add_donation(backend.engine, now - timedelta(hours=1), patient)
     add_donation(backend.engine, now - timedelta(hours=1), patient)  # stays PENDING: stuck
+    add_donation(backend.engine, now - timedelta(hours=30), patient)  # PENDING past poll.max_age_hours
     with recorded_run(backend.engine, "poll", now):
         pass
     app = create_app(backend.config())
@@ -43,12 +45,21 @@ def test_metrics_report_log_lag_stuck_and_jobs(backend):
         )
         append(backend.engine, b"{}", now, source="poll", auth="n/a", status="PENDING")
         before = parse(client.get("/metrics").text)
-        assert before['azamrecon_events_appended_total{source="callback",auth="n/a"}'] == 1
-        assert before['azamrecon_events_appended_total{source="poll",auth="n/a"}'] == 1
+        assert before['azamrecon_events_appended_total{auth="n/a",source="callback"}'] == 1
+        assert before['azamrecon_events_appended_total{auth="n/a",source="poll"}'] == 1
         assert before["azamrecon_fold_lag_events"] == 2
-        assert before["azamrecon_stuck_pending"] == 2
-        assert before['azamrecon_job_runs_total{job="poll",outcome="ok"}'] == 1
+        assert before["azamrecon_fold_lag_seconds"] >= 0
+        assert before["azamrecon_stuck_pending"] == 3
+        assert before["azamrecon_stuck_pending_past_max_age"] == 1
+        assert before['azamrecon_job_last_success_timestamp_seconds{task="poll"}'] == pytest.approx(
+            now.timestamp(), abs=5
+        )
+        assert before['azamrecon_job_last_failed{task="poll"}'] == 0
         assert before["azamrecon_receiver_rows_committed_total"] == 1
+        assert before["azamrecon_receiver_batches_total"] == 1
+        assert before['azamrecon_receiver_answers_total{code="200"}'] == 1
+        assert before["azamrecon_spool_files"] == 0
+        assert before['azamrecon_alert_threshold{alert="max_lag_seconds"}'] == 60
         if backend.name == "sqlite":
             app.state.checkpointer.checkpoint()
             copied = parse(client.get("/metrics").text)
@@ -64,9 +75,59 @@ def test_metrics_report_log_lag_stuck_and_jobs(backend):
         response = client.get("/metrics")
         after = parse(response.text)
     assert response.headers["content-type"].startswith("text/plain")
-    assert after["azamrecon_fold_lag_events"] == 0
-    assert after["azamrecon_stuck_pending"] == 1
-    assert after['azamrecon_donations{status="COMPLETED"}'] == 1
+    assert after["azamrecon_fold_lag_events"] == 0 and after["azamrecon_fold_lag_seconds"] == 0
+    assert after["azamrecon_stuck_pending"] == 2
+    assert after['azamrecon_donations{status="PENDING"}'] == 2
+    assert after['azamrecon_donations{status="REVIEW"}'] == 0
+    assert after['azamrecon_job_last_success_timestamp_seconds{task="fold"}'] == pytest.approx(now.timestamp(), abs=5)
+    assert after["azamrecon_fold_invariant_violated"] == 0
+
+
+def test_unacknowledged_anomalies_are_those_still_open(backend):
+    """An anomaly on a PENDING or REVIEW donation, or of an event still waiting for a donation, counts; one
+    on a donation the fold settled does not."""
+    from receiver.metrics import render
+
+    now = datetime.now(UTC)
+    _, review = add_donation(backend.engine, now)
+    _, settled = add_donation(backend.engine, now)
+    append(backend.engine, callback_body(review, amount="1", transaction_id="tx-r"), now, auth="verified")
+    append(backend.engine, callback_body(settled, transaction_id="tx-s"), now, auth="verified")
+    append(backend.engine, callback_body(settled, transaction_id="tx-s2"), now, auth="verified")  # duplicate
+    append(backend.engine, callback_body("RHCI-DN-999-20251219120000", transaction_id="tx-u"), now, auth="verified")
+    run_fold(backend.engine, backend.config(), now)
+    metrics = parse(render(backend.engine, backend.config(), None, now))
+    assert metrics['azamrecon_unacknowledged_anomalies{kind="amount_mismatch"}'] == 1
+    assert metrics['azamrecon_unacknowledged_anomalies{kind="unknown_reference"}'] == 1
+    assert metrics['azamrecon_unacknowledged_anomalies{kind="duplicate"}'] == 0  # its donation is COMPLETED
+    assert metrics['azamrecon_donations{status="REVIEW"}'] == 1
+
+
+def test_invariant_failure_and_job_failures_show(backend):
+    from jobs.runs import record_finished_run
+    from receiver.metrics import render
+
+    now = datetime.now(UTC)
+    run_fold(backend.engine, backend.config(), now - timedelta(seconds=10))
+    record_finished_run(backend.engine, "fold", now, now, "error", error="fold invariant violated: patient 3")
+    record_finished_run(backend.engine, "spool", now, now, "error", error="disk full")
+    metrics = parse(render(backend.engine, backend.config(), None, now))
+    assert metrics["azamrecon_fold_invariant_violated"] == 1
+    assert metrics['azamrecon_job_last_failed{task="spool"}'] == 1
+    assert 'azamrecon_job_last_success_timestamp_seconds{task="spool"}' not in metrics
+    run_fold(backend.engine, backend.config(), now + timedelta(seconds=1))  # a batch commits: no longer failing
+    assert parse(render(backend.engine, backend.config(), None, now))["azamrecon_fold_invariant_violated"] == 0
+
+
+def test_spool_files_count_non_empty_spool_files(tmp_path):
+    from pipeline.store.metrics import spool_files
+
+    assert spool_files(tmp_path / "missing") == 0
+    (tmp_path / "callbacks-a.jsonl").write_text("{}\n")
+    (tmp_path / "callbacks-b.jsonl.claimed").write_text("{}\n")
+    (tmp_path / "callbacks-c.jsonl").write_text("")  # a receiver's file, nothing in it
+    (tmp_path / "notes.txt").write_text("x")
+    assert spool_files(tmp_path) == 2
 
 
 def test_metrics_answer_503_when_the_database_is_down(sqlite_backend, tmp_path):
@@ -109,7 +170,7 @@ def test_metrics_never_scan_the_whole_log(backend):
         for row in backend.rows("SELECT source, auth, COUNT(*) FROM payment_events GROUP BY source, auth")
     }
     assert {
-        key: int(metrics[f'azamrecon_events_appended_total{{source="{key[0]}",auth="{key[1]}"}}']) for key in full
+        key: int(metrics[f'azamrecon_events_appended_total{{auth="{key[1]}",source="{key[0]}"}}']) for key in full
     } == full
     explain = "EXPLAIN QUERY PLAN " if backend.name == "sqlite" else "EXPLAIN "
     with backend.engine.connect() as connection:

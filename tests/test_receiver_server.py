@@ -116,8 +116,8 @@ def test_real_server_outage_spools_and_ingest_replays_once(backend):
     second = run_cli("events", "ingest-spool", config_path=cli_config)
     assert second.returncode == 0 and "ingested=0" in second.stdout
 
-    from pipeline.config import DatabaseConfig
     from pipeline.db import make_engine
+    from pipeline.sections import DatabaseConfig
 
     engine = make_engine(DatabaseConfig(url=engine_url))
     try:
@@ -156,3 +156,107 @@ def test_serve_bad_allow_list_is_one_line_error(sqlite_backend):
         result.stderr.strip()
         == "error: invalid config value for webhook.allowed_ips: not an IP address or CIDR network: 'not-an-ip'"
     )
+
+
+METRICS_DB_PASSWORD = "Db-pw-5c1f9e27-secret"
+MYSQL_HOSTS = ("127.0.0.1", "localhost", "%%")  # "%%": PyMySQL formats the statement, even without parameters
+
+
+def _counters(text: str) -> dict[str, float]:
+    """Every sample of every counter family in a Prometheus text exposition."""
+    counters = {
+        line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ") and line.endswith(" counter")
+    }
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, value = line.rsplit(" ", 1)
+            if series.split("{")[0].removesuffix("_total") in counters or series.split("{")[0] in counters:
+                values[series] = float(value)
+    return values
+
+
+async def _load_and_scrape(server, bodies: list[bytes], scrapes: int) -> tuple[list[int], list[dict[str, float]]]:
+    """Post the bodies 10 at a time while scraping /metrics `scrapes` times; all bounded by the client timeout."""
+    async with httpx.AsyncClient(timeout=30.0) as client:
+
+        async def post() -> list[int]:
+            statuses = []
+            for start in range(0, len(bodies), 10):
+                answers = await asyncio.gather(
+                    *(
+                        client.post(server.callback_url, content=body, headers=JSON)
+                        for body in bodies[start : start + 10]
+                    )
+                )
+                statuses += [answer.status_code for answer in answers]
+            return statuses
+
+        async def scrape() -> list[dict[str, float]]:
+            seen = []
+            for _ in range(scrapes):
+                answer = await client.get(server.url + "/metrics")
+                assert answer.status_code == 200, answer.text
+                seen.append(_counters(answer.text))
+                await asyncio.sleep(0.02)
+            return seen
+
+        return await asyncio.gather(post(), scrape())
+
+
+def _mysql_user_with_password(backend) -> str:
+    """The test database's URL for a user with a password (the startup line must not print it)."""
+    url = make_url(backend.url)
+    with backend.engine.begin() as connection:
+        for host in MYSQL_HOSTS:
+            connection.exec_driver_sql(
+                f"CREATE USER IF NOT EXISTS 'az_h20_metrics'@'{host}' IDENTIFIED BY '{METRICS_DB_PASSWORD}'"
+            )
+            connection.exec_driver_sql(f"GRANT ALL ON `{url.database}`.* TO 'az_h20_metrics'@'{host}'")
+    return url.set(username="az_h20_metrics", password=METRICS_DB_PASSWORD).render_as_string(hide_password=False)
+
+
+def test_two_workers_counters_never_go_down_across_scrapes_and_restarts(mysql_backend):
+    """Issue 20: with 2 workers, rows_committed_total read 12, 0, 12, 0 on successive scrapes. Every worker
+    writes its counters under receiver.metrics_dir and each scrape sums them all."""
+    backend = mysql_backend
+    add_donation(backend.engine, GUIDE_REF)
+    metrics_dir = backend.tmp_path / "metrics"
+    settings = config_settings(
+        backend,
+        **{
+            "database.url": _mysql_user_with_password(backend),
+            "webhook.password": PASSWORD,
+            "receiver.workers": 2,
+            "receiver.metrics_dir": str(metrics_dir),
+        },
+    )
+    config = write_config(backend.tmp_path / "serve.yaml", settings)
+    sent = 120
+    try:
+        with ServerProcess(config, workers=2, log_dir=backend.tmp_path / "proc").start() as server:
+            statuses, scrapes = asyncio.run(_load_and_scrape(server, [_body(n) for n in range(sent)], 20))
+            final = _counters(httpx.get(server.url + "/metrics", timeout=10).text)
+            pids = {path.name for path in metrics_dir.glob("counter_*.db")}
+        startup = [line for line in server.output().splitlines() if line.startswith("serve: listening on")]
+        with ServerProcess(config, workers=2, log_dir=backend.tmp_path / "proc2").start() as again:
+            restarted = _counters(httpx.get(again.url + "/metrics", timeout=10).text)
+    finally:
+        with backend.engine.begin() as connection:
+            for host in MYSQL_HOSTS:
+                connection.exec_driver_sql(f"DROP USER IF EXISTS 'az_h20_metrics'@'{host}'")
+    assert statuses == [200] * sent
+    for earlier, later in zip(scrapes, [*scrapes[1:], final], strict=True):
+        for series, value in earlier.items():
+            assert later.get(series, 0) >= value, (series, value, later.get(series))
+    assert final["azamrecon_receiver_rows_committed_total"] == sent
+    assert final['azamrecon_receiver_answers_total{code="200"}'] == sent
+    assert len(pids) >= 2  # one file per worker: both workers wrote
+    for series, value in final.items():  # a restart resets nothing
+        assert restarted.get(series, 0) >= value, series
+    assert (metrics_dir / "counter_compacted.db").exists()  # the exited workers' files, folded into one
+    assert startup == [
+        f"serve: listening on http://127.0.0.1:{server.port} with 2 worker(s), database "
+        + make_url(settings["database.url"]).render_as_string(hide_password=True)
+    ]
+    assert METRICS_DB_PASSWORD not in server.output() + again.output()

@@ -142,8 +142,8 @@ def test_submit_after_stop_is_still_stored(backend):
 
 
 def test_outage_spools_every_row_of_the_batch(tmp_path):
-    from pipeline.config import DatabaseConfig
     from pipeline.db import make_engine
+    from pipeline.sections import DatabaseConfig
 
     engine = make_engine(DatabaseConfig(url=f"sqlite:///{tmp_path / 'missing' / 'x.db'}"))
     spool = Spool(tmp_path / "spool")

@@ -328,15 +328,16 @@ def test_cli_report_json_csv_and_table(backend, now):
 
     result = _run(backend, "--date", "2026-01-14", "--format", "json")
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert data["completed"]["count"] == 4 and data["completed"]["sum"] == {"TZS": "105000.00", "USD": "20.00"}
     assert data["failed"]["count"] == 1 and data["invariants"]["ok"] is True
     assert {p["id"]: p["percent"] for p in data["patients"]} == {s.a: "55.00", s.b: "100.00"}
 
     result = _run(backend, "--date", "2026-01-14", "--format", "csv")
     assert result.exit_code == 0, result.output
-    rows = list(csv.reader(io.StringIO(result.output)))
-    assert rows[0] == ["section", "key", "value"]
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    assert rows[0] == ["section", "key", "value"]  # the database line goes to stderr
+    assert result.stderr.startswith("database: sqlite:///") or result.stderr.startswith("database: mysql")
     cells = {(section, key): value for section, key, value in rows[1:]}
     assert cells[("completed", "count")] == "4"
     assert cells[("completed", "sum.TZS")] == "105000.00" and cells[("completed", "sum.USD")] == "20.00"
@@ -361,7 +362,7 @@ def test_cli_report_json_csv_and_table(backend, now):
 
     result = _run(backend, "--date", "2026-01-14", "--as-of", "2026-01-14T08:25:00Z", "--format", "json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["completed"]["count"] == 1
+    assert json.loads(result.stdout)["completed"]["count"] == 1
 
 
 @pytest.mark.parametrize(

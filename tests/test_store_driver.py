@@ -10,9 +10,9 @@ from sqlalchemy import make_url, text
 from sqlalchemy.exc import DBAPIError
 
 from jobs.fold import run_fold
-from pipeline.config import DatabaseConfig
 from pipeline.db import make_engine, transaction
 from pipeline.errors import StoreError
+from pipeline.sections import DatabaseConfig
 from pipeline.store.driver import Driver
 from tests.builders import add_donation, add_patient, append, at, callback_body
 

@@ -10,9 +10,9 @@ import time
 import pytest
 from loguru import logger
 
-from pipeline.config import DatabaseConfig
 from pipeline.db import make_engine
 from pipeline.schema import upgrade
+from pipeline.sections import DatabaseConfig
 from receiver.app import create_app, make_receiver_engine
 from receiver.spool import Spool
 from receiver.wal import WalCheckpointer

@@ -8,7 +8,7 @@ from jobs.commands.common import Context, pass_context
 
 
 @click.command()
-@pass_context
+@pass_context(creates_database=True)
 def init(ctx: Context) -> None:
     """Create or upgrade the database schema to the latest migration (idempotent), and create the
     privacy key file (privacy.key_file, mode 0600) when it does not exist."""

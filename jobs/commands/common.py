@@ -52,24 +52,38 @@ result_format_option = click.option(
 
 @dataclass
 class Context:
-    """What a command needs, built lazily so that `--help` never touches the database."""
+    """What a command needs, built lazily so that `--help` never touches the database.
+
+    `creates_database`: only `init` (and `demo`) may create one; every other command checks that it exists
+    (require_database) before it creates anything else: the log directory, the key file, the spool."""
 
     config_path: str | None
+    env_file: str | None = None
+    creates_database: bool = False
 
     @cached_property
     def config(self) -> Config:
-        return load_config(self.config_path)
+        return load_config(self.config_path, env_file=self.env_file)
+
+    def require_database(self) -> None:
+        """A one-line error, before anything is created, when the configured database does not exist."""
+        if not self.creates_database:
+            from pipeline.db import require_existing
+
+            require_existing(self.config.database)
 
     @cached_property
     def engine(self):
         from pipeline.db import make_engine
 
+        self.require_database()
         return make_engine(self.config.database)
 
     def setup_logging(self, component: str = "cli", stderr_level: str | None = "WARNING") -> None:
         """Logging is configured here, at the entry point, and nowhere in library code."""
         from pipeline.logs import configure_logging, secrets_of
 
+        self.require_database()  # before the log directory is created
         configure_logging(
             self.config.logging, component=component, secrets=secrets_of(self.config), stderr_level=stderr_level
         )
@@ -194,13 +208,17 @@ def progress_bar(label: str, enabled: bool = True):
         yield update
 
 
-def pass_context(func: Callable) -> Callable:
-    """Decorator: adds --config and hands the command a lazily-built Context as first argument."""
+def pass_context(func: Callable | None = None, *, creates_database: bool = False) -> Callable:
+    """Decorator: adds --config and hands the command a lazily-built Context as first argument, with the
+    group's --env-file. `@pass_context(creates_database=True)`: the command may create the database."""
+    if func is None:
+        return lambda f: pass_context(f, creates_database=creates_database)
 
     @config_option
     @click.pass_context
     def wrapper(click_ctx: click.Context, config_path: str | None, *args, **kwargs):
-        return click_ctx.invoke(func, Context(config_path), *args, **kwargs)
+        env_file = click_ctx.find_root().params.get("env_file")
+        return click_ctx.invoke(func, Context(config_path, env_file, creates_database), *args, **kwargs)
 
     wrapper.__name__ = func.__name__
     wrapper.__doc__ = func.__doc__

@@ -19,7 +19,7 @@ from pipeline.errors import InputError
     default=None,
     help="Where to put the demo's database, config and logs (must not exist; default: ./demo-run/<timestamp>).",
 )
-@pass_context
+@pass_context(creates_database=True)
 def demo(ctx: Context, folder) -> None:
     """Run sandbox + receiver + scheduler on loopback over SQLite and walk through six payment scenarios.
 
@@ -37,6 +37,8 @@ def demo(ctx: Context, folder) -> None:
     where = f"it runs on its own SQLite file and config in {path}/"
     if ctx.config_path:
         click.echo(f"note: demo ignores --config {ctx.config_path}: {where}", err=True)
+    if ctx.env_file:
+        click.echo(f"note: demo ignores --env-file {ctx.env_file}: {where}", err=True)
     ignored = config_from_environment()
     if ignored:
         click.echo(f"note: demo ignores {', '.join(ignored)} from the environment: {where}", err=True)

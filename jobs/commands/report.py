@@ -1,4 +1,4 @@
-"""azamrecon report [--date YYYY-MM-DD] [--as-of T] [--format table|json|csv]."""
+"""azamrecon report [--date YYYY-MM-DD] [--as-of T] [--format table|json|csv] | report --check."""
 
 from __future__ import annotations
 
@@ -48,9 +48,14 @@ def parse_day(value: str | None, name: str = "--date") -> date | None:
     metavar="T",
     help="Answer from the state as known at T (ISO-8601; naive means UTC), refolded in memory from events received by then. Writes nothing.",
 )
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Instead of the report: one line per problem and exit 1, or one 'ok' line and exit 0 (thresholds: alerts.*).",
+)
 @format_option
 @pass_context
-def report(ctx: Context, day_text, as_of_text, output_format) -> None:
+def report(ctx: Context, day_text, as_of_text, output_format, check) -> None:
     """Answer the webhook guide's monitoring questions in one report.
 
     \b
@@ -60,6 +65,17 @@ def report(ctx: Context, day_text, as_of_text, output_format) -> None:
     (received / required / percent / status), anomalies by kind (count and
     latest examples), fold lag (events, seconds) and the invariant check.
     Exits 1 when the invariant check fails (the report is printed first).
+    The database used is named on stderr (password hidden).
+
+    \b
+    --check         for cron and monitors: prints one line per problem and
+                    exits 1 when the fold is stale (no successful fold for
+                    alerts.fold_stale_seconds), the oldest unfolded event is
+                    older than alerts.max_lag_seconds, the spool holds files,
+                    an invariant fails, REVIEW donations exceed
+                    alerts.max_review or donations PENDING past
+                    poll.max_age_hours exceed alerts.max_stuck_pending;
+                    otherwise prints one line starting "ok" and exits 0
 
     \b
     --format table  one rich table per section
@@ -74,7 +90,14 @@ def report(ctx: Context, day_text, as_of_text, output_format) -> None:
 
     day = parse_day(day_text)
     instant = parse_when(as_of_text, "--as-of")
+    if check and (day is not None or instant is not None):
+        raise InputError("report --check reads the live state now: drop --date and --as-of")
+    # which database answers, on stderr so that the JSON and CSV on stdout stay parseable
+    click.echo(f"database: {ctx.engine.url.render_as_string(hide_password=True)}", err=True)
     now = utcnow()
+    if check:
+        _check(ctx, now)
+        return
     if day is None:
         day = (instant or now).date()
     data = build_report(ctx.engine, ctx.config, day=day, now=now, as_of=instant)
@@ -90,6 +113,18 @@ def report(ctx: Context, day_text, as_of_text, output_format) -> None:
     else:
         _print_tables(data)
     _fail_on_violations(data["invariants"])
+
+
+def _check(ctx: Context, now) -> None:
+    from jobs.report import check_facts
+    from pipeline.report_sections import check_ok_line, check_problems
+
+    facts = check_facts(ctx.engine, ctx.config, now)
+    problems = check_problems(facts, ctx.config.alerts, now, ctx.config.poll.max_age_hours)
+    for line in problems or [check_ok_line(facts, now)]:
+        click.echo(line)
+    if problems:
+        click.get_current_context().exit(1)
 
 
 def _fail_on_violations(invariants: dict) -> None:

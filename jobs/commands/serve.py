@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+import sys
 from pathlib import Path
 
 import click
+from sqlalchemy.engine import make_url
 
 from jobs.commands.common import Context, pass_context
 from pipeline.errors import ConfigError, InputError
@@ -30,6 +32,21 @@ def _check_listen(host: str, port: int) -> None:
         probe.close()
 
 
+def _metrics_dir(path: str) -> None:
+    """Every worker writes its counters under receiver.metrics_dir (prometheus_client's multiprocess mode), so
+    any worker's /metrics sums them all. Set before a worker (or this process) imports prometheus_client."""
+    directory = Path(path).resolve()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    from receiver.metrics import prepare_dir
+
+    try:
+        prepare_dir(directory)
+    except OSError as exc:
+        raise ConfigError(
+            f"invalid config value for receiver.metrics_dir: cannot use {path}: {exc.strerror or exc}"
+        ) from None
+
+
 @click.command()
 @click.option("--host", default=None, help="Interface to listen on (default: receiver.host).")
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (default: receiver.port).")
@@ -45,6 +62,7 @@ def serve(ctx: Context, host: str | None, port: int | None, workers: int | None)
     from pipeline.logs import configure_logging, secrets_of
 
     config = ctx.config
+    ctx.require_database()  # before the spool, key and log directory are created
     host = host or config.receiver.host
     port = config.receiver.port if port is None else port
     workers = workers or config.receiver.workers
@@ -71,6 +89,15 @@ def serve(ctx: Context, host: str | None, port: int | None, workers: int | None)
     if ctx.config_path:
         # the worker processes (and the factory) read the same file
         os.environ["AZAMRECON_CONFIG"] = str(Path(ctx.config_path).resolve())
+    if ctx.env_file:
+        # the worker processes (and the factory) read the same env file
+        os.environ["AZAMRECON_ENV_FILE"] = str(Path(ctx.env_file).resolve())
+    _metrics_dir(config.receiver.metrics_dir)
+    url = make_url(config.database.url).render_as_string(hide_password=True)  # what engine.url renders
+    # stdout, unconditionally: the journal's record of what this receiver serves, whatever the log settings
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"serve: listening on http://{shown}:{port} with {workers} worker(s), database {url}")
+    sys.stdout.flush()
     uvicorn.run(
         "receiver.app:app_factory",
         factory=True,

@@ -10,8 +10,8 @@ config = context.config
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is None:
-        from pipeline.config import DatabaseConfig
         from pipeline.db import make_engine
+        from pipeline.sections import DatabaseConfig
 
         engine = make_engine(DatabaseConfig(url=config.get_main_option("sqlalchemy.url")))
         with engine.begin() as connection:

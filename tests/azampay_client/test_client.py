@@ -15,8 +15,8 @@ import pytest
 import responses
 
 from pipeline.azampay import AzamPayClient, StatusAnswer, map_status_text
-from pipeline.config import AzamPayConfig, StatusApiConfig
 from pipeline.errors import AzamPayAuthError, AzamPayUnexpectedAnswer, AzamPayValidationError
+from pipeline.sections import AzamPayConfig, StatusApiConfig
 from sandbox.testing import running_sandbox
 from tests.azampay_client.helpers import FIXTURES, MSISDN, checkout
 

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from pipeline.azampay import AzamPayClient
-from pipeline.config import AzamPayConfig
 from pipeline.errors import AzamPayAuthError, AzamPayUnavailable, AzamPayUnexpectedAnswer
+from pipeline.sections import AzamPayConfig
 from tests.azampay_client.helpers import checkout
 
 # --- transport failures and retries -------------------------------------------------------------

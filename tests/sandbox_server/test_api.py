@@ -160,7 +160,7 @@ def test_cli_serves_until_sigterm(tmp_path, receiver):
 
 
 def running_config(url: str):
-    from pipeline.config import AzamPayConfig
+    from pipeline.sections import AzamPayConfig
 
     return AzamPayConfig(
         auth_url=url,
