@@ -72,6 +72,13 @@ class AzamreconGroup(click.Group):
 )
 def cli(env_file: str | None) -> None:
     """azamrecon: AzamPay callbacks into an append-only log, folded into donation status and patient funding."""
+    path = env_file or os.environ.get("AZAMRECON_ENV_FILE")
+    if path:
+        from pipeline.envfile import read_env_file
+
+        # the whole process sees the file, as a unit's EnvironmentFile= gives it: the AzamPay client's
+        # HTTPS_PROXY, NO_PROXY and REQUESTS_CA_BUNDLE too, not only the config's names
+        os.environ.update(read_env_file(path))
 
 
 # The command modules import their heavy dependencies inside the commands: importing them all here stays cheap.

@@ -33,12 +33,14 @@ from sqlalchemy.engine import Engine
 
 from pipeline.config import Config
 from pipeline.db import transaction
-from pipeline.errors import InvariantViolation, StoreConflict
+from pipeline.errors import StoreConflict
 from pipeline.fold import COMPLETED, FAILED, DonationState, FoldEvent, Source, Transition, TrustPolicy, credit_of
 from pipeline.fold_batch import BatchResult, fold_batch, reference_format, trust_policy
+from pipeline.invariants import violation_error
 from pipeline.logs import payments
 from pipeline.resolution import ReferenceFormat
-from pipeline.store.checkpoint import CHECKPOINT, Checkpoint, fold_lag
+from pipeline.store.checkpoint import CHECKPOINT, Checkpoint
+from pipeline.store.metrics import fold_facts
 from pipeline.store.state import SqlFoldStore
 from pipeline.store.waiting import offered_keys
 
@@ -203,7 +205,7 @@ def run_fold(
         if not fresh and not retried:
             break
     with transaction(engine) as session:
-        report.lag_events, _ = fold_lag(session, CHECKPOINT)
+        report.lag_events = fold_facts(session).lag_events
     return report
 
 
@@ -233,7 +235,7 @@ def _fold_one_batch(
         result = fold_batch(store, fresh + filled, retried, policy, references)
         problems = store.invariant_violations(patient_ids=result.patients.keys(), donation_ids=result.donations)
         if problems:
-            raise InvariantViolation("fold invariant violated: " + "; ".join(problems[:5]))
+            raise violation_error(problems)
         store.count_events(fresh + filled)
         checkpoint.events_applied += len(fresh) + len(filled)
         quiet_until = checkpoint.rebuild_until

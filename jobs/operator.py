@@ -20,12 +20,11 @@ from sqlalchemy.orm import Session
 from pipeline.db import transaction
 from pipeline.errors import AzamreconError, InputError
 from pipeline.events import EventFields
-from pipeline.fold import CANCELLED, COMPLETED, EXPIRED, FAILED, OPERATOR_STATUSES, Source
+from pipeline.fold import COMPLETED, NOT_APPLICABLE, OPERATOR_STATUSES, TERMINAL_STATUSES, Source
 from pipeline.models import PaymentEvent
 from pipeline.store.donations import get_donation
 from pipeline.store.events import append_event, event_row
 
-TERMINAL_STATUSES = (COMPLETED, FAILED, CANCELLED, EXPIRED)
 BODY_KEYS = ("donation_id", "status", "note", "os_user", "sudo_user", "actor")
 
 
@@ -94,7 +93,7 @@ def resolve_donation(
                 source=Source.OPERATOR,
                 body=body,
                 received_at=now,
-                auth="n/a",
+                auth=NOT_APPLICABLE,
                 fields=fields,
                 donation_id=donation_id,
                 content_type="application/json",

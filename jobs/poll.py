@@ -48,7 +48,15 @@ from pipeline.errors import AzamPayError
 from pipeline.fold import Source, Status
 from pipeline.logs import payments
 from pipeline.models import Donation, PaymentEvent
-from pipeline.status_check import Candidate, PollReport, check_donation, refuse_during_rebuild, rows_for
+from pipeline.status_check import (
+    Candidate,
+    PollReport,
+    check_donation,
+    past_max_age,
+    refuse_during_rebuild,
+    rows_for,
+    skip_unaskable,
+)
 from pipeline.store.events import append_events
 
 LOCK_NAME = "poll"
@@ -76,7 +84,6 @@ def _due_candidates(
     """PENDING donations past the threshold or needing a check, minus those in backoff; oldest first."""
     poll = config.poll
     threshold = now - timedelta(minutes=poll.threshold_minutes)
-    max_age = now - timedelta(hours=poll.max_age_hours)
     selection = (
         Donation.status == Status.PENDING,
         or_(Donation.created_at < threshold, Donation.needs_check == true()),
@@ -111,17 +118,17 @@ def _due_candidates(
     report.candidates = len(rows)
     due: list[Candidate] = []
     for donation_id, transaction_id, provider, created_at, needs_check, last_event_id in rows:
-        expire = created_at <= max_age
+        expire = past_max_age(created_at, now, poll)
         count, last_at, last_poll_id = history.get(donation_id, (0, None, None))
         if not expire and count:
             fresh_doubt = bool(needs_check) and last_event_id is not None and last_event_id > last_poll_id
             if not fresh_doubt and now < last_at + backoff_delay(config, count):
                 report.skipped_backoff += 1
                 continue
-        if not transaction_id and not expire:
-            report.no_transaction_id += 1
+        candidate = Candidate(donation_id, transaction_id, provider, created_at, Status.PENDING, expire)
+        if skip_unaskable(report, candidate):
             continue
-        due.append(Candidate(donation_id, transaction_id, provider, created_at, Status.PENDING, expire))
+        due.append(candidate)
         if limit is not None and len(due) >= limit:
             break
     return due

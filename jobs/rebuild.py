@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from loguru import logger
 from sqlalchemy.engine import Engine
 
 from jobs.fold import FoldReport, collector_paused, run_fold
@@ -15,6 +14,7 @@ from pipeline.config import Config
 from pipeline.db import transaction
 from pipeline.fold_batch import fold_batch, reference_format, trust_policy
 from pipeline.invariants import violations
+from pipeline.logs import payments
 from pipeline.snapshot import Snapshot, differences
 from pipeline.store.checkpoint import CHECKPOINT
 from pipeline.store.memory import MemoryFoldStore
@@ -44,7 +44,7 @@ def rebuild(engine: Engine, config: Config, now: datetime, progress: Progress | 
         store.save_checkpoint(checkpoint, now)
     # quiet up to rebuild_until (announced when first folded); a callback that arrives meanwhile is announced
     report = run_fold(engine, config, now, batch_size=max(config.fold.batch_size, REBUILD_BATCH), progress=progress)
-    logger.bind(channel="payments").info(
+    payments.info(
         f"Rebuild finished: {report.events} events folded in {report.batches} batches, "
         f"{report.credits_added} credits, {report.anomalies} anomalies, {report.transitions} status changes"
     )

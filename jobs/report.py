@@ -5,7 +5,8 @@
 - donations stuck PENDING for longer than poll.threshold_minutes, with their ages;
 - each patient's funding: received / required, percent and status;
 - anomalies by kind, with counts and the latest examples;
-- the fold's lag (events not folded yet, and how old the oldest of them is);
+- the fold's lag (events not folded yet, and how old the oldest of them is): pipeline.store.metrics.fold_facts,
+  which counts at most 10,000; beyond that the count is the id distance (an upper bound);
 - the invariant check (funding_received == sum of credits; credits only for COMPLETED donations).
 
 The sections are pipeline.report_sections' rules over the facts read here; the invariants are
@@ -46,7 +47,6 @@ from pipeline.models import Anomaly, Donation, FundingCredit, Patient, PaymentEv
 from pipeline.report_sections import LIST_LIMIT, CheckFacts, DonationView, Facts, day_bounds, report_of
 from pipeline.snapshot import DONATION_FIELDS, Snapshot
 from pipeline.store import metrics
-from pipeline.store.checkpoint import fold_lag
 from pipeline.store.state import SqlFoldStore
 
 EXAMPLES_PER_KIND = 5
@@ -68,7 +68,7 @@ def build_report(
     stuck_before = (as_of or now) - timedelta(minutes=config.poll.threshold_minutes)
     if as_of is None:
         with transaction(engine, isolation="REPEATABLE READ") as session:
-            facts = _live_facts(session, start, end, stuck_before)
+            facts = _live_facts(session, start, end, stuck_before, now)
     else:
         from jobs.rebuild import as_of as rebuild_as_of
 
@@ -97,7 +97,7 @@ _VIEW_COLUMNS = (
 )
 
 
-def _live_facts(session: Session, start: datetime, end: datetime, stuck_before: datetime) -> Facts:
+def _live_facts(session: Session, start: datetime, end: datetime, stuck_before: datetime, now: datetime) -> Facts:
     # Only the rows some section can list; the sections re-apply their exact conditions.
     wanted = or_(
         and_(Donation.status == COMPLETED, Donation.completed_at >= start, Donation.completed_at < end),
@@ -142,10 +142,19 @@ def _live_facts(session: Session, start: datetime, end: datetime, stuck_before: 
             _example(event_id, donation_id, detail, received_at)
             for event_id, donation_id, detail, received_at in session.execute(query)
         ]
-    lag_events, lag_oldest = fold_lag(session)
+    fold = metrics.fold_facts(session)
     violations = SqlFoldStore(session).invariant_violations()
     return Facts(
-        donations, status_counts, patients, Decimal(general), counts, examples, lag_events, lag_oldest, violations
+        donations,
+        status_counts,
+        patients,
+        Decimal(general),
+        counts,
+        examples,
+        fold.lag_events,
+        fold.oldest_unfolded,
+        fold.lag_seconds(now),
+        violations,
     )
 
 
@@ -246,7 +255,7 @@ def _snapshot_facts(session: Session, snapshot: Snapshot, as_of: datetime) -> Fa
 
     violations = invariant_violations(snapshot, {d.id: d.patient_amount for d in donations})
     # The as-of state folds every event received by `as_of`: nothing is behind.
-    return Facts(donations, status_counts, patients, general, dict(counts), examples, 0, None, violations)
+    return Facts(donations, status_counts, patients, general, dict(counts), examples, 0, None, 0.0, violations)
 
 
 # -- report --check -------------------------------------------------------------------------------
@@ -259,12 +268,12 @@ def check_facts(engine: Engine, config: Config, now: datetime) -> CheckFacts:
         fold = metrics.fold_facts(session)
         jobs = metrics.job_facts(session)
         review = metrics.donations_by_open_status(session)[REVIEW]
-        stuck = metrics.stuck_pending(session, now, timedelta(hours=config.poll.max_age_hours))
+        _, stuck = metrics.stuck_pending_counts(session, now, config.poll)
         violations = SqlFoldStore(session).invariant_violations()
     return CheckFacts(
         last_fold=metrics.fold_last_success(fold, jobs),
         lag_events=fold.lag_events,
-        lag_oldest=fold.oldest_unfolded,
+        lag_seconds=fold.lag_seconds(now),
         spool_files=metrics.spool_files(config.receiver.spool_dir),
         spool_dir=str(config.receiver.spool_dir),
         violations=violations,

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 
 from pipeline.db import transaction
 from pipeline.errors import AzamreconError, InputError, LockBusy, NotFound
-from pipeline.models import JobRun
+from pipeline.models import JobRun, RunOutcome
 
 
 def utcnow() -> datetime:
@@ -26,7 +26,7 @@ USAGE_ERRORS = (InputError, NotFound)  # the caller's mistake, not the job's fai
 class RunRecord:
     def __init__(self) -> None:
         self.counts: dict = {}
-        self.outcome: str | None = "ok"  # None: a usage error, not a run
+        self.outcome: str | None = RunOutcome.OK  # None: a usage error, not a run
 
 
 def describe(exc: BaseException) -> str:
@@ -68,7 +68,7 @@ def recorded_run(
     removed, so a typo never shows as a failed run; the error still reaches the caller.
     """
     with transaction(engine) as session:
-        run = JobRun(job=job, started_at=now, outcome="running", counts="{}", host=socket.gethostname()[:128])
+        run = JobRun(job=job, started_at=now, outcome=RunOutcome.RUNNING, counts="{}", host=socket.gethostname()[:128])
         session.add(run)
         session.flush()
         run_id = run.id
@@ -77,12 +77,12 @@ def recorded_run(
     try:
         yield record
     except LockBusy as exc:
-        record.outcome, error = "skipped", str(exc)
+        record.outcome, error = RunOutcome.SKIPPED, str(exc)
     except USAGE_ERRORS:
         record.outcome = None
         raise
     except BaseException as exc:
-        record.outcome, error = "error", describe(exc)
+        record.outcome, error = RunOutcome.ERROR, describe(exc)
         raise
     finally:
         finished = max(clock(), now)

@@ -8,6 +8,7 @@ privacy retain take a lease lock, and spool ingest is idempotent (dedupe keys).
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from jobs.runs import describe, record_finished_run, recorded_run, utcnow
 from pipeline.config import Config
 from pipeline.errors import AzamreconError, LockBusy
 from pipeline.logs import payments
+from pipeline.models import RunOutcome
 from pipeline.throttle import SUMMARY_SECONDS, FailureThrottle, failure_reason
 
 Clock = Callable[[], datetime]
@@ -59,10 +61,10 @@ class Jobs:
             report = run_fold(self.engine, self.config, now)
         except Exception as exc:
             with contextlib.suppress(AzamreconError):  # the database is down: the fold's own error says so
-                record_finished_run(self.engine, "fold", now, self.clock(), "error", error=describe(exc))
+                record_finished_run(self.engine, "fold", now, self.clock(), RunOutcome.ERROR, error=describe(exc))
             raise
         if report.events:
-            record_finished_run(self.engine, "fold", now, self.clock(), "ok", counts=report.as_dict())
+            record_finished_run(self.engine, "fold", now, self.clock(), RunOutcome.OK, counts=report.as_dict())
 
     def poll(self) -> None:
         from jobs.fold import run_fold
@@ -100,7 +102,9 @@ class Jobs:
         now = self.clock()
         with recorded_run(self.engine, "report", now, clock=self.clock) as run:
             with lease(self.engine, "report", now, lease_seconds=3600):
-                run.counts = {"path": str(write_daily_report(self.engine, self.config, now))}
+                run.counts = {
+                    "path": str(write_daily_report(self.engine, self.config, now, self.config.scheduler.reports_dir))
+                }
 
 
 class FailureReporter:
@@ -194,12 +198,23 @@ def build_scheduler(
     return scheduler
 
 
+class OverlapFilter(logging.Filter):
+    """Drops APScheduler's "skipped: maximum number of running instances reached": with max_instances=1 and
+    coalesce that is the design, not news, and a fold slower than its 0.5 s interval (a hung database) would
+    print it to stderr every tick, beside the one rate-limited failure line. Other warnings pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances reached" not in record.getMessage()
+
+
 def run_scheduler(
     engine: Engine, config: Config, clock: Clock = utcnow, summary_seconds: float = SUMMARY_SECONDS
 ) -> None:
     """Run until SIGTERM/SIGINT; a running job finishes before the process exits. summary_seconds: how
     often a repeating job failure is summarised (pipeline.throttle)."""
     scheduler = build_scheduler(engine, config, clock, summary_seconds)
+    overlap = OverlapFilter()
+    logging.getLogger("apscheduler.scheduler").addFilter(overlap)
 
     def stop(signum, _frame) -> None:
         logger.info(f"scheduler: signal {signum}, finishing the running job then exiting")

@@ -14,6 +14,7 @@ RELATIVE_PATHS = (
     "logging.dir",
     "receiver.spool_dir",
     "receiver.metrics_dir",
+    "scheduler.reports_dir",
     "privacy.key_file",
     "webhook.signature_public_key_pem",
 )

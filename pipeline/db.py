@@ -38,6 +38,8 @@ def require_existing(config: DatabaseConfig) -> None:
     the URL; a missing directory is an outage rather than a default (SQLite cannot create the file there, and
     the receiver must still start and spool), left to fail at connect like a missing MySQL database
     (translate). Checked before anything else is created (log directory, key file, spool)."""
+    with _driver_errors(config.url):
+        make_url(config.url).get_dialect()  # a bad driver is a config error first, not a missing file
     path = sqlite_file(config.url)
     if path is not None and not Path(path).exists() and Path(path).parent.is_dir():
         raise StoreUnavailable(
@@ -78,13 +80,19 @@ def make_engine(config: DatabaseConfig, *, sqlite_autocheckpoint: bool = True, *
 
 
 def _create_engine(url: str, **options) -> Engine:
+    with _driver_errors(url):
+        engine = create_engine(url, **options)
+        _check_driver_arguments(engine, options.get("connect_args", {}))
+        return engine
+
+
+@contextlib.contextmanager
+def _driver_errors(url: str) -> Iterator[None]:
     # The config validated the backend; the driver named in the URL (mysql+mysqldb://) may still be missing,
     # or unknown to SQLAlchemy (mysql+nodriver://: NoSuchModuleError, an ArgumentError). Messages name the
     # scheme only: the URL may hold the password.
     try:
-        engine = create_engine(url, **options)
-        _check_driver_arguments(engine, options.get("connect_args", {}))
-        return engine
+        yield
     except ImportError as exc:
         raise ConfigError(f"invalid config value for database.url: its driver is not installed: {exc}") from None
     except NoSuchModuleError:

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from pipeline.errors import ParseError
-from pipeline.fold import Status
+from pipeline.fold import CENT, Status
 
 # AzamPay's transactionstatus words (its wire values, any case) and the status each one means
 _STATUS_WORDS = {
@@ -70,7 +70,7 @@ def parse_amount(raw: Any) -> Decimal | None:
     amount = Decimal(text)
     if amount >= MAX_AMOUNT:
         raise ParseError(f"amount out of range: {text[:40]!r}")
-    return amount.quantize(Decimal("0.01"))
+    return amount.quantize(CENT)
 
 
 def _clip(value: Any, length: int) -> str | None:

@@ -21,6 +21,8 @@ from enum import StrEnum
 from operator import attrgetter
 from typing import NamedTuple
 
+CENT = Decimal("0.01")  # money's precision, everywhere (stored, compared, printed)
+
 
 class Status(StrEnum):
     """A donation's status, and an event's normalised transaction status (SUCCESS and UNKNOWN are events' only).
@@ -35,6 +37,13 @@ class Status(StrEnum):
     REVIEW = "REVIEW"
     SUCCESS = "SUCCESS"
     UNKNOWN = "UNKNOWN"
+
+
+class PatientStatus(StrEnum):
+    """A patient's status: FULLY_FUNDED from the credit that crosses funding_required (patient_totals)."""
+
+    FUNDING = "FUNDING"
+    FULLY_FUNDED = "FULLY_FUNDED"
 
 
 class Source(StrEnum):
@@ -58,6 +67,8 @@ PENDING, COMPLETED, FAILED, CANCELLED, EXPIRED, REVIEW = (
 SUCCESS, UNKNOWN = Status.SUCCESS, Status.UNKNOWN
 DONATION_STATUSES = (PENDING, COMPLETED, FAILED, CANCELLED, EXPIRED, REVIEW)
 OPERATOR_STATUSES = (COMPLETED, FAILED, CANCELLED)
+UNPAID_ENDINGS = (FAILED, CANCELLED, EXPIRED)  # final without payment: a success after one is late_success
+TERMINAL_STATUSES = (COMPLETED, *UNPAID_ENDINGS)  # final statuses: replacing one needs an operator's confirmation
 
 # every anomaly kind and what it means; docs/fold.md has the full rules, and `report` prints these lines
 ANOMALY_MEANINGS = {
@@ -264,7 +275,7 @@ def apply(state: DonationState, event: FoldEvent, policy: TrustPolicy) -> tuple[
     elif status == SUCCESS:
         if amount_matches(state, event):
             if state.success_event_id is None:
-                if before in (FAILED, CANCELLED, EXPIRED):
+                if before in UNPAID_ENDINGS:
                     anomalies.append(AnomalyRecord(event_id, state.id, "late_success", f"success after {before}"))
             elif not poll_confirms(event, before):
                 anomalies.append(
@@ -302,13 +313,10 @@ def apply(state: DonationState, event: FoldEvent, policy: TrustPolicy) -> tuple[
         pass
     else:
         state.needs_check = True
+        shown = event.status_raw or status
+        shown = None if shown is None else str(shown)  # the plain text, also of a Status (its repr names the class)
         anomalies.append(
-            AnomalyRecord(
-                event_id,
-                state.id,
-                "unknown_status",
-                f"{event.source} status {event.status_raw or status!r} not recognised",
-            )
+            AnomalyRecord(event_id, state.id, "unknown_status", f"{event.source} status {shown!r} not recognised")
         )
 
     derive(state)
@@ -353,8 +361,8 @@ def patient_totals(funding_required: Decimal, credits: Iterable[Credit]) -> Pati
         if fully_funded_at is None and received >= funding_required:
             fully_funded_at = credit.credited_at
     if fully_funded_at is not None:
-        return PatientTotals(received, "FULLY_FUNDED", fully_funded_at)
-    return PatientTotals(received, "FUNDING", None)
+        return PatientTotals(received, PatientStatus.FULLY_FUNDED, fully_funded_at)
+    return PatientTotals(received, PatientStatus.FUNDING, None)
 
 
 def patient_update(
@@ -376,7 +384,7 @@ def patient_update(
                 touches_crossing = True
     received += delta
     if received < funding_required:
-        return PatientTotals(received, "FUNDING", None)
-    if status == "FULLY_FUNDED" and not touches_crossing:
+        return PatientTotals(received, PatientStatus.FUNDING, None)
+    if status == PatientStatus.FULLY_FUNDED and not touches_crossing:
         return PatientTotals(received, status, fully_funded_at)
     return None

@@ -5,7 +5,9 @@
 
 The report (as of an instant) and `rebuild --check` run `violations` on a snapshot. The fold's batch runs
 the same checks in SQL over just the rows it touched (pipeline.store.invariants_sql, the one fast path);
-tests/test_invariants_agree.py holds the two to the same answers. The messages come from here for both.
+tests/test_invariants_agree.py holds the two to the same answers. The messages come from here for both,
+and so does the error the fold raises (violation_error), which /metrics recognises in job_runs
+(is_violation_error).
 """
 
 from __future__ import annotations
@@ -14,11 +16,23 @@ from collections import defaultdict
 from collections.abc import Mapping
 from decimal import Decimal
 
-from pipeline.fold import COMPLETED
+from pipeline.errors import InvariantViolation
+from pipeline.fold import CENT, COMPLETED
 from pipeline.snapshot import DONATION_FIELDS, Snapshot
 
-CENT = Decimal("0.01")
 _STATUS = DONATION_FIELDS.index("status")
+ERROR_PREFIX = "fold invariant violated"  # how the fold's InvariantViolation begins (alerts grep it too)
+ERROR_PROBLEMS = 5  # the problems the error names
+
+
+def violation_error(problems: list[str]) -> InvariantViolation:
+    """The error the fold raises when a batch breaks an invariant (its transaction is rolled back)."""
+    return InvariantViolation(f"{ERROR_PREFIX}: " + "; ".join(problems[:ERROR_PROBLEMS]))
+
+
+def is_violation_error(text: str | None) -> bool:
+    """Whether a recorded error (job_runs.error) is violation_error's."""
+    return (text or "").startswith(ERROR_PREFIX)
 
 
 def credit_holds(status: str, credited: Decimal | None, patient_amount: Decimal) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
@@ -26,11 +27,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from pipeline.fold import Status
+from pipeline.fold import CENT, PatientStatus, Status
 
 # Ids are BIGINT on MySQL but INTEGER on SQLite, where only INTEGER PRIMARY KEY aliases the rowid.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
-CENT = Decimal("0.01")
 
 
 def money_to_db(value, sqlite: bool):
@@ -135,7 +135,7 @@ class Patient(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # derived
     funding_received: Mapped[Decimal] = mapped_column(Money(), default=Decimal("0"), server_default="0")
-    status: Mapped[str] = mapped_column(String(16), default="FUNDING", server_default="FUNDING")
+    status: Mapped[str] = mapped_column(String(16), default=PatientStatus.FUNDING, server_default="FUNDING")
     fully_funded_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
@@ -327,14 +327,26 @@ class FoldCheckpoint(Base):
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
+class RunOutcome(StrEnum):
+    """A job_runs row's outcome: running until the run ends, then ok, skipped (another worker held the
+    lock) or error."""
+
+    RUNNING = "running"
+    OK = "ok"
+    SKIPPED = "skipped"
+    ERROR = "error"
+
+
 class JobRun(Base):
     __tablename__ = "job_runs"
+    # each job's newest successful run in one seek, however long it has been failing (migration 0005)
+    __table_args__ = (Index("ix_job_runs_job_outcome", "job", "outcome", "id"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     job: Mapped[str] = mapped_column(String(32), index=True)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    outcome: Mapped[str] = mapped_column(String(16), default="running")  # running | ok | skipped | error
+    outcome: Mapped[str] = mapped_column(String(16), default=RunOutcome.RUNNING)
     counts: Mapped[str] = mapped_column(Text, default="{}")  # JSON
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     host: Mapped[str | None] = mapped_column(String(128), nullable=True)
@@ -348,6 +360,3 @@ class JobLock(Base):
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     holder: Mapped[str | None] = mapped_column(String(128), nullable=True)
     acquired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-
-
-DERIVED_TABLES = ("funding_credits", "anomalies")

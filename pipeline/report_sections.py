@@ -13,11 +13,19 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
-from pipeline.fold import ANOMALY_KINDS, ANOMALY_MEANINGS, CANCELLED, COMPLETED, DONATION_STATUSES, FAILED, PENDING
+from pipeline.fold import (
+    ANOMALY_KINDS,
+    ANOMALY_MEANINGS,
+    CANCELLED,
+    CENT,
+    COMPLETED,
+    DONATION_STATUSES,
+    FAILED,
+    PENDING,
+)
 from pipeline.sections import AlertsConfig
 
 LIST_LIMIT = 200  # rows kept in each donation list; the counts are always complete
-CENT = Decimal("0.01")
 
 
 @dataclass
@@ -53,8 +61,9 @@ class Facts:
     general_fund: Decimal
     anomaly_counts: dict[str, int]
     anomaly_examples: dict[str, list[dict[str, Any]]]
-    lag_events: int
+    lag_events: int  # pipeline.store.metrics.FoldFacts: from 10,000 on, the id distance (an upper bound)
     lag_oldest: datetime | None
+    lag_seconds: float  # FoldFacts.lag_seconds at the report's instant
     violations: list[str]
 
 
@@ -64,7 +73,7 @@ class CheckFacts:
 
     last_fold: datetime | None  # the newest successful fold: the checkpoint's updated_at, or an ok fold run
     lag_events: int
-    lag_oldest: datetime | None  # received_at of the oldest unfolded event
+    lag_seconds: float  # age of the oldest unfolded event (FoldFacts.lag_seconds)
     spool_files: int  # non-empty spool files not yet ingested
     spool_dir: str
     violations: list[str]
@@ -87,13 +96,11 @@ def check_problems(facts: CheckFacts, alerts: AlertsConfig, now: datetime, max_a
                 f"fold stale: last successful fold {idle:.0f} s ago, at {facts.last_fold.isoformat()} "
                 f"(alerts.fold_stale_seconds {alerts.fold_stale_seconds:g})"
             )
-    if facts.lag_oldest is not None:
-        lag = (now - facts.lag_oldest).total_seconds()
-        if lag > alerts.max_lag_seconds:
-            problems.append(
-                f"fold lag: oldest unfolded event {lag:.0f} s old, {facts.lag_events} event(s) unfolded "
-                f"(alerts.max_lag_seconds {alerts.max_lag_seconds:g})"
-            )
+    if facts.lag_seconds > alerts.max_lag_seconds:
+        problems.append(
+            f"fold lag: oldest unfolded event {facts.lag_seconds:.0f} s old, {facts.lag_events} event(s) unfolded "
+            f"(alerts.max_lag_seconds {alerts.max_lag_seconds:g})"
+        )
     if facts.spool_files:
         problems.append(
             f"spool not empty: {facts.spool_files} file(s) in {facts.spool_dir} (the scheduler replays them; "
@@ -153,9 +160,15 @@ def _money_section(donations: list[DonationView], limit: int, at_name: str, at) 
     }
 
 
+def percent_funded(received: Decimal, required: Decimal) -> Decimal | None:
+    """The share of the target received, rounded down to the cent (99.996% never reads 100); None without a
+    target. The report and `patients show` both print this."""
+    return (received * 100 / required).quantize(CENT, rounding=ROUND_DOWN) if required > 0 else None
+
+
 def _patient_row(p: dict[str, Any]) -> dict[str, Any]:
     required, received = Decimal(p["funding_required"]), Decimal(p["funding_received"])
-    percent = (received * 100 / required).quantize(CENT, rounding=ROUND_DOWN) if required > 0 else Decimal("0.00")
+    percent = percent_funded(received, required)
     return {
         "id": p["id"],
         "name": p["name"],
@@ -237,9 +250,7 @@ def report_of(
         },
         "fold_lag": {
             "events": facts.lag_events,
-            "seconds": 0.0
-            if facts.lag_oldest is None
-            else max(0.0, round((reference - facts.lag_oldest).total_seconds(), 3)),
+            "seconds": round(facts.lag_seconds, 3),
             "oldest_unfolded_at": facts.lag_oldest,
         },
         "invariants": {"ok": not facts.violations, "violations": facts.violations},

@@ -216,6 +216,7 @@ class SchedulerConfig(_Section):
     poll_interval_seconds: float = Field(60.0, gt=0)
     spool_interval_seconds: float = Field(30.0, gt=0)
     report_cron: str = "5 0 * * *"  # minute hour day month day_of_week, UTC
+    reports_dir: str = "reports"  # where the daily report's JSON files go
     misfire_grace_seconds: int = Field(30, ge=1)
 
     @field_validator("report_cron")

@@ -12,7 +12,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-from pipeline.fold import DERIVED_FIELDS, AnomalyRecord, Credit, DonationState
+from pipeline.fold import CENT, DERIVED_FIELDS, AnomalyRecord, Credit, DonationState
 
 # What a person compares; the remaining derived fields (aggregates, event_ids) follow from the log.
 DONATION_FIELDS = ("status", "completed_at", "credit_event_id", "review_reason", "needs_check") + tuple(
@@ -68,7 +68,7 @@ def _norm(value: Any) -> Any:
     if isinstance(value, Enum):  # a Status the fold set compares (and prints) as the string a table holds
         return value.value
     if isinstance(value, Decimal):
-        return str(value.quantize(Decimal("0.01")))
+        return str(value.quantize(CENT))
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, bool):

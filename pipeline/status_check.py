@@ -6,6 +6,9 @@ fold does the rest. A donation past poll.max_age_hours whose answer is not defin
 transactionId to ask about) also gets an expiry `poll` event (status EXPIRED). A network error appends
 nothing and is counted; an authentication failure marks the report aborted.
 
+The boundary of "past poll.max_age_hours" is `past_max_age` (the poller, this check and /metrics use it), and
+a donation with nothing to ask and nothing to expire is skipped by `skip_unaskable`.
+
 `rows_for` is that rule, used for every donation of a poll run (jobs/poll.py) and by `check_donation`, which
 asks about exactly one donation now (the portal's status endpoint and `azamrecon poll --donation`). A single
 check takes no lease: one extra question is harmless, and the status endpoint must not wait for a
@@ -30,6 +33,7 @@ from pipeline.errors import AzamPayAuthError, AzamPayError, LockBusy, NotFound
 from pipeline.events import EventFields
 from pipeline.fold import NOT_APPLICABLE, Source, Status
 from pipeline.models import Donation
+from pipeline.sections import PollConfig
 from pipeline.store.events import append_events, event_row
 
 MAX_ERROR_MESSAGES = 5
@@ -58,19 +62,27 @@ class PollReport:
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__, error_messages=list(self.error_messages))
 
+    def counts(self) -> dict[str, int]:
+        """Every count of the run (COUNT_KEYS), in order."""
+        return {key: getattr(self, key) for key in COUNT_KEYS}
+
     def summary(self) -> str:
-        keys = (
-            "checked",
-            "success",
-            "failed",
-            "pending",
-            "unknown",
-            "expired",
-            "errors",
-            "skipped_backoff",
-            "no_transaction_id",
-        )
-        return ", ".join(f"{key}={getattr(self, key)}" for key in keys)
+        return ", ".join(f"{key}={getattr(self, key)}" for key in SUMMARY_KEYS)
+
+
+# the counts a run's log line gives, and every count of a run (`azamrecon poll` prints these)
+SUMMARY_KEYS = (
+    "checked",
+    "success",
+    "failed",
+    "pending",
+    "unknown",
+    "expired",
+    "errors",
+    "skipped_backoff",
+    "no_transaction_id",
+)
+COUNT_KEYS = ("candidates", *SUMMARY_KEYS, "appended")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +92,26 @@ class Candidate:
     provider: str | None
     created_at: datetime
     status: str
-    expire: bool  # PENDING and older than max_age: expire unless the answer is definite
+    expire: bool  # PENDING and past_max_age: expire unless the answer is definite
+
+
+def expiry_cutoff(now: datetime, poll: PollConfig) -> datetime:
+    """A PENDING donation created at or before this instant is past poll.max_age_hours."""
+    return now - timedelta(hours=poll.max_age_hours)
+
+
+def past_max_age(created_at: Any, now: datetime, poll: PollConfig) -> Any:
+    """created_at <= expiry_cutoff: a bool for a datetime, a SQL condition for a column (Donation.created_at)."""
+    return created_at <= expiry_cutoff(now, poll)
+
+
+def skip_unaskable(report: PollReport, candidate: Candidate) -> bool:
+    """True, counted as no_transaction_id, when there is nothing to do: no transactionId to ask about and the
+    donation is not due to expire."""
+    if candidate.transaction_id or candidate.expire:
+        return False
+    report.no_transaction_id += 1
+    return True
 
 
 # --- events -------------------------------------------------------------------------------------------------
@@ -196,7 +227,7 @@ def load_candidate(engine: Engine, config: Config, donation_id: int, now: dateti
         ).one_or_none()
     if row is None:
         raise NotFound(f"donation {donation_id} not found")
-    expire = row.status == Status.PENDING and row.created_at <= now - timedelta(hours=config.poll.max_age_hours)
+    expire = row.status == Status.PENDING and past_max_age(row.created_at, now, config.poll)
     return Candidate(row.id, row.transaction_id, row.provider, row.created_at, row.status, expire)
 
 
@@ -211,8 +242,7 @@ def check_donation(
     refuse_during_rebuild(engine)
     candidate = load_candidate(engine, config, donation_id, now)
     report.candidates = 1
-    if not candidate.transaction_id and not candidate.expire:
-        report.no_transaction_id = 1
+    if skip_unaskable(report, candidate):
         return report
     answer: StatusAnswer | None = None
     error: AzamPayError | None = None

@@ -13,10 +13,9 @@ those files: no gauge file of a dead worker can linger. docs/monitoring.md lists
 
 from __future__ import annotations
 
-import glob
 import os
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
@@ -28,7 +27,9 @@ from starlette.responses import Response
 from pipeline.db import transaction
 from pipeline.errors import StoreError
 from pipeline.fold import ANOMALY_KINDS
+from pipeline.models import RunOutcome
 from pipeline.store import metrics as queries
+from receiver.prometheus_adapter import counter_files, read_counter_values, write_counter_file
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -116,31 +117,20 @@ def _alive(pid: int) -> bool:
 def compact(directory: Path) -> int:
     """Sum the counter files of processes that are gone into COMPACTED, then remove them; a live process's
     file is left alone. Returns the files folded. Counters keep their values: nothing is reset."""
-    from prometheus_client.mmap_dict import MmapedDict
-
-    dead = []
-    for name in glob.glob(str(directory / "counter_*.db")):
-        pid = Path(name).stem.split("_", 1)[1]
-        if pid.isdigit() and not _alive(int(pid)):
-            dead.append(name)
+    dead = [path for path, pid in counter_files(directory) if pid.isdigit() and not _alive(int(pid))]
     if not dead:
         return 0
     target = directory / COMPACTED
     sums: dict[str, float] = defaultdict(float)
-    for name in [*dead, *([str(target)] if target.exists() else [])]:
-        for key, value, _timestamp, _pos in MmapedDict.read_all_values_from_file(name):
+    for path in [*dead, *([target] if target.exists() else [])]:
+        for key, value in read_counter_values(path):
             sums[key] += value
     partial = directory / (COMPACTED + ".partial")  # not *.db: the collector never reads it
     partial.unlink(missing_ok=True)
-    merged = MmapedDict(str(partial))
-    try:
-        for key, value in sums.items():
-            merged.write_value(key, value, 0.0)
-    finally:
-        merged.close()
+    write_counter_file(partial, sums)
     os.replace(partial, target)
-    for name in dead:
-        os.unlink(name)
+    for path in dead:
+        os.unlink(path)
     return len(dead)
 
 
@@ -180,9 +170,7 @@ def database_families(engine, config, now: datetime) -> list:
         fold = queries.fold_facts(session)
         events = queries.events_by_source_and_auth(session, fold)
         open_donations = queries.donations_by_open_status(session)
-        stuck, stuck_old = queries.stuck_pending_counts(
-            session, now, [timedelta(minutes=config.poll.threshold_minutes), timedelta(hours=config.poll.max_age_hours)]
-        )
+        stuck, stuck_old = queries.stuck_pending_counts(session, now, config.poll)
         anomalies = queries.unacknowledged_anomalies(session)
         jobs = queries.job_facts(session)
     appended = CounterMetricFamily(
@@ -228,7 +216,7 @@ def database_families(engine, config, now: datetime) -> list:
             "azamrecon_job_last_failed",
             "1 when the job's latest finished run ended in error.",
             "task",
-            {job: int(fact.last_outcome == "error") for job, fact in jobs.items() if fact.last_outcome},
+            {job: int(fact.last_outcome == RunOutcome.ERROR) for job, fact in jobs.items() if fact.last_outcome},
         ),
         _labelled("azamrecon_donations", "Donations PENDING and in REVIEW.", "status", open_donations),
         _gauge(

@@ -51,9 +51,9 @@ from pipeline.errors import (
 )
 from pipeline.events import normalise_msisdn, parse_amount
 from pipeline.fold import Source, Status
-from pipeline.models import Donation, FoldCheckpoint, PaymentEvent
+from pipeline.models import Donation, PaymentEvent
 from pipeline.resolution import as_id
-from pipeline.store.checkpoint import CHECKPOINT
+from pipeline.store.checkpoint import fold_position
 from pipeline.store.donations import PROVIDERS, known_provider
 from receiver.pool import BoundedPool
 
@@ -266,7 +266,8 @@ class Portal:
     @staticmethod
     def _amount(value, name: str) -> Decimal | None:
         """A JSON string or integer read with the one money grammar (pipeline.events.parse_amount), or None
-        when absent. Not a JSON float: its text is gone by the time the body is parsed. Must be positive."""
+        when absent. Not a JSON float: its text is gone by the time the body is parsed. The amount must be
+        positive; a share may be zero (all to the patient, or all to support), as `donations create` allows."""
         if value is None:
             return None
         try:
@@ -275,7 +276,7 @@ class Portal:
             amount = None
         if amount is None:
             raise InputError(f"{name} {AMOUNT_FORMAT}")
-        if amount <= 0:
+        if amount <= 0 and name == "amount":
             raise InputError(f"{name} must be positive")
         return amount
 
@@ -381,4 +382,4 @@ class Portal:
 
     def _fold_position(self) -> int:
         with transaction(self.engine) as session:
-            return session.scalar(select(FoldCheckpoint.position).where(FoldCheckpoint.name == CHECKPOINT)) or 0
+            return fold_position(session).position

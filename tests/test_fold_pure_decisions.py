@@ -265,3 +265,19 @@ def test_the_rules_modules_load_no_database_and_no_logging():
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
     assert done.stdout.strip() == "[]"
+
+
+# -- an unrecognised status is described by its plain text ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "status_raw", "said"), [("UNKNOWN", None, "'UNKNOWN'"), ("UNKNOWN", "weird", "'weird'")]
+)
+def test_an_unknown_status_anomaly_names_the_plain_value(status, status_raw, said):
+    from pipeline.fold import Status, apply
+    from tests.pure_fold_helpers import OPEN
+
+    for value in (status, Status(status)):  # a Status prints as the plain string, not its repr
+        event = FoldEvent(1, at(0), "poll", "n/a", value, None, donation_id=1, status_raw=status_raw)
+        anomalies, _ = apply(donation(), event, OPEN)
+        assert [a.detail for a in anomalies] == [f"poll status {said} not recognised"]

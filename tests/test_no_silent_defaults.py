@@ -79,7 +79,7 @@ def test_relative_paths_are_anchored_at_the_config_file(tmp_path, monkeypatch):
     (folder / "config.yaml").write_text(
         "database:\n  url: sqlite:///data/azamrecon.db\nlogging:\n  dir: logs\nreceiver:\n  spool_dir: spool\n"
         "  metrics_dir: /var/lib/azamrecon/metrics\nprivacy:\n  key_file: keys/azamrecon.key\n"
-        "webhook:\n  signature_public_key_pem: azampay.pem\n"
+        "webhook:\n  signature_public_key_pem: azampay.pem\nscheduler:\n  reports_dir: reports\n"
     )
     config = load_config("etc/azamrecon/config.yaml", environ={})
     assert make_url(config.database.url).database == str(folder / "data" / "azamrecon.db")
@@ -88,6 +88,7 @@ def test_relative_paths_are_anchored_at_the_config_file(tmp_path, monkeypatch):
     assert config.receiver.metrics_dir == "/var/lib/azamrecon/metrics"  # absolute: unchanged
     assert config.privacy.key_file == str(folder / "keys" / "azamrecon.key")
     assert config.webhook.signature_public_key_pem == str(folder / "azampay.pem")
+    assert config.scheduler.reports_dir == str(folder / "reports")  # the daily report's files
     # DATABASE_URL's relative SQLite path follows the config file too; PEM text and :memory: stay as they are
     pem = "-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----"
     config = load_config(
@@ -229,3 +230,28 @@ def test_an_unknown_mysql_database_is_one_line(mysql_backend, tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Unknown database 'azamrecon_no_such_database'" in errors[0]
     assert "DATABASE_URL" in errors[0] and "Traceback" not in result.stderr
+
+
+def test_events_ingest_without_config_creates_nothing(tmp_path):
+    lines = tmp_path / "old" / "payments.log"
+    lines.parent.mkdir()
+    lines.write_text("")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = azamrecon("events", "ingest", str(lines), cwd=empty)
+    assert result.returncode == 4, result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "does not exist" in result.stderr
+    assert list(empty.iterdir()) == []  # no logs/ before the database check
+
+
+def test_the_env_file_reaches_the_whole_process(tmp_path, monkeypatch):
+    """As a unit's EnvironmentFile= does: the AzamPay client's proxy settings too, not only config names."""
+    from jobs.cli import cli
+
+    env_file = tmp_path / "azamrecon.env"
+    env_file.write_text("HTTPS_PROXY=http://127.0.0.1:3128\nNO_PROXY='127.0.0.1,localhost'\n")
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.setattr(os, "environ", os.environ.copy())  # the test process's own environment stays as it was
+    cli.main(["--env-file", str(env_file), "db-url", "--help"], standalone_mode=False)
+    assert os.environ["HTTPS_PROXY"] == "http://127.0.0.1:3128" and os.environ["NO_PROXY"] == "127.0.0.1,localhost"

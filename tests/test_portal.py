@@ -60,12 +60,23 @@ def test_checkout_creates_a_pending_donation(backend, now):
         assert donation.external_reference == answer["reference"]
 
 
+def test_a_share_may_be_zero_as_donations_create_allows(backend, now):
+    patient = add_patient(backend.engine, now)
+    with running_sandbox() as sandbox, portal(backend, sandbox) as (client, _):
+        response = checkout(client, patient_id=patient, amount="25000", patient_amount="25000", support_amount="0")
+    assert response.status_code == 201, response.text
+    with transaction(backend.engine) as session:
+        donation = session.get(Donation, response.json()["donation_id"])
+        assert (str(donation.patient_amount), str(donation.support_amount)) == ("25000.00", "0.00")
+
+
 @pytest.mark.parametrize(
     "body,detail",
     [
         ({"msisdn": "12345"}, "msisdn"),
         ({"provider": "Vodacom"}, "provider"),
         ({"amount": "-5"}, "amount"),
+        ({"amount": "0"}, "amount must be positive"),
         ({"amount": 5000.5}, "amount"),
         ({"amount": "1.234"}, "amount"),
         ({"patient_id": "x"}, "patient_id"),

@@ -123,3 +123,39 @@ def test_the_first_line_does_not_say_the_reason_twice():
     assert first_line("fold", "invariant violated", "fold invariant violated: patient 3") == (
         "fold failed: invariant violated: patient 3"
     )
+
+
+def test_apschedulers_overlap_warning_is_dropped_and_others_pass():
+    """A fold slower than its interval must not print APScheduler's skip warning every tick (a real scheduler)."""
+    import logging
+    import time
+
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from jobs.scheduler import OverlapFilter
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    source = logging.getLogger("apscheduler.scheduler")
+    keep, overlap = Keep(level=logging.WARNING), OverlapFilter()
+    source.addHandler(keep)
+    try:
+        scheduler = BackgroundScheduler(job_defaults={"max_instances": 1, "coalesce": True})
+        scheduler.add_job(time.sleep, "interval", seconds=0.05, args=[0.4], id="slow")
+        scheduler.start()
+        time.sleep(0.3)
+        unfiltered = list(seen)
+        source.addFilter(overlap)
+        seen.clear()
+        time.sleep(0.3)
+        source.warning("some other warning")
+        scheduler.shutdown(wait=True)
+    finally:
+        source.removeHandler(keep)
+        source.removeFilter(overlap)
+    assert any("maximum number of running instances reached" in line for line in unfiltered)  # it does fire
+    assert seen == ["some other warning"]

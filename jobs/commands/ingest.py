@@ -49,6 +49,7 @@ def ingest(ctx: Context, file: str, progress: bool, naive_offset: str, output_fo
 
     naive_zone = parse_offset(naive_offset)
     check_readable(file)
+    ctx.require_database()  # before the log directory is created
     configure_logging(ctx.config.logging, component="ingest", secrets=secrets_of(ctx.config))
     now = utcnow()
     with recorded_run(ctx.engine, "ingest", now) as run:

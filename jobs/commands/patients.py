@@ -22,8 +22,9 @@ def patient_dict(session, patient) -> dict:
         select(func.count()).select_from(FundingCredit).where(FundingCredit.patient_id == patient.id)
     )
     donations = session.scalar(select(func.count()).select_from(Donation).where(Donation.patient_id == patient.id))
-    required = patient.funding_required
-    percent = (patient.funding_received * 100 / required).quantize(type(required)("0.1")) if required else None
+    from pipeline.report_sections import percent_funded
+
+    percent = percent_funded(patient.funding_received, patient.funding_required)
     return {
         "id": patient.id,
         "name": patient.name,

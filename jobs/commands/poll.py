@@ -7,20 +7,6 @@ import click
 from jobs.commands.common import Context, emit_object, format_option, pass_context
 from jobs.runs import recorded_run, utcnow
 
-COUNT_KEYS = (
-    "candidates",
-    "checked",
-    "success",
-    "failed",
-    "pending",
-    "unknown",
-    "expired",
-    "errors",
-    "skipped_backoff",
-    "no_transaction_id",
-    "appended",
-)
-
 
 @click.command()
 @click.option(
@@ -46,6 +32,7 @@ def poll(ctx: Context, donation_id, limit, fold_after: bool, output_format) -> N
     from jobs.fold import run_fold
     from jobs.poll import run_poll
     from pipeline.azampay import AzamPayClient
+    from pipeline.models import RunOutcome
 
     ctx.setup_logging("poll")
     now = utcnow()
@@ -55,11 +42,11 @@ def poll(ctx: Context, donation_id, limit, fold_after: bool, output_format) -> N
             report = run_poll(ctx.engine, ctx.config, client, now, donation_id=donation_id, limit=limit)
             run.counts = report.as_dict()
             if report.errors and not report.checked and not report.expired:
-                run.outcome = "error"  # every question failed; the counts carry the first messages
+                run.outcome = RunOutcome.ERROR  # every question failed; the counts carry the first messages
     if report is None:  # recorded_run swallowed LockBusy and recorded the run as skipped
         click.echo("poll skipped: another poller holds the lock")
         return
-    data = {key: getattr(report, key) for key in COUNT_KEYS}
+    data = report.counts()
     if report.error_messages:
         data["first_error"] = report.error_messages[0]
     if report.aborted:

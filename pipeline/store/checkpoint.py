@@ -1,16 +1,18 @@
-"""The fold's checkpoint: its name, its row as a value, its gaps, how far the log is ahead of it, and
-SqlFoldStore's checkpoint role (lock, read, save)."""
+"""The fold's checkpoint: its name, its row as a value, its gaps, its position for readers (fold_position), and
+SqlFoldStore's checkpoint role (lock, read, save). How far the log is ahead of it (the lag) is
+pipeline.store.metrics.fold_facts."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
-from pipeline.models import FoldCheckpoint, PaymentEvent
+from pipeline.models import FoldCheckpoint
 from pipeline.store.fold_rows import Rows
 
 CHECKPOINT = "main"  # the fold's checkpoint row; its lock is the fold's lock
@@ -51,13 +53,17 @@ def gap_ranges(gaps: list[tuple[int, datetime]]) -> list[list]:
     return ranges
 
 
-def fold_lag(session: Session, name: str = CHECKPOINT) -> tuple[int, datetime | None]:
-    """(events not yet folded, received_at of the oldest of them) for reports and metrics."""
-    position = session.scalar(select(FoldCheckpoint.position).where(FoldCheckpoint.name == name)) or 0
-    count, oldest = session.execute(
-        select(func.count(PaymentEvent.id), func.min(PaymentEvent.received_at)).where(PaymentEvent.id > position)
-    ).one()
-    return count, oldest
+class FoldPosition(NamedTuple):
+    position: int  # every event up to this id is folded (or a gap the checkpoint still awaits)
+    updated_at: datetime | None  # the checkpoint's last save: every successful batch, idle ones too
+
+
+def fold_position(session: Session, name: str = CHECKPOINT) -> FoldPosition:
+    """The checkpoint's position without its lock (one primary-key lookup): (0, None) before the first fold."""
+    row = session.execute(
+        select(FoldCheckpoint.position, FoldCheckpoint.updated_at).where(FoldCheckpoint.name == name)
+    ).one_or_none()
+    return FoldPosition(row[0] or 0, row[1]) if row else FoldPosition(0, None)
 
 
 class CheckpointRows(Rows):

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.errors import InputError, NotFound
 from pipeline.events import normalise_msisdn
-from pipeline.fold import Status
+from pipeline.fold import PatientStatus, Status
 from pipeline.models import Donation, Patient
 from pipeline.resolution import ReferenceFormat
 
@@ -27,7 +27,7 @@ def create_patient(session: Session, *, name: str, funding_required: Decimal, no
         funding_required=funding_required,
         created_at=now,
         funding_received=Decimal("0"),
-        status="FUNDING",
+        status=PatientStatus.FUNDING,
     )
     session.add(patient)
     session.flush()

@@ -15,7 +15,7 @@ from decimal import Decimal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from pipeline.fold import AnomalyRecord, Credit, DonationState, PatientTotals
+from pipeline.fold import AnomalyRecord, Credit, DonationState, PatientStatus, PatientTotals
 from pipeline.models import Donation, Patient
 from pipeline.resolution import WAITING_KINDS, DonationIndex, Key
 from pipeline.snapshot import Snapshot
@@ -42,7 +42,7 @@ class MemoryFoldStore:
             if donation_high is None or state.id <= donation_high:
                 self.index.add(state)
         self.patient_rows = {
-            patient_id: PatientRow(patient_id, required, Decimal("0"), "FUNDING", None)
+            patient_id: PatientRow(patient_id, required, Decimal("0"), PatientStatus.FUNDING, None)
             for patient_id, required in session.execute(patients)
         }
         self.credits: dict[int, Credit] = {}

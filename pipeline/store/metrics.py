@@ -1,5 +1,7 @@
-"""Read-only facts for /metrics (and `report --check`): each is an indexed lookup or a count over a capped
-range, never a count of the log, which grows without end (docs/monitoring.md lists each one's cost)."""
+"""Read-only facts for /metrics, `report` and `report --check`: each is an indexed lookup or a count over a
+capped range, never a count of the log, which grows without end (docs/monitoring.md lists each one's cost).
+
+fold_facts is the one reading of the fold's lag (events and seconds) for all of them."""
 
 from __future__ import annotations
 
@@ -12,18 +14,21 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from pipeline.fold import PENDING, REVIEW
+from pipeline.invariants import is_violation_error
 from pipeline.models import (
     Anomaly,
     Donation,
     EventCount,
-    FoldCheckpoint,
     JobRun,
     PaymentEvent,
+    RunOutcome,
     WaitingKey,
     utc_from_db,
 )
 from pipeline.resolution import WAITING_KINDS
-from pipeline.store.checkpoint import CHECKPOINT
+from pipeline.sections import PollConfig
+from pipeline.status_check import past_max_age
+from pipeline.store.checkpoint import fold_position
 from pipeline.store.spool import CLAIMED_SUFFIX, SUFFIX
 
 # rows a count reads at most; past it the count reads CAP (a gauge says "at least"), and the fold lag in
@@ -32,7 +37,6 @@ CAP = 10_000
 # the anomaly counts stop sooner: each row read is an index lookup, and past a thousand the number only says
 # "many", which is what an alert needs
 ANOMALY_CAP = 1_000
-INVARIANT_ERROR = "fold invariant violated"  # how jobs.fold words an InvariantViolation (recorded in job_runs)
 OPEN_STATUSES = (PENDING, REVIEW)  # the donation statuses /metrics counts: each is a short queue
 
 
@@ -45,15 +49,14 @@ class FoldFacts:
     tail: dict[tuple[str, str], int]  # unfolded events (up to CAP) by (source, auth)
 
     def lag_seconds(self, now: datetime) -> float:
+        """Age of the oldest unfolded event at `now`, never below 0; 0 when nothing is behind."""
         return max(0.0, (now - self.oldest_unfolded).total_seconds()) if self.oldest_unfolded else 0.0
 
 
 def fold_facts(session: Session) -> FoldFacts:
-    """The checkpoint row, then at most CAP events after its position (a primary-key range)."""
-    row = session.execute(
-        select(FoldCheckpoint.position, FoldCheckpoint.updated_at).where(FoldCheckpoint.name == CHECKPOINT)
-    ).one_or_none()
-    position, updated = (row[0] or 0, row[1]) if row else (0, None)
+    """The checkpoint row, then at most CAP events after its position (a primary-key range). lag_events is
+    exact up to CAP; from CAP on it is MAX(id) minus the position (an upper bound: ids may skip)."""
+    position, updated = fold_position(session)
     window = (
         select(PaymentEvent.source, PaymentEvent.auth, PaymentEvent.received_at)
         .where(PaymentEvent.id > position)
@@ -73,7 +76,7 @@ def fold_facts(session: Session) -> FoldFacts:
     lag = sum(tail.values())
     if lag >= CAP:  # a long stop: the distance in ids (an upper bound, ids may skip) instead of a count
         lag = max(lag, (session.scalar(select(func.max(PaymentEvent.id))) or 0) - position)
-    return FoldFacts(position, lag, _aware(oldest), updated, tail)
+    return FoldFacts(position, lag, utc_from_db(oldest), updated, tail)
 
 
 def events_by_source_and_auth(session: Session, facts: FoldFacts | None = None) -> dict[tuple[str, str], int]:
@@ -97,16 +100,13 @@ def donations_by_open_status(session: Session) -> dict[str, int]:
     return counts
 
 
-def stuck_pending(session: Session, now: datetime, older_than: timedelta) -> int:
-    """PENDING donations created more than `older_than` before now."""
-    return stuck_pending_counts(session, now, [older_than])[0]
-
-
-def stuck_pending_counts(session: Session, now: datetime, ages: list[timedelta]) -> list[int]:
-    """stuck_pending for several ages in one pass over the PENDING rows (the status index)."""
-    sums = [func.sum(case((Donation.created_at < now - age, 1), else_=0)) for age in ages]
-    row = session.execute(select(*sums).where(Donation.status == PENDING)).one()
-    return [int(value or 0) for value in row]
+def stuck_pending_counts(session: Session, now: datetime, poll: PollConfig) -> tuple[int, int]:
+    """PENDING donations (created more than poll.threshold_minutes ago, past poll.max_age_hours) in one pass
+    over the PENDING rows (the status index). Past max age is the poller's expiry boundary (past_max_age)."""
+    stuck = Donation.created_at < now - timedelta(minutes=poll.threshold_minutes)
+    sums = [func.sum(case((when, 1), else_=0)) for when in (stuck, past_max_age(Donation.created_at, now, poll))]
+    stuck_count, old_count = session.execute(select(*sums).where(Donation.status == PENDING)).one()
+    return int(stuck_count or 0), int(old_count or 0)
 
 
 def unacknowledged_anomalies(session: Session) -> dict[str, int]:
@@ -170,7 +170,7 @@ def job_facts(session: Session) -> dict[str, JobFacts]:
         if finished is not None:
             started, fact.last_finished, fact.last_outcome, fact.last_error = finished
             fact.last_duration = (fact.last_finished - started).total_seconds()
-        ok = session.execute(newest.where(JobRun.outcome == "ok")).one_or_none()
+        ok = session.execute(newest.where(JobRun.outcome == RunOutcome.OK)).one_or_none()
         if ok is not None:
             fact.last_success = ok.finished_at
     return facts
@@ -179,15 +179,15 @@ def job_facts(session: Session) -> dict[str, JobFacts]:
 def fold_last_success(fold: FoldFacts, jobs: dict[str, JobFacts]) -> datetime | None:
     """The scheduler records only folds that moved events; every successful batch saves the checkpoint."""
     recorded = jobs["fold"].last_success if "fold" in jobs else None
-    return max((t for t in (_aware(fold.last_success), recorded) if t is not None), default=None)
+    return max((t for t in (utc_from_db(fold.last_success), recorded) if t is not None), default=None)
 
 
 def invariant_failing(fold: FoldFacts, jobs: dict[str, JobFacts]) -> bool:
     """The latest recorded fold failed on an invariant, and no batch has committed since."""
     fact = jobs.get("fold")
-    if fact is None or fact.last_outcome != "error" or not (fact.last_error or "").startswith(INVARIANT_ERROR):
+    if fact is None or fact.last_outcome != RunOutcome.ERROR or not is_violation_error(fact.last_error):
         return False
-    last_success = _aware(fold.last_success)
+    last_success = utc_from_db(fold.last_success)
     return last_success is None or last_success < fact.last_finished
 
 
@@ -206,7 +206,3 @@ def spool_files(spool_dir: str | Path) -> int:
     except FileNotFoundError:
         return 0
     return count
-
-
-def _aware(value: datetime | str | None) -> datetime | None:
-    return utc_from_db(value)

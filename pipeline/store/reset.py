@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from sqlalchemy import delete, update
 
-from pipeline.fold import DERIVED_FIELDS, DonationState
+from pipeline.fold import DERIVED_FIELDS, DonationState, PatientStatus
 from pipeline.models import (
     Anomaly,
     Donation,
@@ -32,5 +32,7 @@ class ResetRows(Rows):
         session.execute(delete(WaitingKey))
         session.execute(delete(EventCount))
         session.execute(update(Donation).values(**_DERIVED_DEFAULTS))
-        session.execute(update(Patient).values(funding_received=Decimal("0"), status="FUNDING", fully_funded_at=None))
+        session.execute(
+            update(Patient).values(funding_received=Decimal("0"), status=PatientStatus.FUNDING, fully_funded_at=None)
+        )
         session.execute(delete(FoldCheckpoint).where(FoldCheckpoint.name == checkpoint_name))
