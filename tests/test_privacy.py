@@ -165,7 +165,9 @@ def _to_revision(engine, revision: str) -> None:
 
 
 def test_migration_0004_keeps_credited_donations_and_widens_their_number(backend, now):
-    from pipeline.schema import current_revision, schema_differences, upgrade
+    from alembic.script import ScriptDirectory
+
+    from pipeline.schema import alembic_config, current_revision, schema_differences, upgrade
 
     _to_revision(backend.engine, "0003")
     try:
@@ -192,7 +194,8 @@ def test_migration_0004_keeps_credited_donations_and_widens_their_number(backend
                 session.execute(text("UPDATE payment_events SET msisdn = 'x'"))
     finally:
         upgrade(backend.engine)
-    assert current_revision(backend.engine) == "0004" and schema_differences(backend.engine) == []
+    head = ScriptDirectory.from_config(alembic_config(backend.engine)).get_current_head()
+    assert current_revision(backend.engine) == head >= "0004" and schema_differences(backend.engine) == []
     hashed = retained_msisdn(key_of(), "255758285812")
     with transaction(backend.engine) as session:
         session.execute(text("UPDATE donations SET msisdn = :m WHERE id = 1"), {"m": hashed})
