@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench.common import engine_for, fresh_mysql, fresh_sqlite, machine_line, mysql_url, table
+from bench.fold import EVENT_INSERT_COLUMNS
 
 SIZES = (10_000, 500_000)
 QUICK_SIZES = (10_000, 100_000)
@@ -43,33 +44,7 @@ DONATIONS_PER_PATIENT = 40
 FOLD_BATCH = 50_000
 # history events kept free for the settling events (about 2% of its donations end open)
 SETTLE_ROOM = 0.05
-COLUMN = {
-    name: position
-    for position, name in enumerate(
-        (
-            "id",
-            "received_at",
-            "source",
-            "body",
-            "body_sha256",
-            "content_type",
-            "remote_addr",
-            "headers",
-            "utilityref",
-            "externalreference",
-            "donation_hint",
-            "transaction_ref",
-            "status_raw",
-            "status",
-            "amount",
-            "operator",
-            "msisdn",
-            "donation_id",
-            "parse_error",
-            "auth",
-        )
-    )
-}
+COLUMN = {name: position for position, name in enumerate(EVENT_INSERT_COLUMNS)}  # bench.fold's event rows
 REFERENCE, TRANSACTION, CREATED = 10, 11, 12  # in bench.fold's donation rows
 
 

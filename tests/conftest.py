@@ -113,6 +113,21 @@ def _mysql_ready() -> str:
     return url
 
 
+def empty_database_url(kind: str, tmp_path: Path, name: str) -> str:
+    """A new, empty database of its own: a SQLite file in tmp_path, or a MySQL database `<test db>_<name>`
+    created afresh (for migrations and `init` on a database that is not the session's)."""
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / (name + '.db')}"
+    _mysql_ready()
+    database = f"{MYSQL_DB}_{name}"
+    admin = create_engine(MYSQL_SERVER.rstrip("/") + "/")
+    with admin.begin() as connection:
+        connection.execute(text(f"DROP DATABASE IF EXISTS `{database}`"))
+        connection.execute(text(f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
+    admin.dispose()
+    return f"{MYSQL_SERVER.rstrip('/')}/{database}"
+
+
 def _truncate_mysql(engine: Engine) -> None:
     with engine.begin() as connection:
         connection.execute(text("SET FOREIGN_KEY_CHECKS=0"))

@@ -4,30 +4,19 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import inspect, text
 
 from pipeline.config import Config
 from pipeline.db import make_engine
 from pipeline.errors import ConfigError
 from pipeline.schema import VERSION_TABLE, current_revision, foreign_tables, owned_tables, upgrade
-from tests.conftest import MYSQL_DB, MYSQL_SERVER, _mysql_ready
+from tests.conftest import empty_database_url
 from tests.servers import run_cli, write_config
 
 
 @pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
 def empty_database(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'shared.db'}"
-        create_engine(url).dispose()
-    else:
-        _mysql_ready()
-        name = f"{MYSQL_DB}_collision"
-        admin = create_engine(MYSQL_SERVER.rstrip("/") + "/")
-        with admin.begin() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
-            connection.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
-        admin.dispose()
-        url = f"{MYSQL_SERVER.rstrip('/')}/{name}"
+    url = empty_database_url(request.param, tmp_path, "collision")
     engine = make_engine(Config().database.model_copy(update={"url": url}))
     yield url, engine
     engine.dispose()

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from pipeline.config import Config
 from pipeline.db import make_engine
 from pipeline.schema import current_revision, schema_differences, upgrade
 from tests.builders import callback_body
-from tests.conftest import MYSQL_DB, MYSQL_SERVER, _mysql_ready
+from tests.conftest import empty_database_url
 
 NOW = "2026-01-14 09:30:00.000000"
 
@@ -20,17 +20,7 @@ NOW = "2026-01-14 09:30:00.000000"
 @pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
 def old_database(request, tmp_path):
     """A database at revision 0002 (the layout before this migration)."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'old.db'}"
-    else:
-        _mysql_ready()
-        name = f"{MYSQL_DB}_migration"
-        admin = create_engine(MYSQL_SERVER.rstrip("/") + "/")
-        with admin.begin() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
-            connection.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
-        admin.dispose()
-        url = f"{MYSQL_SERVER.rstrip('/')}/{name}"
+    url = empty_database_url(request.param, tmp_path, "migration")
     engine = make_engine(Config().database.model_copy(update={"url": url}))
     upgrade(engine, "0002")
     yield engine
