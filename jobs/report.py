@@ -80,6 +80,7 @@ def build_report(
 
 # -- live tables ------------------------------------------------------------------------------
 
+_STATIC_VIEW = 7  # id .. created_at: what an as-of report reads live, the rest from the snapshot
 _VIEW_COLUMNS = (
     Donation.id,
     Donation.patient_id,
@@ -87,7 +88,7 @@ _VIEW_COLUMNS = (
     Donation.amount,
     Donation.currency,
     Donation.patient_amount,
-    Donation.created_at,
+    Donation.created_at,  # the static facts end here (_STATIC_VIEW); the derived columns follow
     Donation.status,
     Donation.completed_at,
     Donation.failure_at,
@@ -172,17 +173,7 @@ def _when(text: str | None) -> datetime | None:
 def _snapshot_facts(session: Session, snapshot: Snapshot, as_of: datetime) -> Facts:
     static = {
         row[0]: row
-        for row in session.execute(
-            select(
-                Donation.id,
-                Donation.patient_id,
-                Donation.external_reference,
-                Donation.amount,
-                Donation.currency,
-                Donation.patient_amount,
-                Donation.created_at,
-            ).where(Donation.created_at <= as_of)
-        )
+        for row in session.execute(select(*_VIEW_COLUMNS[:_STATIC_VIEW]).where(Donation.created_at <= as_of))
     }
     donations: list[DonationView] = []
     for donation_id, values in snapshot.donations.items():

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from pipeline.errors import ConfigError, StoreConflict, StoreError, StoreUnavailable
+from pipeline.errors import ConfigError, SchemaMissing, StoreConflict, StoreError, StoreLocked, StoreUnavailable
 from pipeline.sections import DatabaseConfig
 
 # MySQL error codes that mean "the server is not there" rather than "the query is wrong".
@@ -150,7 +150,7 @@ def translate(exc: BaseException) -> StoreError:
     message = str(original).splitlines()[0] if str(original) else type(original).__name__
     code = original.args[0] if getattr(original, "args", None) and isinstance(original.args[0], int) else None
     if code == _MYSQL_NO_SUCH_TABLE or "no such table" in message:
-        message += _INIT_HINT
+        return SchemaMissing(f"database error: {message}{_INIT_HINT}")
     if code == _MYSQL_UNKNOWN_DATABASE:  # an unknown database is never created for you: see require_existing
         return StoreUnavailable(
             f"database unreachable: {message} ({WHERE_TO_SET}, or create it and run `azamrecon init`)"
@@ -161,6 +161,8 @@ def translate(exc: BaseException) -> StoreError:
         return StoreUnavailable(f"database unreachable: {message}")
     if code in _MYSQL_CONFLICT:
         return StoreConflict(f"database conflict: {message}")
+    if "database is locked" in message:  # SQLite's busy timeout ran out
+        return StoreLocked(f"database error: {message}")
     return StoreError(f"database error: {message}")
 
 
@@ -177,7 +179,8 @@ def translated() -> Iterator[None]:
 def transaction(engine: Engine, immediate: bool = False, isolation: str | None = None) -> Iterator[Session]:
     """`with transaction(engine) as session:` commits on success, rolls back on error, translates driver errors.
 
-    Store functions take this session and never commit; only jobs open transactions.
+    Store functions take this session and never commit; the entry points open transactions (the jobs, the
+    receiver's group-commit writer, checkout and the status check).
     immediate=True takes SQLite's write lock at BEGIN (BEGIN IMMEDIATE), so two writers serialise at
     the start of the transaction instead of one failing at its first write. isolation (MySQL) e.g.
     "REPEATABLE READ" gives a read-only job one consistent snapshot; SQLite transactions already are.

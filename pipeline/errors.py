@@ -35,6 +35,14 @@ class StoreUnavailable(StoreError):
     """The database cannot be reached at all (connection refused, server gone)."""
 
 
+class StoreLocked(StoreError):
+    """SQLite's busy timeout ran out: another writer held the write lock for longer."""
+
+
+class SchemaMissing(StoreError):
+    """A table is missing: the database was never migrated (`azamrecon init`)."""
+
+
 class StoreConflict(StoreError):
     """A lock conflict ended the transaction: MySQL deadlock 1213 (the server rolled it all back) or lock
     wait timeout 1205 (the server undid the statement; pipeline.db.transaction rolls back the rest).

@@ -158,8 +158,20 @@ def secrets_of(config: Config) -> tuple[str, ...]:
         config.azampay.client_secret.get_secret_value(),
         config.azampay.api_key.get_secret_value(),
         config.receiver.checkout_api_key.get_secret_value(),
+        # an error that quotes the DATABASE_URL (an untranslated one, on a job's failure line) must not
+        # carry its password: both its plain and its percent-encoded spelling
+        *_database_passwords(config.database.url),
     )
     return tuple(v for v in values if v)
+
+
+def _database_passwords(url: str) -> tuple[str, ...]:
+    from urllib.parse import quote
+
+    from sqlalchemy.engine import make_url
+
+    password = make_url(url).password
+    return (password, quote(password, safe="")) if password else ()
 
 
 def configure_logging(

@@ -21,40 +21,38 @@ from pipeline.errors import (
     AzamPayUnavailable,
     ConfigError,
     InvariantViolation,
+    SchemaMissing,
     StoreConflict,
     StoreError,
+    StoreLocked,
     StoreUnavailable,
 )
 
 SUMMARY_SECONDS = 60.0
 
 
+# most specific first: a subclass is named before the class it refines
+REASONS = (
+    (StoreUnavailable, "database unreachable"),
+    (StoreConflict, "lock conflict"),  # MySQL deadlock or lock wait timeout: the transaction was rolled back
+    (StoreLocked, "lock timeout"),  # SQLite's busy timeout ran out
+    (SchemaMissing, "database not initialised"),
+    (StoreError, "database error"),
+    (InvariantViolation, "invariant violated"),
+    (AzamPayUnavailable, "AzamPay unreachable"),
+    (AzamPayAuthError, "AzamPay refused the credentials"),
+    (AzamPayError, "AzamPay error"),
+    (ConfigError, "config error"),
+    (OSError, "file system error"),
+)
+
+
 def failure_reason(exc: BaseException) -> str:
     """A short, stable name for why a job failed: the key repeats are counted under and the summary's tail.
-    The driver errors were already sorted by pipeline.db.translate; this only names its classes."""
-    if isinstance(exc, StoreUnavailable):
-        return "database unreachable"
-    if isinstance(exc, StoreConflict):
-        return "lock conflict"  # MySQL deadlock or lock wait timeout: the transaction was rolled back
-    if isinstance(exc, StoreError):
-        text = str(exc)
-        if "database is locked" in text:  # SQLite's busy timeout ran out
-            return "lock timeout"
-        if "azamrecon init" in text:  # pipeline.db.translate's hint for a missing table
-            return "database not initialised"
-        return "database error"
-    if isinstance(exc, InvariantViolation):
-        return "invariant violated"
-    if isinstance(exc, AzamPayUnavailable):
-        return "AzamPay unreachable"
-    if isinstance(exc, AzamPayAuthError):
-        return "AzamPay refused the credentials"
-    if isinstance(exc, AzamPayError):
-        return "AzamPay error"
-    if isinstance(exc, ConfigError):
-        return "config error"
-    if isinstance(exc, OSError):
-        return "file system error"
+    The driver errors were already sorted by pipeline.db.translate into classes; this only names them."""
+    for kind, reason in REASONS:
+        if isinstance(exc, kind):
+            return reason
     return type(exc).__name__  # a bug: the class is the stable part, the message may carry values
 
 

@@ -234,16 +234,16 @@ class GroupCommitWriter:
         are not appended again (same body, same received_at)."""
         lookups = [item for item in batch if item.keys is not None]
         with transaction(self.engine, immediate=True) as session:
-            if lookups:
-                for item, resolution in zip(
-                    lookups, resolve_claims(session, [item.keys for item in lookups]), strict=True
-                ):
-                    item.outcome = KNOWN if resolution.donation_id is not None else UNKNOWN
+            resolutions = resolve_claims(session, [item.keys for item in lookups]) if lookups else []
             rows = [item.row for item in batch]
             if after_failure:
                 present = already_appended(session, rows)
                 rows = [row for row in rows if (row["body_sha256"], row["received_at"]) not in present]
             append_events(session, rows)
+        # outcomes only once the COMMIT is done: an outcome set inside a transaction that then failed would
+        # survive an error on the spool path and answer 200 for a callback stored nowhere
+        for item, resolution in zip(lookups, resolutions, strict=True):
+            item.outcome = KNOWN if resolution.donation_id is not None else UNKNOWN
         for item in batch:
             if item.keys is None:
                 item.outcome = STORED

@@ -129,3 +129,15 @@ def test_events_show_handles_any_stored_body(backend, tmp_path):
             )
             assert result.exit_code == 0, (event_id, result.output[-500:], result.exception)
             assert "Traceback" not in result.output
+
+
+def test_the_database_password_is_scrubbed_in_both_spellings(tmp_path):
+    """A job's failure line can quote an error that quotes the DATABASE_URL: its password must not survive."""
+    from pipeline.config import load_config
+    from pipeline.logs import scrub_secrets
+
+    config = load_config(None, environ={"DATABASE_URL": "mysql+pymysql://azamrecon:pa%24%24w0rd@127.0.0.1/azamrecon"})
+    secrets = secrets_of(config)
+    assert {"pa$$w0rd", "pa%24%24w0rd"} <= set(secrets)
+    line = scrub_secrets("connect failed: mysql+pymysql://azamrecon:pa%24%24w0rd@127.0.0.1 (pa$$w0rd)", secrets)
+    assert "w0rd" not in line

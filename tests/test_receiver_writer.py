@@ -181,3 +181,32 @@ def test_a_commit_that_raised_after_it_happened_is_not_appended_twice(backend, m
     results = _queued_then_started(writer, [_row(n) for n in range(5)])
     assert results == [outcomes.UNKNOWN] * 5  # stored (no such donation) and answered
     assert len(event_rows(backend.engine)) == 5  # not 10
+
+
+def test_a_failed_commit_never_answers_known_even_if_spooling_breaks(backend, monkeypatch):
+    """The donation lookup runs inside the transaction; if its COMMIT fails and the spool path then breaks
+    too, the request must be answered as failed, never with the lookup's "known" (a 200 for nothing stored)."""
+    import contextlib
+
+    import receiver.writer as writer_module
+    from pipeline.db import transaction as real_transaction
+    from pipeline.errors import StoreUnavailable
+
+    donation_id = add_donation(backend.engine, GUIDE_REF)
+    assert donation_id
+
+    @contextlib.contextmanager
+    def lookup_then_fail(engine, **kwargs):
+        with real_transaction(engine, **kwargs) as session:
+            yield session
+            raise StoreUnavailable("database unreachable: gone before COMMIT")
+
+    def broken_spool(self, batch, reason):
+        raise RuntimeError("spool bug")
+
+    monkeypatch.setattr(writer_module, "transaction", lookup_then_fail)
+    monkeypatch.setattr(GroupCommitWriter, "_spool", broken_spool)
+    writer = GroupCommitWriter(backend.engine, Spool(backend.tmp_path / "spool"))
+    [result] = _queued_then_started(writer, [_row(1)])
+    assert result == outcomes.FAILED
+    assert event_rows(backend.engine) == []
