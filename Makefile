@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format demo bench-quick clean
+.PHONY: install test lint format demo demo-portal bench-quick clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,12 +29,17 @@ format: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/azamrecon demo
 
-# The four benchmarks' short runs (each under a minute); full runs and flags: bench/RESULTS.md.
+# portal mode: the test Django portal's rows beside azamrecon on SQLite, printed as they change (tests/portal_django/demo.py)
+demo-portal: $(BIN)/.installed
+	$(BIN)/python -m tests.portal_django.demo
+
+# The benchmarks' short runs (each under a minute); full runs and flags: bench/RESULTS.md.
 bench-quick: $(BIN)/.installed
 	$(BIN)/python -m bench.receiver --quick
 	$(BIN)/python -m bench.fold --quick
 	$(BIN)/python -m bench.poll --quick
 	$(BIN)/python -m bench.latency --quick
+	$(BIN)/python -m bench.portal --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

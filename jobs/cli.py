@@ -20,6 +20,7 @@ from jobs.commands.fold import fold, rebuild
 from jobs.commands.ingest import ingest
 from jobs.commands.patients import patients
 from jobs.commands.poll import poll
+from jobs.commands.portal import portal
 from jobs.commands.privacy import privacy
 from jobs.commands.report import report
 from jobs.commands.sandbox import sandbox
@@ -96,6 +97,7 @@ cli.add_command(report)
 cli.add_command(demo)
 cli.add_command(privacy)
 cli.add_command(db_url)
+cli.add_command(portal)
 events.add_command(ingest)  # `events ingest` lives in its own module (jobs/commands/ingest.py)
 
 

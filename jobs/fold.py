@@ -31,6 +31,7 @@ from decimal import Decimal
 from loguru import logger
 from sqlalchemy.engine import Engine
 
+from jobs.portal_sync import sync_portal
 from pipeline.config import Config
 from pipeline.db import transaction
 from pipeline.errors import StoreConflict
@@ -38,6 +39,8 @@ from pipeline.fold import COMPLETED, FAILED, DonationState, FoldEvent, Source, T
 from pipeline.fold_batch import BatchResult, fold_batch, reference_format, trust_policy
 from pipeline.invariants import violation_error
 from pipeline.logs import payments
+from pipeline.portal_record import SyncReport
+from pipeline.portal_write import write_portal
 from pipeline.resolution import ReferenceFormat
 from pipeline.store.checkpoint import CHECKPOINT, Checkpoint
 from pipeline.store.metrics import fold_facts
@@ -120,10 +123,12 @@ def _waiting_to_retry(store: SqlFoldStore, checkpoint: Checkpoint, events: list[
     to rebuild_until had committed, so those checkouts are not offered (every batch of a rebuild has them)."""
     donation_high = checkpoint.donation_high
     high = max(donation_high, store.max_donation_id())
+    # a checkout's answer, and a portal row first seen or changed (whose id need not be above the high
+    # mark: the portal's ids are not azamrecon's sequence), offer their donation's keys
     checkout_ids = {
         e.donation_id
         for e in events
-        if e.source == Source.CHECKOUT
+        if e.source in (Source.CHECKOUT, Source.PORTAL, Source.ADOPT)
         and e.donation_id is not None
         and (checkpoint.rebuild_until is None or e.id > checkpoint.rebuild_until)
     }
@@ -132,7 +137,9 @@ def _waiting_to_retry(store: SqlFoldStore, checkpoint: Checkpoint, events: list[
     high, references, ids, transactions = store.donation_keys_above(donation_high)
     if checkout_ids:
         ids |= checkout_ids
-        transactions |= store.transaction_ids_of(checkout_ids)
+        more_references, more_transactions = store.keys_of(checkout_ids)
+        references |= more_references
+        transactions |= more_transactions
     offered = offered_keys(ids, references, transactions)
     return (store.waiting_matching(offered) if offered else []), high
 
@@ -173,6 +180,8 @@ def run_fold(
     policy = trust_policy(config)
     batch_size = batch_size or config.fold.batch_size
     report = FoldReport()
+    if config.portal.enabled:  # the portal's new and changed rows first, as facts in the log (docs/portal.md)
+        announce_portal(sync_portal(engine, config, now))
     references = reference_format(config)
     while max_batches is None or report.batches < max_batches:
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
@@ -236,6 +245,10 @@ def _fold_one_batch(
         problems = store.invariant_violations(patient_ids=result.patients.keys(), donation_ids=result.donations)
         if problems:
             raise violation_error(problems)
+        # the results into the portal's rows, with the batch (docs/portal.md); not while a rebuild refolds
+        # the log, whose intermediate states the portal must never show: it applies the differences after
+        if config.portal.enabled and checkpoint.rebuild_until is None:
+            write_portal(session, config, result.donations, result.patients.keys(), now)
         store.count_events(fresh + filled)
         checkpoint.events_applied += len(fresh) + len(filled)
         quiet_until = checkpoint.rebuild_until
@@ -244,6 +257,17 @@ def _fold_one_batch(
         store.save_checkpoint(checkpoint, now)
         max_id = store.max_event_id() if progress else 0
     return result, checkpoint, fresh, retried, quiet_until, max_id
+
+
+def announce_portal(sync: SyncReport) -> None:
+    """Each portal donation's owner, when first seen (docs/portal.md, "Ownership"), and each change another
+    writer made to one azamrecon owns."""
+    for donation_id in sync.owned:
+        logger.info(f"portal: donation {donation_id} first seen: azamrecon's (AzamPay checkout)")
+    for donation_id in sync.theirs:
+        logger.info(f"portal: donation {donation_id} first seen: the portal's (its status is read, never written)")
+    for donation_id in sync.external:
+        logger.warning(f"portal: donation {donation_id} status changed by another writer: external_write recorded")
 
 
 def announce_transitions(result: BatchResult, quiet_until: int | None = None) -> None:
@@ -256,7 +280,12 @@ def announce_transitions(result: BatchResult, quiet_until: int | None = None) ->
     announced = [(t, state) for t, state in result.transitions if quiet_until is None or t.event_id > quiet_until]
     received = _funding_before_completions(result, announced)
     for transition, state in announced:
-        payments.info(f"Processed callback - External ID: {transition.reference}, Status: {transition.event_status}")
+        if transition.source in (Source.PORTAL, Source.ADOPT):  # no callback: the portal's row said so
+            payments.info(f"Portal row - donation {transition.donation_id} is {transition.event_status} in the portal")
+        else:
+            payments.info(
+                f"Processed callback - External ID: {transition.reference}, Status: {transition.event_status}"
+            )
         if transition.after == COMPLETED:
             payments.info(f"✅ Donation {transition.donation_id} completed successfully")
             patient_id = state.patient_id

@@ -10,11 +10,13 @@ from datetime import datetime
 from sqlalchemy.engine import Engine
 
 from jobs.fold import FoldReport, collector_paused, run_fold
+from jobs.portal_write import apply_portal
 from pipeline.config import Config
 from pipeline.db import transaction
 from pipeline.fold_batch import fold_batch, reference_format, trust_policy
 from pipeline.invariants import violations
 from pipeline.logs import payments
+from pipeline.portal_diff import difference_line, portal_as_of, portal_differences
 from pipeline.snapshot import Snapshot, differences
 from pipeline.store.checkpoint import CHECKPOINT
 from pipeline.store.memory import MemoryFoldStore
@@ -44,6 +46,8 @@ def rebuild(engine: Engine, config: Config, now: datetime, progress: Progress | 
         store.save_checkpoint(checkpoint, now)
     # quiet up to rebuild_until (announced when first folded); a callback that arrives meanwhile is announced
     report = run_fold(engine, config, now, batch_size=max(config.fold.batch_size, REBUILD_BATCH), progress=progress)
+    if config.portal.enabled:  # the new state was computed aside: only its differences reach the portal
+        apply_portal(engine, config, now)
     payments.info(
         f"Rebuild finished: {report.events} events folded in {report.batches} batches, "
         f"{report.credits_added} credits, {report.anomalies} anomalies, {report.transitions} status changes"
@@ -91,6 +95,8 @@ def check(engine: Engine, config: Config, progress: Progress | None = None) -> C
         )
         live, rebuilt = live_snapshot(session), memory.snapshot()
         found = differences(live, rebuilt)
+        if config.portal.enabled and config.portal.write:  # the portal's rows whose owned columns differ from the fold
+            found += [difference_line(row) for row in portal_differences(session, config, reversals=False)]
         amounts = {donation_id: state.patient_amount for donation_id, state in memory.states.items()}
         broken = [f"live {line}" for line in violations(live, amounts)]
         broken += [f"rebuild {line}" for line in violations(rebuilt, amounts)]
@@ -109,3 +115,12 @@ def as_of(engine: Engine, config: Config, instant: datetime, progress: Progress 
         memory = MemoryFoldStore(session, as_of=instant)
         _fold_in_memory(memory, config, None, set(), progress, SqlFoldStore(session).max_event_id())
         return memory.snapshot()
+
+
+def as_of_data(engine: Engine, config: Config, instant: datetime, progress: Progress | None = None) -> dict:
+    """as_of as plain data; in portal mode with the portal columns azamrecon owns, as of `instant` (`portal`)."""
+    data = as_of(engine, config, instant, progress).as_dict()
+    if config.portal.enabled:
+        with transaction(engine) as session:
+            data["portal"] = portal_as_of(session, data)
+    return data

@@ -95,6 +95,7 @@ _VIEW_COLUMNS = (
     Donation.failure_status,
     Donation.operator_at,
     Donation.operator_status,
+    Donation.transaction_id,  # a static fact, last: AzamPay's id to poll with (DonationView.transaction_id)
 )
 
 
@@ -173,12 +174,14 @@ def _when(text: str | None) -> datetime | None:
 def _snapshot_facts(session: Session, snapshot: Snapshot, as_of: datetime) -> Facts:
     static = {
         row[0]: row
-        for row in session.execute(select(*_VIEW_COLUMNS[:_STATIC_VIEW]).where(Donation.created_at <= as_of))
+        for row in session.execute(
+            select(*_VIEW_COLUMNS[:_STATIC_VIEW], Donation.transaction_id).where(Donation.created_at <= as_of)
+        )
     }
     donations: list[DonationView] = []
     for donation_id, values in snapshot.donations.items():
         derived = dict(zip(DONATION_FIELDS, values, strict=True))
-        _, patient_id, reference, amount, currency, patient_amount, created_at = static[donation_id]
+        _, patient_id, reference, amount, currency, patient_amount, created_at, transaction_id = static[donation_id]
         donations.append(
             DonationView(
                 donation_id,
@@ -194,6 +197,7 @@ def _snapshot_facts(session: Session, snapshot: Snapshot, as_of: datetime) -> Fa
                 derived["failure_status"],
                 _when(derived["operator_at"]),
                 derived["operator_status"],
+                transaction_id,
             )
         )
     status_counts = dict(Counter(d.status for d in donations))

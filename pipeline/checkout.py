@@ -50,12 +50,14 @@ from pipeline.errors import (
     AzamPayValidationError,
     CheckoutNotRecorded,
     InputError,
+    NotFound,
     StoreError,
 )
-from pipeline.events import EventFields
+from pipeline.events import EventFields, normalise_msisdn
 from pipeline.fold import NOT_APPLICABLE, Source, Status
 from pipeline.logs import payments
 from pipeline.models import Donation
+from pipeline.resolution import ReferenceFormat
 from pipeline.store.donations import PROVIDERS, create_donation, normalise_provider
 from pipeline.store.events import append_event, event_row
 
@@ -149,11 +151,7 @@ def initiate_checkout(
     def clock() -> datetime:
         return now + timedelta(seconds=time.monotonic() - started)
 
-    if not msisdn or not str(msisdn).strip():
-        raise InputError("msisdn is required for a checkout")
-    if not provider or not str(provider).strip():
-        raise InputError(f"provider is required for a checkout (one of {', '.join(PROVIDERS)})")
-    provider = normalise_provider(provider)
+    _, provider = _account(msisdn, provider)
     donations = config.donations
     currency = (currency or donations.currency).upper()
     charge = charge_amount_of(amount, currency, config)
@@ -181,6 +179,80 @@ def initiate_checkout(
         donation_id, reference = donation.id, donation.external_reference
         account, provider_name = donation.msisdn, donation.provider
 
+    return _ask_azampay(
+        engine, config, client, donation_id, reference, account, provider_name, charge, extra_properties, clock
+    )
+
+
+def initiate_portal_checkout(
+    engine: Engine,
+    config: Config,
+    client: AzamPayClient,
+    *,
+    donation_id: int,
+    msisdn: str,
+    provider: str,
+    now: datetime,
+    extra_properties: dict[str, Any] | None = None,
+) -> CheckoutResult:
+    """Portal mode (docs/portal.md): the checkout of a PENDING donation the portal created, server to server,
+    so that azamrecon learns AzamPay's transactionId itself (which the portal's own checkout stores nowhere).
+
+    The portal's row is recorded first (an azamrecon checkout names it: azamrecon's), with its external
+    reference, in a transaction under the fold lock; then AzamPay is asked and its answer recorded as for a
+    donation of azamrecon's own (initiate_checkout). The charge is the portal's mobile-money charge."""
+    from pipeline.portal_record import record_rows
+    from pipeline.store.checkpoint import CHECKPOINT
+    from pipeline.store.portal import PortalRows
+    from pipeline.store.state import SqlFoldStore
+
+    started = time.monotonic()
+
+    def clock() -> datetime:
+        return now + timedelta(seconds=time.monotonic() - started)
+
+    account, provider_name = _account(msisdn, provider)
+    with transaction(engine, immediate=True) as session:
+        SqlFoldStore(session).lock_checkpoint(CHECKPOINT)
+        rows = PortalRows(session, config.portal).donations_by_ids([donation_id])
+        if not rows:
+            raise NotFound(f"portal donation {donation_id} not found")
+        row = rows[0]
+        if row.status != "PENDING":
+            raise InputError(f"portal donation {donation_id} is {row.status}: only a PENDING donation is checked out")
+        if row.currency.upper() != config.donations.charge_currency.upper():
+            raise InputError(
+                f"portal donation {donation_id} is in {row.currency}: AzamPay charges {config.donations.charge_currency}"
+            )
+        record_rows(session, config, [row], now, named={donation_id})
+        donation = session.get(Donation, donation_id)
+        if donation.external_reference is None:  # a second checkout of one donation keeps its reference
+            donation.external_reference = ReferenceFormat(config.donations.reference_prefix).reference(donation_id, now)
+        donation.msisdn, donation.provider = account, provider_name
+        reference, charge = donation.external_reference, donation.charge_amount
+    return _ask_azampay(
+        engine, config, client, donation_id, reference, account, provider_name, charge, extra_properties, clock
+    )
+
+
+def _account(msisdn: str, provider: str) -> tuple[str, str]:
+    """(msisdn as stored, provider as AzamPay names it), or InputError."""
+    if not msisdn or not str(msisdn).strip():
+        raise InputError("msisdn is required for a checkout")
+    if not provider or not str(provider).strip():
+        raise InputError(f"provider is required for a checkout (one of {', '.join(PROVIDERS)})")
+    account = normalise_msisdn(msisdn)
+    if account is None:
+        raise InputError(f"msisdn is not a Tanzanian mobile number: {msisdn!r}")
+    return account, normalise_provider(provider)
+
+
+def _ask_azampay(
+    engine, config, client, donation_id, reference, account, provider_name, charge, extra_properties, clock
+) -> CheckoutResult:
+    """Ask AzamPay for the MNO checkout and record its answer: the transactionId on the donation plus a
+    `checkout` event, in one transaction (or the failure, as the module doc's table says)."""
+    donations = config.donations
     properties = dict(extra_properties or {})
     properties["donation_id"] = donation_id
     try:

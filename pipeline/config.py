@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import (
     ValidationError,
+    model_validator,
 )
 
 from pipeline.errors import ConfigError
@@ -26,6 +27,7 @@ from pipeline.sections import (
     FoldConfig,
     LoggingConfig,
     PollConfig,
+    PortalConfig,
     PrivacyConfig,
     ReceiverConfig,
     SchedulerConfig,
@@ -63,6 +65,21 @@ class Config(_Section):
     logging: LoggingConfig = LoggingConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     alerts: AlertsConfig = AlertsConfig()
+    portal: PortalConfig = PortalConfig()
+
+    @model_validator(mode="after")
+    def _portal_tables_are_not_ours(self) -> Config:
+        # every statement naming one of azamrecon's tables gets the table prefix: a portal table of such a name
+        # would be read and written as azamrecon's own
+        from pipeline.table_names import owned_names
+
+        if self.portal.enabled:
+            for key in ("donation_table", "patient_table"):
+                if getattr(self.portal, key) in owned_names():
+                    raise ValueError(
+                        f"portal.{key} {getattr(self.portal, key)!r} is the name of a table of azamrecon's"
+                    )
+        return self
 
     @property
     def callbacks_trusted_without_credential(self) -> bool:

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from pipeline import table_names
 from pipeline.errors import ConfigError, SchemaMissing, StoreConflict, StoreError, StoreLocked, StoreUnavailable
 from pipeline.sections import DatabaseConfig
 
@@ -59,7 +60,8 @@ def sqlite_file(url: str) -> str | None:
 
 def make_engine(config: DatabaseConfig, *, sqlite_autocheckpoint: bool = True, **kwargs) -> Engine:
     """sqlite_autocheckpoint=False: commits never copy the WAL into the database file; whoever asks for
-    that runs a receiver.wal.WalCheckpointer beside the engine (the receiver does)."""
+    that runs a receiver.wal.WalCheckpointer beside the engine (the receiver does). Every engine of the
+    product comes from here, so database.table_prefix holds for all of them (_use_table_prefix)."""
     url = config.url
     if url.startswith("sqlite"):
         engine = _create_engine(
@@ -68,15 +70,36 @@ def make_engine(config: DatabaseConfig, *, sqlite_autocheckpoint: bool = True, *
             **kwargs,
         )
         _configure_sqlite(engine, config, sqlite_autocheckpoint)
-        return engine
-    if url.startswith("mysql://"):
-        url = "mysql+pymysql://" + url[len("mysql://") :]
-    options = {"pool_pre_ping": True, "pool_recycle": 3600, "pool_size": config.pool_size}
-    if url.startswith("mysql"):
-        options["connect_args"] = {"connect_timeout": 5, "charset": "utf8mb4"}
-        options["isolation_level"] = "READ COMMITTED"
-    options.update(kwargs)
-    return _create_engine(url, **options)
+    else:
+        if url.startswith("mysql://"):
+            url = "mysql+pymysql://" + url[len("mysql://") :]
+        options = {"pool_pre_ping": True, "pool_recycle": 3600, "pool_size": config.pool_size}
+        if url.startswith("mysql"):
+            options["connect_args"] = {"connect_timeout": 5, "charset": "utf8mb4"}
+            options["isolation_level"] = "READ COMMITTED"
+        options.update(kwargs)
+        engine = _create_engine(url, **options)
+    _use_table_prefix(engine, config.table_prefix)
+    return engine
+
+
+def _use_table_prefix(engine: Engine, prefix: str) -> None:
+    """Every statement the engine sends names azamrecon's tables with the prefix (pipeline.table_names); with
+    no prefix nothing is installed, so a standalone database pays nothing."""
+    if not prefix:
+        return
+    database = engine.url.database if engine.dialect.name != "sqlite" else None
+    if database in table_names.owned_names():  # its name in SHOW/DESCRIBE statements would be rewritten too
+        raise ConfigError(
+            f"invalid config value for database.table_prefix: the database is named {database!r}, "
+            "like one of azamrecon's tables; a prefix needs a database of another name"
+        )
+    table_names.register(engine, prefix)
+    rewrite = table_names.rewriter(prefix)
+
+    @event.listens_for(engine, "before_cursor_execute", retval=True)
+    def _prefixed(_connection, _cursor, statement, parameters, _context, _executemany):
+        return rewrite(statement), parameters
 
 
 def _create_engine(url: str, **options) -> Engine:

@@ -35,6 +35,7 @@ class Status(StrEnum):
     CANCELLED = "CANCELLED"
     EXPIRED = "EXPIRED"
     REVIEW = "REVIEW"
+    REFUNDED = "REFUNDED"  # portal mode only: the portal's staff refunded it (docs/portal.md)
     SUCCESS = "SUCCESS"
     UNKNOWN = "UNKNOWN"
 
@@ -54,6 +55,8 @@ class Source(StrEnum):
     CHECKOUT = "checkout"
     OPERATOR = "operator"
     IMPORT = "import"
+    PORTAL = "portal"  # a fact read from the Django portal's own row (docs/portal.md)
+    ADOPT = "adopt"  # the portal's truth at cutover, recorded by `azamrecon portal adopt`
 
 
 PENDING, COMPLETED, FAILED, CANCELLED, EXPIRED, REVIEW = (
@@ -64,27 +67,14 @@ PENDING, COMPLETED, FAILED, CANCELLED, EXPIRED, REVIEW = (
     Status.EXPIRED,
     Status.REVIEW,
 )
-SUCCESS, UNKNOWN = Status.SUCCESS, Status.UNKNOWN
-DONATION_STATUSES = (PENDING, COMPLETED, FAILED, CANCELLED, EXPIRED, REVIEW)
+SUCCESS, UNKNOWN, REFUNDED = Status.SUCCESS, Status.UNKNOWN, Status.REFUNDED
+DONATION_STATUSES = (PENDING, COMPLETED, FAILED, CANCELLED, EXPIRED, REVIEW)  # REFUNDED: portal mode only
 OPERATOR_STATUSES = (COMPLETED, FAILED, CANCELLED)
 UNPAID_ENDINGS = (FAILED, CANCELLED, EXPIRED)  # final without payment: a success after one is late_success
 TERMINAL_STATUSES = (COMPLETED, *UNPAID_ENDINGS)  # final statuses: replacing one needs an operator's confirmation
 
-# every anomaly kind and what it means; docs/fold.md has the full rules, and `report` prints these lines
-ANOMALY_MEANINGS = {
-    "unknown_reference": "no donation matches the event's references or ids; retried when one appears",
-    "amount_mismatch": "a trusted success states another amount than the charge, or none usable; REVIEW",
-    "conflicting_status": "a failure after COMPLETED or REVIEW, or disagreeing with an earlier failure",
-    "late_success": "a success after FAILED, CANCELLED or EXPIRED; it wins",
-    "unauthenticated": "an untrusted callback; the poller is asked to check",
-    "unknown_status": "a status the fold does not know; the poller is asked to check",
-    "invalid_payload": "the body could not be parsed",
-    "duplicate": "a second matching success; nothing more is credited",
-    "reference_conflict": "a donation named only by an id, and a stated fact disagrees (or two donations named); nothing moved",
-}
-ANOMALY_KINDS = tuple(ANOMALY_MEANINGS)
 
-TRUSTED_SOURCES = (Source.POLL, Source.CHECKOUT, Source.OPERATOR)
+TRUSTED_SOURCES = (Source.POLL, Source.CHECKOUT, Source.OPERATOR, Source.PORTAL, Source.ADOPT)
 # a callback's auth: a matching password vouches for the whole body; an RSA signature only for the fields
 # it covers (utilityref, externalreference, transactionstatus, operator), so resolution reads only those
 VERIFIED, SIGNED, UNVERIFIED, AUTH_FAILED, NOT_APPLICABLE = "verified", "signed", "unverified", "failed", "n/a"
@@ -108,7 +98,8 @@ class FoldEvent(NamedTuple):
     parse_error: str | None = None
     status_raw: str | None = None
     msisdn: str | None = None
-    operator: str | None = None
+    operator: str | None = None  # a portal fact's kind (PortalFact), on a portal event
+    patient_id: int | None = None  # the patient a portal patient fact is about
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +182,7 @@ class Transition(NamedTuple):
     after: str
     reference: str | None
     event_status: str | None
+    source: str | None = None  # the event's: a portal fact's change is not announced as a callback's
 
 
 class Credit(NamedTuple):
@@ -248,6 +240,38 @@ def derive(state: DonationState) -> None:
     state.status, state.completed_at, state.credit_event_id = status, completed_at, credit_event_id
 
 
+def _success(state: DonationState, event: FoldEvent, before: str) -> list[AnomalyRecord]:
+    """A trusted success: the earliest matching one credits; one with another amount sends the donation to REVIEW."""
+    raised: list[AnomalyRecord] = []
+    if amount_matches(state, event):
+        if state.success_event_id is None:
+            if before in UNPAID_ENDINGS:
+                raised.append(AnomalyRecord(event.id, state.id, "late_success", f"success after {before}"))
+        elif not poll_confirms(event, before):
+            raised.append(
+                AnomalyRecord(
+                    event.id, state.id, "duplicate", f"success already recorded by event {state.success_event_id}"
+                )
+            )
+        if _earlier((event.received_at, event.id), state.success_at, state.success_event_id):
+            state.success_event_id, state.success_at = event.id, event.received_at
+        if event.amount is not None:
+            state.amount_confirmed = True
+    else:
+        raised.append(
+            AnomalyRecord(
+                event.id,
+                state.id,
+                "amount_mismatch",
+                f"amount {event.amount} differs from charge_amount {state.charge_amount}",
+            )
+        )
+        if state.review_event_id is None or event.id < state.review_event_id:
+            state.review_event_id = event.id
+            state.review_reason = f"amount {event.amount} != {state.charge_amount}"[:200]
+    return raised
+
+
 def apply(state: DonationState, event: FoldEvent, policy: TrustPolicy) -> tuple[list[AnomalyRecord], Transition | None]:
     """Apply one event to `state` in place. Returns the anomalies it raised and the transition, if any."""
     before = state.status
@@ -270,35 +294,12 @@ def apply(state: DonationState, event: FoldEvent, policy: TrustPolicy) -> tuple[
             )
         )
     elif event.source == Source.OPERATOR:
-        if status in OPERATOR_STATUSES and (state.operator_event_id is None or event_id > state.operator_event_id):
-            state.operator_event_id, state.operator_at, state.operator_status = event_id, event.received_at, status
+        if status in OPERATOR_STATUSES:
+            _decide(state, event)
+    elif event.source in (Source.PORTAL, Source.ADOPT):
+        anomalies.extend(_portal_fact(state, event))
     elif status == SUCCESS:
-        if amount_matches(state, event):
-            if state.success_event_id is None:
-                if before in UNPAID_ENDINGS:
-                    anomalies.append(AnomalyRecord(event_id, state.id, "late_success", f"success after {before}"))
-            elif not poll_confirms(event, before):
-                anomalies.append(
-                    AnomalyRecord(
-                        event_id, state.id, "duplicate", f"success already recorded by event {state.success_event_id}"
-                    )
-                )
-            if _earlier((event.received_at, event_id), state.success_at, state.success_event_id):
-                state.success_event_id, state.success_at = event_id, event.received_at
-            if event.amount is not None:
-                state.amount_confirmed = True
-        else:
-            anomalies.append(
-                AnomalyRecord(
-                    event_id,
-                    state.id,
-                    "amount_mismatch",
-                    f"amount {event.amount} differs from charge_amount {state.charge_amount}",
-                )
-            )
-            if state.review_event_id is None or event_id < state.review_event_id:
-                state.review_event_id = event_id
-                state.review_reason = f"amount {event.amount} != {state.charge_amount}"[:200]
+        anomalies.extend(_success(state, event, before))
     elif status in (FAILED, CANCELLED):
         if (before in (COMPLETED, REVIEW) or state.failure_status not in (None, status)) and not poll_confirms(
             event, before
@@ -321,8 +322,53 @@ def apply(state: DonationState, event: FoldEvent, policy: TrustPolicy) -> tuple[
 
     derive(state)
     if state.status != before:
-        return anomalies, Transition(state.id, event_id, before, state.status, state.external_reference, status)
+        return anomalies, Transition(
+            state.id, event_id, before, state.status, state.external_reference, status, event.source
+        )
     return anomalies, None
+
+
+class PortalFact:  # a portal event's kind, in its `operator` column (docs/portal.md, "Facts in the log")
+    OWNED, PORTAL, SEEN, CHANGED, STATUS = "owned", "portal", "seen", "changed", "status"
+    EXTERNAL, ADOPT, LATE_SAVE, DELETED, CURRENCY_MISMATCH = (
+        "external",
+        "adopt",
+        "late_save",
+        "deleted",
+        "currency_mismatch",
+    )
+
+
+def _portal_fact(state: DonationState, event: FoldEvent) -> list[AnomalyRecord]:
+    """The portal decides the status of its own donations (Bill Pay, stablecoin, staff): each status it
+    shows is taken as the latest decision, like an operator's. Of azamrecon's it decides only at adoption
+    (its truth at cutover) and by a refund; any other change there is an external_write, queued for a poll,
+    neither credited nor reverted (docs/portal.md, "Ownership")."""
+    kind = (event.operator or "").split()
+    raised = []
+    if PortalFact.CURRENCY_MISMATCH in kind:
+        raised.append(AnomalyRecord(event.id, state.id, "currency_mismatch", "not counted in the patient's funding"))
+    decides = PortalFact.PORTAL in kind or event.source == Source.ADOPT or PortalFact.DELETED in kind
+    if PortalFact.DELETED in kind and PortalFact.OWNED in kind:
+        raised.append(AnomalyRecord(event.id, state.id, "external_write", "deleted in the portal; counts no more"))
+    if PortalFact.LATE_SAVE in kind:
+        detail = "portal status put back to PENDING by a late save(); azamrecon's status re-asserted once"
+        raised.append(AnomalyRecord(event.id, state.id, "external_write", detail))
+    elif PortalFact.EXTERNAL in kind:
+        state.needs_check = True
+        detail = (
+            f"portal status set to {event.status_raw} by another writer; not credited, not reverted, poll requested"
+        )
+        raised.append(AnomalyRecord(event.id, state.id, "external_write", detail))
+        decides = event.status == REFUNDED
+    if decides:
+        _decide(state, event)
+    return raised
+
+
+def _decide(state: DonationState, event: FoldEvent) -> None:  # the latest decision, by log id, sets the status
+    if state.operator_event_id is None or event.id > state.operator_event_id:
+        state.operator_event_id, state.operator_at, state.operator_status = event.id, event.received_at, event.status
 
 
 def fold_donation(
@@ -344,47 +390,3 @@ def credit_of(state: DonationState) -> Credit | None:
     if state.status != COMPLETED:
         return None
     return Credit(state.id, state.patient_id, state.patient_amount, state.credit_event_id, state.completed_at)
-
-
-class PatientTotals(NamedTuple):
-    funding_received: Decimal
-    status: str
-    fully_funded_at: datetime | None
-
-
-def patient_totals(funding_required: Decimal, credits: Iterable[Credit]) -> PatientTotals:
-    """Sum of credits; FULLY_FUNDED from the credit that crosses funding_required, in (credited_at, donation_id) order."""
-    received = Decimal("0")
-    fully_funded_at = None
-    for credit in sorted(credits, key=lambda c: (c.credited_at, c.donation_id)):
-        received += credit.amount
-        if fully_funded_at is None and received >= funding_required:
-            fully_funded_at = credit.credited_at
-    if fully_funded_at is not None:
-        return PatientTotals(received, PatientStatus.FULLY_FUNDED, fully_funded_at)
-    return PatientTotals(received, PatientStatus.FUNDING, None)
-
-
-def patient_update(
-    funding_required: Decimal,
-    received: Decimal,
-    status: str,
-    fully_funded_at: datetime | None,
-    changes: Iterable[tuple[Credit | None, Credit | None]],
-) -> PatientTotals | None:
-    """New totals from credit changes (old, new) without reading every credit, or None when only a full
-    recompute (patient_totals over all credits) can place fully_funded_at: the patient crosses
-    funding_required, or a change lands at or before the current crossing point."""
-    delta = Decimal("0")
-    touches_crossing = False
-    for old, new in changes:
-        delta += (new.amount if new else Decimal("0")) - (old.amount if old else Decimal("0"))
-        for credit in (old, new):
-            if credit is not None and fully_funded_at is not None and credit.credited_at <= fully_funded_at:
-                touches_crossing = True
-    received += delta
-    if received < funding_required:
-        return PatientTotals(received, PatientStatus.FUNDING, None)
-    if status == PatientStatus.FULLY_FUNDED and not touches_crossing:
-        return PatientTotals(received, status, fully_funded_at)
-    return None

@@ -21,14 +21,13 @@ from pipeline.fold import (
     Credit,
     DonationState,
     FoldEvent,
-    PatientTotals,
+    Source,
     Transition,
     TrustPolicy,
     credit_of,
     fold_donation,
-    patient_totals,
-    patient_update,
 )
+from pipeline.patient_funding import PatientTotals, patient_totals, patient_update
 from pipeline.resolution import (
     CONFLICT_KIND,
     DEFAULT_FORMAT,
@@ -95,6 +94,10 @@ def fold_batch(
     """Apply new events (and waiting events retried against new donations) through `store`."""
     result = BatchResult(events=len(events))
     everything = sorted(events + retried)  # by id: ids are unique, so tuples compare on their first field
+    # a portal patient's facts (docs/portal.md) name no donation: their patient's totals are recomputed
+    patient_facts = {event.patient_id for event in everything if event.patient_id is not None}
+    if patient_facts:
+        everything = [event for event in everything if event.patient_id is None]
     states, decisions, keys = _resolve_all(store, everything, references)
 
     anomalies: list[AnomalyRecord] = []
@@ -114,10 +117,16 @@ def fold_batch(
         else:
             by_donation[donation_id] = [event]
 
+    # a donation is replayed when an older event reaches it late, or when the portal's facts of it changed
+    # (amounts, currency, patient: docs/portal.md), which its earlier events are judged against again
     replayed = [
         donation_id
         for donation_id, donation_events in by_donation.items()
-        if states[donation_id].last_event_id is not None and donation_events[0].id <= states[donation_id].last_event_id
+        if states[donation_id].last_event_id is not None
+        and (
+            donation_events[0].id <= states[donation_id].last_event_id
+            or any(event.source in (Source.PORTAL, Source.ADOPT) for event in donation_events)
+        )
     ]
     applied = store.applied_events(replayed) if replayed else {}
     to_fetch = {event_id for ids in applied.values() for event_id in ids}
@@ -142,14 +151,7 @@ def fold_batch(
             changes.append((before_credit, after_credit))
         if state.status != before_status and transitions:
             last = transitions[-1]
-            result.transitions.append(
-                (
-                    Transition(
-                        last.donation_id, last.event_id, before_status, last.after, last.reference, last.event_status
-                    ),
-                    state,
-                )
-            )
+            result.transitions.append((last._replace(before=before_status), state))
     result.donations = set(by_donation)
 
     # a retried event's anomaly is raised again from what it resolves to now, as a rebuild would raise it
@@ -165,7 +167,7 @@ def fold_batch(
     result.anomalies = len(anomalies)
     result.credits_added = sum(1 for old, new in changes if old is None)
     result.credits_removed = sum(1 for old, new in changes if new is None)
-    _update_patients(store, changes, result)
+    _update_patients(store, changes, result, patient_facts)
     return result
 
 
@@ -218,9 +220,15 @@ def _strong(decision: Resolution, keys, index: DonationIndex) -> bool:
     )
 
 
-def _update_patients(store: FoldStore, changes: list[tuple[Credit | None, Credit | None]], result: BatchResult) -> None:
+def _update_patients(
+    store: FoldStore,
+    changes: list[tuple[Credit | None, Credit | None]],
+    result: BatchResult,
+    recompute_also: set[int] = frozenset(),
+) -> None:
     """Each touched patient's totals: patient_update from the credit changes where it can place
-    fully_funded_at, else patient_totals over every credit of the patient."""
+    fully_funded_at, else patient_totals over every credit of the patient (always, for `recompute_also`:
+    patients whose funding_required may have changed)."""
     by_patient: dict[int, list[tuple[Credit | None, Credit | None]]] = defaultdict(list)
     for old, new in changes:
         for patient_id in {
@@ -232,12 +240,14 @@ def _update_patients(store: FoldStore, changes: list[tuple[Credit | None, Credit
                     new if new and new.patient_id == patient_id else None,
                 )
             )
-    if not by_patient:
+    if not by_patient and not recompute_also:
         return
-    patients = store.patients(by_patient)
+    patients = store.patients(set(by_patient) | set(recompute_also))
     totals: dict[int, PatientTotals] = {}
-    recompute: list[int] = []
+    recompute: list[int] = [patient_id for patient_id in recompute_also if patient_id in patients]
     for patient_id, patient_changes in by_patient.items():
+        if patient_id in recompute_also:
+            continue
         patient = patients[patient_id]
         updated = patient_update(
             patient.funding_required, patient.funding_received, patient.status, patient.fully_funded_at, patient_changes

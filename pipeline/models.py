@@ -208,6 +208,8 @@ class PaymentEvent(Base):
     )  # set by poll/checkout/operator
     parse_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     auth: Mapped[str] = mapped_column(String(16))
+    # a portal patient's facts (source portal, docs/portal.md): the patient they are about
+    patient_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     # idempotence key for replays (spool ingest, log import): a second append with the same key is a no-op
     dedupe_key: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
 
@@ -360,3 +362,39 @@ class JobLock(Base):
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     holder: Mapped[str | None] = mapped_column(String(128), nullable=True)
     acquired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class PortalDonationSeen(Base):
+    """Portal mode (docs/portal.md): a portal donation recorded: its owner (fixed at first sight), the facts last
+    recorded in the log, and the status azamrecon last wrote, which its next write compares against."""
+
+    __tablename__ = "portal_donations"
+
+    donation_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    owner: Mapped[str] = mapped_column(String(16))
+    facts: Mapped[str] = mapped_column(Text)  # JSON
+    facts_sha: Mapped[str] = mapped_column(String(64))
+    written: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
+    reasserted: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class PortalPatientSeen(Base):
+    """Portal mode: a portal patient recorded, with the facts last recorded in the log."""
+
+    __tablename__ = "portal_patients"
+
+    patient_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    facts: Mapped[str] = mapped_column(Text)  # JSON
+    facts_sha: Mapped[str] = mapped_column(String(64))
+
+
+class PortalSync(Base):
+    """Portal mode, one row (id 1): the highest portal donation id read, and the last full comparison."""
+
+    __tablename__ = "portal_sync"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    donation_high: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # JSON {id: first missed, or "undecided"}: ids below the high mark read again (capped at fold.max_gaps)
+    gaps: Mapped[str] = mapped_column(Text().with_variant(mysql.MEDIUMTEXT(), "mysql"), default="{}")
+    scanned_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -13,15 +13,15 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
+from pipeline.anomaly_kinds import ANOMALY_KINDS, ANOMALY_MEANINGS
 from pipeline.fold import (
-    ANOMALY_KINDS,
-    ANOMALY_MEANINGS,
     CANCELLED,
     CENT,
     COMPLETED,
     DONATION_STATUSES,
     FAILED,
     PENDING,
+    REFUNDED,
 )
 from pipeline.sections import AlertsConfig
 
@@ -45,6 +45,7 @@ class DonationView:
     failure_status: str | None
     operator_at: datetime | None
     operator_status: str | None
+    transaction_id: str | None = None  # AzamPay's id learned at checkout: without one, nothing to poll with
 
     def ended_at(self) -> datetime | None:
         """When a FAILED/CANCELLED donation became so: the operator's decision if that is what set it."""
@@ -218,6 +219,8 @@ def report_of(
             "threshold_minutes": threshold_minutes,
             "measured_at": reference,
             "count": len(stuck),
+            # never expired without a poll answer in portal mode (pipeline.status_check.rows_for): docs/portal.md
+            "unpollable": sum(1 for d in stuck if not d.transaction_id),
             "donations": [
                 {
                     "id": d.id,
@@ -227,12 +230,14 @@ def report_of(
                     "created_at": d.created_at,
                     "age_seconds": int((reference - d.created_at).total_seconds()),
                     "age_minutes": round((reference - d.created_at).total_seconds() / 60, 1),
+                    "pollable": bool(d.transaction_id),
                 }
                 for d in stuck[:limit]
             ],
             "truncated": len(stuck) > limit,
         },
-        "status_counts": {status: facts.status_counts.get(status, 0) for status in DONATION_STATUSES},
+        "status_counts": {status: facts.status_counts.get(status, 0) for status in DONATION_STATUSES}
+        | ({REFUNDED: facts.status_counts[REFUNDED]} if facts.status_counts.get(REFUNDED) else {}),
         "patients": [_patient_row(p) for p in facts.patients],
         "general_fund_received": facts.general_fund,
         "anomalies": {

@@ -35,6 +35,9 @@ class DatabaseConfig(_Section):
     sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
     busy_timeout_ms: int = Field(10_000, ge=0)
     pool_size: int = Field(5, ge=1)
+    # put before every table azamrecon creates, the Alembic version table included: "azamrecon_" beside a
+    # portal's own tables (docs/portal.md); "" keeps a standalone database's names
+    table_prefix: str = Field("", pattern=r"^([a-z][a-z0-9_]{0,23})?$")
 
     @field_validator("url")
     @classmethod
@@ -303,3 +306,61 @@ class PrivacyConfig(_Section):
 
         CronTrigger.from_crontab(value, timezone="UTC")
         return value
+
+
+# a portal table or column name is put into SQL as an identifier, so only plain names are accepted
+_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+
+
+def _identifier(default: str):
+    return Field(default, pattern=_IDENTIFIER)
+
+
+class PortalDonationColumns(_Section):
+    """The portal's donation columns azamrecon reads or writes (docs/portal.md, "The portal's tables")."""
+
+    id: str = _identifier("id")
+    patient_id: str = _identifier("patient_id")
+    amount: str = _identifier("amount")
+    patient_amount: str = _identifier("patient_amount")
+    currency: str = _identifier("currency")
+    status: str = _identifier("status")
+    payment_method: str = _identifier("payment_method")
+    transaction_id: str = _identifier("transaction_id")
+    payment_gateway: str = _identifier("payment_gateway")
+    gateway_reference: str = _identifier("gateway_reference")
+    failure_reason: str = _identifier("failure_reason")
+    completed_at: str = _identifier("completed_at")
+    created_at: str = _identifier("created_at")
+    updated_at: str = _identifier("updated_at")
+
+
+class PortalPatientColumns(_Section):
+    id: str = _identifier("id")
+    full_name: str = _identifier("full_name")
+    funding_required: str = _identifier("funding_required")
+    funding_received: str = _identifier("funding_received")
+    funding_currency: str = _identifier("funding_currency")
+    status: str = _identifier("status")
+    updated_at: str = _identifier("updated_at")
+
+
+class PortalConfig(_Section):
+    """Portal mode (docs/portal.md): the Django portal's donations and patients are the rows azamrecon
+    reconciles. Off by default: the embedded default and `make demo` keep azamrecon's own tables."""
+
+    enabled: bool = False
+    write: bool = True  # false: shadow mode, the portal is read and never written (`azamrecon portal diff`)
+    donation_table: str = _identifier("donor_donation")
+    patient_table: str = _identifier("auth_app_patientprofile")
+    donation_columns: PortalDonationColumns = PortalDonationColumns()
+    patient_columns: PortalPatientColumns = PortalPatientColumns()
+    # a donation is azamrecon's when its payment_gateway is one of these when first seen, or an AzamPay
+    # callback or checkout names it; every other donation's status is the portal's, read and never written
+    owned_gateways: list[str] = ["Azam Pay", "AzamPay"]
+    # payment_method values starting with this were charged the exact amount; every other one (mobile
+    # money, or not yet known) was charged the amount truncated to whole units, as the portal sends it
+    bank_method_prefix: str = "Bank Transfer"
+    # a full comparison of every portal row (the only way to see queryset.update(), which leaves
+    # updated_at alone); rows above the highest id seen are read before every fold
+    scan_interval_seconds: float = Field(30.0, gt=0)

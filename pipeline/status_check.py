@@ -196,7 +196,9 @@ def rows_for(
         setattr(report, answer.status.lower(), getattr(report, answer.status.lower()) + 1)
     elif candidate.transaction_id:
         return rows  # skipped after an abort
-    if candidate.expire and last_status not in DEFINITE:
+    # portal mode: a donation is never expired without an answer (with no AzamPay id learned at checkout there
+    # is nothing to ask, and its payment may still be confirmed by a callback or an operator: docs/portal.md)
+    if candidate.expire and last_status not in DEFINITE and (answer is not None or not config.portal.enabled):
         rows.append(expiry_row(candidate, config, at, last_status))
         report.expired += 1
     return rows

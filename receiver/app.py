@@ -31,11 +31,13 @@ from starlette.routing import Route
 from pipeline.auth import Authenticator
 from pipeline.config import Config, load_config
 from pipeline.db import is_sqlite, make_engine
+from pipeline.fold_batch import reference_format
 from pipeline.logs import payments, secrets_of, warn_if_open
 from pipeline.privacy import BodyRedactor, redactor_for
 from pipeline.redact import log_value
 from pipeline.resolution import ReferenceFormat
 from pipeline.sections import DatabaseConfig
+from pipeline.store.portal import PortalLookup
 from receiver import metrics, portal
 from receiver.callback import (
     ANSWER_FORBIDDEN,
@@ -221,7 +223,11 @@ def create_app(config: Config, engine=None, client_factory=None) -> Starlette:
     spool = Spool(config.receiver.spool_dir)
     checkpointer = WalCheckpointer(engine) if is_sqlite(engine) else None
     writer = GroupCommitWriter(
-        engine, spool, max_batch=config.receiver.group_commit_max_batch, checkpointer=checkpointer
+        engine,
+        spool,
+        max_batch=config.receiver.group_commit_max_batch,
+        checkpointer=checkpointer,
+        more_donations=PortalLookup(config.portal, reference_format(config)) if config.portal.enabled else None,
     )
     endpoint = CallbackEndpoint(config, authenticator, writer, redactor_for(config))
     portal_endpoints = portal.Portal(config, engine, client_factory)

@@ -24,9 +24,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from pipeline.anomaly_kinds import ANOMALY_KINDS
 from pipeline.db import transaction
 from pipeline.errors import StoreError
-from pipeline.fold import ANOMALY_KINDS
 from pipeline.models import RunOutcome
 from pipeline.store import metrics as queries
 from receiver.prometheus_adapter import counter_files, read_counter_values, write_counter_file

@@ -31,7 +31,6 @@ import time
 from collections import defaultdict, deque
 from concurrent.futures import Future
 from datetime import UTC, datetime
-from decimal import Decimal
 
 from loguru import logger
 from sqlalchemy import func, select
@@ -46,26 +45,18 @@ from pipeline.errors import (
     CheckoutNotRecorded,
     InputError,
     NotFound,
-    ParseError,
     StoreError,
 )
-from pipeline.events import normalise_msisdn, parse_amount
 from pipeline.fold import Source, Status
 from pipeline.models import Donation, PaymentEvent
 from pipeline.resolution import as_id
 from pipeline.store.checkpoint import fold_position
-from pipeline.store.donations import PROVIDERS, known_provider
+from receiver.checkout_request import checkout_fields
 from receiver.pool import BoundedPool
 
 CHECKOUT_PATH = "/api/v1.0/donors/payment/azampay/checkout/"
 STATUS_PATH = "/api/v1.0/donors/payment/azampay/status/"
 MAX_CHECKOUT_BODY = 8 * 1024
-MAX_ID = 2**63 - 1  # BIGINT: a larger id overflowed the driver (an OverflowError, answered 500)
-AMOUNT_FIELDS = ("amount", "patient_amount", "support_amount")  # only the first is required
-AMOUNT_FORMAT = (
-    "must be a decimal string of ASCII digits with at most 2 decimal places, or an integer, "
-    'below 1000000000000, e.g. "1000.00"'
-)
 
 
 def _error(status: int, detail: str) -> JSONResponse:
@@ -176,7 +167,7 @@ class Portal:
         except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
             return _error(400, f"invalid JSON: {str(exc)[:100]}")
         try:
-            return self._validate(data)
+            return checkout_fields(data, self.config)
         except InputError as exc:
             return _error(400, str(exc))
 
@@ -235,55 +226,12 @@ class Portal:
             return JSONResponse(answer, status_code=201)
         return JSONResponse(answer, status_code=502 if result.event_status != Status.FAILED else 422)
 
-    def _validate(self, data: dict) -> dict:
-        patient_id = data.get("patient_id")
-        if patient_id is not None and (
-            not isinstance(patient_id, int) or isinstance(patient_id, bool) or not 1 <= patient_id <= MAX_ID
-        ):
-            raise InputError(f"patient_id must be a positive integer up to {MAX_ID} (or null for a general donation)")
-        msisdn = normalise_msisdn(data.get("msisdn")) if isinstance(data.get("msisdn"), str) else None
-        if msisdn is None:
-            raise InputError("msisdn must be a Tanzanian mobile number: 0XXXXXXXXX, 255XXXXXXXXX or +255XXXXXXXXX")
-        provider = known_provider(data.get("provider"))
-        if provider is None:
-            raise InputError(f"provider must be one of {', '.join(PROVIDERS)}")
-        currency = data.get("currency") or self.config.donations.currency
-        if not isinstance(currency, str):
-            raise InputError("currency must be a string")
-        amounts = {}
-        for name in AMOUNT_FIELDS:
-            if name == "amount" and data.get(name) is None:
-                raise InputError("amount is required")
-            amounts[name] = self._amount(data.get(name), name)
-        return {
-            "patient_id": patient_id,
-            **amounts,
-            "msisdn": msisdn,
-            "provider": provider,
-            "currency": currency.upper(),
-        }
-
-    @staticmethod
-    def _amount(value, name: str) -> Decimal | None:
-        """A JSON string or integer read with the one money grammar (pipeline.events.parse_amount), or None
-        when absent. Not a JSON float: its text is gone by the time the body is parsed. The amount must be
-        positive; a share may be zero (all to the patient, or all to support), as `donations create` allows."""
-        if value is None:
-            return None
-        try:
-            amount = parse_amount(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
-        except ParseError:
-            amount = None
-        if amount is None:
-            raise InputError(f"{name} {AMOUNT_FORMAT}")
-        if amount <= 0 and name == "amount":
-            raise InputError(f"{name} must be positive")
-        return amount
-
     def _initiate(self, fields: dict):
-        from pipeline.checkout import initiate_checkout  # on first use, as AzamPayClient: it loads requests
+        # on first use, as AzamPayClient: it loads requests
+        from pipeline.checkout import initiate_checkout, initiate_portal_checkout
 
-        return initiate_checkout(self.engine, self.config, self.client(), now=datetime.now(UTC), **fields)
+        start = initiate_portal_checkout if self.config.portal.enabled else initiate_checkout
+        return start(self.engine, self.config, self.client(), now=datetime.now(UTC), **fields)
 
     # -- GET status ----------------------------------------------------------------------------
     async def status(self, request: Request) -> JSONResponse:

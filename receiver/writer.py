@@ -91,8 +91,10 @@ class GroupCommitWriter:
         outage_backoff_seconds: float = 0.5,
         checkpointer: WalCheckpointer | None = None,
         counters: ReceiverCounters | None = None,
+        more_donations=None,
     ):
         self.engine = engine
+        self.more_donations = more_donations  # portal mode: pipeline.store.portal.PortalLookup
         self.spool = spool
         self.checkpointer = checkpointer
         self.max_batch = max(1, int(max_batch))
@@ -234,7 +236,9 @@ class GroupCommitWriter:
         are not appended again (same body, same received_at)."""
         lookups = [item for item in batch if item.keys is not None]
         with transaction(self.engine, immediate=True) as session:
-            resolutions = resolve_claims(session, [item.keys for item in lookups]) if lookups else []
+            resolutions = (
+                resolve_claims(session, [item.keys for item in lookups], self.more_donations) if lookups else []
+            )
             rows = [item.row for item in batch]
             if after_failure:
                 present = already_appended(session, rows)

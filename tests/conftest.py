@@ -21,6 +21,8 @@ from pipeline.config import Config, load_config
 from pipeline.db import make_engine
 from pipeline.schema import upgrade
 
+pytest_plugins = ["tests.portal_fixtures"]
+
 FIXTURES = Path(__file__).parent / "fixtures" / "azampay"
 SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "azampay"
 MYSQL_SERVER = os.environ.get("AZAMRECON_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306")
@@ -41,6 +43,9 @@ TABLES = (
     "event_counts",
     "privacy_control",
     "privacy_rewrites",
+    "portal_donations",
+    "portal_patients",
+    "portal_sync",
 )
 
 

@@ -22,10 +22,9 @@ from pipeline.fold import (
     TrustPolicy,
     credit_of,
     fold_donation,
-    patient_totals,
-    patient_update,
 )
 from pipeline.fold_batch import _resolve_all
+from pipeline.patient_funding import patient_totals, patient_update
 from pipeline.resolution import DEFAULT_FORMAT, ID, REFERENCE, TRANSACTION, DonationIndex, decide, lookup_keys
 
 T0 = datetime(2026, 1, 14, 9, 30, 0, tzinfo=UTC)

@@ -17,12 +17,10 @@ from pipeline.fold import (
     REVIEW,
     Credit,
     FoldEvent,
-    PatientTotals,
     credit_of,
     derive,
-    patient_totals,
-    patient_update,
 )
+from pipeline.patient_funding import PatientTotals, patient_totals, patient_update
 from pipeline.resolution import DonationIndex, decide, lookup_keys
 from tests.pure_fold_helpers import (
     FAILED_FIXTURE,

@@ -12,8 +12,9 @@ import pytest
 from sqlalchemy.orm import Session
 
 from pipeline.db import transaction
-from pipeline.fold import COMPLETED, PENDING, AnomalyRecord, Credit, PatientTotals, TrustPolicy, fold_donation
+from pipeline.fold import COMPLETED, PENDING, AnomalyRecord, Credit, TrustPolicy, fold_donation
 from pipeline.fold_batch import FoldStore, fold_batch
+from pipeline.patient_funding import PatientTotals
 from pipeline.resolution import ID, REFERENCE, TRANSACTION, lookup_keys
 from pipeline.snapshot import Snapshot
 from pipeline.store.memory import MemoryFoldStore

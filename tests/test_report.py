@@ -131,6 +131,7 @@ def test_report_answers_every_question(backend, now):
 
     stuck = report["stuck_pending"]
     assert stuck["threshold_minutes"] == 10 and stuck["count"] == 1
+    assert stuck["unpollable"] == 1  # its checkout never stored AzamPay's transaction id
     assert stuck["donations"] == [
         {
             "id": s.d["d6"],
@@ -140,6 +141,7 @@ def test_report_answers_every_question(backend, now):
             "created_at": now - timedelta(minutes=30),
             "age_seconds": 1800,
             "age_minutes": 30.0,
+            "pollable": False,
         }
     ]
     assert report["status_counts"] == {

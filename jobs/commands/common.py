@@ -72,6 +72,13 @@ class Context:
 
             require_existing(self.config.database)
 
+    def refuse_in_portal_mode(self, what: str) -> None:
+        """In portal mode donations and patients are the portal's rows (docs/portal.md): azamrecon creates none."""
+        if self.config.portal.enabled:
+            from pipeline.errors import ConfigError
+
+            raise ConfigError(f"portal mode: {what} are created in the portal, not by azamrecon (docs/portal.md)")
+
     @cached_property
     def engine(self):
         from pipeline.db import make_engine

@@ -208,6 +208,7 @@ def create(
     from pipeline.errors import InputError
     from pipeline.store.donations import get_donation, normalise_provider
 
+    ctx.refuse_in_portal_mode("donations")
     if general and patient_id is not None:
         raise InputError("--patient and --general exclude each other")
     if not general and patient_id is None:

@@ -81,8 +81,7 @@ def rebuild(ctx: Context, check, as_of_text, output, progress, output_format) ->
     ctx.setup_logging("rebuild")
     if instant is not None:
         with progress_bar("as-of", progress) as update:
-            snapshot = jobs_rebuild.as_of(ctx.engine, ctx.config, instant, progress=update)
-        data = snapshot.as_dict()
+            data = jobs_rebuild.as_of_data(ctx.engine, ctx.config, instant, progress=update)
         if output:
             try:
                 Path(output).write_text(to_json(data))
@@ -153,3 +152,16 @@ def _print_as_of(data: dict, output_format: str) -> None:
         return
     emit_rows(donations, output_format, title="donations (as of)", columns=["donation", *_AS_OF_DONATION_COLUMNS])
     emit_rows(patients, output_format, title="patients (as of)", columns=["patient", *_AS_OF_PATIENT_COLUMNS])
+    if "portal" in data:  # portal mode: the portal's columns as azamrecon would have written them then
+        portal = data["portal"]
+        rows = [{"donation": key, **values} for key, values in portal["donations"].items()]
+        emit_rows(
+            rows,
+            output_format,
+            title="portal donations (as of)",
+            columns=["donation", "status", "completed_at", "failure_reason"],
+        )
+        rows = [{"patient": key, **values} for key, values in portal["patients"].items()]
+        emit_rows(
+            rows, output_format, title="portal patients (as of)", columns=["patient", "funding_received", "status"]
+        )

@@ -48,6 +48,7 @@ def add(ctx: Context, name: str, funding_required: str, output_format) -> None:
     """Add a patient."""
     from pipeline.store.donations import create_patient
 
+    ctx.refuse_in_portal_mode("patients")
     amount = parse_amount_option(funding_required, "--funding-required")
     with transaction(ctx.engine) as session:
         patient = create_patient(session, name=name, funding_required=amount, now=utcnow())

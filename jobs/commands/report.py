@@ -171,7 +171,10 @@ def _print_tables(data: dict) -> None:
             ],
             ["failed", data["failed"]["count"]],
             ["cancelled", data["cancelled"]["count"]],
-            [f"stuck PENDING > {data['stuck_pending']['threshold_minutes']:g} min", data["stuck_pending"]["count"]],
+            [
+                f"stuck PENDING > {data['stuck_pending']['threshold_minutes']:g} min",
+                f"{data['stuck_pending']['count']} ({data['stuck_pending']['unpollable']} un-pollable: no AzamPay id)",
+            ],
             ["anomalies", data["anomalies"]["total"]],
             ["fold lag", f"{lag['events']} events, {lag['seconds']:.1f} s"],
             ["invariants", "OK" if invariants["ok"] else f"{len(invariants['violations'])} violation(s)"],
@@ -194,9 +197,17 @@ def _print_tables(data: dict) -> None:
     if stuck["donations"]:
         table(
             f"stuck PENDING (ages at {_text(stuck['measured_at'])})" + (" (oldest rows)" if stuck["truncated"] else ""),
-            ["id", "external_reference", "amount", "currency", "created_at", "age_minutes"],
+            ["id", "external_reference", "amount", "currency", "created_at", "age_minutes", "pollable"],
             [
-                [d["id"], d["external_reference"], d["amount"], d["currency"], d["created_at"], d["age_minutes"]]
+                [
+                    d["id"],
+                    d["external_reference"],
+                    d["amount"],
+                    d["currency"],
+                    d["created_at"],
+                    d["age_minutes"],
+                    "yes" if d["pollable"] else "no",
+                ]
                 for d in stuck["donations"]
             ],
         )

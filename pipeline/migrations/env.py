@@ -3,6 +3,7 @@
 from alembic import context
 
 from pipeline.models import metadata
+from pipeline.table_names import VERSION_TABLE, prefix_of, prefixed
 
 config = context.config
 
@@ -13,7 +14,10 @@ def run_migrations_online() -> None:
         from pipeline.db import make_engine
         from pipeline.sections import DatabaseConfig
 
-        engine = make_engine(DatabaseConfig(url=config.get_main_option("sqlalchemy.url")))
+        database = DatabaseConfig(
+            url=config.get_main_option("sqlalchemy.url"), table_prefix=config.get_main_option("table_prefix") or ""
+        )
+        engine = make_engine(database)
         with engine.begin() as connection:
             _run(connection)
         engine.dispose()
@@ -22,7 +26,14 @@ def run_migrations_online() -> None:
 
 
 def _run(connection) -> None:
-    context.configure(connection=connection, target_metadata=metadata, render_as_batch=True, compare_type=True)
+    # the version table is named by Alembic, not by a statement of ours: the table prefix is applied here
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        render_as_batch=True,
+        compare_type=True,
+        version_table=prefixed(prefix_of(connection), VERSION_TABLE),
+    )
     with context.begin_transaction():
         context.run_migrations()
 

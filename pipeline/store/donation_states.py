@@ -30,12 +30,17 @@ class DonationRows(Rows):
     def max_donation_id(self) -> int:
         return self.raw.fetch("SELECT MAX(id) FROM donations")[0][0] or 0
 
-    def transaction_ids_of(self, ids: Iterable[int]) -> set[str]:
-        """The transaction ids (where set) of these donations."""
-        rows = self.raw.fetch_in(
-            "SELECT transaction_id FROM donations WHERE transaction_id IS NOT NULL AND id IN ", sorted(set(ids))
-        )
-        return {row[0] for row in rows}
+    def keys_of(self, ids: Iterable[int]) -> tuple[set[str], set[str]]:
+        """(references, transaction ids), where set, of these donations."""
+        references, transactions = set(), set()
+        for reference, transaction in self.raw.fetch_in(
+            "SELECT external_reference, transaction_id FROM donations WHERE id IN ", sorted(set(ids))
+        ):
+            if reference:
+                references.add(reference)
+            if transaction:
+                transactions.add(transaction)
+        return references, transactions
 
     def donation_keys_above(self, donation_id: int) -> tuple[int, set[str], set[int], set[str]]:
         """(highest id, references, ids, transaction ids) of donations created after `donation_id`."""

@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from pipeline.models import money_from_db, money_to_db, utc_from_db, utc_to_db
+from pipeline.table_names import prefix_of, rewriter
 
 IN_CHUNK = 900  # stays under SQLite's bound-parameter limit on old builds
 
@@ -36,6 +37,8 @@ class Driver:
         self.dialect = connection.dialect
         self.sqlite = self.dialect.name == "sqlite"
         self.mark = "?" if self.sqlite else "%s"
+        # these statements skip SQLAlchemy's cursor events, so database.table_prefix is applied here
+        self.prefixed = rewriter(prefix_of(connection))
         self._money_cache: dict[Any, Decimal | None] = {None: None}
         # storage -> bool (or None), as the ORM's Boolean columns read it on this backend
         self.flag = Boolean().result_processor(self.dialect, None) or _as_is
@@ -60,6 +63,7 @@ class Driver:
         )
 
     def fetch(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        sql = self.prefixed(sql)
         cursor = self._cursor()
         try:
             cursor.execute(sql, tuple(params))
@@ -73,6 +77,7 @@ class Driver:
         """executemany; how many rows it changed (an INSERT IGNORE counts only what it inserted)."""
         if not rows:
             return 0
+        sql = self.prefixed(sql)
         cursor = self._cursor()
         try:
             cursor.executemany(sql, rows)
@@ -87,6 +92,7 @@ class Driver:
 
     def run(self, sql: str, params: Sequence = ()) -> int:
         """A statement that changes rows; how many it changed."""
+        sql = self.prefixed(sql)
         cursor = self._cursor()
         try:
             cursor.execute(sql, tuple(params))

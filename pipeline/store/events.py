@@ -178,15 +178,13 @@ class Claim(NamedTuple):
         return cls(fields, lookup_keys(fields, references, signed=auth == SIGNED))
 
 
-def resolve_claims(session: Session, claims: Sequence[Claim]) -> list[Resolution]:
+def resolve_claims(session: Session, claims: Sequence[Claim], more_donations=None) -> list[Resolution]:
     """Each claim's Resolution, decided by pipeline.resolution.decide as the fold decides it. One query for
     the whole group (one per IN_CHUNK keys), on the raw driver: the Core query's compilation cost as much
-    as the insert."""
-    wanted = [
-        (column, value)
-        for column, values in wanted_values(key for claim in claims for key in claim.keys).items()
-        for value in values
-    ]
+    as the insert. `more_donations(session, wanted)`: where else donations are (portal mode: the portal's
+    rows not recorded yet, pipeline.store.portal.PortalLookup), asked only when some claim found none."""
+    by_column = wanted_values(key for claim in claims for key in claim.keys)
+    wanted = [(column, value) for column, values in by_column.items() for value in values]
     index = DonationIndex()
     if wanted:
         raw = Driver(session.connection())
@@ -200,7 +198,13 @@ def resolve_claims(session: Session, claims: Sequence[Claim]) -> list[Resolution
                 f"SELECT id, external_reference, transaction_id, msisdn, provider FROM donations WHERE {where}", params
             ):
                 index.add(DonationFacts(*row))
-    return [decide(claim.event, claim.keys, index) for claim in claims]
+    decisions = [decide(claim.event, claim.keys, index) for claim in claims]
+    if more_donations is not None and wanted and any(decision.donation_id is None for decision in decisions):
+        for facts in more_donations(session, by_column):
+            if facts.id not in index.facts:
+                index.add(facts)
+        decisions = [decide(claim.event, claim.keys, index) for claim in claims]
+    return decisions
 
 
 def get_event(session: Session, event_id: int) -> PaymentEvent | None:

@@ -32,6 +32,7 @@ EVENT_COLUMNS = (
     PaymentEvent.status_raw,
     PaymentEvent.msisdn,
     PaymentEvent.operator,
+    PaymentEvent.patient_id,
 )
 STATIC_COLUMNS = (
     Donation.id,

@@ -9,8 +9,9 @@ from decimal import Decimal
 
 from sqlalchemy import delete
 
-from pipeline.fold import Credit, PatientTotals
+from pipeline.fold import Credit
 from pipeline.models import FundingCredit
+from pipeline.patient_funding import PatientTotals
 from pipeline.store.driver import chunks
 from pipeline.store.fold_rows import Rows
 

@@ -15,8 +15,9 @@ from decimal import Decimal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from pipeline.fold import AnomalyRecord, Credit, DonationState, PatientStatus, PatientTotals
+from pipeline.fold import AnomalyRecord, Credit, DonationState, PatientStatus
 from pipeline.models import Donation, Patient
+from pipeline.patient_funding import PatientTotals
 from pipeline.resolution import WAITING_KINDS, DonationIndex, Key
 from pipeline.snapshot import Snapshot
 from pipeline.store.fold_rows import STATIC_COLUMNS

@@ -74,7 +74,8 @@ def _carry_over(bind) -> None:
     ]
     if applied:
         bind.execute(sa.text("INSERT INTO donation_events (event_id, donation_id) VALUES (:event_id, :donation_id)"), applied)
-    columns = ", ".join(column.key for column in EVENT_COLUMNS)
+    # the columns this revision's payment_events has (0006 added patient_id, which FoldEvent defaults)
+    columns = ", ".join(column.key for column in EVENT_COLUMNS if column.key != "patient_id")
     waiting = bind.execute(sa.text(
         f"SELECT {columns} FROM payment_events WHERE id IN (SELECT event_id FROM anomalies WHERE kind = 'unknown_reference')"
     )).fetchall()

@@ -1,0 +1,1 @@
+"""App label `donor`: the portal's Donation (table donor_donation)."""
