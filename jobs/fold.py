@@ -32,6 +32,7 @@ from loguru import logger
 from sqlalchemy.engine import Engine
 
 from jobs.portal_sync import sync_portal
+from jobs.portal_write import apply_portal
 from pipeline.config import Config
 from pipeline.db import transaction
 from pipeline.errors import StoreConflict
@@ -182,6 +183,7 @@ def run_fold(
     report = FoldReport()
     if config.portal.enabled:  # the portal's new and changed rows first, as facts in the log (docs/portal.md)
         announce_portal(sync_portal(engine, config, now))
+    finished_rebuild = False
     references = reference_format(config)
     while max_batches is None or report.batches < max_batches:
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
@@ -200,6 +202,8 @@ def run_fold(
                 )
                 time.sleep(0.05 * attempt)
         report.batches += 1
+        # this batch ended a rebuild's refold: its results reach the portal now (apply_portal, below)
+        finished_rebuild = finished_rebuild or (quiet_until is not None and checkpoint.rebuild_until is None)
         report.events += result.events
         report.transitions += len(result.transitions)
         report.credits_added += result.credits_added
@@ -213,6 +217,10 @@ def run_fold(
             progress(checkpoint.position, max_id)
         if not fresh and not retried:
             break
+    if finished_rebuild and config.portal.enabled:
+        # the new state was computed aside while nothing was written to the portal: only its differences go,
+        # in short batches, whoever finished the refold (a rebuild, or the fold after a rebuild that died)
+        apply_portal(engine, config, now)
     with transaction(engine) as session:
         report.lag_events = fold_facts(session).lag_events
     return report

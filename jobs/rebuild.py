@@ -10,7 +10,6 @@ from datetime import datetime
 from sqlalchemy.engine import Engine
 
 from jobs.fold import FoldReport, collector_paused, run_fold
-from jobs.portal_write import apply_portal
 from pipeline.config import Config
 from pipeline.db import transaction
 from pipeline.fold_batch import fold_batch, reference_format, trust_policy
@@ -46,8 +45,6 @@ def rebuild(engine: Engine, config: Config, now: datetime, progress: Progress | 
         store.save_checkpoint(checkpoint, now)
     # quiet up to rebuild_until (announced when first folded); a callback that arrives meanwhile is announced
     report = run_fold(engine, config, now, batch_size=max(config.fold.batch_size, REBUILD_BATCH), progress=progress)
-    if config.portal.enabled:  # the new state was computed aside: only its differences reach the portal
-        apply_portal(engine, config, now)
     payments.info(
         f"Rebuild finished: {report.events} events folded in {report.batches} batches, "
         f"{report.credits_added} credits, {report.anomalies} anomalies, {report.transitions} status changes"
@@ -96,7 +93,7 @@ def check(engine: Engine, config: Config, progress: Progress | None = None) -> C
         live, rebuilt = live_snapshot(session), memory.snapshot()
         found = differences(live, rebuilt)
         if config.portal.enabled and config.portal.write:  # the portal's rows whose owned columns differ from the fold
-            found += [difference_line(row) for row in portal_differences(session, config, reversals=False)]
+            found += [difference_line(row) for row in portal_differences(session, config, informational=False)]
         amounts = {donation_id: state.patient_amount for donation_id, state in memory.states.items()}
         broken = [f"live {line}" for line in violations(live, amounts)]
         broken += [f"rebuild {line}" for line in violations(rebuilt, amounts)]

@@ -57,9 +57,14 @@ from pipeline.events import EventFields, normalise_msisdn
 from pipeline.fold import NOT_APPLICABLE, Source, Status
 from pipeline.logs import payments
 from pipeline.models import Donation
+from pipeline.portal_facts import OWNED
+from pipeline.portal_record import record_rows
 from pipeline.resolution import ReferenceFormat
+from pipeline.store.checkpoint import CHECKPOINT
 from pipeline.store.donations import PROVIDERS, create_donation, normalise_provider
 from pipeline.store.events import append_event, event_row
+from pipeline.store.portal import PortalRows, SeenRows
+from pipeline.store.state import SqlFoldStore
 
 ACCEPTED, REJECTED, UNKNOWN = Status.PENDING, Status.FAILED, Status.UNKNOWN
 
@@ -201,11 +206,6 @@ def initiate_portal_checkout(
     The portal's row is recorded first (an azamrecon checkout names it: azamrecon's), with its external
     reference, in a transaction under the fold lock; then AzamPay is asked and its answer recorded as for a
     donation of azamrecon's own (initiate_checkout). The charge is the portal's mobile-money charge."""
-    from pipeline.portal_record import record_rows
-    from pipeline.store.checkpoint import CHECKPOINT
-    from pipeline.store.portal import PortalRows
-    from pipeline.store.state import SqlFoldStore
-
     started = time.monotonic()
 
     def clock() -> datetime:
@@ -220,12 +220,21 @@ def initiate_portal_checkout(
         row = rows[0]
         if row.status != "PENDING":
             raise InputError(f"portal donation {donation_id} is {row.status}: only a PENDING donation is checked out")
+        if (row.transaction_id or "").strip() or row.payment_gateway.strip() not in ("", *config.portal.owned_gateways):
+            # the portal's own checkout (or another path) has it: a second charge could be pushed to the donor
+            raise InputError(f"portal donation {donation_id} was checked out already (transaction_id or gateway set)")
         if row.currency.upper() != config.donations.charge_currency.upper():
             raise InputError(
                 f"portal donation {donation_id} is in {row.currency}: AzamPay charges {config.donations.charge_currency}"
             )
         record_rows(session, config, [row], now, named={donation_id})
+        if SeenRows(session).seen_donations([donation_id])[donation_id].owner != OWNED:
+            raise InputError(
+                f"portal donation {donation_id} is the portal's (recorded so): azamrecon cannot complete it"
+            )
         donation = session.get(Donation, donation_id)
+        if donation.transaction_id is not None:  # a retry would prompt the donor again
+            raise InputError(f"portal donation {donation_id} has AzamPay transaction {donation.transaction_id} already")
         if donation.external_reference is None:  # a second checkout of one donation keeps its reference
             donation.external_reference = ReferenceFormat(config.donations.reference_prefix).reference(donation_id, now)
         donation.msisdn, donation.provider = account, provider_name

@@ -69,16 +69,18 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _portal_tables_are_not_ours(self) -> Config:
-        # every statement naming one of azamrecon's tables gets the table prefix: a portal table of such a name
-        # would be read and written as azamrecon's own
+        # every statement naming one of azamrecon's tables gets the table prefix: a portal table or column of
+        # such a name would be read and written as azamrecon's own
         from pipeline.table_names import owned_names
 
         if self.portal.enabled:
-            for key in ("donation_table", "patient_table"):
-                if getattr(self.portal, key) in owned_names():
-                    raise ValueError(
-                        f"portal.{key} {getattr(self.portal, key)!r} is the name of a table of azamrecon's"
-                    )
+            names = {f"portal.{key}": getattr(self.portal, key) for key in ("donation_table", "patient_table")}
+            for section in ("donation_columns", "patient_columns"):
+                values = getattr(self.portal, section).model_dump()
+                names.update((f"portal.{section}.{key}", value) for key, value in values.items())
+            for key, name in names.items():
+                if name in owned_names():
+                    raise ValueError(f"{key} {name!r} is the name of a table of azamrecon's")
         return self
 
     @property
@@ -110,7 +112,9 @@ def write_config_file(path: str | Path, settings: Mapping[str, Any]) -> Path:
 
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "config"
+    if not first["loc"]:  # a rule across keys (Config's own validators): its message names the keys
+        return f"invalid config: {first['msg'].removeprefix('Value error, ')}"
+    key = ".".join(str(part) for part in first["loc"])
     env = next((name for name, dotted in ENV_OVERRIDES.items() if dotted == key), None)
     where = f"{key} (env {env})" if env else key
     return f"invalid config value for {where}: {first['msg']}"

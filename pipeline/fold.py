@@ -109,14 +109,15 @@ class TrustPolicy:
     credential_configured: bool = False
     verify_only: bool = False  # mode `verify`: callbacks never count, only poll answers
 
-    def trusts(self, event: FoldEvent) -> bool:
-        if event.source in TRUSTED_SOURCES:
-            return True
+    def callback_auth(self) -> tuple[str, ...] | None:
+        """The auth values of the callbacks that count: None for any, () for none (also a query's filter)."""
         if self.verify_only:
-            return False
-        if self.credential_configured:
-            return event.auth in (VERIFIED, SIGNED)
-        return True
+            return ()
+        return (VERIFIED, SIGNED) if self.credential_configured else None
+
+    def trusts(self, event: FoldEvent) -> bool:
+        allowed = self.callback_auth()
+        return event.source in TRUSTED_SOURCES or allowed is None or event.auth in allowed
 
 
 @dataclass(slots=True)

@@ -51,6 +51,11 @@ def trust_policy(config: Config) -> TrustPolicy:
     )
 
 
+def counting_callback_auth(config: Config) -> tuple[str, ...] | None:
+    """The auth values of the callbacks that count, for a query (TrustPolicy.callback_auth)."""
+    return trust_policy(config).callback_auth()
+
+
 def reference_format(config: Config) -> ReferenceFormat:
     return ReferenceFormat(config.donations.reference_prefix)
 
@@ -69,6 +74,7 @@ class FoldStore(Protocol):
     def apply_credit_changes(self, changes) -> None: ...
     def patients(self, ids): ...
     def credits_of_patients(self, ids): ...
+    def credits_of_donations(self, ids): ...
     def write_patients(self, totals) -> None: ...
 
 
@@ -135,9 +141,13 @@ def fold_batch(
     changes: list[tuple[Credit | None, Credit | None]] = []
     changed_states: list[DonationState] = []
     replay_set = set(replayed)
+    # a replayed donation's credit as stored: the portal may have changed the facts it was computed from
+    # (patient_amount, patient, currency), which the loaded state already holds
+    stored = store.credits_of_donations(replayed) if replayed else {}
     for donation_id, donation_events in by_donation.items():
         state = states[donation_id]
-        before_status, before_credit = state.status, credit_of(state)
+        before_status = state.status
+        before_credit = stored.get(donation_id) if donation_id in replay_set else credit_of(state)
         if donation_id in replay_set:
             merged = {event_id: earlier[event_id] for event_id in applied.get(donation_id, ()) if event_id in earlier}
             merged.update((event.id, event) for event in donation_events)

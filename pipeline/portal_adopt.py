@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from pipeline.config import Config
+from pipeline.fold_batch import counting_callback_auth
 from pipeline.portal_facts import FULLY_FUNDED
 from pipeline.store.portal import PortalRows, SeenRows
 
@@ -25,7 +26,11 @@ def auto_completed(session, config: Config, portal: PortalRows) -> list[int]:
         and row.completed_at is not None
         and row.completed_at - row.created_at <= timedelta(seconds=AUTO_COMPLETE_SECONDS)
     ]
-    named = SeenRows(session).azampay_named(quick, config.donations.reference_prefix) if quick else set()
+    named = (
+        SeenRows(session).azampay_named(quick, config.donations.reference_prefix, counting_callback_auth(config))
+        if quick
+        else set()
+    )
     return [donation_id for donation_id in quick if donation_id not in named]
 
 

@@ -21,15 +21,15 @@ from pipeline.store.portal import PortalRows
 COLUMNS = ("kind", "id", "field", "azamrecon", "portal", "reason")
 
 
-def portal_differences(session, config: Config, reversals: bool = True) -> list[dict]:
-    """The differences, read in the caller's transaction; writes nothing. `rebuild --check` lists them too,
-    without `reversals` (a patient FULLY_FUNDED under its target, donations in another currency than their
-    patient's), which no fold would change."""
+def portal_differences(session, config: Config, informational: bool = True) -> list[dict]:
+    """The differences, read in the caller's transaction; writes nothing. `rebuild --check` lists those of the
+    columns azamrecon writes, without the `informational` ones (the portal's own Σ of a patient's donations,
+    a patient FULLY_FUNDED under its target, donations in another currency), which no fold would change."""
     portal = PortalRows(session, config.portal)
     owned = [
         row.donation_id for row in session.scalars(select(PortalDonationSeen).where(PortalDonationSeen.owner == OWNED))
     ]
-    return _donations(session, portal, owned) + _patients(session, portal, reversals)
+    return _donations(session, portal, owned) + _patients(session, portal, informational)
 
 
 def difference_line(row: dict) -> str:
@@ -65,15 +65,15 @@ def _status_reason(mine: Donation, theirs: str) -> str:
     return f"azamrecon's log says {mine.status}"
 
 
-def _patients(session, portal: PortalRows, reversals: bool) -> list[dict]:
+def _patients(session, portal: PortalRows, informational: bool) -> list[dict]:
     found = []
     theirs = portal.all_patients()
     funding = portal.own_funding(theirs)
-    if reversals:
+    if informational:
         found += _other_currencies(portal, theirs)
     for mine in session.scalars(select(Patient).where(Patient.id.in_(list(theirs))).order_by(Patient.id)):
         row = theirs[mine.id]
-        if mine.funding_received != funding[mine.id]:
+        if informational and mine.funding_received != funding[mine.id]:
             detail = (
                 "Σ patient_amount of its COMPLETED donations in its funding_currency differs: see the donation rows"
             )
@@ -92,7 +92,7 @@ def _patients(session, portal: PortalRows, reversals: bool) -> list[dict]:
         status = patient_status_after(row.status, mine.status == PatientStatus.FULLY_FUNDED)
         if status != row.status:
             found.append(_row("patient", mine.id, "status", status, row.status, "target reached"))
-        elif reversals and row.status == FULLY_FUNDED and mine.status != PatientStatus.FULLY_FUNDED:
+        elif informational and row.status == FULLY_FUNDED and mine.status != PatientStatus.FULLY_FUNDED:
             # never moved back by azamrecon (pipeline.portal_facts.patient_status_after): listed for staff
             reason = "FULLY_FUNDED in the portal while under the target; staff decide whether it returns"
             found.append(_row("patient", mine.id, "status", mine.status, row.status, reason))

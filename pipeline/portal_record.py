@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from pipeline.config import Config
 from pipeline.events import EventFields
 from pipeline.fold import NOT_APPLICABLE, PortalFact, Source
-from pipeline.fold_batch import reference_format
+from pipeline.fold_batch import counting_callback_auth, reference_format
 from pipeline.portal_facts import (
     DELETED,
     FINAL_PORTAL_STATUSES,
@@ -150,7 +150,9 @@ def _record_donations(
     _record_patients(session, seen, patients, now, report)
     fresh = [row for row in rows if row.id not in known]
     named = set(also_named) | seen.azampay_named(
-        [row.id for row in fresh if undecided(row) and row.id not in also_named], config.donations.reference_prefix
+        [row.id for row in fresh if undecided(row) and row.id not in also_named],
+        config.donations.reference_prefix,
+        counting_callback_auth(config),
     )
     cutoff = now - timedelta(hours=config.poll.max_age_hours)
     left, events, mirrors, new_records, changed_records = set(), [], {}, [], []
@@ -166,10 +168,10 @@ def _record_donations(
             continue
         owner = record.owner if record else owner_of(row, settings.owned_gateways, row.id in named)
         written = json.loads(record.written) if record and record.written else {}
-        # before its first write, azamrecon's baseline is PENDING (a checkout's start): a row first seen in
-        # another status was put there by another writer, and is not overwritten (docs/portal.md, "Ownership")
+        # before its first write, azamrecon's compare-and-set expects the status it first saw (the write never
+        # puts PENDING over another status: pipeline.portal_write)
         adopted = adopt and record is None and row.status in FINAL_PORTAL_STATUSES
-        baseline = row.status if adopted else written.get("status", None if record else "PENDING")
+        baseline = written.get("status", None if record else row.status)
         if adopted:
             kind = f"{PortalFact.OWNED if owner == OWNED else PortalFact.PORTAL} {PortalFact.ADOPT}"
         else:

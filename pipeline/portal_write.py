@@ -21,7 +21,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from pipeline.config import Config
-from pipeline.fold import COMPLETED, PatientStatus, Source
+from pipeline.fold import COMPLETED, PENDING, REFUNDED, PatientStatus, Source
 from pipeline.models import Donation, Patient, PaymentEvent, PortalDonationSeen
 from pipeline.portal_facts import OWNED, facts_sha, patient_status_after, portal_view
 from pipeline.store.portal import PortalRows, portal_naive
@@ -62,7 +62,10 @@ def _write_donations(session, config, portal: PortalRows, ids: list[int], now, r
         return
     ours = {row.id: row for row in session.scalars(select(Donation).where(Donation.id.in_(owned)))}
     current = {row.id: row for row in portal.donations_by_ids(owned)}
-    success = _success_events(session, [row.credit_event_id for row in ours.values() if row.credit_event_id])
+    deciding = [row.credit_event_id for row in ours.values() if row.credit_event_id]
+    deciding += [row.operator_event_id for row in ours.values() if row.operator_event_id]
+    success = _success_events(session, deciding)
+    sources = {event_id: found[2] for event_id, found in success.items()}
     columns, table = config.portal.donation_columns, portal.donations_table
     q = portal.q
     for donation_id in owned:
@@ -71,9 +74,8 @@ def _write_donations(session, config, portal: PortalRows, ids: list[int], now, r
             continue
         target = portal_view(mine.status, mine.completed_at, mine.review_reason)
         event = success.get(mine.credit_event_id)
-        if target.status == COMPLETED and event is not None and event[2] in (Source.PORTAL, Source.ADOPT):
-            # completed by the portal's own truth (adoption): its completed_at stands, not when azamrecon read it
-            target = target._replace(completed_at=theirs.completed_at)
+        if _portal_decided(mine, sources) or target.status == REFUNDED:
+            continue  # the portal's own truth (adoption, a refund): its values stand, completed_at and reason too
         written = json.loads(record.written) if record.written else {}
         facts = json.loads(record.facts)
         expected = written.get("status", facts.get("status"))
@@ -82,6 +84,9 @@ def _write_donations(session, config, portal: PortalRows, ids: list[int], now, r
         ):
             if expected != theirs.status:  # agreeing again (a refund taken, a poll that confirmed): from here on
                 record.written = json.dumps({"status": theirs.status})
+            continue
+        if target.status == PENDING and theirs.status != PENDING:
+            report.skipped += 1  # azamrecon has no evidence either way: it never puts PENDING over a status
             continue
         clobbered = theirs.status == "PENDING" and expected not in (None, "PENDING")
         if theirs.status != expected:
@@ -97,17 +102,24 @@ def _write_donations(session, config, portal: PortalRows, ids: list[int], now, r
             columns.failure_reason: target.failure_reason,
             columns.updated_at: portal_naive(now),
         }
+        fills = {}  # written only where the portal's column is still empty, checked by the UPDATE itself
         if target.status == COMPLETED and event is not None and event[2] == Source.CALLBACK:
             reference, operator, _ = event
             if reference and not theirs.gateway_reference:
-                values[columns.gateway_reference] = reference[:200]
+                fills[columns.gateway_reference] = reference[:200]
             if not theirs.payment_gateway:
-                values[columns.payment_gateway] = "Azam Pay"
+                fills[columns.payment_gateway] = "Azam Pay"
             if operator and not theirs.payment_method:
                 kind = "Bank Transfer" if operator.upper() in BANK_OPERATORS else "Mobile Money"
-                values[columns.payment_method] = f"{kind} - {operator}"[:255]
-        assignments = ", ".join(f"{q(name)} = :v{n}" for n, name in enumerate(values))
+                fills[columns.payment_method] = f"{kind} - {operator}"[:255]
+        assignments = [f"{q(name)} = :v{n}" for n, name in enumerate(values)]
+        assignments += [
+            f"{q(name)} = CASE WHEN {q(name)} IS NULL OR {q(name)} = '' THEN :f{n} ELSE {q(name)} END"
+            for n, name in enumerate(fills)
+        ]
+        assignments = ", ".join(assignments)
         params = {f"v{n}": value for n, value in enumerate(values.values())}
+        params.update((f"f{n}", value) for n, value in enumerate(fills.values()))
         params.update(id=donation_id, expected=expected)
         done = session.execute(
             text(f"UPDATE {table} SET {assignments} WHERE {q(columns.id)} = :id AND {q(columns.status)} = :expected"),
@@ -121,13 +133,18 @@ def _write_donations(session, config, portal: PortalRows, ids: list[int], now, r
         # what the row now holds, so the next read does not record azamrecon's own write as a change
         facts = {**facts, "status": target.status, "completed_at": _iso(target.completed_at)}
         for key in ("payment_gateway", "payment_method"):
-            if getattr(columns, key) in values:
-                facts[key] = values[getattr(columns, key)]
+            if getattr(columns, key) in fills:
+                facts[key] = fills[getattr(columns, key)]
         record.facts, record.facts_sha = json.dumps(facts), facts_sha(facts)
 
 
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
+
+
+def _portal_decided(mine: Donation, sources: dict[int, str]) -> bool:
+    """Whether the donation's status is a decision the portal's own rows made (adoption, a refund)."""
+    return mine.operator_status is not None and sources.get(mine.operator_event_id) in (Source.PORTAL, Source.ADOPT)
 
 
 def _success_events(session: Session, event_ids: list[int]) -> dict[int, tuple[str | None, str | None, str]]:

@@ -147,6 +147,7 @@ def test_credit_changes_add_move_and_remove(store, now):
     moved = _credit(d1, first, "20000", e4, now + timedelta(seconds=9))
     store.store.apply_credit_changes([(c1, moved), (c2, None)])
     assert store.store.credits_of_patients([first]) == {first: [moved]}
+    assert store.store.credits_of_donations([d1, d2, d3, 999]) == {d1: moved, d3: c3}
     assert store.snapshot().credits == {
         d1: (first, "20000.00", e4, moved.credited_at.isoformat()),
         d3: (second, "5.00", e3, now.isoformat()),

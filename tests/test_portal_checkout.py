@@ -4,6 +4,7 @@ its checkout through azamrecon's endpoint, server to server. And the case neithe
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 
 from jobs.poll import run_poll
@@ -90,4 +91,31 @@ def test_an_id_taken_from_a_callback_is_never_polled(portal_db, tmp_path):
     now = mode.now()
     stuck = build_report(mode.engine, mode.config, day=now.date(), now=now)["stuck_pending"]
     assert stuck["unpollable"] == 1 and stuck["donations"][0]["pollable"] is False
+    mode.close()
+
+
+def test_a_checkout_through_azamrecon_is_refused_for_a_donation_it_cannot_complete(portal_db, tmp_path):
+    with running_sandbox(outcomes={PHONE: "no_callback"}) as sandbox:
+        overrides = {"receiver.checkout_api_key": KEY, "receiver.checkout_rate_limit_per_minute": 100}
+        mode = PortalMode(portal_db, tmp_path, **azampay_overrides(sandbox, **overrides))
+        theirs = portal_db.create_donation(None, amount=1000)  # left undecided past poll.max_age_hours: the portal's
+        type(theirs).objects.using(portal_db.alias).filter(pk=theirs.id).update(
+            created_at=theirs.created_at - timedelta(days=2)
+        )
+        mode.fold()
+        yellow = portal_db.create_donation(None, amount=1000, payment_gateway="YELLOWCARD")
+        checked_out = portal_db.create_donation(None, amount=1000)
+        portal_db.checkout_saved(checked_out)  # the portal's own checkout ran
+        ours = portal_db.create_donation(None, amount=1000)
+        body = {"msisdn": PHONE, "provider": "Airtel"}
+        with mode.receiver() as client:
+            answers = [
+                client.post(CHECKOUT_PATH, json={**body, "donation_id": d.id}, headers={"X-API-Key": KEY})
+                for d in (theirs, yellow, checked_out, ours, ours)
+            ]
+        checkouts = sandbox.stats().get("checkouts", 0)
+    assert [answer.status_code for answer in answers] == [400, 400, 400, 201, 400]
+    assert "the portal's" in answers[0].json()["detail"]
+    assert all("already" in answers[i].json()["detail"] for i in (1, 2, 4))
+    assert checkouts == 1  # only one prompt ever reached a donor's phone
     mode.close()

@@ -266,3 +266,39 @@ def test_a_checkout_in_flight_is_recorded_when_its_gateway_is_set_not_before(mod
     mode.fold()
     assert mode.portal_events(donation.id) == ["owned seen"]
     assert mode.portal_events(later.id) == ["portal seen"]
+
+
+def test_the_portal_moving_a_credited_donation_to_another_patient_moves_its_credit(mode):
+    portal = mode.portal
+    mode.config.portal.scan_interval_seconds = 0.001
+    asha, juma = portal.create_patient("Asha", 5000), portal.create_patient("Juma", 5000)
+    donation = portal.create_donation(asha, amount=1000)
+    external_id = portal.checkout_saved(donation)
+    with mode.receiver() as client:
+        client.post(CALLBACK_PATH, content=azampay_callback(external_id, 1000), headers=JSON)
+    mode.fold()
+    assert portal.read_patient(asha.id).funding_received == Decimal("1000.00")
+    type(donation).objects.using(portal.alias).filter(pk=donation.id).update(
+        patient=juma, patient_amount=Decimal("800")
+    )
+    mode.fold()  # a changed fact: the donation is replayed, its stored credit moved, and the fold goes on
+    mode.fold()
+    assert portal.read_patient(asha.id).funding_received == Decimal("0.00")
+    assert portal.read_patient(juma.id).funding_received == Decimal("800.00")
+
+
+def test_an_untrusted_callback_does_not_make_a_donation_azamrecons(portal_db, tmp_path):
+    mode = PortalMode(portal_db, tmp_path, **{"webhook.password": "hook-secret"})
+    patient = portal_db.create_patient("Asha", 1000)
+    donation = portal_db.create_donation(patient, amount=1000)  # a stablecoin payment in flight
+    with mode.receiver() as client:  # a forged callback naming it, with no credential
+        client.post(
+            CALLBACK_PATH, content=azampay_callback(f"RHCI-DN-{donation.id}-29991231000000", 1000), headers=JSON
+        )
+    mode.fold()
+    assert mode.portal_events(donation.id) == []  # still undecided: a forged callback decides nothing
+    portal_db.stablecoin_complete(donation.id)
+    mode.fold()
+    assert mode.portal_events(donation.id) == ["portal seen"]  # the portal's: its COMPLETED counts
+    assert portal_db.read_patient(patient.id).funding_received == Decimal("1000.00")
+    mode.close()

@@ -63,6 +63,18 @@ class FundingRows(Rows):
             )
         return found
 
+    def credits_of_donations(self, ids: Iterable[int]) -> dict[int, Credit]:
+        """The stored credit of each of these donations that has one."""
+        raw = self.raw
+        rows = raw.fetch_in(
+            "SELECT donation_id, patient_id, amount, event_id, credited_at FROM funding_credits WHERE donation_id IN ",
+            sorted(set(ids)),
+        )
+        return {
+            donation_id: Credit(donation_id, patient_id, raw.money(amount), event_id, raw.when(credited_at))
+            for donation_id, patient_id, amount, event_id, credited_at in rows
+        }
+
     def credits_of_patients(self, ids: Iterable[int]) -> dict[int, list[Credit]]:
         raw = self.raw
         found: dict[int, list[Credit]] = {}

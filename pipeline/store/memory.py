@@ -119,6 +119,9 @@ class MemoryFoldStore:
     def patients(self, ids: Iterable[int]) -> dict[int, PatientRow]:
         return {patient_id: self.patient_rows[patient_id] for patient_id in ids if patient_id in self.patient_rows}
 
+    def credits_of_donations(self, ids: Iterable[int]) -> dict[int, Credit]:
+        return {donation_id: self.credits[donation_id] for donation_id in ids if donation_id in self.credits}
+
     def credits_of_patients(self, ids: Iterable[int]) -> dict[int, list[Credit]]:
         wanted = set(ids)
         found: dict[int, list[Credit]] = defaultdict(list)

@@ -276,18 +276,27 @@ class SeenRows:
         for donation_id in existing:
             self.session.execute(update(Donation).where(Donation.id == donation_id).values(**rows[donation_id]))
 
-    def azampay_named(self, ids: Iterable[int], reference_prefix: str) -> set[int]:
-        """Which of these donations an AzamPay callback (by its `{prefix}-{id}-` reference) or a checkout
-        through azamrecon has named: the log's indexed utilityref and donation_id columns."""
+    def azampay_named(
+        self, ids: Iterable[int], reference_prefix: str, callback_auth: tuple[str, ...] | None
+    ) -> set[int]:
+        """Which of these donations a checkout through azamrecon, or an AzamPay callback that counts (by its
+        `{prefix}-{id}-` reference; `callback_auth`: the auth values that count, None for any, () for none)
+        has named: the log's indexed utilityref and donation_id columns."""
         found: set[int] = set()
+        callbacks = "utilityref >= :head AND utilityref < :stop AND source = 'callback'"
+        if callback_auth is not None:
+            marks = ", ".join(f":a{n}" for n in range(len(callback_auth)))
+            callbacks = f"{callbacks} AND auth IN ({marks})" if callback_auth else "1 = 0"
         for donation_id in ids:
             head = f"{reference_prefix}-{donation_id}-"
+            params = {"head": head, "stop": head[:-1] + ".", "id": donation_id}
+            params.update((f"a{n}", value) for n, value in enumerate(callback_auth or ()))
             hit = self.session.execute(
                 text(
-                    "SELECT 1 FROM payment_events WHERE (utilityref >= :head AND utilityref < :stop "
-                    "AND source = 'callback') OR (donation_id = :id AND source = 'checkout') LIMIT 1"
+                    f"SELECT 1 FROM payment_events WHERE ({callbacks}) "
+                    "OR (donation_id = :id AND source = 'checkout') LIMIT 1"
                 ),
-                {"head": head, "stop": head[:-1] + ".", "id": donation_id},
+                params,
             ).first()
             if hit is not None:
                 found.add(donation_id)
