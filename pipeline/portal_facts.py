@@ -1,8 +1,8 @@
 """Portal mode's rules (docs/portal.md): what a row of the Django portal's tables states, whose donation it
 is, what AzamPay was asked to charge, which fact a change is, and azamrecon's result in the portal's words.
 
-Pure: no SQL, no clock, no logging. pipeline/store/portal.py reads the rows; jobs/portal_sync.py records
-the facts in the log and jobs/portal_diff.py compares.
+Pure: no SQL, no clock, no logging. pipeline/store/portal.py reads the rows; pipeline/portal_record.py records
+the facts in the log, pipeline/portal_write.py writes the results and pipeline/portal_diff.py compares.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def fact_kind(
     A status change of an owned donation is another writer's (EXTERNAL) when azamrecon writes to the portal
     and did not write that status; in shadow mode the portal's own callback view still writes it (STATUS).
     PENDING put back over a final status azamrecon wrote is the checkout view's late save() (LATE_SAVE):
-    azamrecon re-asserts its status once (jobs/portal_write.py)."""
+    azamrecon re-asserts its status once (pipeline/portal_write.py)."""
     if before == now:
         return None
     who = PortalFact.OWNED if owner == OWNED else PortalFact.PORTAL

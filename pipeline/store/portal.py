@@ -45,7 +45,7 @@ def _naive(value: datetime | None):
 
 
 class PortalRows:
-    """The portal's two tables, read (and written, by jobs/portal_write.py) on the session's connection."""
+    """The portal's two tables, read (and written, by pipeline/portal_write.py) on the session's connection."""
 
     def __init__(self, session: Session, config: PortalConfig):
         self.session = session
