@@ -14,7 +14,7 @@ applied, so they do depend on order; the caller therefore always applies a donat
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -108,15 +108,19 @@ class TrustPolicy:
 
     credential_configured: bool = False
     verify_only: bool = False  # mode `verify`: callbacks never count, only poll answers
+    # callback_auth, worked out once: `trusts` runs for every event of every fold batch
+    _allowed: tuple[str, ...] | None = field(init=False, repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        allowed = () if self.verify_only else (VERIFIED, SIGNED) if self.credential_configured else None
+        object.__setattr__(self, "_allowed", allowed)
 
     def callback_auth(self) -> tuple[str, ...] | None:
         """The auth values of the callbacks that count: None for any, () for none (also a query's filter)."""
-        if self.verify_only:
-            return ()
-        return (VERIFIED, SIGNED) if self.credential_configured else None
+        return self._allowed
 
     def trusts(self, event: FoldEvent) -> bool:
-        allowed = self.callback_auth()
+        allowed = self._allowed
         return event.source in TRUSTED_SOURCES or allowed is None or event.auth in allowed
 
 

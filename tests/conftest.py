@@ -92,6 +92,12 @@ class Backend:
 _mysql_state: dict = {}
 
 
+def unreachable(exc: Exception) -> Exception:
+    """The skip (fail when CI=true or AZAMRECON_REQUIRE_MYSQL=1) for a MariaDB server that cannot be reached."""
+    reason = f"MariaDB/MySQL not reachable at {MYSQL_SERVER} ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+    return pytest.fail.Exception(reason) if MYSQL_REQUIRED else pytest.skip.Exception(reason)
+
+
 def _mysql_ready() -> str:
     """Create the test database once per session; return its URL or raise pytest's skip/fail."""
     if "url" in _mysql_state:
@@ -109,10 +115,7 @@ def _mysql_ready() -> str:
         upgrade(engine)
         engine.dispose()
     except Exception as exc:  # any failure to reach the server
-        reason = (
-            f"MariaDB/MySQL not reachable at {MYSQL_SERVER} ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
-        )
-        _mysql_state["error"] = pytest.fail.Exception(reason) if MYSQL_REQUIRED else pytest.skip.Exception(reason)
+        _mysql_state["error"] = unreachable(exc)
         raise _mysql_state["error"] from exc
     _mysql_state["url"] = url
     return url

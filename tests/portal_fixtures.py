@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import MYSQL_REQUIRED, MYSQL_SERVER
+from tests.conftest import MYSQL_SERVER, unreachable
 
 PORTAL_TABLES = ("auth_app_patientprofile", "donor_donation")
 KEPT_TABLES = (*PORTAL_TABLES, "django_migrations")
@@ -128,10 +128,7 @@ def _mysql_ready() -> None:
             connection.execute(text(f"CREATE DATABASE IF NOT EXISTS `{PORTAL_DB}` CHARACTER SET utf8mb4"))
         admin.dispose()
     except Exception as exc:  # any failure to reach the server
-        reason = (
-            f"MariaDB/MySQL not reachable at {MYSQL_SERVER} ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
-        )
-        _state["mysql_error"] = pytest.fail.Exception(reason) if MYSQL_REQUIRED else pytest.skip.Exception(reason)
+        _state["mysql_error"] = unreachable(exc)
         raise _state["mysql_error"] from exc
     _mysql_drop_all_but(())
     _migrate("mysql")

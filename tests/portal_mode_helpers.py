@@ -71,6 +71,19 @@ class PortalMode:
                 ).scalars()
             )
 
+    def cli_settings(self, **changes) -> dict:
+        """Dotted keys for a config file the CLI (a subprocess) reads: this mode's database, prefix and folders."""
+        config = self.config
+        return {
+            "database.url": config.database.url,
+            "database.table_prefix": config.database.table_prefix,
+            "portal.enabled": True,
+            "logging.dir": config.logging.dir,
+            "privacy.key_file": config.privacy.key_file,
+            "receiver.spool_dir": config.receiver.spool_dir,
+            **changes,
+        }
+
     def close(self):
         self.engine.dispose()
 

@@ -16,18 +16,6 @@ from tests.portal_mode_helpers import PortalMode
 from tests.servers import run_cli, write_config
 
 
-def _settings(mode) -> dict:
-    config = mode.config
-    return {
-        "database.url": config.database.url,
-        "database.table_prefix": config.database.table_prefix,
-        "portal.enabled": True,
-        "logging.dir": config.logging.dir,
-        "privacy.key_file": config.privacy.key_file,
-        "receiver.spool_dir": config.receiver.spool_dir,
-    }
-
-
 def _history(portal):
     """A portal with a past: paid AzamPay donations (completed well after creation), a failed and a refunded
     one, Bill Pay, a stale funding_received, and a FULLY_FUNDED patient under its target."""
@@ -74,7 +62,7 @@ def test_adopt_records_the_portals_truth_once_and_lists_where_it_disagrees_with_
     mode = PortalMode(portal_db, tmp_path)
     ids = _history(portal_db)
     paid_at = [portal_db.read_donation(d).completed_at for d in ids["paid"]]
-    config = write_config(tmp_path / "cli.yaml", _settings(mode))
+    config = write_config(tmp_path / "cli.yaml", mode.cli_settings())
     dry = run_cli("portal", "adopt", "--dry-run", "--format", "json", config_path=config)
     assert dry.returncode == 0, dry.stderr
     listed = {(row["kind"], row["id"], row["field"]) for row in json.loads(dry.stdout)}
@@ -122,7 +110,7 @@ def test_adopt_refuses_a_portal_with_sandbox_auto_complete_at_work_unless_forced
     mode = PortalMode(portal_db, tmp_path)
     donation = portal_db.create_donation(None, amount=1000)
     portal_db.sandbox_autocomplete(donation)
-    config = write_config(tmp_path / "cli.yaml", _settings(mode))
+    config = write_config(tmp_path / "cli.yaml", mode.cli_settings())
     refused = run_cli("portal", "adopt", config_path=config)
     assert refused.returncode != 0
     assert len(refused.stderr.strip().splitlines()) == 1 and "sandbox auto-complete" in refused.stderr

@@ -49,7 +49,7 @@ def test_shadow_mode_writes_nothing_and_diff_lists_exactly_the_differences(porta
     assert patients["funding"]["azamrecon"] == Decimal("2000.00")  # agreed + missed
     assert patients["funding"]["portal"] == Decimal("1500.00")  # the portal's own Σ: agreed + forged
     assert patients["funding_received"]["portal"] == Decimal("0.00")  # the stale stored column
-    config = write_config(tmp_path / "cli.yaml", {**_settings(mode), "portal.write": False})
+    config = write_config(tmp_path / "cli.yaml", mode.cli_settings(**{"portal.write": False}))
     done = run_cli("portal", "diff", "--format", "json", config_path=config)
     assert done.returncode == 1, done.stderr
     assert {(row["id"], row["field"]) for row in json.loads(done.stdout) if row["kind"] == "donation"} == set(donations)
@@ -74,7 +74,7 @@ def test_a_rebuild_on_the_portal_database_gives_the_same_portal_values_and_check
     rebuild(mode.engine, mode.config, mode.now())
     assert _portal_values(portal, [paid.id, failed.id], patient.id) == values
     assert not check(mode.engine, mode.config).differences
-    config = write_config(tmp_path / "cli.yaml", _settings(mode))
+    config = write_config(tmp_path / "cli.yaml", mode.cli_settings())
     done = run_cli("rebuild", "--as-of", mode.now().isoformat(), "--format", "json", config_path=config)
     assert done.returncode == 0, done.stderr
     portal_then = json.loads(done.stdout)["portal"]
@@ -97,18 +97,6 @@ def _portal_values(portal, donation_ids, patient_id):
     row = portal.read_patient(patient_id)
     values["patient"] = (row.funding_received, row.status)
     return values
-
-
-def _settings(mode) -> dict:
-    config = mode.config
-    return {
-        "database.url": config.database.url,
-        "database.table_prefix": config.database.table_prefix,
-        "portal.enabled": True,
-        "logging.dir": config.logging.dir,
-        "privacy.key_file": config.privacy.key_file,
-        "receiver.spool_dir": config.receiver.spool_dir,
-    }
 
 
 def test_a_donation_with_no_azampay_id_is_never_expired_without_a_poll_answer(portal_db, tmp_path):
@@ -157,7 +145,7 @@ def test_a_portal_table_named_like_one_of_azamrecons_is_refused_in_one_line():
 
 def test_donations_and_patients_are_not_created_by_azamrecon_in_portal_mode(portal_db, tmp_path):
     mode = PortalMode(portal_db, tmp_path)
-    config = write_config(tmp_path / "cli.yaml", _settings(mode))
+    config = write_config(tmp_path / "cli.yaml", mode.cli_settings())
     for args in (
         ("patients", "add", "--name", "Asha", "--funding-required", "1000"),
         ("donations", "create", "--general", "--amount", "1000", "--msisdn", "255712345678", "--provider", "Airtel"),
